@@ -1,0 +1,320 @@
+/* gk.h - the public API of libgk for people who run models.
+ *
+ * Conventions (every declaration below follows them):
+ *   - Action functions return gk_status; GK_OK is 0. When a gk_err pointer is
+ *     given (it may be NULL), a failure fills it with the code and a message
+ *     naming the file, tensor or key at fault.
+ *   - Objects are made by gk_x_create/open/load(..., gk_x **out) and released by
+ *     gk_x_destroy/close(gk_x *), which accept NULL. On failure *out is NULL.
+ *   - A returned const pointer stays valid until the object it came from is
+ *     destroyed, unless the comment says otherwise. The caller frees nothing it
+ *     did not allocate.
+ * Plugin authors include gk_plugin.h, which includes this file.
+ */
+#ifndef GK_GK_H
+#define GK_GK_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#if defined(GK_BUILDING_LIB)
+#define GK_API __attribute__((visibility("default")))
+#else
+#define GK_API
+#endif
+
+/* ---------------------------------------------------------------- errors */
+
+typedef enum gk_status {
+    GK_OK = 0,
+    GK_ERR_NOMEM,        /* host or device allocation failed */
+    GK_ERR_IO,           /* open/read/mmap failed */
+    GK_ERR_FORMAT,       /* a file breaks its format's rules */
+    GK_ERR_CONFIG,       /* config.json / INI value missing, wrong type or out of range */
+    GK_ERR_UNSUPPORTED,  /* valid input we do not implement (op, dtype, feature) */
+    GK_ERR_ABI,          /* plugin built against an incompatible ABI */
+    GK_ERR_NOT_FOUND,    /* plugin, tensor, architecture or backend not found */
+    GK_ERR_INVALID_ARG,  /* caller passed a value outside the documented range */
+    GK_ERR_DEVICE,       /* GPU missing, driver too old, kernel failure */
+    GK_ERR_PLUGIN,       /* plugin could not be opened or its init failed */
+    GK_ERR_INTERNAL,     /* a bug in gk: please report */
+} gk_status;
+
+/* Caller-owned error detail. code mirrors the returned status. */
+typedef struct gk_err {
+    gk_status code;
+    char msg[512];
+} gk_err;
+
+/* Static name of a status ("format error"), never NULL. */
+GK_API const char *gk_status_str(gk_status s);
+
+/* ---------------------------------------------------------------- dtypes */
+
+typedef enum gk_dtype {
+    GK_DTYPE_F32 = 0,
+    GK_DTYPE_F16,
+    GK_DTYPE_BF16,
+    GK_DTYPE_F64,
+    GK_DTYPE_I64,
+    GK_DTYPE_I32,
+    GK_DTYPE_I16,
+    GK_DTYPE_I8,
+    GK_DTYPE_U64,
+    GK_DTYPE_U32,
+    GK_DTYPE_U16,
+    GK_DTYPE_U8,
+    GK_DTYPE_BOOL,
+    GK_DTYPE_F8_E4M3,
+    GK_DTYPE_F8_E5M2,
+    GK_DTYPE_COUNT
+} gk_dtype;
+
+/* safetensors spelling ("F16", "BF16", ...); NULL for an out-of-range value. */
+GK_API const char *gk_dtype_name(gk_dtype t);
+/* Bytes per element (0 for an out-of-range value). */
+GK_API size_t gk_dtype_size(gk_dtype t);
+/* Parse the safetensors spelling; false when unknown. */
+GK_API bool gk_dtype_parse(const char *name, gk_dtype *out);
+
+/* Scalar conversions used by every loader and backend (round to nearest even). */
+GK_API float gk_f16_to_f32(uint16_t h);
+GK_API uint16_t gk_f32_to_f16(float f);
+GK_API float gk_bf16_to_f32(uint16_t h);
+GK_API uint16_t gk_f32_to_bf16(float f);
+
+/* ------------------------------------------------------------ safetensors */
+
+#define GK_MAX_DIMS 8
+
+typedef struct gk_safetensors gk_safetensors;
+
+typedef struct gk_tensor_info {
+    const char *name;          /* valid until gk_safetensors_close */
+    gk_dtype dtype;
+    int n_dims;
+    int64_t shape[GK_MAX_DIMS];
+    uint64_t nbytes;           /* size of the data in bytes */
+    int shard;                 /* index of the file holding it (0 for a single file) */
+} gk_tensor_info;
+
+/* Open a .safetensors file or a model.safetensors.index.json (shards are opened
+ * lazily, on first access to one of their tensors). Only headers are read; data
+ * is mmap'd and never copied. Errors: GK_ERR_IO, GK_ERR_FORMAT (message names the
+ * file and, where there is one, the tensor). Close with gk_safetensors_close. */
+GK_API gk_status gk_safetensors_open(const char *path, gk_safetensors **out, gk_err *err);
+GK_API void gk_safetensors_close(gk_safetensors *st);
+
+GK_API size_t gk_safetensors_count(const gk_safetensors *st);
+/* Names in the order of the header (index order for a sharded checkpoint). */
+GK_API const char *gk_safetensors_name(const gk_safetensors *st, size_t i);
+/* Total size in bytes of every file making up the checkpoint (index excluded). */
+GK_API uint64_t gk_safetensors_file_size(const gk_safetensors *st);
+GK_API size_t gk_safetensors_shard_count(const gk_safetensors *st);
+GK_API bool gk_safetensors_has(const gk_safetensors *st, const char *name);
+/* GK_ERR_NOT_FOUND when absent. Shapes come from the header (sharded: the shard's
+ * header is opened to answer). */
+GK_API gk_status gk_safetensors_info(gk_safetensors *st, const char *name,
+                                     gk_tensor_info *out, gk_err *err);
+/* Zero-copy view of the raw bytes; *data valid until close. */
+GK_API gk_status gk_safetensors_bytes(gk_safetensors *st, const char *name,
+                                      const void **data, uint64_t *nbytes, gk_err *err);
+/* Copy the values as float32 (from F32, F16, BF16, F64, I64, I32) into dst, which
+ * holds `count` floats; count must equal the element count. */
+GK_API gk_status gk_safetensors_read_f32(gk_safetensors *st, const char *name,
+                                         float *dst, size_t count, gk_err *err);
+/* Copy integer values (I64, I32) as int64 into dst of `count` elements. */
+GK_API gk_status gk_safetensors_read_i64(gk_safetensors *st, const char *name,
+                                         int64_t *dst, size_t count, gk_err *err);
+/* __metadata__ string values (first file, or the index's "metadata"). */
+GK_API size_t gk_safetensors_meta_count(const gk_safetensors *st);
+GK_API const char *gk_safetensors_meta_key(const gk_safetensors *st, size_t i);
+/* NULL when absent. */
+GK_API const char *gk_safetensors_meta(const gk_safetensors *st, const char *key);
+
+/* ------------------------------------------------------------------ config */
+
+typedef enum gk_norm { GK_NORM_RMS = 0, GK_NORM_LAYER } gk_norm;
+typedef enum gk_act { GK_ACT_SILU = 0, GK_ACT_GELU_TANH, GK_ACT_GELU } gk_act;
+typedef enum gk_rope_scaling {
+    GK_ROPE_NONE = 0, GK_ROPE_LINEAR, GK_ROPE_LLAMA3
+} gk_rope_scaling;
+
+#define GK_MAX_EOS 8
+
+/* A model's hyperparameters: what transformers calls the config (TransformerConfig
+ * in the original). Plain data: copy it freely. */
+typedef struct gk_config {
+    char model_type[32];        /* "llama", "gpt2", ... ("" when absent) */
+    char architecture[64];      /* architectures[0], "" when absent */
+    int64_t n_vocab;
+    int64_t n_embd;             /* hidden_size / n_embd */
+    int64_t n_layer;
+    int64_t n_head;
+    int64_t n_head_kv;          /* = n_head when absent */
+    int64_t head_dim;           /* explicit, else n_embd / n_head */
+    int64_t n_ff;               /* intermediate_size / n_inner, else 4 * n_embd */
+    int64_t n_ctx_train;        /* max_position_embeddings / n_positions */
+    gk_norm norm;
+    float norm_eps;
+    gk_act act;
+    bool has_norm_type;         /* norm/eps came from the file (rms_norm_eps or layer_norm_epsilon) */
+    float rope_theta;
+    gk_rope_scaling rope_scaling;
+    float rope_factor;
+    float rope_low_freq_factor, rope_high_freq_factor;
+    int64_t rope_orig_ctx;      /* original_max_position_embeddings (llama3) */
+    bool tie_word_embeddings;
+    bool attention_bias;        /* q/k/v (and o, for Llama) carry biases */
+    bool mlp_bias;
+    gk_dtype dtype;             /* torch_dtype / dtype; F32 when absent */
+    /* generation_config.json (or config.json as a fallback) */
+    int64_t bos_id;             /* -1 when absent */
+    int n_eos;
+    int64_t eos_ids[GK_MAX_EOS];
+} gk_config;
+
+/* Parse config.json at `path` (a file, or a folder holding config.json), then
+ * generation_config.json beside it when present. Errors name the key:
+ * GK_ERR_CONFIG for bad values, GK_ERR_FORMAT for broken JSON, GK_ERR_IO. */
+GK_API gk_status gk_config_load(const char *path, gk_config *out, gk_err *err);
+/* The same from JSON text already in memory (generation config may be NULL). */
+GK_API gk_status gk_config_parse(const char *config_json, const char *gen_json,
+                                 gk_config *out, gk_err *err);
+
+/* ----------------------------------------------------------------- runtime */
+
+typedef struct gk_runtime gk_runtime;
+
+/* Load plugins. ini_path may be NULL: then the built-in defaults load every
+ * plugin found next to libgk (build tree or install tree). Errors: GK_ERR_CONFIG
+ * (bad INI, with its line), GK_ERR_NOT_FOUND (plugin file, listing the folders
+ * searched), GK_ERR_PLUGIN (not a plugin, init failed), GK_ERR_ABI. */
+GK_API gk_status gk_runtime_create(const char *ini_path, gk_runtime **out, gk_err *err);
+GK_API void gk_runtime_destroy(gk_runtime *rt);
+
+/* Registered plugins of each kind, for listing. Names valid until destroy. */
+GK_API size_t gk_runtime_arch_count(const gk_runtime *rt);
+GK_API const char *gk_runtime_arch_name(const gk_runtime *rt, size_t i);
+GK_API size_t gk_runtime_backend_count(const gk_runtime *rt);
+GK_API const char *gk_runtime_backend_name(const gk_runtime *rt, size_t i);
+/* The INI's [runtime] backend ("auto" unless set). */
+GK_API const char *gk_runtime_default_backend(const gk_runtime *rt);
+
+/* Architecture facts, the original's ModelSpec. */
+typedef struct gk_model_spec {
+    const char *name;               /* "llama" */
+    const char *const *aliases;     /* NULL-terminated, may be NULL: {"mistral", "qwen2", NULL} */
+    const char *const *hf_architectures; /* NULL-terminated: {"LlamaForCausalLM", NULL} */
+    const char *const *model_types; /* NULL-terminated config.json model_type values */
+    gk_norm norm;
+    gk_act act;
+    bool use_rope;
+    bool use_qk_norm;
+    bool use_pos_embed;             /* learned absolute positions (GPT-2) */
+} gk_model_spec;
+
+/* Look up by name or alias; NULL when unknown. */
+GK_API const gk_model_spec *gk_runtime_find_arch(const gk_runtime *rt, const char *name);
+/* Pick the architecture of a checkpoint from its config (architectures,
+ * model_type; cfg may be NULL) and tensor names. GK_ERR_NOT_FOUND names what was
+ * seen and lists the registered architectures. */
+GK_API gk_status gk_runtime_detect_arch(const gk_runtime *rt, gk_safetensors *st,
+                                        const gk_config *cfg, const gk_model_spec **out,
+                                        gk_err *err);
+
+/* ------------------------------------------------------------------- model */
+
+typedef struct gk_model gk_model;
+
+typedef struct gk_model_opts {
+    const char *backend;   /* backend plugin name, "auto" or NULL (the runtime default) */
+    const char *dtype;     /* "f32", "f16", "bf16", "auto" or NULL (= the checkpoint's) */
+    const char *arch;      /* architecture name/alias, or NULL to detect */
+    int64_t n_ctx;         /* KV-cache length; 0 = min(max positions, 4096) */
+} gk_model_opts;
+
+/* Load a model folder (config.json + safetensors), a .safetensors file or an
+ * index file. Weights are checked against the architecture's tensor table (a
+ * missing tensor, wrong shape or unknown name is GK_ERR_FORMAT naming it). */
+GK_API gk_status gk_model_load(gk_runtime *rt, const char *path, const gk_model_opts *opts,
+                               gk_model **out, gk_err *err);
+GK_API void gk_model_destroy(gk_model *m);
+
+GK_API const gk_config *gk_model_config(const gk_model *m);
+GK_API const gk_model_spec *gk_model_spec_of(const gk_model *m);
+GK_API const char *gk_model_backend_name(const gk_model *m);
+GK_API gk_dtype gk_model_dtype(const gk_model *m);
+GK_API int64_t gk_model_n_ctx(const gk_model *m);
+/* Tokens currently in the KV cache. */
+GK_API int64_t gk_model_n_past(const gk_model *m);
+/* Bytes of weights held by the backend. */
+GK_API uint64_t gk_model_weight_bytes(const gk_model *m);
+
+/* Run n tokens at positions n_past .. n_past+n-1 through the model, appending
+ * their keys and values to the cache. hidden (may be NULL) receives the final
+ * normed hidden states [n][n_embd]. GK_ERR_INVALID_ARG when the cache would
+ * overflow or an id is outside the vocabulary. */
+GK_API gk_status gk_model_forward(gk_model *m, const int32_t *ids, int64_t n,
+                                  float *hidden, gk_err *err);
+/* Logits [n][n_vocab] of the last forward call (rows selected: all of them). */
+GK_API gk_status gk_model_logits(gk_model *m, float *logits, gk_err *err);
+/* Drop cached positions >= n_keep (0 clears the cache). */
+GK_API gk_status gk_model_truncate(gk_model *m, int64_t n_keep, gk_err *err);
+
+/* Graph nodes of the last forward call, for comparing backends node by node.
+ * Names are valid until the next forward call. */
+GK_API size_t gk_model_node_count(const gk_model *m);
+GK_API gk_status gk_model_node_info(const gk_model *m, size_t i, const char **name,
+                                    int *layer, int64_t *rows, int64_t *cols);
+/* Copy node i's output (rows*cols floats) to dst. */
+GK_API gk_status gk_model_node_read(gk_model *m, size_t i, float *dst, gk_err *err);
+
+/* ---------------------------------------------------------------- generate */
+
+/* Called with each new token; return false to stop. */
+typedef bool (*gk_token_cb)(int32_t token, void *user);
+
+typedef struct gk_gen_opts {
+    int64_t max_new_tokens;  /* 0 generates nothing */
+    float temperature;       /* 0 = greedy */
+    int top_k;               /* 0 = off */
+    float top_p;             /* 1 = off; (0, 1] */
+    uint64_t seed;
+    int n_eos;
+    const int64_t *eos_ids;  /* stop after emitting any of these */
+    bool use_cache;          /* false: recompute the whole sequence each step */
+    gk_token_cb on_token;    /* may be NULL */
+    void *user;
+} gk_gen_opts;
+
+/* Defaults as in transformers' generate: greedy, 100 tokens, cache on. */
+GK_API gk_gen_opts gk_gen_opts_default(void);
+
+typedef struct gk_gen_stats {
+    int64_t n_prompt, n_gen;
+    double t_prefill_s, t_decode_s;
+} gk_gen_stats;
+
+/* Clear the cache, run the prompt, then sample up to max_new_tokens. out receives
+ * the new tokens (capacity max_new_tokens); *n_out their count. stats may be NULL. */
+GK_API gk_status gk_model_generate(gk_model *m, const int32_t *prompt, int64_t n_prompt,
+                                   const gk_gen_opts *opts, int32_t *out, int64_t *n_out,
+                                   gk_gen_stats *stats, gk_err *err);
+
+/* Pick a token from one row of logits as generate does (rng state advanced).
+ * Exposed so tests can check the sampling rules against an oracle. */
+typedef struct gk_rng { uint64_t s; } gk_rng;
+GK_API void gk_rng_seed(gk_rng *r, uint64_t seed);
+GK_API int32_t gk_sample(const float *logits, int64_t n_vocab, const gk_gen_opts *opts,
+                         gk_rng *rng);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* GK_GK_H */

@@ -1,0 +1,253 @@
+/* gk_plugin.h - what a plugin author needs: the descriptor every plugin exports,
+ * the backend ops table, the architecture ops table, and the graph a backend
+ * runs and an architecture builds.
+ *
+ * A plugin is a shared object exporting exactly one symbol, GK_PLUGIN_ENTRY,
+ * written with GK_PLUGIN_DEFINE. The core checks the ABI before calling anything
+ * else in it. Memory a plugin allocates, that plugin frees. Plugins are never
+ * unloaded while anything they made is alive (only at gk_runtime_destroy).
+ */
+#ifndef GK_GK_PLUGIN_H
+#define GK_GK_PLUGIN_H
+
+#include "gk.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define GK_ABI_MAJOR 1
+#define GK_ABI_MINOR 0
+#define GK_PLUGIN_ENTRY_NAME "gk_plugin_entry"
+
+/* ----------------------------------------------------------------- tensors */
+
+/* A 2-D row-major tensor living in a backend's memory. Graph tensors are made
+ * by the builder; weights by the core at load. data is the backend's pointer
+ * (host memory for cpu_ref, device memory for cuda): only that backend reads it. */
+typedef struct gk_tensor {
+    gk_dtype dtype;
+    int64_t rows, cols;   /* [rows][cols]; a vector is [1][n] */
+    void *data;
+    char name[48];        /* "attn_out", "blk.3.q_proj" ... */
+    int layer;            /* block index, -1 outside blocks */
+} gk_tensor;
+
+static inline int64_t gk_tensor_nelem(const gk_tensor *t) { return t->rows * t->cols; }
+static inline size_t gk_tensor_nbytes(const gk_tensor *t)
+{
+    return (size_t)gk_tensor_nelem(t) * gk_dtype_size(t->dtype);
+}
+
+/* ------------------------------------------------------------------- graph */
+
+/* Activations (every dst, and x inputs) are F32. Weights are F32, F16 or BF16.
+ * Ids and positions are I32. Shapes are [rows][cols]; n = number of tokens. */
+typedef enum gk_op {
+    GK_OP_GET_ROWS = 0, /* src0 table [V][D], src1 ids I32 [1][n]  -> [n][D] */
+    GK_OP_ADD,          /* src0 [n][D] + src1 [n][D]                -> [n][D] */
+    GK_OP_LAYER_NORM,   /* src0 x [n][D], src1 w [1][D], src2 b [1][D]; f[0] eps */
+    GK_OP_RMS_NORM,     /* src0 x [n][D], src1 w [1][G]; i[0] G (groups of G
+                           columns normed apart: G = head_dim is QK-norm); f[0] eps */
+    GK_OP_LINEAR,       /* src0 x [n][in], src1 W [out][in], src2 bias [1][out] or NULL
+                           -> x W^T + b  [n][out] */
+    GK_OP_ROPE,         /* src0 x [n][H*hd], src1 pos I32 [1][n], src2 inv_freq F32
+                           [1][hd/2]; i[0] hd; f[0] cos/sin scale. HF rotate-half. */
+    GK_OP_ATTN,         /* src0 q [n][H*hd], src1 k [n][Hkv*hd], src2 v [n][Hkv*hd],
+                           src3 pos I32 [1][n], src4 K cache [n_ctx][Hkv*hd],
+                           src5 V cache; i[0] H, i[1] Hkv, i[2] hd; f[0] scale.
+                           Stores k,v at rows pos[t] of the caches, then token t
+                           attends causally to cache rows 0..pos[t]. -> [n][H*hd] */
+    GK_OP_GELU_TANH,    /* src0 -> 0.5x(1+tanh(sqrt(2/pi)(x+0.044715x^3))) */
+    GK_OP_SILU_MUL,     /* src0 gate, src1 up -> silu(gate) * up */
+    GK_OP_COUNT
+} gk_op;
+
+#define GK_MAX_SRC 6
+
+typedef struct gk_node {
+    gk_op op;
+    gk_tensor *src[GK_MAX_SRC];
+    gk_tensor *dst;
+    int32_t i[4];
+    float f[4];
+} gk_node;
+
+typedef struct gk_graph {
+    gk_node *nodes;
+    size_t n_nodes;
+    int64_t n_tokens;
+} gk_graph;
+
+/* Static op name ("rms_norm"), "?" when out of range. */
+GK_API const char *gk_op_name(gk_op op);
+
+/* ---------------------------------------------------------------- backends */
+
+typedef struct gk_device_props {
+    char name[128];          /* "NVIDIA H100 80GB HBM3", "cpu" */
+    uint64_t mem_total;      /* bytes usable by the backend */
+    uint64_t mem_free;
+    double peak_bw_gbs;      /* memory bandwidth, 0 when unknown */
+    bool is_gpu;
+} gk_device_props;
+
+/* One backend = this table + the state its plugin's init returned. Only the
+ * core's wrappers call through it. Entries marked optional may be NULL. */
+typedef struct gk_backend_ops {
+    uint32_t struct_size;    /* sizeof(gk_backend_ops) the plugin was built with */
+    /* Usable right now (a GPU backend says no without a GPU, with why). */
+    bool (*available)(void *state, char *why, size_t why_len);
+    gk_status (*device_props)(void *state, gk_device_props *out, gk_err *err);
+    gk_status (*buffer_alloc)(void *state, size_t nbytes, void **out, gk_err *err);
+    void (*buffer_free)(void *state, void *buf);
+    gk_status (*buffer_write)(void *state, void *buf, size_t offset, const void *src,
+                              size_t nbytes, gk_err *err);
+    gk_status (*buffer_read)(void *state, const void *buf, size_t offset, void *dst,
+                             size_t nbytes, gk_err *err);
+    /* Whether the node (op and the dtypes of its tensors) can run here. */
+    bool (*supports_node)(void *state, const gk_node *node);
+    /* Run every node in order. */
+    gk_status (*graph_compute)(void *state, const gk_graph *g, gk_err *err);
+    /* (optional) wait for queued work; default: nothing to wait for. */
+    gk_status (*synchronize)(void *state, gk_err *err);
+} gk_backend_ops;
+
+/* ----------------------------------------------------------- architectures */
+
+/* What a weight is for. The builder asks for weights by role and layer. */
+typedef enum gk_role {
+    GK_W_TOK_EMBD = 0, GK_W_POS_EMBD,
+    GK_W_ATTN_NORM, GK_W_ATTN_NORM_B,
+    GK_W_Q, GK_W_Q_B, GK_W_K, GK_W_K_B, GK_W_V, GK_W_V_B, GK_W_O, GK_W_O_B,
+    GK_W_Q_NORM, GK_W_K_NORM,
+    GK_W_FFN_NORM, GK_W_FFN_NORM_B,
+    GK_W_GATE, GK_W_GATE_B, GK_W_UP, GK_W_UP_B, GK_W_DOWN, GK_W_DOWN_B,
+    GK_W_OUT_NORM, GK_W_OUT_NORM_B, GK_W_LM_HEAD,
+    GK_W_COUNT
+} gk_role;
+
+/* Symbolic sizes for the shape a weight must have. */
+typedef enum gk_dim {
+    GK_DIM_NONE = 0, GK_DIM_ONE, GK_DIM_VOCAB, GK_DIM_EMBD, GK_DIM_Q /* H*hd */,
+    GK_DIM_KV /* Hkv*hd */, GK_DIM_FF, GK_DIM_HEAD, GK_DIM_POS, GK_DIM_QKV /* Q+2KV */
+} gk_dim;
+
+/* Flags of a tensor-table entry. */
+#define GK_TF_LAYER     0x01u  /* name has a %d for the block index */
+#define GK_TF_OPTIONAL  0x02u  /* may be absent (e.g. a tied head) */
+#define GK_TF_TRANSPOSE 0x04u  /* stored [in][out] (GPT-2 Conv1D): transposed at load */
+#define GK_TF_COND_BIAS 0x08u  /* required iff config.attention_bias */
+#define GK_TF_COND_QKN  0x10u  /* required iff the spec uses QK-norm */
+
+/* One row of an architecture's tensor table: role <- HF name. When `part` is
+ * set the stored tensor is the concatenation of n_parts equal row blocks (after
+ * transposing), and this role takes block part-1 (GPT-2's fused c_attn). */
+typedef struct gk_tensor_entry {
+    gk_role role;
+    const char *name;      /* "model.layers.%d.self_attn.q_proj.weight" */
+    gk_dim shape[2];       /* rows, cols as the model uses it ([out][in]); NONE = 1-D */
+    uint32_t flags;
+    int part, n_parts;
+} gk_tensor_entry;
+
+typedef struct gk_builder gk_builder;
+
+/* An architecture plugin's table. */
+typedef struct gk_arch_ops {
+    uint32_t struct_size;
+    const gk_model_spec *spec;
+    const gk_tensor_entry *tensors;   /* terminated by an entry with name NULL */
+    /* Prefixes tried in front of every table name, in order; NULL-terminated.
+     * {"", NULL} when names are used as written. */
+    const char *const *name_prefixes;
+    /* (optional) reject configs this architecture cannot run, naming the key. */
+    gk_status (*check_config)(const gk_config *cfg, gk_err *err);
+    /* Build the forward pass: tokens -> final normed hidden [n][n_embd].
+     * Called with the builder's inputs ready (gk_builder_ids / _pos). */
+    gk_status (*build)(gk_builder *b, gk_tensor **out_hidden, gk_err *err);
+} gk_arch_ops;
+
+/* --------------------------------------------------------- builder helpers */
+/* Each returns the new node's output tensor, or NULL when out of memory (the
+ * builder remembers the failure; build() may check once at the end). Names
+ * identify nodes across backends; il is the block index or -1. */
+
+GK_API const gk_config *gk_builder_config(const gk_builder *b);
+GK_API gk_tensor *gk_builder_ids(gk_builder *b);  /* I32 [1][n] */
+GK_API gk_tensor *gk_builder_pos(gk_builder *b);  /* I32 [1][n] */
+/* The weight of a role (il ignored for non-layer roles); NULL when absent. */
+GK_API gk_tensor *gk_builder_weight(gk_builder *b, gk_role role, int il);
+
+GK_API gk_tensor *gk_build_get_rows(gk_builder *b, gk_tensor *table, gk_tensor *ids,
+                                    const char *name, int il);
+GK_API gk_tensor *gk_build_add(gk_builder *b, gk_tensor *x, gk_tensor *y,
+                               const char *name, int il);
+GK_API gk_tensor *gk_build_layer_norm(gk_builder *b, gk_tensor *x, gk_tensor *w,
+                                      gk_tensor *bias, float eps, const char *name, int il);
+/* group = 0 norms whole rows. */
+GK_API gk_tensor *gk_build_rms_norm(gk_builder *b, gk_tensor *x, gk_tensor *w, int64_t group,
+                                    float eps, const char *name, int il);
+/* Norm by the config's kind (RMS or layer norm with its bias). */
+GK_API gk_tensor *gk_build_norm(gk_builder *b, gk_tensor *x, gk_tensor *w, gk_tensor *bias,
+                                const char *name, int il);
+GK_API gk_tensor *gk_build_linear(gk_builder *b, gk_tensor *x, gk_tensor *w,
+                                  gk_tensor *bias, const char *name, int il);
+/* RoPE with the config's theta and scaling, on n_head heads of head_dim. */
+GK_API gk_tensor *gk_build_rope(gk_builder *b, gk_tensor *x, const char *name, int il);
+/* Causal attention through layer il's KV cache, with the config's head counts. */
+GK_API gk_tensor *gk_build_attn(gk_builder *b, gk_tensor *q, gk_tensor *k, gk_tensor *v,
+                                int il);
+GK_API gk_tensor *gk_build_gelu_tanh(gk_builder *b, gk_tensor *x, const char *name, int il);
+GK_API gk_tensor *gk_build_silu_mul(gk_builder *b, gk_tensor *gate, gk_tensor *up,
+                                    const char *name, int il);
+
+/* ---------------------------------------------------------- the descriptor */
+
+typedef enum gk_plugin_kind { GK_PLUGIN_KIND_ARCH = 1, GK_PLUGIN_KIND_BACKEND = 2 } gk_plugin_kind;
+
+/* What the core offers a plugin at init. */
+typedef struct gk_host {
+    uint32_t abi_major, abi_minor;
+    void (*log)(const char *plugin, const char *msg);
+} gk_host;
+
+typedef struct gk_plugin_desc {
+    uint32_t abi_major, abi_minor;   /* GK_ABI_* the plugin was built with */
+    uint32_t struct_size;            /* sizeof(gk_plugin_desc) at build time */
+    gk_plugin_kind kind;
+    const char *name;                /* "llama", "cuda": must match its file name */
+    const char *version;
+    const char *description;
+    /* (optional) set up the plugin; *state is handed to every op. On failure
+     * fill err with the reason. */
+    gk_status (*init)(const gk_host *host, void **state, gk_err *err);
+    void (*fini)(void *state);       /* (optional) */
+    const void *ops;                 /* gk_backend_ops* or gk_arch_ops* by kind */
+    void *reserved[4];               /* zero; room to grow */
+} gk_plugin_desc;
+
+typedef const gk_plugin_desc *(*gk_plugin_entry_fn)(void);
+
+/* Plugin files are libgk-arch-NAME.so and libgk-backend-NAME.so. */
+#define GK_PLUGIN_DEFINE(KIND, NAME, DESCRIPTION, INIT, FINI, OPS)              \
+    __attribute__((visibility("default"))) const gk_plugin_desc *gk_plugin_entry(void); \
+    const gk_plugin_desc *gk_plugin_entry(void)                                  \
+    {                                                                            \
+        static const gk_plugin_desc d = {                                        \
+            .abi_major = GK_ABI_MAJOR, .abi_minor = GK_ABI_MINOR,                \
+            .struct_size = sizeof(gk_plugin_desc), .kind = (KIND),               \
+            .name = (NAME), .version = "1.0", .description = (DESCRIPTION),     \
+            .init = (INIT), .fini = (FINI), .ops = (OPS),                        \
+        };                                                                       \
+        return &d;                                                               \
+    }
+
+/* printf-style fill of a gk_err (err may be NULL); returns code. */
+GK_API gk_status gk_err_set(gk_err *err, gk_status code, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* GK_GK_PLUGIN_H */
