@@ -1,1 +1,584 @@
-/* placeholder */
+/* config.c - a HuggingFace config.json (and generation_config.json) read into a gk_config.
+ *
+ * What it is: key lookup with transformers' spellings (GPT-2's n_embd, n_layer, ...),
+ * transformers' defaults for absent keys, both rope layouts (classic "rope_scaling" and
+ * transformers 5 "rope_parameters"), and type/range checks whose messages start with the
+ * file and name the key and the value seen.
+ * What it is not: an architecture's hparams parser (plugins read their extra keys
+ * themselves), a cross-check against the weights (the model loader does that), or a
+ * tokenizer config reader. Integers are bounded to [0, 2^31) so that callers may multiply
+ * two of them in int64 without overflow. JSON has one number type: 2.0 passes as 2.
+ */
+#include "gk_internal.h"
+
+#include <cjson/cJSON.h>
+
+#include <float.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* ------------------------------------------------------------ JSON helpers */
+
+/* Where messages come from: the file name ("config.json" or a path) and the sink. */
+typedef struct src {
+    const char *file;
+    gk_err *err;
+} src;
+
+static gk_status parse_json(const src *s, const char *text, cJSON **out)
+{
+    const char *end = NULL;
+    *out = cJSON_ParseWithOpts(text, &end, true);
+    if (*out) {
+        if (cJSON_IsObject(*out))
+            return GK_OK;
+        cJSON_Delete(*out);
+        *out = NULL;
+        return gk_err_set(s->err, GK_ERR_FORMAT, "%s: top level is not a JSON object", s->file);
+    }
+    if (!end || end < text)
+        return gk_err_set(s->err, GK_ERR_FORMAT, "%s: invalid JSON", s->file);
+    int line = 1, col = 1;
+    for (const char *q = text; q < end && *q; q++) {
+        if (*q == '\n') {
+            line++;
+            col = 1;
+        } else {
+            col++;
+        }
+    }
+    char near[24];
+    size_t k = 0;
+    for (const char *q = end; *q && *q != '\n' && k + 1 < sizeof near; q++)
+        near[k++] = (*q >= 0x20 && *q < 0x7f) ? *q : '?';
+    near[k] = '\0';
+    const char *pre = *end == '\0' ? " at end of text" : k ? " near '" : "";
+    return gk_err_set(s->err, GK_ERR_FORMAT,
+                      "%s: invalid JSON at line %d, column %d (byte %zu)%s%s%s", s->file, line,
+                      col, (size_t)(end - text), pre, near, k ? "'" : "");
+}
+
+/* The value as JSON text for a message, shortened with "..." when long. */
+static void describe(const cJSON *v, char *buf, size_t n)
+{
+    char *t = cJSON_PrintUnformatted(v);
+    if (!t) {
+        snprintf(buf, n, "?");
+        return;
+    }
+    if (strlen(t) < n)
+        snprintf(buf, n, "%s", t);
+    else
+        snprintf(buf, n, "%.*s...", (int)(n - 4), t);
+    cJSON_free(t);
+}
+
+static bool is_absent(const cJSON *v)
+{
+    return !v || cJSON_IsNull(v);
+}
+
+/* The item under `name`, else under `alias` (may be NULL); a non-null value wins over
+ * a null one. *used gets the key found (name when neither is there). */
+static const cJSON *get_alias(const cJSON *obj, const char *name, const char *alias,
+                              const char **used)
+{
+    const cJSON *a = cJSON_GetObjectItemCaseSensitive(obj, name);
+    const cJSON *b = alias ? cJSON_GetObjectItemCaseSensitive(obj, alias) : NULL;
+    *used = name;
+    if (!is_absent(a) || (is_absent(b) && a))
+        return a;
+    if (b)
+        *used = alias;
+    return b;
+}
+
+static const cJSON *get(const cJSON *obj, const char *name)
+{
+    return cJSON_GetObjectItemCaseSensitive(obj, name);
+}
+
+/* An integer in [min, 2^31). */
+static gk_status read_int(const src *s, const char *key, const cJSON *v, int64_t min,
+                          int64_t *out)
+{
+    char val[64];
+    if (cJSON_IsNumber(v)) {
+        double d = v->valuedouble;
+        if (isfinite(d) && d == floor(d) && d >= (double)min && d <= (double)INT32_MAX) {
+            *out = (int64_t)d;
+            return GK_OK;
+        }
+        if (isfinite(d) && d == floor(d) && d > (double)INT32_MAX) {
+            describe(v, val, sizeof val);
+            return gk_err_set(s->err, GK_ERR_CONFIG, "%s: '%s' is too large (%s; the limit is %d)",
+                              s->file, key, val, INT32_MAX);
+        }
+    }
+    describe(v, val, sizeof val);
+    return gk_err_set(s->err, GK_ERR_CONFIG, "%s: '%s' must be a %s integer, got %s", s->file,
+                      key, min > 0 ? "positive" : "non-negative", val);
+}
+
+/* A finite number that fits a float: > 0, or >= 0 when allow_zero. */
+static gk_status read_float(const src *s, const char *key, const cJSON *v, bool allow_zero,
+                            float *out)
+{
+    if (cJSON_IsNumber(v)) {
+        double d = v->valuedouble;
+        if (isfinite(d) && d <= FLT_MAX && (d > 0 || (allow_zero && d == 0))) {
+            *out = (float)d;
+            return GK_OK;
+        }
+    }
+    char val[64];
+    describe(v, val, sizeof val);
+    return gk_err_set(s->err, GK_ERR_CONFIG, "%s: '%s' must be a %s number, got %s", s->file, key,
+                      allow_zero ? "non-negative" : "positive", val);
+}
+
+/* Absent or null leaves *out as it is. */
+static gk_status read_bool(const src *s, const char *key, const cJSON *v, bool *out)
+{
+    if (is_absent(v))
+        return GK_OK;
+    if (cJSON_IsBool(v)) {
+        *out = cJSON_IsTrue(v);
+        return GK_OK;
+    }
+    char val[64];
+    describe(v, val, sizeof val);
+    return gk_err_set(s->err, GK_ERR_CONFIG, "%s: '%s' must be true or false, got %s", s->file,
+                      key, val);
+}
+
+/* Absent or null leaves *out as it is. */
+static gk_status read_str(const src *s, const char *key, const cJSON *v, char *out, size_t cap)
+{
+    if (is_absent(v))
+        return GK_OK;
+    char val[64];
+    describe(v, val, sizeof val);
+    if (!cJSON_IsString(v))
+        return gk_err_set(s->err, GK_ERR_CONFIG, "%s: '%s' must be a string, got %s", s->file,
+                          key, val);
+    if (strlen(v->valuestring) >= cap)
+        return gk_err_set(s->err, GK_ERR_CONFIG, "%s: '%s' is longer than %zu characters: %s",
+                          s->file, key, cap - 1, val);
+    snprintf(out, cap, "%s", v->valuestring);
+    return GK_OK;
+}
+
+/* A required positive integer under name (or alias). *used may be NULL. */
+static gk_status req_int(const src *s, const cJSON *root, const char *name, const char *alias,
+                         int64_t *out, const char **used)
+{
+    const char *key;
+    const cJSON *v = get_alias(root, name, alias, &key);
+    if (used)
+        *used = key;
+    if (!v) {
+        if (alias)
+            return gk_err_set(s->err, GK_ERR_CONFIG, "%s: missing key '%s' (or '%s')", s->file,
+                              name, alias);
+        return gk_err_set(s->err, GK_ERR_CONFIG, "%s: missing key '%s'", s->file, name);
+    }
+    return read_int(s, key, v, 1, out);
+}
+
+/* ------------------------------------------------------------ token ids */
+
+/* eos_token_id: an id or a list of ids. Absent or null leaves *n at its value. */
+static gk_status read_eos(const src *s, const cJSON *root, gk_config *c)
+{
+    const cJSON *v = get(root, "eos_token_id");
+    if (is_absent(v))
+        return GK_OK;
+    if (!cJSON_IsArray(v)) {
+        gk_status st = read_int(s, "eos_token_id", v, 0, &c->eos_ids[0]);
+        if (st == GK_OK)
+            c->n_eos = 1;
+        return st;
+    }
+    int n = cJSON_GetArraySize(v);
+    if (n > GK_MAX_EOS)
+        return gk_err_set(s->err, GK_ERR_UNSUPPORTED,
+                          "%s: 'eos_token_id' lists %d ids, more than the %d supported", s->file,
+                          n, GK_MAX_EOS);
+    int64_t ids[GK_MAX_EOS];
+    for (int i = 0; i < n; i++) {
+        char key[40];
+        snprintf(key, sizeof key, "eos_token_id[%d]", i);
+        gk_status st = read_int(s, key, cJSON_GetArrayItem(v, i), 0, &ids[i]);
+        if (st != GK_OK)
+            return st;
+    }
+    memcpy(c->eos_ids, ids, sizeof ids[0] * (size_t)n);
+    c->n_eos = n;
+    return GK_OK;
+}
+
+static gk_status read_bos(const src *s, const cJSON *root, gk_config *c)
+{
+    const cJSON *v = get(root, "bos_token_id");
+    if (is_absent(v))
+        return GK_OK;
+    return read_int(s, "bos_token_id", v, 0, &c->bos_id);
+}
+
+/* ------------------------------------------------------------ rope */
+
+/* A required number of a rope object: "rope_scaling.factor". */
+static gk_status rope_num(const src *s, const cJSON *obj, const char *obj_key, const char *name,
+                          float *out)
+{
+    char key[80];
+    snprintf(key, sizeof key, "%s.%s", obj_key, name);
+    const cJSON *v = get(obj, name);
+    if (!v)
+        return gk_err_set(s->err, GK_ERR_CONFIG, "%s: missing key '%s'", s->file, key);
+    return read_float(s, key, v, false, out);
+}
+
+/* rope_theta (top level or in rope_parameters) and the scaling rule, from "rope_parameters"
+ * (transformers 5) or "rope_scaling" (earlier). */
+static gk_status read_rope(const src *s, const cJSON *root, gk_config *c)
+{
+    gk_status st;
+    const cJSON *params = get(root, "rope_parameters");
+    const cJSON *scaling = get(root, "rope_scaling");
+    if (!is_absent(params) && !cJSON_IsObject(params)) {
+        char val[64];
+        describe(params, val, sizeof val);
+        return gk_err_set(s->err, GK_ERR_CONFIG, "%s: 'rope_parameters' must be an object, got %s",
+                          s->file, val);
+    }
+    if (!is_absent(scaling) && !cJSON_IsObject(scaling)) {
+        char val[64];
+        describe(scaling, val, sizeof val);
+        return gk_err_set(s->err, GK_ERR_CONFIG,
+                          "%s: 'rope_scaling' must be an object or null, got %s", s->file, val);
+    }
+
+    const char *obj_key = "rope_parameters";
+    const cJSON *obj = is_absent(params) ? NULL : params;
+    if (obj && !get(obj, "rope_type") && !get(obj, "type") && !get(obj, "rope_theta")) {
+        /* transformers 5 keys rope_parameters by layer type for mixed-attention models */
+        for (const cJSON *it = obj->child; it; it = it->next)
+            if (cJSON_IsObject(it))
+                return gk_err_set(s->err, GK_ERR_UNSUPPORTED,
+                                  "%s: 'rope_parameters' per layer type ('%s', ...) "
+                                  "is not supported",
+                                  s->file, it->string);
+    }
+    if (!obj && !is_absent(scaling)) {
+        obj = scaling;
+        obj_key = "rope_scaling";
+    }
+
+    c->rope_theta = 10000.0f;
+    const cJSON *theta = get(root, "rope_theta");
+    const char *theta_key = "rope_theta";
+    if (is_absent(theta) && obj) {
+        theta = get(obj, "rope_theta");
+        theta_key = obj == params ? "rope_parameters.rope_theta" : "rope_scaling.rope_theta";
+    }
+    if (!is_absent(theta) && (st = read_float(s, theta_key, theta, false, &c->rope_theta)) != GK_OK)
+        return st;
+
+    c->rope_scaling = GK_ROPE_NONE;
+    c->rope_factor = 1.0f;
+    if (!obj)
+        return GK_OK;
+    char type_key[48];
+    const cJSON *type = get(obj, "rope_type");
+    snprintf(type_key, sizeof type_key, "%s.rope_type", obj_key);
+    if (!type && (type = get(obj, "type")))
+        snprintf(type_key, sizeof type_key, "%s.type", obj_key);
+    if (!type) {
+        if (obj == params)
+            return GK_OK; /* only rope_theta inside: default rope */
+        return gk_err_set(s->err, GK_ERR_CONFIG, "%s: missing key '%s'", s->file, type_key);
+    }
+    char val[64];
+    describe(type, val, sizeof val);
+    if (!cJSON_IsString(type))
+        return gk_err_set(s->err, GK_ERR_CONFIG, "%s: '%s' must be a string, got %s", s->file,
+                          type_key, val);
+    const char *t = type->valuestring;
+    if (strcmp(t, "default") == 0)
+        return GK_OK;
+    if (strcmp(t, "linear") == 0) {
+        c->rope_scaling = GK_ROPE_LINEAR;
+        return rope_num(s, obj, obj_key, "factor", &c->rope_factor);
+    }
+    if (strcmp(t, "llama3") != 0)
+        return gk_err_set(s->err, GK_ERR_UNSUPPORTED,
+                          "%s: '%s' %s is not supported (known: default, linear, llama3)", s->file,
+                          type_key, val);
+    c->rope_scaling = GK_ROPE_LLAMA3;
+    if ((st = rope_num(s, obj, obj_key, "factor", &c->rope_factor)) != GK_OK ||
+        (st = rope_num(s, obj, obj_key, "low_freq_factor", &c->rope_low_freq_factor)) != GK_OK ||
+        (st = rope_num(s, obj, obj_key, "high_freq_factor", &c->rope_high_freq_factor)) != GK_OK)
+        return st;
+    if (c->rope_high_freq_factor <= c->rope_low_freq_factor)
+        return gk_err_set(s->err, GK_ERR_CONFIG,
+                          "%s: '%s.high_freq_factor' (%g) must be greater than "
+                          "'%s.low_freq_factor' (%g)",
+                          s->file, obj_key, (double)c->rope_high_freq_factor, obj_key,
+                          (double)c->rope_low_freq_factor);
+    char key[80];
+    snprintf(key, sizeof key, "%s.original_max_position_embeddings", obj_key);
+    const cJSON *v = get(obj, "original_max_position_embeddings");
+    if (!v)
+        return gk_err_set(s->err, GK_ERR_CONFIG, "%s: missing key '%s'", s->file, key);
+    return read_int(s, key, v, 1, &c->rope_orig_ctx);
+}
+
+/* ------------------------------------------------------------ config.json */
+
+static gk_status read_norm_act(const src *s, const cJSON *root, gk_config *c)
+{
+    gk_status st;
+    bool gpt2 = strcmp(c->model_type, "gpt2") == 0;
+    /* absent: the defaults of transformers' GPT2Config and LlamaConfig */
+    c->norm = gpt2 ? GK_NORM_LAYER : GK_NORM_RMS;
+    c->norm_eps = gpt2 ? 1e-5f : 1e-6f;
+    c->has_norm_type = false;
+    static const struct { const char *key; gk_norm norm; } eps_keys[] = {
+        { "rms_norm_eps", GK_NORM_RMS },
+        { "layer_norm_epsilon", GK_NORM_LAYER },
+        { "layer_norm_eps", GK_NORM_LAYER },
+    };
+    for (size_t i = 0; i < sizeof eps_keys / sizeof eps_keys[0]; i++) {
+        const cJSON *v = get(root, eps_keys[i].key);
+        if (is_absent(v))
+            continue;
+        if ((st = read_float(s, eps_keys[i].key, v, true, &c->norm_eps)) != GK_OK)
+            return st;
+        c->norm = eps_keys[i].norm;
+        c->has_norm_type = true;
+        break;
+    }
+
+    const char *key;
+    const cJSON *v = get_alias(root, "hidden_act", "activation_function", &key);
+    c->act = gpt2 ? GK_ACT_GELU_TANH : GK_ACT_SILU;
+    if (is_absent(v))
+        return GK_OK;
+    char val[64];
+    describe(v, val, sizeof val);
+    if (!cJSON_IsString(v))
+        return gk_err_set(s->err, GK_ERR_CONFIG, "%s: '%s' must be a string, got %s", s->file,
+                          key, val);
+    static const struct { const char *name; gk_act act; } acts[] = {
+        { "silu", GK_ACT_SILU },
+        { "swish", GK_ACT_SILU },
+        { "gelu_new", GK_ACT_GELU_TANH },
+        { "gelu_pytorch_tanh", GK_ACT_GELU_TANH },
+        { "gelu_fast", GK_ACT_GELU_TANH },
+        { "gelu", GK_ACT_GELU },
+    };
+    for (size_t i = 0; i < sizeof acts / sizeof acts[0]; i++) {
+        if (strcmp(v->valuestring, acts[i].name) == 0) {
+            c->act = acts[i].act;
+            return GK_OK;
+        }
+    }
+    return gk_err_set(s->err, GK_ERR_UNSUPPORTED,
+                      "%s: '%s' %s is not supported (known: silu, swish, gelu, gelu_new, "
+                      "gelu_pytorch_tanh, gelu_fast)", s->file, key, val);
+}
+
+static gk_status read_dtype(const src *s, const cJSON *root, gk_config *c)
+{
+    const char *key;
+    const cJSON *v = get_alias(root, "torch_dtype", "dtype", &key);
+    c->dtype = GK_DTYPE_F32;
+    if (is_absent(v))
+        return GK_OK;
+    char val[64];
+    describe(v, val, sizeof val);
+    if (!cJSON_IsString(v))
+        return gk_err_set(s->err, GK_ERR_CONFIG, "%s: '%s' must be a string, got %s", s->file,
+                          key, val);
+    static const struct { const char *name; gk_dtype t; } dtypes[] = {
+        { "float32", GK_DTYPE_F32 },
+        { "float16", GK_DTYPE_F16 },
+        { "bfloat16", GK_DTYPE_BF16 },
+    };
+    for (size_t i = 0; i < sizeof dtypes / sizeof dtypes[0]; i++) {
+        if (strcmp(v->valuestring, dtypes[i].name) == 0) {
+            c->dtype = dtypes[i].t;
+            return GK_OK;
+        }
+    }
+    return gk_err_set(s->err, GK_ERR_UNSUPPORTED,
+                      "%s: '%s' %s is not supported (known: float32, float16, bfloat16)", s->file,
+                      key, val);
+}
+
+/* Shapes: sizes, heads, head_dim, feed-forward width, trained context. */
+static gk_status read_shapes(const src *s, const cJSON *root, gk_config *c)
+{
+    gk_status st;
+    const char *embd_key, *head_key, *kv_key = "num_key_value_heads";
+    if ((st = req_int(s, root, "vocab_size", NULL, &c->n_vocab, NULL)) != GK_OK ||
+        (st = req_int(s, root, "hidden_size", "n_embd", &c->n_embd, &embd_key)) != GK_OK ||
+        (st = req_int(s, root, "num_hidden_layers", "n_layer", &c->n_layer, NULL)) != GK_OK ||
+        (st = req_int(s, root, "num_attention_heads", "n_head", &c->n_head, &head_key)) != GK_OK)
+        return st;
+
+    const cJSON *v = get(root, kv_key);
+    c->n_head_kv = c->n_head;
+    if (!is_absent(v) && (st = read_int(s, kv_key, v, 1, &c->n_head_kv)) != GK_OK)
+        return st;
+    if (c->n_head % c->n_head_kv != 0)
+        return gk_err_set(s->err, GK_ERR_CONFIG, "%s: '%s' (%lld) must divide '%s' (%lld)",
+                          s->file, kv_key, (long long)c->n_head_kv, head_key,
+                          (long long)c->n_head);
+
+    v = get(root, "head_dim");
+    if (!is_absent(v)) {
+        if ((st = read_int(s, "head_dim", v, 1, &c->head_dim)) != GK_OK)
+            return st;
+    } else if (c->n_embd % c->n_head != 0) {
+        return gk_err_set(s->err, GK_ERR_CONFIG,
+                          "%s: '%s' (%lld) does not divide '%s' (%lld) and there is no 'head_dim'",
+                          s->file, head_key, (long long)c->n_head, embd_key,
+                          (long long)c->n_embd);
+    } else {
+        c->head_dim = c->n_embd / c->n_head;
+    }
+
+    const char *key;
+    v = get_alias(root, "intermediate_size", "n_inner", &key);
+    c->n_ff = 4 * c->n_embd; /* GPT-2's rule for n_inner null */
+    if (!is_absent(v) && (st = read_int(s, key, v, 1, &c->n_ff)) != GK_OK)
+        return st;
+
+    return req_int(s, root, "max_position_embeddings", "n_positions", &c->n_ctx_train, NULL);
+}
+
+static gk_status read_names(const src *s, const cJSON *root, gk_config *c)
+{
+    gk_status st = read_str(s, "model_type", get(root, "model_type"), c->model_type,
+                            sizeof c->model_type);
+    if (st != GK_OK)
+        return st;
+    const cJSON *v = get(root, "architectures");
+    if (is_absent(v))
+        return GK_OK;
+    if (!cJSON_IsArray(v)) {
+        char val[64];
+        describe(v, val, sizeof val);
+        return gk_err_set(s->err, GK_ERR_CONFIG, "%s: 'architectures' must be a list, got %s",
+                          s->file, val);
+    }
+    if (cJSON_GetArraySize(v) == 0)
+        return GK_OK;
+    return read_str(s, "architectures[0]", cJSON_GetArrayItem(v, 0), c->architecture,
+                    sizeof c->architecture);
+}
+
+static gk_status read_config(const src *s, const cJSON *root, gk_config *c)
+{
+    gk_status st;
+    if ((st = read_names(s, root, c)) != GK_OK || (st = read_shapes(s, root, c)) != GK_OK ||
+        (st = read_norm_act(s, root, c)) != GK_OK || (st = read_rope(s, root, c)) != GK_OK ||
+        (st = read_dtype(s, root, c)) != GK_OK)
+        return st;
+
+    c->tie_word_embeddings = true;     /* PretrainedConfig's default */
+    c->attention_bias = strcmp(c->model_type, "qwen2") == 0; /* Qwen2 always has q/k/v bias */
+    c->mlp_bias = false;
+    if ((st = read_bool(s, "tie_word_embeddings", get(root, "tie_word_embeddings"),
+                        &c->tie_word_embeddings)) != GK_OK ||
+        (st = read_bool(s, "attention_bias", get(root, "attention_bias"),
+                        &c->attention_bias)) != GK_OK ||
+        (st = read_bool(s, "mlp_bias", get(root, "mlp_bias"), &c->mlp_bias)) != GK_OK)
+        return st;
+
+    c->bos_id = -1;
+    c->n_eos = 0;
+    if ((st = read_bos(s, root, c)) != GK_OK)
+        return st;
+    return read_eos(s, root, c);
+}
+
+/* Both texts to a config; gen_text may be NULL. *out is written only on success. */
+static gk_status parse_texts(const char *cfg_name, const char *cfg_text, const char *gen_name,
+                             const char *gen_text, gk_config *out, gk_err *err)
+{
+    src cs = { cfg_name, err }, gs = { gen_name, err };
+    cJSON *root = NULL, *gen = NULL;
+    gk_config c;
+    memset(&c, 0, sizeof c);
+    gk_status st = parse_json(&cs, cfg_text, &root);
+    if (st != GK_OK)
+        goto out;
+    if ((st = read_config(&cs, root, &c)) != GK_OK)
+        goto out;
+    if (gen_text) {
+        if ((st = parse_json(&gs, gen_text, &gen)) != GK_OK)
+            goto out;
+        /* generation_config.json wins where it has the key */
+        if ((st = read_bos(&gs, gen, &c)) != GK_OK || (st = read_eos(&gs, gen, &c)) != GK_OK)
+            goto out;
+    }
+    *out = c;
+out:
+    cJSON_Delete(gen);
+    cJSON_Delete(root);
+    return st;
+}
+
+/* ------------------------------------------------------------ public */
+
+gk_status gk_config_parse(const char *config_json, const char *gen_json, gk_config *out,
+                          gk_err *err)
+{
+    if (!out)
+        return gk_err_set(err, GK_ERR_INVALID_ARG, "gk_config_parse: out is NULL");
+    memset(out, 0, sizeof *out);
+    if (!config_json)
+        return gk_err_set(err, GK_ERR_INVALID_ARG, "gk_config_parse: config_json is NULL");
+    return parse_texts("config.json", config_json, "generation_config.json", gen_json, out, err);
+}
+
+gk_status gk_config_load(const char *path, gk_config *out, gk_err *err)
+{
+    if (!out)
+        return gk_err_set(err, GK_ERR_INVALID_ARG, "gk_config_load: out is NULL");
+    memset(out, 0, sizeof *out);
+    if (!path)
+        return gk_err_set(err, GK_ERR_INVALID_ARG, "gk_config_load: path is NULL");
+
+    gk_status st;
+    char *cfg_path = NULL, *dir = NULL, *gen_path = NULL, *cfg_text = NULL, *gen_text = NULL;
+    if (gk_path_is_dir(path)) {
+        dir = gk_strdup(path);
+        cfg_path = gk_path_join(path, "config.json");
+    } else {
+        dir = gk_path_dirname(path);
+        cfg_path = gk_strdup(path);
+    }
+    gen_path = dir ? gk_path_join(dir, "generation_config.json") : NULL;
+    if (!cfg_path || !gen_path) {
+        st = gk_err_set(err, GK_ERR_NOMEM, "%s: out of memory", path);
+        goto out_free;
+    }
+    if ((st = gk_read_file(cfg_path, &cfg_text, NULL, err)) != GK_OK)
+        goto out_free;
+    if (gk_path_exists(gen_path) && (st = gk_read_file(gen_path, &gen_text, NULL, err)) != GK_OK)
+        goto out_free;
+    st = parse_texts(cfg_path, cfg_text, gen_path, gen_text, out, err);
+out_free:
+    free(gen_text);
+    free(cfg_text);
+    free(gen_path);
+    free(cfg_path);
+    free(dir);
+    return st;
+}

@@ -1,1 +1,199 @@
-/* placeholder */
+/* generate.c - sampling and the generation loop.
+ *
+ * Sampling follows transformers' order of logits processors: temperature, then
+ * top-k, then top-p (nucleus), then a draw from the softmax. Temperature 0 is
+ * greedy (argmax; ties go to the lowest id, as torch.argmax). The generator is
+ * splitmix64, so a seed reproduces a run on any machine. Not here: the forward
+ * pass (model.c).
+ */
+#include "model_impl.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+gk_gen_opts gk_gen_opts_default(void)
+{
+    return (gk_gen_opts){
+        .max_new_tokens = 100,
+        .temperature = 0.0f,
+        .top_k = 0,
+        .top_p = 1.0f,
+        .seed = 0,
+        .use_cache = true,
+    };
+}
+
+void gk_rng_seed(gk_rng *r, uint64_t seed) { r->s = seed; }
+
+static uint64_t rng_next(gk_rng *r)
+{
+    uint64_t z = (r->s += 0x9E3779B97F4A7C15ull);
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    return z ^ (z >> 31);
+}
+
+/* Uniform in [0, 1). */
+static double rng_uniform(gk_rng *r) { return (double)(rng_next(r) >> 11) * 0x1.0p-53; }
+
+static int32_t argmax(const float *x, int64_t n)
+{
+    int64_t best = 0;
+    for (int64_t i = 1; i < n; i++)
+        if (x[i] > x[best])
+            best = i;
+    return (int32_t)best;
+}
+
+typedef struct cand {
+    float logit;
+    int32_t id;
+} cand;
+
+/* Descending by logit, ties by id (a deterministic order). */
+static int cand_cmp(const void *a, const void *b)
+{
+    const cand *x = a, *y = b;
+    if (x->logit != y->logit)
+        return x->logit < y->logit ? 1 : -1;
+    return (x->id > y->id) - (x->id < y->id);
+}
+
+int32_t gk_sample(const float *logits, int64_t n_vocab, const gk_gen_opts *o, gk_rng *rng)
+{
+    if (n_vocab <= 0)
+        return -1;
+    if (o->temperature <= 0.0f || o->top_k == 1)
+        return argmax(logits, n_vocab);
+    cand *c = malloc((size_t)n_vocab * sizeof *c);
+    if (!c)
+        return -1;
+    for (int64_t i = 0; i < n_vocab; i++) {
+        c[i].logit = logits[i] / o->temperature;
+        c[i].id = (int32_t)i;
+    }
+    qsort(c, (size_t)n_vocab, sizeof *c, cand_cmp);
+    int64_t n = n_vocab;
+    if (o->top_k > 0 && o->top_k < n) {
+        /* transformers keeps every token tied with the k-th logit */
+        int64_t k = o->top_k;
+        while (k < n && c[k].logit == c[o->top_k - 1].logit)
+            k++;
+        n = k;
+    }
+    /* softmax over the survivors */
+    double sum = 0.0;
+    double *p = malloc((size_t)n * sizeof *p);
+    if (!p) {
+        free(c);
+        return -1;
+    }
+    for (int64_t i = 0; i < n; i++) {
+        p[i] = exp((double)c[i].logit - (double)c[0].logit);
+        sum += p[i];
+    }
+    for (int64_t i = 0; i < n; i++)
+        p[i] /= sum;
+    if (o->top_p > 0.0f && o->top_p < 1.0f) {
+        /* smallest prefix whose mass reaches top_p; always at least one token */
+        double cum = 0.0;
+        int64_t keep = 0;
+        while (keep < n) {
+            cum += p[keep++];
+            if (cum >= (double)o->top_p)
+                break;
+        }
+        n = keep;
+        sum = 0.0;
+        for (int64_t i = 0; i < n; i++)
+            sum += p[i];
+        for (int64_t i = 0; i < n; i++)
+            p[i] /= sum;
+    }
+    double u = rng_uniform(rng), cum = 0.0;
+    int32_t pick = c[n - 1].id;
+    for (int64_t i = 0; i < n; i++) {
+        cum += p[i];
+        if (u < cum) {
+            pick = c[i].id;
+            break;
+        }
+    }
+    free(p);
+    free(c);
+    return pick;
+}
+
+static bool is_eos(const gk_gen_opts *o, int32_t t)
+{
+    for (int i = 0; i < o->n_eos; i++)
+        if (o->eos_ids[i] == t)
+            return true;
+    return false;
+}
+
+gk_status gk_model_generate(gk_model *m, const int32_t *prompt, int64_t n_prompt, const gk_gen_opts *o,
+                            int32_t *out, int64_t *n_out, gk_gen_stats *stats, gk_err *err)
+{
+    *n_out = 0;
+    if (n_prompt <= 0)
+        return gk_err_set(err, GK_ERR_INVALID_ARG, "the prompt is empty");
+    if (o->top_p <= 0.0f || o->top_p > 1.0f)
+        return gk_err_set(err, GK_ERR_INVALID_ARG, "top_p must be in (0, 1], got %g", (double)o->top_p);
+    if (o->temperature < 0.0f || o->top_k < 0 || o->max_new_tokens < 0)
+        return gk_err_set(err, GK_ERR_INVALID_ARG, "temperature, top_k and max_new_tokens must not be negative");
+    int64_t total = n_prompt + o->max_new_tokens;
+    /* The last sampled token is never fed back, so it needs no cache row. */
+    if (total - 1 > m->n_ctx)
+        return gk_err_set(err, GK_ERR_INVALID_ARG,
+                          "prompt of %lld tokens plus %lld new ones exceeds the context of %lld tokens",
+                          (long long)n_prompt, (long long)o->max_new_tokens, (long long)m->n_ctx);
+    int32_t *seq = malloc((size_t)total * sizeof *seq);
+    if (!seq)
+        return gk_err_set(err, GK_ERR_NOMEM, "out of memory");
+    memcpy(seq, prompt, (size_t)n_prompt * sizeof *seq);
+    gk_rng rng;
+    gk_rng_seed(&rng, o->seed);
+    gk_gen_stats s0 = {.n_prompt = n_prompt};
+    gk_status s = gk_model_truncate(m, 0, err);
+
+    double t0 = gk_now();
+    int64_t len = n_prompt;
+    for (int64_t step = 0; s == GK_OK && step < o->max_new_tokens; step++) {
+        if (step == 0 || !o->use_cache) {
+            /* prefill, or without a cache the whole sequence again */
+            s = gk_model_truncate(m, 0, err);
+            if (s == GK_OK)
+                s = gk_model_forward(m, seq, len, NULL, err);
+        } else {
+            s = gk_model_forward(m, &seq[len - 1], 1, NULL, err);
+        }
+        if (s == GK_OK)
+            s = gk_model_last_logits(m, err);
+        if (s != GK_OK)
+            break;
+        if (step == 0) {
+            s0.t_prefill_s = gk_now() - t0;
+            t0 = gk_now();
+        }
+        int32_t tok = gk_sample(m->host_logits, m->cfg.n_vocab, o, &rng);
+        if (tok < 0) {
+            s = gk_err_set(err, GK_ERR_NOMEM, "out of memory while sampling");
+            break;
+        }
+        seq[len++] = tok;
+        out[(*n_out)++] = tok;
+        s0.n_gen++;
+        if (o->on_token && !o->on_token(tok, o->user))
+            break;
+        if (is_eos(o, tok))
+            break;
+    }
+    if (s0.n_gen > 0)
+        s0.t_decode_s = gk_now() - t0;
+    if (stats)
+        *stats = s0;
+    free(seq);
+    return s;
+}

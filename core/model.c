@@ -1,1 +1,666 @@
-/* placeholder */
+/* model.c - loading a checkpoint into a backend, and running forward passes.
+ *
+ * Loading reads config.json, picks the architecture, checks every tensor of the
+ * checkpoint against the architecture's table (missing, misshaped and unknown
+ * tensors are errors naming them), converts to the model dtype and uploads.
+ * The KV cache is allocated at load for n_ctx positions. Not here: building
+ * graphs (graph.c) and sampling (generate.c).
+ */
+#include "model_impl.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* ------------------------------------------------------ model tensors */
+
+gk_status gk_model_tensor_new(gk_model *m, gk_dtype dt, int64_t rows, int64_t cols,
+                              const char *name, int layer, gk_tensor **out, gk_err *err)
+{
+    *out = NULL;
+    gk_tensor *t = calloc(1, sizeof *t);
+    if (!t)
+        return gk_err_set(err, GK_ERR_NOMEM, "out of memory");
+    t->dtype = dt;
+    t->rows = rows;
+    t->cols = cols;
+    t->layer = layer;
+    snprintf(t->name, sizeof t->name, "%s", name);
+    gk_status st = m->be.ops->buffer_alloc(m->be.state, gk_tensor_nbytes(t), &t->data, err);
+    if (st != GK_OK) {
+        free(t);
+        return st;
+    }
+    *out = t;
+    return GK_OK;
+}
+
+void gk_model_tensor_free(gk_model *m, gk_tensor *t)
+{
+    if (!t)
+        return;
+    if (t->data)
+        m->be.ops->buffer_free(m->be.state, t->data);
+    free(t);
+}
+
+/* ------------------------------------------------------------ weights */
+
+static int64_t dim_value(const gk_config *c, gk_dim d)
+{
+    switch (d) {
+    case GK_DIM_NONE: return 0;
+    case GK_DIM_ONE: return 1;
+    case GK_DIM_VOCAB: return c->n_vocab;
+    case GK_DIM_EMBD: return c->n_embd;
+    case GK_DIM_Q: return c->n_head * c->head_dim;
+    case GK_DIM_KV: return c->n_head_kv * c->head_dim;
+    case GK_DIM_FF: return c->n_ff;
+    case GK_DIM_HEAD: return c->head_dim;
+    case GK_DIM_POS: return c->n_ctx_train;
+    case GK_DIM_QKV: return (c->n_head + 2 * c->n_head_kv) * c->head_dim;
+    }
+    return 0;
+}
+
+/* The checkpoint name of an entry (prefix tried in order); false when absent. */
+static bool resolve_name(const gk_arch_ops *arch, gk_safetensors *st, const gk_tensor_entry *e,
+                         int il, char *out, size_t len)
+{
+    static const char *const no_prefix[] = {"", NULL};
+    const char *const *prefixes = arch->name_prefixes ? arch->name_prefixes : no_prefix;
+    char base[256];
+    snprintf(base, sizeof base, e->name, il);
+    for (const char *const *p = prefixes; *p; p++) {
+        snprintf(out, len, "%s%s", *p, base);
+        if (gk_safetensors_has(st, out))
+            return true;
+    }
+    snprintf(out, len, "%s%s", prefixes[0], base);
+    return false;
+}
+
+static void shape_str(const gk_tensor_info *ti, char *buf, size_t len)
+{
+    size_t used = (size_t)snprintf(buf, len, "[");
+    for (int i = 0; i < ti->n_dims && used < len; i++)
+        used += (size_t)snprintf(buf + used, len - used, "%s%lld", i ? ", " : "", (long long)ti->shape[i]);
+    if (used < len)
+        snprintf(buf + used, len - used, "]");
+}
+
+/* Convert n floats into dst of dtype dt. */
+static void store_as(gk_dtype dt, const float *src, void *dst, size_t n)
+{
+    if (dt == GK_DTYPE_F32) {
+        memcpy(dst, src, n * sizeof(float));
+    } else if (dt == GK_DTYPE_F16) {
+        for (size_t i = 0; i < n; i++)
+            ((uint16_t *)dst)[i] = gk_f32_to_f16(src[i]);
+    } else {
+        for (size_t i = 0; i < n; i++)
+            ((uint16_t *)dst)[i] = gk_f32_to_bf16(src[i]);
+    }
+}
+
+/* Load one table entry (one layer) into a new backend tensor. */
+static gk_status load_weight(gk_model *m, gk_safetensors *st, const gk_tensor_entry *e,
+                             const char *name, int il, gk_tensor **out, gk_err *err)
+{
+    gk_tensor_info ti;
+    gk_status s = gk_safetensors_info(st, name, &ti, err);
+    if (s != GK_OK)
+        return s;
+    if (ti.dtype != GK_DTYPE_F32 && ti.dtype != GK_DTYPE_F16 && ti.dtype != GK_DTYPE_BF16)
+        return gk_err_set(err, GK_ERR_UNSUPPORTED, "tensor '%s' is %s; only F32, F16 and BF16 weights load",
+                          name, gk_dtype_name(ti.dtype));
+    int parts = e->part ? e->n_parts : 1;
+    bool is_1d = e->shape[1] == GK_DIM_NONE;
+    int64_t rows = is_1d ? 1 : dim_value(&m->cfg, e->shape[0]);
+    int64_t cols = is_1d ? dim_value(&m->cfg, e->shape[0]) : dim_value(&m->cfg, e->shape[1]);
+    /* Expected stored shape. */
+    int64_t want[2];
+    int want_dims = is_1d ? 1 : 2;
+    if (is_1d) {
+        want[0] = cols * parts;
+    } else if (e->flags & GK_TF_TRANSPOSE) {
+        want[0] = cols;
+        want[1] = rows * parts;
+    } else {
+        want[0] = rows * parts;
+        want[1] = cols;
+    }
+    if (ti.n_dims != want_dims || ti.shape[0] != want[0] || (want_dims == 2 && ti.shape[1] != want[1])) {
+        char got[96];
+        shape_str(&ti, got, sizeof got);
+        if (want_dims == 1)
+            return gk_err_set(err, GK_ERR_FORMAT, "tensor '%s' has shape %s, expected [%lld] from config.json",
+                              name, got, (long long)want[0]);
+        return gk_err_set(err, GK_ERR_FORMAT, "tensor '%s' has shape %s, expected [%lld, %lld] from config.json",
+                          name, got, (long long)want[0], (long long)want[1]);
+    }
+
+    gk_tensor *t;
+    s = gk_model_tensor_new(m, m->dtype, rows, cols, name, il, &t, err);
+    if (s != GK_OK)
+        return s;
+    size_t n = (size_t)(rows * cols);
+    if (ti.dtype == m->dtype && parts == 1 && !(e->flags & GK_TF_TRANSPOSE)) {
+        const void *raw;
+        uint64_t nb;
+        s = gk_safetensors_bytes(st, name, &raw, &nb, err);
+        if (s == GK_OK)
+            s = m->be.ops->buffer_write(m->be.state, t->data, 0, raw, (size_t)nb, err);
+        goto out;
+    }
+    size_t total = n * (size_t)parts;
+    float *all = malloc(total * sizeof(float));
+    float *sel = malloc(n * sizeof(float));
+    void *conv = malloc(n * gk_dtype_size(m->dtype));
+    if (!all || !sel || !conv) {
+        s = gk_err_set(err, GK_ERR_NOMEM, "out of memory converting '%s'", name);
+        goto out_free;
+    }
+    s = gk_safetensors_read_f32(st, name, all, total, err);
+    if (s != GK_OK)
+        goto out_free;
+    int p = e->part ? e->part - 1 : 0;
+    if (e->flags & GK_TF_TRANSPOSE && !is_1d) {
+        /* stored [cols][parts*rows]: element (r, c) of part p is all[c][p*rows + r] */
+        int64_t stride = rows * parts;
+        for (int64_t r = 0; r < rows; r++)
+            for (int64_t c = 0; c < cols; c++)
+                sel[r * cols + c] = all[c * stride + p * rows + r];
+    } else {
+        memcpy(sel, all + (size_t)p * n, n * sizeof(float));
+    }
+    store_as(m->dtype, sel, conv, n);
+    s = m->be.ops->buffer_write(m->be.state, t->data, 0, conv, n * gk_dtype_size(m->dtype), err);
+out_free:
+    free(all);
+    free(sel);
+    free(conv);
+out:
+    if (s != GK_OK) {
+        gk_model_tensor_free(m, t);
+        return s;
+    }
+    m->weight_bytes += gk_tensor_nbytes(t);
+    *out = t;
+    return GK_OK;
+}
+
+/* Is this entry required for this model? */
+static bool entry_required(const gk_model *m, const gk_tensor_entry *e)
+{
+    if (e->flags & GK_TF_COND_BIAS)
+        return m->cfg.attention_bias;
+    if (e->flags & GK_TF_COND_QKN)
+        return m->arch->spec->use_qk_norm;
+    return !(e->flags & GK_TF_OPTIONAL);
+}
+
+static gk_status load_weights(gk_model *m, gk_safetensors *st, gk_err *err)
+{
+    size_t n_names = gk_safetensors_count(st);
+    bool *claimed = calloc(n_names ? n_names : 1, sizeof *claimed);
+    if (!claimed)
+        return gk_err_set(err, GK_ERR_NOMEM, "out of memory");
+    gk_status s = GK_OK;
+    char name[320];
+    for (const gk_tensor_entry *e = m->arch->tensors; e->name && s == GK_OK; e++) {
+        bool layered = e->flags & GK_TF_LAYER;
+        int n_l = layered ? (int)m->cfg.n_layer : 1;
+        if (layered && e->role != GK_W_UNUSED && !m->lw[e->role]) {
+            m->lw[e->role] = calloc((size_t)n_l, sizeof(gk_tensor *));
+            if (!m->lw[e->role]) {
+                s = gk_err_set(err, GK_ERR_NOMEM, "out of memory");
+                break;
+            }
+        }
+        for (int il = 0; il < n_l && s == GK_OK; il++) {
+            bool have = resolve_name(m->arch, st, e, il, name, sizeof name);
+            if (!have) {
+                if (entry_required(m, e) && !(e->role == GK_W_LM_HEAD))
+                    s = gk_err_set(err, GK_ERR_FORMAT, "missing tensor '%s' (%s architecture)", name,
+                                   m->arch->spec->name);
+                continue;
+            }
+            bool unexpected = (e->flags & GK_TF_COND_BIAS) && !m->cfg.attention_bias;
+            if (unexpected || (e->role == GK_W_LM_HEAD && m->cfg.tie_word_embeddings) ||
+                e->role == GK_W_UNUSED) {
+                if (unexpected) {
+                    s = gk_err_set(err, GK_ERR_FORMAT,
+                                   "tensor '%s' is present but config.json says attention_bias is false",
+                                   name);
+                    continue;
+                }
+            } else {
+                gk_tensor **slot = layered ? &m->lw[e->role][il] : &m->w[e->role];
+                if (!*slot)
+                    s = load_weight(m, st, e, name, layered ? il : -1, slot, err);
+            }
+            for (size_t i = 0; i < n_names; i++)
+                if (strcmp(gk_safetensors_name(st, i), name) == 0)
+                    claimed[i] = true;
+        }
+    }
+    if (s == GK_OK && !m->w[GK_W_LM_HEAD] && !m->cfg.tie_word_embeddings)
+        s = gk_err_set(err, GK_ERR_FORMAT,
+                       "missing LM head tensor and config.json has tie_word_embeddings = false");
+    for (size_t i = 0; s == GK_OK && i < n_names; i++)
+        if (!claimed[i])
+            s = gk_err_set(err, GK_ERR_FORMAT, "unknown tensor '%s' for the %s architecture",
+                           gk_safetensors_name(st, i), m->arch->spec->name);
+    free(claimed);
+    return s;
+}
+
+/* ---------------------------------------------------------------- RoPE */
+
+/* inv_freq[i] = theta^(-2i/d), then the checkpoint's scaling (as transformers'
+ * rope init functions compute it). */
+static void rope_freqs(const gk_config *c, float *inv, int64_t half)
+{
+    for (int64_t i = 0; i < half; i++) {
+        float expo = (float)(2 * i) / (float)c->head_dim;
+        inv[i] = (float)(1.0 / pow((double)c->rope_theta, (double)expo));
+    }
+    if (c->rope_scaling == GK_ROPE_LINEAR) {
+        for (int64_t i = 0; i < half; i++)
+            inv[i] /= c->rope_factor;
+    } else if (c->rope_scaling == GK_ROPE_LLAMA3) {
+        double old = (double)c->rope_orig_ctx;
+        double lo = c->rope_low_freq_factor, hi = c->rope_high_freq_factor;
+        double low_wavelen = old / lo, high_wavelen = old / hi;
+        for (int64_t i = 0; i < half; i++) {
+            double f = inv[i], wavelen = 2.0 * M_PI / f;
+            if (wavelen > low_wavelen) {
+                f = f / c->rope_factor;
+            } else if (wavelen >= high_wavelen) {
+                double smooth = (old / wavelen - lo) / (hi - lo);
+                f = (1.0 - smooth) * f / c->rope_factor + smooth * f;
+            }
+            inv[i] = (float)f;
+        }
+    }
+}
+
+/* ---------------------------------------------------------------- load */
+
+static gk_status parse_dtype(const char *s, gk_dtype stored, gk_dtype *out, gk_err *err)
+{
+    if (!s || !strcmp(s, "auto")) {
+        *out = stored;
+        return GK_OK;
+    }
+    if (!strcmp(s, "f32") || !strcmp(s, "float32"))
+        *out = GK_DTYPE_F32;
+    else if (!strcmp(s, "f16") || !strcmp(s, "float16"))
+        *out = GK_DTYPE_F16;
+    else if (!strcmp(s, "bf16") || !strcmp(s, "bfloat16"))
+        *out = GK_DTYPE_BF16;
+    else
+        return gk_err_set(err, GK_ERR_INVALID_ARG, "unknown dtype '%s' (use f32, f16, bf16 or auto)", s);
+    return GK_OK;
+}
+
+/* Folder, weights file and config file of a model path. */
+static gk_status resolve_paths(const char *path, char **weights, char **dir, gk_err *err)
+{
+    *weights = *dir = NULL;
+    if (gk_path_is_dir(path)) {
+        *dir = gk_strdup(path);
+        char *idx = gk_path_join(path, "model.safetensors.index.json");
+        char *one = gk_path_join(path, "model.safetensors");
+        if (idx && gk_path_exists(idx)) {
+            *weights = idx;
+            free(one);
+        } else if (one && gk_path_exists(one)) {
+            *weights = one;
+            free(idx);
+        } else {
+            free(idx);
+            free(one);
+            free(*dir);
+            *dir = NULL;
+            return gk_err_set(err, GK_ERR_NOT_FOUND,
+                              "%s: no model.safetensors or model.safetensors.index.json in this folder", path);
+        }
+    } else {
+        if (!gk_path_exists(path))
+            return gk_err_set(err, GK_ERR_IO, "%s: no such file or folder", path);
+        *weights = gk_strdup(path);
+        *dir = gk_path_dirname(path);
+    }
+    if (!*weights || !*dir) {
+        free(*weights);
+        free(*dir);
+        return gk_err_set(err, GK_ERR_NOMEM, "out of memory");
+    }
+    return GK_OK;
+}
+
+static gk_status alloc_caches(gk_model *m, gk_err *err)
+{
+    const gk_config *c = &m->cfg;
+    int64_t half = c->head_dim / 2;
+    float *inv = malloc((size_t)half * sizeof(float));
+    if (!inv)
+        return gk_err_set(err, GK_ERR_NOMEM, "out of memory");
+    rope_freqs(c, inv, half);
+    gk_status s = gk_model_tensor_new(m, GK_DTYPE_F32, 1, half, "inv_freq", -1, &m->inv_freq, err);
+    if (s == GK_OK)
+        s = m->be.ops->buffer_write(m->be.state, m->inv_freq->data, 0, inv, (size_t)half * sizeof(float), err);
+    free(inv);
+    m->k_cache = calloc((size_t)c->n_layer, sizeof *m->k_cache);
+    m->v_cache = calloc((size_t)c->n_layer, sizeof *m->v_cache);
+    if (s == GK_OK && (!m->k_cache || !m->v_cache))
+        s = gk_err_set(err, GK_ERR_NOMEM, "out of memory");
+    int64_t kv = c->n_head_kv * c->head_dim;
+    for (int64_t l = 0; l < c->n_layer && s == GK_OK; l++) {
+        s = gk_model_tensor_new(m, GK_DTYPE_F32, m->n_ctx, kv, "k_cache", (int)l, &m->k_cache[l], err);
+        if (s == GK_OK)
+            s = gk_model_tensor_new(m, GK_DTYPE_F32, m->n_ctx, kv, "v_cache", (int)l, &m->v_cache[l], err);
+    }
+    if (s == GK_OK)
+        m->host_logits = malloc((size_t)c->n_vocab * sizeof(float));
+    if (s == GK_OK && !m->host_logits)
+        s = gk_err_set(err, GK_ERR_NOMEM, "out of memory");
+    return s;
+}
+
+/* Bytes the model will need on the backend, to refuse early when they don't fit. */
+static uint64_t planned_bytes(const gk_model *m, gk_safetensors *st)
+{
+    uint64_t total = 0;
+    size_t n = gk_safetensors_count(st);
+    for (size_t i = 0; i < n; i++) {
+        gk_tensor_info ti;
+        if (gk_safetensors_info(st, gk_safetensors_name(st, i), &ti, NULL) == GK_OK && ti.dtype != GK_DTYPE_COUNT)
+            total += ti.nbytes / (gk_dtype_size(ti.dtype) ? gk_dtype_size(ti.dtype) : 1) * gk_dtype_size(m->dtype);
+    }
+    total += 2ull * (uint64_t)m->cfg.n_layer * (uint64_t)m->n_ctx * (uint64_t)(m->cfg.n_head_kv * m->cfg.head_dim) * 4u;
+    return total;
+}
+
+gk_status gk_model_load(gk_runtime *rt, const char *path, const gk_model_opts *opts, gk_model **out,
+                        gk_err *err)
+{
+    *out = NULL;
+    gk_model_opts defaults = {0};
+    if (!opts)
+        opts = &defaults;
+    gk_model *m = calloc(1, sizeof *m);
+    if (!m)
+        return gk_err_set(err, GK_ERR_NOMEM, "out of memory");
+    m->rt = rt;
+    gk_safetensors *st = NULL;
+    char *weights = NULL, *dir = NULL, *cfg_path = NULL;
+    gk_status s = resolve_paths(path, &weights, &dir, err);
+    if (s != GK_OK)
+        goto fail;
+    cfg_path = gk_path_join(dir, "config.json");
+    if (!cfg_path || !gk_path_exists(cfg_path)) {
+        s = gk_err_set(err, GK_ERR_NOT_FOUND, "%s: no config.json beside the weights", dir);
+        goto fail;
+    }
+    s = gk_config_load(cfg_path, &m->cfg, err);
+    if (s != GK_OK)
+        goto fail;
+    s = gk_safetensors_open(weights, &st, err);
+    if (s != GK_OK)
+        goto fail;
+
+    const gk_model_spec *spec = NULL;
+    if (opts->arch) {
+        spec = gk_runtime_find_arch(rt, opts->arch);
+        if (!spec) {
+            s = gk_err_set(err, GK_ERR_NOT_FOUND, "unknown architecture '%s'", opts->arch);
+            goto fail;
+        }
+    } else {
+        s = gk_runtime_detect_arch(rt, st, &m->cfg, &spec, err);
+        if (s != GK_OK)
+            goto fail;
+    }
+    m->arch = gk_runtime_arch_ops(rt, spec->name);
+    if (m->arch->check_config) {
+        s = m->arch->check_config(&m->cfg, err);
+        if (s != GK_OK)
+            goto fail;
+    }
+    s = gk_runtime_backend(rt, opts->backend, &m->be, err);
+    if (s != GK_OK)
+        goto fail;
+
+    /* The checkpoint's dtype is that of its token embedding. */
+    gk_dtype stored = m->cfg.dtype;
+    for (size_t i = 0; i < gk_safetensors_count(st); i++) {
+        gk_tensor_info ti;
+        if (gk_safetensors_info(st, gk_safetensors_name(st, i), &ti, NULL) == GK_OK &&
+            (ti.dtype == GK_DTYPE_F32 || ti.dtype == GK_DTYPE_F16 || ti.dtype == GK_DTYPE_BF16)) {
+            stored = ti.dtype;
+            break;
+        }
+    }
+    s = parse_dtype(opts->dtype, stored, &m->dtype, err);
+    if (s != GK_OK)
+        goto fail;
+    int64_t train_ctx = m->cfg.n_ctx_train > 0 ? m->cfg.n_ctx_train : 4096;
+    m->n_ctx = opts->n_ctx > 0 ? opts->n_ctx : (train_ctx < 4096 ? train_ctx : 4096);
+    if (spec->use_pos_embed && m->n_ctx > train_ctx) {
+        s = gk_err_set(err, GK_ERR_INVALID_ARG,
+                       "context %lld exceeds the %lld learned positions of this model",
+                       (long long)m->n_ctx, (long long)train_ctx);
+        goto fail;
+    }
+
+    gk_device_props props;
+    memset(&props, 0, sizeof props);
+    s = m->be.ops->device_props(m->be.state, &props, err);
+    if (s != GK_OK)
+        goto fail;
+    uint64_t need = planned_bytes(m, st);
+    if (props.mem_free && need > props.mem_free) {
+        s = gk_err_set(err, GK_ERR_NOMEM,
+                       "out of memory on %s: the model needs %.2f GB (weights and a %lld-token KV cache), %.2f GB is free",
+                       props.name, need / 1e9, (long long)m->n_ctx, props.mem_free / 1e9);
+        goto fail;
+    }
+    s = load_weights(m, st, err);
+    if (s == GK_OK)
+        s = alloc_caches(m, err);
+    if (s != GK_OK)
+        goto fail;
+    gk_safetensors_close(st);
+    free(weights);
+    free(dir);
+    free(cfg_path);
+    *out = m;
+    return GK_OK;
+
+fail:
+    gk_safetensors_close(st);
+    free(weights);
+    free(dir);
+    free(cfg_path);
+    gk_model_destroy(m);
+    return s;
+}
+
+void gk_model_destroy(gk_model *m)
+{
+    if (!m)
+        return;
+    if (m->be.ops) {
+        gk_fgraph_destroy(m, m->head_last);
+        gk_fgraph_destroy(m, m->head);
+        gk_fgraph_destroy(m, m->fwd);
+        for (int r = 0; r < GK_W_COUNT; r++) {
+            gk_model_tensor_free(m, m->w[r]);
+            for (int64_t l = 0; m->lw[r] && l < m->cfg.n_layer; l++)
+                gk_model_tensor_free(m, m->lw[r][l]);
+        }
+        for (int64_t l = 0; l < m->cfg.n_layer; l++) {
+            if (m->k_cache)
+                gk_model_tensor_free(m, m->k_cache[l]);
+            if (m->v_cache)
+                gk_model_tensor_free(m, m->v_cache[l]);
+        }
+        gk_model_tensor_free(m, m->inv_freq);
+    }
+    for (int r = 0; r < GK_W_COUNT; r++)
+        free(m->lw[r]);
+    free(m->k_cache);
+    free(m->v_cache);
+    free(m->host_logits);
+    free(m);
+}
+
+const gk_config *gk_model_config(const gk_model *m) { return &m->cfg; }
+const gk_model_spec *gk_model_spec_of(const gk_model *m) { return m->arch->spec; }
+const char *gk_model_backend_name(const gk_model *m) { return m->be.name; }
+gk_dtype gk_model_dtype(const gk_model *m) { return m->dtype; }
+int64_t gk_model_n_ctx(const gk_model *m) { return m->n_ctx; }
+int64_t gk_model_n_past(const gk_model *m) { return m->n_past; }
+uint64_t gk_model_weight_bytes(const gk_model *m) { return m->weight_bytes; }
+
+/* ------------------------------------------------------------- forward */
+
+static gk_status run(gk_model *m, gk_fgraph *fg, gk_err *err)
+{
+    gk_status s = m->be.ops->graph_compute(m->be.state, &fg->g, err);
+    if (s == GK_OK && m->be.ops->synchronize)
+        s = m->be.ops->synchronize(m->be.state, err);
+    return s;
+}
+
+gk_status gk_model_forward(gk_model *m, const int32_t *ids, int64_t n, float *hidden, gk_err *err)
+{
+    if (n <= 0)
+        return gk_err_set(err, GK_ERR_INVALID_ARG, "forward needs at least one token");
+    if (m->n_past + n > m->n_ctx)
+        return gk_err_set(err, GK_ERR_INVALID_ARG,
+                          "%lld tokens after %lld cached ones exceed the context of %lld tokens",
+                          (long long)n, (long long)m->n_past, (long long)m->n_ctx);
+    for (int64_t i = 0; i < n; i++)
+        if (ids[i] < 0 || ids[i] >= m->cfg.n_vocab)
+            return gk_err_set(err, GK_ERR_INVALID_ARG, "token id %d at index %lld is outside the vocabulary of %lld",
+                              ids[i], (long long)i, (long long)m->cfg.n_vocab);
+    gk_status s;
+    if (!m->fwd || m->fwd->g.n_tokens != n) {
+        gk_fgraph_destroy(m, m->head_last);
+        gk_fgraph_destroy(m, m->head);
+        gk_fgraph_destroy(m, m->fwd);
+        m->head_last = m->head = m->fwd = NULL;
+        s = gk_fgraph_build_forward(m, n, &m->fwd, err);
+        if (s != GK_OK)
+            return s;
+    }
+    int32_t *pos = malloc((size_t)n * sizeof *pos);
+    if (!pos)
+        return gk_err_set(err, GK_ERR_NOMEM, "out of memory");
+    for (int64_t i = 0; i < n; i++)
+        pos[i] = (int32_t)(m->n_past + i);
+    s = m->be.ops->buffer_write(m->be.state, m->fwd->ids->data, 0, ids, (size_t)n * sizeof *ids, err);
+    if (s == GK_OK)
+        s = m->be.ops->buffer_write(m->be.state, m->fwd->pos->data, 0, pos, (size_t)n * sizeof *pos, err);
+    free(pos);
+    if (s == GK_OK)
+        s = run(m, m->fwd, err);
+    if (s != GK_OK)
+        return s;
+    m->n_past += n;
+    if (hidden)
+        s = m->be.ops->buffer_read(m->be.state, m->fwd->out->data, 0, hidden,
+                                   gk_tensor_nbytes(m->fwd->out), err);
+    return s;
+}
+
+gk_status gk_model_logits(gk_model *m, float *logits, gk_err *err)
+{
+    if (!m->fwd)
+        return gk_err_set(err, GK_ERR_INVALID_ARG, "logits asked before any forward call");
+    gk_status s = GK_OK;
+    if (!m->head)
+        s = gk_fgraph_build_head(m, m->fwd->out, &m->head, err);
+    if (s == GK_OK)
+        s = run(m, m->head, err);
+    if (s == GK_OK)
+        s = m->be.ops->buffer_read(m->be.state, m->head->out->data, 0, logits,
+                                   gk_tensor_nbytes(m->head->out), err);
+    return s;
+}
+
+gk_status gk_model_last_logits(gk_model *m, gk_err *err)
+{
+    if (!m->fwd)
+        return gk_err_set(err, GK_ERR_INVALID_ARG, "logits asked before any forward call");
+    gk_status s = GK_OK;
+    if (!m->head_last) {
+        m->last_row = *m->fwd->out;
+        m->last_row.rows = 1;
+        m->last_row.data = (char *)m->fwd->out->data +
+                           (size_t)(m->fwd->out->rows - 1) * (size_t)m->fwd->out->cols * sizeof(float);
+        s = gk_fgraph_build_head(m, &m->last_row, &m->head_last, err);
+    }
+    if (s == GK_OK)
+        s = run(m, m->head_last, err);
+    if (s == GK_OK)
+        s = m->be.ops->buffer_read(m->be.state, m->head_last->out->data, 0, m->host_logits,
+                                   (size_t)m->cfg.n_vocab * sizeof(float), err);
+    return s;
+}
+
+gk_status gk_model_truncate(gk_model *m, int64_t n_keep, gk_err *err)
+{
+    if (n_keep < 0 || n_keep > m->n_past)
+        return gk_err_set(err, GK_ERR_INVALID_ARG, "cannot keep %lld of %lld cached tokens",
+                          (long long)n_keep, (long long)m->n_past);
+    m->n_past = n_keep;
+    return GK_OK;
+}
+
+/* ------------------------------------------------------- node access */
+
+static const gk_node *node_at(const gk_model *m, size_t i)
+{
+    size_t nf = m->fwd ? m->fwd->g.n_nodes : 0;
+    if (i < nf)
+        return &m->fwd->g.nodes[i];
+    i -= nf;
+    if (m->head && i < m->head->g.n_nodes)
+        return &m->head->g.nodes[i];
+    return NULL;
+}
+
+size_t gk_model_node_count(const gk_model *m)
+{
+    return (m->fwd ? m->fwd->g.n_nodes : 0) + (m->head ? m->head->g.n_nodes : 0);
+}
+
+gk_status gk_model_node_info(const gk_model *m, size_t i, const char **name, int *layer, int64_t *rows,
+                             int64_t *cols)
+{
+    const gk_node *nd = node_at(m, i);
+    if (!nd)
+        return GK_ERR_INVALID_ARG;
+    if (name)
+        *name = nd->dst->name;
+    if (layer)
+        *layer = nd->dst->layer;
+    if (rows)
+        *rows = nd->dst->rows;
+    if (cols)
+        *cols = nd->dst->cols;
+    return GK_OK;
+}
+
+gk_status gk_model_node_read(gk_model *m, size_t i, float *dst, gk_err *err)
+{
+    const gk_node *nd = node_at(m, i);
+    if (!nd)
+        return gk_err_set(err, GK_ERR_INVALID_ARG, "no node %zu", i);
+    return m->be.ops->buffer_read(m->be.state, nd->dst->data, 0, dst, gk_tensor_nbytes(nd->dst), err);
+}

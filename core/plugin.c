@@ -1,1 +1,148 @@
-/* placeholder */
+/* plugin.c - opening one plugin shared object and checking it before use.
+ *
+ * The order of checks gives each failure its own message: the file cannot be
+ * opened, it exports no entry symbol, it was built for another ABI, it is of the
+ * other kind, its ops table lacks a required entry, its init failed. Nothing in
+ * a plugin is called before its ABI is known to match. Not here: search paths
+ * and the registry (runtime.c).
+ */
+#include "runtime_impl.h"
+
+#include <dlfcn.h>
+#include <stdlib.h>
+#include <string.h>
+
+static void host_log(const char *plugin, const char *msg)
+{
+    fprintf(stderr, "gk[%s]: %s\n", plugin ? plugin : "?", msg);
+}
+
+static const gk_host host = {
+    .abi_major = GK_ABI_MAJOR,
+    .abi_minor = GK_ABI_MINOR,
+    .log = host_log,
+};
+
+static const char *kind_name(gk_plugin_kind k)
+{
+    return k == GK_PLUGIN_KIND_ARCH ? "architecture" : k == GK_PLUGIN_KIND_BACKEND ? "backend" : "unknown";
+}
+
+/* Required entries of each ops table; named in the error when NULL. */
+static gk_status check_ops(const gk_plugin_desc *d, const char *path, gk_err *err)
+{
+    if (!d->ops)
+        return gk_err_set(err, GK_ERR_PLUGIN, "%s: plugin '%s' has no ops table", path, d->name);
+    if (d->kind == GK_PLUGIN_KIND_BACKEND) {
+        const gk_backend_ops *o = d->ops;
+        if (o->struct_size < offsetof(gk_backend_ops, synchronize))
+            return gk_err_set(err, GK_ERR_ABI, "%s: backend ops table is %u bytes, older than ABI %d.0",
+                              path, o->struct_size, GK_ABI_MAJOR);
+        const char *missing = !o->available ? "available" : !o->device_props ? "device_props"
+            : !o->buffer_alloc ? "buffer_alloc" : !o->buffer_free ? "buffer_free"
+            : !o->buffer_write ? "buffer_write" : !o->buffer_read ? "buffer_read"
+            : !o->supports_node ? "supports_node" : !o->graph_compute ? "graph_compute" : NULL;
+        if (missing)
+            return gk_err_set(err, GK_ERR_PLUGIN, "%s: backend '%s' lacks required op '%s'",
+                              path, d->name, missing);
+    } else {
+        const gk_arch_ops *o = d->ops;
+        if (o->struct_size < sizeof(gk_arch_ops))
+            return gk_err_set(err, GK_ERR_ABI, "%s: architecture ops table is %u bytes, expected %zu",
+                              path, o->struct_size, sizeof(gk_arch_ops));
+        const char *missing = !o->spec ? "spec" : !o->spec->name ? "spec.name"
+            : !o->tensors ? "tensors" : !o->build ? "build" : NULL;
+        if (missing)
+            return gk_err_set(err, GK_ERR_PLUGIN, "%s: architecture '%s' lacks required field '%s'",
+                              path, d->name, missing);
+    }
+    return GK_OK;
+}
+
+gk_status gk_plugin_open(const char *path, const char *name, gk_plugin_kind kind,
+                         gk_plugin *out, gk_err *err)
+{
+    memset(out, 0, sizeof *out);
+    gk_status st;
+    void *dl = dlopen(path, RTLD_NOW | RTLD_LOCAL);
+    if (!dl)
+        return gk_err_set(err, GK_ERR_PLUGIN, "cannot open plugin %s: %s", path, dlerror());
+
+    gk_plugin_entry_fn entry;
+    *(void **)&entry = dlsym(dl, GK_PLUGIN_ENTRY_NAME);
+    if (!entry) {
+        st = gk_err_set(err, GK_ERR_PLUGIN, "%s is not a gk plugin: no entry symbol '%s'",
+                        path, GK_PLUGIN_ENTRY_NAME);
+        goto out_close;
+    }
+    const gk_plugin_desc *d = entry();
+    if (!d) {
+        st = gk_err_set(err, GK_ERR_PLUGIN, "%s: entry symbol returned no descriptor", path);
+        goto out_close;
+    }
+    if (d->abi_major != GK_ABI_MAJOR || d->abi_minor > GK_ABI_MINOR) {
+        st = gk_err_set(err, GK_ERR_ABI, "%s: ABI mismatch: plugin built for %u.%u, core is %d.%d",
+                        path, d->abi_major, d->abi_minor, GK_ABI_MAJOR, GK_ABI_MINOR);
+        goto out_close;
+    }
+    if (d->struct_size < offsetof(gk_plugin_desc, reserved)) {
+        st = gk_err_set(err, GK_ERR_ABI, "%s: descriptor is %u bytes, smaller than ABI %d.0's",
+                        path, d->struct_size, GK_ABI_MAJOR);
+        goto out_close;
+    }
+    if (d->kind != kind) {
+        st = gk_err_set(err, GK_ERR_PLUGIN, "%s: is a%s %s plugin, expected a%s %s plugin", path,
+                        d->kind == GK_PLUGIN_KIND_ARCH ? "n" : "", kind_name(d->kind),
+                        kind == GK_PLUGIN_KIND_ARCH ? "n" : "", kind_name(kind));
+        goto out_close;
+    }
+    if (!d->name || strcmp(d->name, name) != 0) {
+        st = gk_err_set(err, GK_ERR_PLUGIN, "%s: file is named for '%s' but the plugin calls itself '%s'",
+                        path, name, d->name ? d->name : "(null)");
+        goto out_close;
+    }
+    st = check_ops(d, path, err);
+    if (st != GK_OK)
+        goto out_close;
+
+    out->name = gk_strdup(name);
+    out->path = gk_strdup(path);
+    if (!out->name || !out->path) {
+        st = gk_err_set(err, GK_ERR_NOMEM, "out of memory loading %s", path);
+        goto out_free;
+    }
+    if (d->init) {
+        gk_err perr = {0};
+        st = d->init(&host, &out->state, &perr);
+        if (st != GK_OK) {
+            st = gk_err_set(err, GK_ERR_PLUGIN, "plugin '%s' (%s): init failed: %s", name, path,
+                            perr.msg[0] ? perr.msg : gk_status_str(st));
+            goto out_free;
+        }
+    }
+    out->inited = true;
+    out->dl = dl;
+    out->desc = d;
+    return GK_OK;
+
+out_free:
+    free(out->name);
+    free(out->path);
+    memset(out, 0, sizeof *out);
+out_close:
+    dlclose(dl);
+    return st;
+}
+
+void gk_plugin_close(gk_plugin *p)
+{
+    if (!p)
+        return;
+    if (p->inited && p->desc && p->desc->fini)
+        p->desc->fini(p->state);
+    if (p->dl)
+        dlclose(p->dl);
+    free(p->name);
+    free(p->path);
+    memset(p, 0, sizeof *p);
+}

@@ -1,1 +1,266 @@
+/* test_plugin.c - the plugin loader, the INI file and the architecture registry.
+ *
+ * Each loader failure is provoked by a deliberately broken plugin built from
+ * tests/plugins/broken.c, and must give its own message. */
 #include <criterion/criterion.h>
+#include <gk/gk.h>
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+static char tmpdir[256];
+
+static const char *build_root(void)
+{
+    const char *r = getenv("GK_TEST_BUILD_ROOT");
+    cr_assert(r, "GK_TEST_BUILD_ROOT is not set (run through meson test)");
+    return r;
+}
+
+static const char *data_dir(void)
+{
+    const char *d = getenv("GK_TEST_DATA");
+    return d ? d : "data";
+}
+
+static void make_tmp(void)
+{
+    snprintf(tmpdir, sizeof tmpdir, "/tmp/gk-plugin-XXXXXX");
+    cr_assert(mkdtemp(tmpdir));
+}
+
+static void rm_tmp(void)
+{
+    char cmd[512];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", tmpdir);
+    (void)!system(cmd);
+}
+
+/* Write an INI file into the temp dir; returns its path (static buffer). */
+static const char *write_ini(const char *text)
+{
+    static char path[512];
+    snprintf(path, sizeof path, "%s/gk.ini", tmpdir);
+    FILE *f = fopen(path, "w");
+    cr_assert(f);
+    fputs(text, f);
+    fclose(f);
+    return path;
+}
+
+/* INI loading the broken-plugin folder with the given lists. */
+static const char *broken_ini(const char *arch, const char *backends)
+{
+    char text[2048];
+    snprintf(text, sizeof text, "[plugins]\npath = %s/tests/plugins\narch = %s\nbackends = %s\n", build_root(),
+             arch, backends);
+    return write_ini(text);
+}
+
+static gk_status create_expect_fail(const char *ini, gk_err *err)
+{
+    gk_runtime *rt = (gk_runtime *)0x1;
+    gk_status st = gk_runtime_create(ini, &rt, err);
+    cr_assert_null(rt, "a failed create must leave *out NULL");
+    return st;
+}
+
+TestSuite(plugin, .init = make_tmp, .fini = rm_tmp);
+
+Test(plugin, defaults_load_every_built_plugin)
+{
+    gk_runtime *rt;
+    gk_err err = {0};
+    cr_assert_eq(gk_runtime_create(NULL, &rt, &err), GK_OK, "%s", err.msg);
+    const char *want[] = {"gpt2", "llama", "qwen3"};
+    for (size_t w = 0; w < 3; w++) {
+        bool found = false;
+        for (size_t i = 0; i < gk_runtime_arch_count(rt); i++)
+            found = found || !strcmp(gk_runtime_arch_name(rt, i), want[w]);
+        cr_expect(found, "architecture %s not loaded by default", want[w]);
+    }
+    bool cpu = false;
+    for (size_t i = 0; i < gk_runtime_backend_count(rt); i++)
+        cpu = cpu || !strcmp(gk_runtime_backend_name(rt, i), "cpu_ref");
+    cr_expect(cpu, "cpu_ref not loaded by default");
+    cr_expect_str_eq(gk_runtime_default_backend(rt), "auto");
+    gk_runtime_destroy(rt);
+}
+
+Test(plugin, ini_selects_plugins_and_backend)
+{
+    gk_runtime *rt;
+    gk_err err = {0};
+    const char *ini = write_ini("; comment\n[plugins]\narch = llama\nbackends = cpu_ref\n[runtime]\nbackend = cpu_ref\n");
+    cr_assert_eq(gk_runtime_create(ini, &rt, &err), GK_OK, "%s", err.msg);
+    cr_expect_eq(gk_runtime_arch_count(rt), 1);
+    cr_expect_str_eq(gk_runtime_arch_name(rt, 0), "llama");
+    cr_expect_eq(gk_runtime_backend_count(rt), 1);
+    cr_expect_str_eq(gk_runtime_default_backend(rt), "cpu_ref");
+    cr_expect_null(gk_runtime_find_arch(rt, "gpt2"));
+    gk_runtime_destroy(rt);
+}
+
+Test(plugin, plugin_not_found_lists_folders)
+{
+    gk_err err = {0};
+    const char *ini = write_ini("[plugins]\npath = /nonexistent/gk-a, /nonexistent/gk-b\narch = nosuch\n");
+    cr_assert_eq(create_expect_fail(ini, &err), GK_ERR_NOT_FOUND);
+    cr_expect(strstr(err.msg, "'nosuch' not found"), "%s", err.msg);
+    cr_expect(strstr(err.msg, "libgk-arch-nosuch.so"), "%s", err.msg);
+    cr_expect(strstr(err.msg, "/nonexistent/gk-a") && strstr(err.msg, "/nonexistent/gk-b"), "%s", err.msg);
+}
+
+Test(plugin, file_that_is_not_a_shared_object)
+{
+    gk_err err = {0};
+    char path[512], text[1024];
+    snprintf(path, sizeof path, "%s/libgk-arch-garbage.so", tmpdir);
+    FILE *f = fopen(path, "w");
+    cr_assert(f);
+    fputs("this is not an ELF file\n", f);
+    fclose(f);
+    snprintf(text, sizeof text, "[plugins]\npath = %s\narch = garbage\nbackends = cpu_ref\n", tmpdir);
+    cr_assert_eq(create_expect_fail(write_ini(text), &err), GK_ERR_PLUGIN);
+    cr_expect(strstr(err.msg, "cannot open plugin") && strstr(err.msg, "libgk-arch-garbage.so"), "%s", err.msg);
+}
+
+Test(plugin, no_entry_symbol)
+{
+    gk_err err = {0};
+    cr_assert_eq(create_expect_fail(broken_ini("noentry", "cpu_ref"), &err), GK_ERR_PLUGIN);
+    cr_expect(strstr(err.msg, "not a gk plugin: no entry symbol 'gk_plugin_entry'"), "%s", err.msg);
+}
+
+Test(plugin, abi_mismatch_names_both_versions)
+{
+    gk_err err = {0};
+    cr_assert_eq(create_expect_fail(broken_ini("badabi", "cpu_ref"), &err), GK_ERR_ABI);
+    cr_expect(strstr(err.msg, "plugin built for 99.7, core is 1.0"), "%s", err.msg);
+}
+
+Test(plugin, init_failure_carries_the_plugins_message)
+{
+    gk_err err = {0};
+    cr_assert_eq(create_expect_fail(broken_ini("llama", "initfail"), &err), GK_ERR_PLUGIN);
+    cr_expect(strstr(err.msg, "init failed: simulated failure: no device table"), "%s", err.msg);
+}
+
+Test(plugin, missing_required_op)
+{
+    gk_err err = {0};
+    cr_assert_eq(create_expect_fail(broken_ini("llama", "missingop"), &err), GK_ERR_PLUGIN);
+    cr_expect(strstr(err.msg, "lacks required op 'graph_compute'"), "%s", err.msg);
+}
+
+Test(plugin, wrong_kind_and_wrong_name)
+{
+    gk_err err = {0};
+    cr_assert_eq(create_expect_fail(broken_ini("wrongkind", "cpu_ref"), &err), GK_ERR_PLUGIN);
+    cr_expect(strstr(err.msg, "is a backend plugin, expected an architecture plugin"), "%s", err.msg);
+    cr_assert_eq(create_expect_fail(broken_ini("misnamed", "cpu_ref"), &err), GK_ERR_PLUGIN);
+    cr_expect(strstr(err.msg, "calls itself 'somethingelse'"), "%s", err.msg);
+}
+
+Test(plugin, two_plugins_with_one_name)
+{
+    gk_err err = {0};
+    cr_assert_eq(create_expect_fail(broken_ini("llama, llama", "cpu_ref"), &err), GK_ERR_PLUGIN);
+    cr_expect(strstr(err.msg, "two plugins named 'llama'"), "%s", err.msg);
+    cr_assert_eq(create_expect_fail(broken_ini("llama, dupllama", "cpu_ref"), &err), GK_ERR_PLUGIN);
+    cr_expect(strstr(err.msg, "two plugins claim the architecture name 'llama'"), "%s", err.msg);
+}
+
+Test(plugin, ini_errors_name_the_line)
+{
+    gk_err err = {0};
+    cr_assert_eq(create_expect_fail(write_ini("[plugins]\narch = llama\n\n[bogus]\nx = 1\n"), &err), GK_ERR_CONFIG);
+    cr_expect(strstr(err.msg, "gk.ini:5: unknown section [bogus]"), "%s", err.msg);
+    cr_assert_eq(create_expect_fail(write_ini("[plugins]\narch = llama\nbackend = cpu_ref\n"), &err), GK_ERR_CONFIG);
+    cr_expect(strstr(err.msg, "gk.ini:3: unknown key 'backend' in section [plugins]"), "%s", err.msg);
+    cr_assert_eq(create_expect_fail(write_ini("[runtime]\nbackend = cpu_ref\ncolour = blue\n"), &err), GK_ERR_CONFIG);
+    cr_expect(strstr(err.msg, "gk.ini:3: unknown key 'colour' in section [runtime]"), "%s", err.msg);
+    cr_assert_eq(create_expect_fail(write_ini("[plugins\narch = llama\n"), &err), GK_ERR_CONFIG);
+    cr_expect(strstr(err.msg, "gk.ini:1:"), "%s", err.msg);
+    cr_assert_eq(create_expect_fail(write_ini("[runtime]\nbackend = tpu\n"), &err), GK_ERR_CONFIG);
+    cr_expect(strstr(err.msg, "backend = tpu, but no such backend is loaded"), "%s", err.msg);
+    cr_assert_eq(create_expect_fail("/nonexistent/gk.ini", &err), GK_ERR_IO);
+    cr_expect(strstr(err.msg, "/nonexistent/gk.ini"), "%s", err.msg);
+}
+
+/* ------------------------------------------------------------ registry */
+
+static gk_runtime *defaults(void)
+{
+    gk_runtime *rt;
+    gk_err err = {0};
+    cr_assert_eq(gk_runtime_create(NULL, &rt, &err), GK_OK, "%s", err.msg);
+    return rt;
+}
+
+Test(registry, names_and_aliases)
+{
+    gk_runtime *rt = defaults();
+    struct { const char *name, *arch; } cases[] = {
+        {"gpt2", "gpt2"}, {"llama", "llama"}, {"qwen3", "qwen3"}, {"qwen2", "llama"}, {"mistral", "llama"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        const gk_model_spec *s = gk_runtime_find_arch(rt, cases[i].name);
+        cr_assert(s, "no architecture for %s", cases[i].name);
+        cr_expect_str_eq(s->name, cases[i].arch);
+    }
+    cr_expect_null(gk_runtime_find_arch(rt, "mamba"));
+    const gk_model_spec *g = gk_runtime_find_arch(rt, "gpt2"), *q = gk_runtime_find_arch(rt, "qwen3");
+    cr_expect(g->norm == GK_NORM_LAYER && g->act == GK_ACT_GELU_TANH && !g->use_rope && g->use_pos_embed);
+    cr_expect(q->norm == GK_NORM_RMS && q->act == GK_ACT_SILU && q->use_rope && q->use_qk_norm);
+    gk_runtime_destroy(rt);
+}
+
+/* Detection from config.json and, separately, from tensor names alone. */
+Test(registry, detects_every_reference_model)
+{
+    gk_runtime *rt = defaults();
+    struct { const char *dir, *weights, *arch; } cases[] = {
+        {"gpt2-tiny", "model.safetensors", "gpt2"},
+        {"llama-tiny", "model.safetensors", "llama"},
+        {"llama-tiny-f16-sharded", "model.safetensors.index.json", "llama"},
+        {"qwen3-tiny", "model.safetensors", "qwen3"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        char path[1024], cfgp[1024];
+        snprintf(path, sizeof path, "%s/models/%s/%s", data_dir(), cases[i].dir, cases[i].weights);
+        snprintf(cfgp, sizeof cfgp, "%s/models/%s/config.json", data_dir(), cases[i].dir);
+        gk_safetensors *st;
+        gk_err err = {0};
+        gk_config cfg;
+        cr_assert_eq(gk_safetensors_open(path, &st, &err), GK_OK, "%s", err.msg);
+        cr_assert_eq(gk_config_load(cfgp, &cfg, &err), GK_OK, "%s", err.msg);
+        const gk_model_spec *s;
+        cr_assert_eq(gk_runtime_detect_arch(rt, st, &cfg, &s, &err), GK_OK, "%s", err.msg);
+        cr_expect_str_eq(s->name, cases[i].arch, "%s from config", cases[i].dir);
+        cr_assert_eq(gk_runtime_detect_arch(rt, st, NULL, &s, &err), GK_OK, "%s", err.msg);
+        cr_expect_str_eq(s->name, cases[i].arch, "%s from names", cases[i].dir);
+        gk_safetensors_close(st);
+    }
+    gk_runtime_destroy(rt);
+}
+
+Test(registry, unknown_architecture_is_named)
+{
+    gk_runtime *rt = defaults();
+    gk_config cfg;
+    gk_err err = {0};
+    cr_assert_eq(gk_config_parse("{\"architectures\": [\"MambaForCausalLM\"], \"model_type\": \"mamba\","
+                                 "\"vocab_size\": 10, \"hidden_size\": 8, \"num_hidden_layers\": 1,"
+                                 "\"num_attention_heads\": 2, \"intermediate_size\": 16, \"max_position_embeddings\": 64}",
+                                 NULL, &cfg, &err),
+                 GK_OK, "%s", err.msg);
+    const gk_model_spec *s = (const gk_model_spec *)0x1;
+    cr_assert_eq(gk_runtime_detect_arch(rt, NULL, &cfg, &s, &err), GK_ERR_NOT_FOUND);
+    cr_expect_null(s);
+    cr_expect(strstr(err.msg, "unknown architecture 'MambaForCausalLM'"), "%s", err.msg);
+    cr_expect(strstr(err.msg, "llama") && strstr(err.msg, "gpt2") && strstr(err.msg, "qwen3"), "%s", err.msg);
+    gk_runtime_destroy(rt);
+}

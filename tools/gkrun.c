@@ -1,1 +1,93 @@
-int main(void){return 0;}
+/* gkrun - the command-line front end: inspect, verify, and (later) generate.
+ *
+ *   gkrun inspect PATH [--json]
+ *   gkrun verify DIR [--backend NAME] [--dtype D] [--tol X]
+ *
+ * Global option (before the subcommand): --config FILE.INI.
+ * Every failure prints one line naming its cause and exits non-zero.
+ */
+#include "gkrun.h"
+
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+static void usage(FILE *f)
+{
+    fprintf(f,
+            "usage: gkrun [--config FILE.INI] COMMAND ...\n"
+            "commands:\n"
+            "  inspect PATH [--json]          tensors, dtypes, shapes, architecture and config\n"
+            "  verify DIR [--backend NAME] [--dtype f32|f16|bf16] [--tol X]\n"
+            "                                 check a model against reference data\n");
+}
+
+int gkrun_fail(const gk_err *err)
+{
+    fprintf(stderr, "gkrun: %s: %s\n", gk_status_str(err->code), err->msg);
+    return 1;
+}
+
+gk_runtime *gkrun_runtime(const gkrun_common *c)
+{
+    gk_runtime *rt;
+    gk_err err = {0};
+    if (gk_runtime_create(c->ini, &rt, &err) != GK_OK) {
+        gkrun_fail(&err);
+        return NULL;
+    }
+    return rt;
+}
+
+char *gkrun_weights_path(const char *path)
+{
+    struct stat sb;
+    if (stat(path, &sb) != 0) {
+        fprintf(stderr, "gkrun: %s: no such file or folder\n", path);
+        return NULL;
+    }
+    if (!S_ISDIR(sb.st_mode))
+        return strdup(path);
+    static const char *const names[] = {"model.safetensors.index.json", "model.safetensors"};
+    for (size_t i = 0; i < 2; i++) {
+        size_t n = strlen(path) + strlen(names[i]) + 2;
+        char *p = malloc(n);
+        if (!p)
+            return NULL;
+        snprintf(p, n, "%s/%s", path, names[i]);
+        if (stat(p, &sb) == 0)
+            return p;
+        free(p);
+    }
+    fprintf(stderr, "gkrun: %s: no model.safetensors or model.safetensors.index.json in this folder\n", path);
+    return NULL;
+}
+
+int main(int argc, char **argv)
+{
+    gkrun_common c = {0};
+    int i = 1;
+    while (i < argc && argv[i][0] == '-') {
+        if (!strcmp(argv[i], "--config") && i + 1 < argc) {
+            c.ini = argv[i + 1];
+            i += 2;
+        } else if (!strcmp(argv[i], "-h") || !strcmp(argv[i], "--help")) {
+            usage(stdout);
+            return 0;
+        } else {
+            break;
+        }
+    }
+    if (i >= argc) {
+        usage(stderr);
+        return 2;
+    }
+    const char *cmd = argv[i];
+    if (!strcmp(cmd, "inspect"))
+        return gkrun_inspect(argc - i, argv + i, &c);
+    if (!strcmp(cmd, "verify"))
+        return gkrun_verify(argc - i, argv + i, &c);
+    fprintf(stderr, "gkrun: unknown command '%s'\n", cmd);
+    usage(stderr);
+    return 2;
+}

@@ -1,1 +1,530 @@
-/* placeholder */
+/* cpu_ref.c - the reference backend: every graph op as plain C loops on host
+ * memory, matching HuggingFace transformers run in float32.
+ *
+ * It is the oracle the other backends are compared against, so it is written
+ * to be read, not to be fast: one obvious loop nest per op, float math in the
+ * order transformers does it, no SIMD, no threads, no blocking. Buffers are
+ * malloc'd host memory. Every node is checked (dtypes and shapes) before it
+ * runs; a bad node or a bad id/position is an error status naming the op and
+ * tensor, never a crash.
+ *
+ * It deliberately is not: a fast CPU backend, or a place for ops the graph
+ * header does not define.
+ */
+#include "gk/gk_plugin.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+typedef struct cpu_state {
+    gk_host host;
+    /* libgk's F16 and BF16 conversions of every 16-bit pattern, so the inner
+     * loops index a table instead of calling into libgk per element. */
+    float f16[65536], bf16[65536];
+} cpu_state;
+
+/* ------------------------------------------------------------ element access */
+
+/* Element idx of a weight tensor (F32, F16 or BF16) as float. */
+static float weight_at(const cpu_state *cs, const gk_tensor *t, int64_t idx)
+{
+    switch (t->dtype) {
+    case GK_DTYPE_F16: return cs->f16[((const uint16_t *)t->data)[idx]];
+    case GK_DTYPE_BF16: return cs->bf16[((const uint16_t *)t->data)[idx]];
+    default: return ((const float *)t->data)[idx];
+    }
+}
+
+/* Row r of weight W [out][n] dotted with x [n], accumulated in float. */
+static float dot_weight_row(const cpu_state *cs, const gk_tensor *w, int64_t r, const float *x,
+                            int64_t n)
+{
+    float acc = 0.0f;
+    if (w->dtype == GK_DTYPE_F32) {
+        const float *row = (const float *)w->data + r * n;
+        for (int64_t i = 0; i < n; i++)
+            acc += row[i] * x[i];
+    } else {
+        const float *to_f32 = w->dtype == GK_DTYPE_F16 ? cs->f16 : cs->bf16;
+        const uint16_t *row = (const uint16_t *)w->data + r * n;
+        for (int64_t i = 0; i < n; i++)
+            acc += to_f32[row[i]] * x[i];
+    }
+    return acc;
+}
+
+static float *f32(const gk_tensor *t) { return (float *)t->data; }
+static const int32_t *i32(const gk_tensor *t) { return (const int32_t *)t->data; }
+
+/* -------------------------------------------------------------------- ops */
+
+/* dst[t] = table[ids[t]] as float. */
+static gk_status op_get_rows(const cpu_state *cs, const gk_node *nd, gk_err *err)
+{
+    const gk_tensor *table = nd->src[0], *ids = nd->src[1];
+    int64_t n = ids->cols, d = table->cols;
+    for (int64_t t = 0; t < n; t++) {
+        int32_t id = i32(ids)[t];
+        if (id < 0 || id >= table->rows)
+            return gk_err_set(err, GK_ERR_INVALID_ARG,
+                              "cpu_ref: get_rows: id %d at %lld outside '%.48s' of %lld rows",
+                              (int)id, (long long)t, table->name, (long long)table->rows);
+    }
+    for (int64_t t = 0; t < n; t++) {
+        int64_t id = i32(ids)[t];
+        for (int64_t j = 0; j < d; j++)
+            f32(nd->dst)[t * d + j] = weight_at(cs, table, id * d + j);
+    }
+    return GK_OK;
+}
+
+static gk_status op_add(const cpu_state *cs, const gk_node *nd, gk_err *err)
+{
+    int64_t ne = gk_tensor_nelem(nd->dst);
+    for (int64_t e = 0; e < ne; e++)
+        f32(nd->dst)[e] = f32(nd->src[0])[e] + f32(nd->src[1])[e];
+    return GK_OK;
+}
+
+/* torch.nn.LayerNorm: (x - mean) / sqrt(var + eps) * w + b, biased variance. */
+static gk_status op_layer_norm(const cpu_state *cs, const gk_node *nd, gk_err *err)
+{
+    const gk_tensor *x = nd->src[0], *w = nd->src[1], *b = nd->src[2];
+    int64_t n = x->rows, d = x->cols;
+    float eps = nd->f[0];
+    for (int64_t t = 0; t < n; t++) {
+        const float *xr = f32(x) + t * d;
+        float *yr = f32(nd->dst) + t * d;
+        float sum = 0.0f;
+        for (int64_t j = 0; j < d; j++)
+            sum += xr[j];
+        float mean = sum / (float)d;
+        float sq = 0.0f;
+        for (int64_t j = 0; j < d; j++)
+            sq += (xr[j] - mean) * (xr[j] - mean);
+        float rstd = 1.0f / sqrtf(sq / (float)d + eps);
+        for (int64_t j = 0; j < d; j++) {
+            float y = (xr[j] - mean) * rstd * weight_at(cs, w, j);
+            yr[j] = b ? y + weight_at(cs, b, j) : y;
+        }
+    }
+    return GK_OK;
+}
+
+/* LlamaRMSNorm per group of G columns: w * (x * rsqrt(mean(x^2) + eps)). */
+static gk_status op_rms_norm(const cpu_state *cs, const gk_node *nd, gk_err *err)
+{
+    const gk_tensor *x = nd->src[0], *w = nd->src[1];
+    int64_t n = x->rows, d = x->cols;
+    int64_t g = nd->i[0] == 0 ? d : nd->i[0];
+    float eps = nd->f[0];
+    for (int64_t t = 0; t < n; t++) {
+        for (int64_t g0 = 0; g0 < d; g0 += g) {
+            const float *xr = f32(x) + t * d + g0;
+            float *yr = f32(nd->dst) + t * d + g0;
+            float sq = 0.0f;
+            for (int64_t j = 0; j < g; j++)
+                sq += xr[j] * xr[j];
+            float r = 1.0f / sqrtf(sq / (float)g + eps);
+            for (int64_t j = 0; j < g; j++)
+                yr[j] = weight_at(cs, w, j) * (xr[j] * r);
+        }
+    }
+    return GK_OK;
+}
+
+/* dst = x W^T (+ bias); W rows are contiguous, so each output is one dot. */
+static gk_status op_linear(const cpu_state *cs, const gk_node *nd, gk_err *err)
+{
+    const gk_tensor *x = nd->src[0], *w = nd->src[1], *b = nd->src[2];
+    int64_t n = x->rows, in = x->cols, out = w->rows;
+    for (int64_t o = 0; o < out; o++) {
+        float bo = b ? weight_at(cs, b, o) : 0.0f;
+        for (int64_t t = 0; t < n; t++) {
+            float acc = dot_weight_row(cs, w, o, f32(x) + t * in, in);
+            f32(nd->dst)[t * out + o] = b ? acc + bo : acc;
+        }
+    }
+    return GK_OK;
+}
+
+/* HF rotate-half RoPE. As in transformers, the angle pos * inv_freq is a
+ * float32 product and cos/sin are scaled by f[0] (attention_scaling). */
+static gk_status op_rope(const cpu_state *cs, const gk_node *nd, gk_err *err)
+{
+    const gk_tensor *x = nd->src[0], *pos = nd->src[1], *inv_freq = nd->src[2];
+    int64_t n = x->rows, d = x->cols, hd = nd->i[0], half = hd / 2;
+    float scale = nd->f[0];
+    for (int64_t t = 0; t < n; t++) {
+        for (int64_t i = 0; i < half; i++) {
+            float angle = (float)i32(pos)[t] * f32(inv_freq)[i];
+            float c = cosf(angle) * scale, s = sinf(angle) * scale;
+            for (int64_t h0 = 0; h0 < d; h0 += hd) {
+                const float *xr = f32(x) + t * d + h0;
+                float *yr = f32(nd->dst) + t * d + h0;
+                float x1 = xr[i], x2 = xr[i + half];
+                yr[i] = x1 * c - x2 * s;
+                yr[i + half] = x2 * c + x1 * s;
+            }
+        }
+    }
+    return GK_OK;
+}
+
+/* Store k, v at cache rows pos[t]; then each query head attends causally to
+ * cache rows 0..pos[t] of its kv head (GQA: H/Hkv query heads share one). */
+static gk_status op_attn(const cpu_state *cs, const gk_node *nd, gk_err *err)
+{
+    const gk_tensor *q = nd->src[0], *k = nd->src[1], *v = nd->src[2], *pos = nd->src[3];
+    const gk_tensor *kc = nd->src[4], *vc = nd->src[5];
+    int64_t n = q->rows, n_ctx = kc->rows;
+    int64_t nh = nd->i[0], nkv = nd->i[1], hd = nd->i[2], group = nh / nkv;
+    int64_t qw = nh * hd, kvw = nkv * hd;
+    float scale = nd->f[0];
+
+    for (int64_t t = 0; t < n; t++) {
+        int32_t p = i32(pos)[t];
+        if (p < 0 || p >= n_ctx)
+            return gk_err_set(err, GK_ERR_INVALID_ARG,
+                              "cpu_ref: attn: position %d at %lld outside the %lld rows of '%.48s'",
+                              (int)p, (long long)t, (long long)n_ctx, kc->name);
+    }
+    float *prob = malloc((size_t)n_ctx * sizeof *prob);  /* [n_ctx] */
+    if (!prob)
+        return gk_err_set(err, GK_ERR_NOMEM, "cpu_ref: attn: %zu bytes of scores",
+                          (size_t)n_ctx * sizeof *prob);
+
+    for (int64_t t = 0; t < n; t++) {
+        int64_t p = i32(pos)[t];
+        memcpy(f32(kc) + p * kvw, f32(k) + t * kvw, (size_t)kvw * sizeof(float));
+        memcpy(f32(vc) + p * kvw, f32(v) + t * kvw, (size_t)kvw * sizeof(float));
+    }
+    for (int64_t t = 0; t < n; t++) {
+        int64_t p = i32(pos)[t];
+        for (int64_t h = 0; h < nh; h++) {
+            int64_t kvh = h / group;
+            const float *qr = f32(q) + t * qw + h * hd;
+            float *out = f32(nd->dst) + t * qw + h * hd;
+
+            float max = -INFINITY;
+            for (int64_t j = 0; j <= p; j++) {
+                const float *kr = f32(kc) + j * kvw + kvh * hd;
+                float s = 0.0f;
+                for (int64_t e = 0; e < hd; e++)
+                    s += qr[e] * kr[e];
+                prob[j] = s * scale;
+                if (prob[j] > max)
+                    max = prob[j];
+            }
+            float sum = 0.0f;
+            for (int64_t j = 0; j <= p; j++) {
+                prob[j] = expf(prob[j] - max);
+                sum += prob[j];
+            }
+            for (int64_t j = 0; j <= p; j++)
+                prob[j] /= sum;
+
+            for (int64_t e = 0; e < hd; e++)
+                out[e] = 0.0f;
+            for (int64_t j = 0; j <= p; j++) {
+                const float *vr = f32(vc) + j * kvw + kvh * hd;
+                for (int64_t e = 0; e < hd; e++)
+                    out[e] += prob[j] * vr[e];
+            }
+        }
+    }
+    free(prob);
+    return GK_OK;
+}
+
+/* GPT-2's gelu_new. */
+static gk_status op_gelu_tanh(const cpu_state *cs, const gk_node *nd, gk_err *err)
+{
+    const float k = 0.7978845608028654f;  /* sqrt(2/pi) */
+    int64_t ne = gk_tensor_nelem(nd->dst);
+    for (int64_t e = 0; e < ne; e++) {
+        float x = f32(nd->src[0])[e];
+        f32(nd->dst)[e] = 0.5f * x * (1.0f + tanhf(k * (x + 0.044715f * x * x * x)));
+    }
+    return GK_OK;
+}
+
+static gk_status op_silu_mul(const cpu_state *cs, const gk_node *nd, gk_err *err)
+{
+    int64_t ne = gk_tensor_nelem(nd->dst);
+    for (int64_t e = 0; e < ne; e++) {
+        float g = f32(nd->src[0])[e];
+        f32(nd->dst)[e] = g / (1.0f + expf(-g)) * f32(nd->src[1])[e];
+    }
+    return GK_OK;
+}
+
+/* ---------------------------------------------------------------- checking */
+
+#define DT(x) (1u << (x))
+#define DT_WEIGHT (DT(GK_DTYPE_F32) | DT(GK_DTYPE_F16) | DT(GK_DTYPE_BF16))
+#define DT_ACT DT(GK_DTYPE_F32)
+#define DT_INT DT(GK_DTYPE_I32)
+#define ANY (-1)  /* a size need() does not check */
+
+static const char *dt_name(gk_dtype d)
+{
+    const char *s = gk_dtype_name(d);
+    return s ? s : "?";
+}
+
+static const char *accepted(unsigned mask)
+{
+    if (mask == DT_WEIGHT) return "F32, F16 or BF16";
+    if (mask == DT_INT) return "I32";
+    return "F32";
+}
+
+/* Slot `slot` of node nd (-1 = dst), called `role` in messages: present,
+ * of an accepted dtype, [rows][cols] (ANY = not checked), non-empty, and
+ * with data when `run`. */
+static gk_status need(const gk_node *nd, int slot, const char *role, unsigned dtypes,
+                      int64_t rows, int64_t cols, bool run, gk_err *err)
+{
+    const char *op = gk_op_name(nd->op);
+    const gk_tensor *t = slot < 0 ? nd->dst : nd->src[slot];
+    if (!t)
+        return gk_err_set(err, GK_ERR_INVALID_ARG, "cpu_ref: %s: %s is missing", op, role);
+    if ((unsigned)t->dtype >= 32 || !(dtypes & DT(t->dtype)))
+        return gk_err_set(err, GK_ERR_UNSUPPORTED, "cpu_ref: %s: %s '%.48s' is %s, want %s",
+                          op, role, t->name, dt_name(t->dtype), accepted(dtypes));
+    if (t->rows < 1 || t->cols < 1 || (rows != ANY && t->rows != rows) ||
+        (cols != ANY && t->cols != cols)) {
+        char r[24] = "*", c[24] = "*";
+        if (rows != ANY)
+            snprintf(r, sizeof r, "%lld", (long long)rows);
+        if (cols != ANY)
+            snprintf(c, sizeof c, "%lld", (long long)cols);
+        return gk_err_set(err, GK_ERR_INVALID_ARG,
+                          "cpu_ref: %s: %s '%.48s' is [%lld][%lld], want [%s][%s] (non-empty)",
+                          op, role, t->name, (long long)t->rows, (long long)t->cols, r, c);
+    }
+    if (run && !t->data)
+        return gk_err_set(err, GK_ERR_INVALID_ARG, "cpu_ref: %s: %s '%.48s' has no data", op,
+                          role, t->name);
+    return GK_OK;
+}
+
+static gk_status bad_param(const gk_node *nd, gk_err *err, const char *what)
+{
+    return gk_err_set(err, GK_ERR_INVALID_ARG, "cpu_ref: %s -> '%.48s': %s",
+                      gk_op_name(nd->op), nd->dst ? nd->dst->name : "", what);
+}
+
+/* Whether nd is an op this backend runs, with dtypes and shapes that agree.
+ * With `run`, also that every tensor has data and dst shares none with a
+ * source. Each chain stops at the first failure, so a later shape may read a
+ * tensor an earlier check proved present. */
+static gk_status check_node(const gk_node *nd, bool run, gk_err *err)
+{
+    gk_status s = GK_OK;
+    const gk_tensor *x = nd->src[0], *y = nd->src[1];
+
+    switch (nd->op) {
+    case GK_OP_GET_ROWS:
+        if ((s = need(nd, 0, "table", DT_WEIGHT, ANY, ANY, run, err)) ||
+            (s = need(nd, 1, "ids", DT_INT, 1, ANY, run, err)) ||
+            (s = need(nd, -1, "dst", DT_ACT, y->cols, x->cols, run, err)))
+            return s;
+        break;
+    case GK_OP_ADD:
+    case GK_OP_SILU_MUL:
+        if ((s = need(nd, 0, "a", DT_ACT, ANY, ANY, run, err)) ||
+            (s = need(nd, 1, "b", DT_ACT, x->rows, x->cols, run, err)) ||
+            (s = need(nd, -1, "dst", DT_ACT, x->rows, x->cols, run, err)))
+            return s;
+        break;
+    case GK_OP_GELU_TANH:
+        if ((s = need(nd, 0, "x", DT_ACT, ANY, ANY, run, err)) ||
+            (s = need(nd, -1, "dst", DT_ACT, x->rows, x->cols, run, err)))
+            return s;
+        break;
+    case GK_OP_LAYER_NORM:
+        if ((s = need(nd, 0, "x", DT_ACT, ANY, ANY, run, err)) ||
+            (s = need(nd, 1, "weight", DT_WEIGHT, 1, x->cols, run, err)) ||
+            (nd->src[2] && (s = need(nd, 2, "bias", DT_WEIGHT, 1, x->cols, run, err))) ||
+            (s = need(nd, -1, "dst", DT_ACT, x->rows, x->cols, run, err)))
+            return s;
+        break;
+    case GK_OP_RMS_NORM: {
+        if ((s = need(nd, 0, "x", DT_ACT, ANY, ANY, run, err)))
+            return s;
+        int64_t g = nd->i[0] == 0 ? x->cols : nd->i[0];
+        if (g < 1 || x->cols % g != 0)
+            return bad_param(nd, err, "group size i[0] must divide the columns");
+        if ((s = need(nd, 1, "weight", DT_WEIGHT, 1, g, run, err)) ||
+            (s = need(nd, -1, "dst", DT_ACT, x->rows, x->cols, run, err)))
+            return s;
+        break;
+    }
+    case GK_OP_LINEAR:
+        if ((s = need(nd, 0, "x", DT_ACT, ANY, ANY, run, err)) ||
+            (s = need(nd, 1, "weight", DT_WEIGHT, ANY, x->cols, run, err)) ||
+            (nd->src[2] && (s = need(nd, 2, "bias", DT_WEIGHT, 1, y->rows, run, err))) ||
+            (s = need(nd, -1, "dst", DT_ACT, x->rows, y->rows, run, err)))
+            return s;
+        break;
+    case GK_OP_ROPE: {
+        if ((s = need(nd, 0, "x", DT_ACT, ANY, ANY, run, err)))
+            return s;
+        int64_t hd = nd->i[0];
+        if (hd < 2 || hd % 2 != 0 || x->cols % hd != 0)
+            return bad_param(nd, err, "head dim i[0] must be even and divide the columns");
+        if ((s = need(nd, 1, "pos", DT_INT, 1, x->rows, run, err)) ||
+            (s = need(nd, 2, "inv_freq", DT_ACT, 1, hd / 2, run, err)) ||
+            (s = need(nd, -1, "dst", DT_ACT, x->rows, x->cols, run, err)))
+            return s;
+        break;
+    }
+    case GK_OP_ATTN: {
+        int64_t nh = nd->i[0], nkv = nd->i[1], hd = nd->i[2];
+        if (nh < 1 || nkv < 1 || hd < 1 || nh % nkv != 0)
+            return bad_param(nd, err, "heads i[0] must be a multiple of kv heads i[1] "
+                                      "and head dim i[2] positive");
+        if ((s = need(nd, 0, "q", DT_ACT, ANY, nh * hd, run, err)) ||
+            (s = need(nd, 1, "k", DT_ACT, x->rows, nkv * hd, run, err)) ||
+            (s = need(nd, 2, "v", DT_ACT, x->rows, nkv * hd, run, err)) ||
+            (s = need(nd, 3, "pos", DT_INT, 1, x->rows, run, err)) ||
+            (s = need(nd, 4, "k cache", DT_ACT, ANY, nkv * hd, run, err)) ||
+            (s = need(nd, 5, "v cache", DT_ACT, nd->src[4]->rows, nkv * hd, run, err)) ||
+            (s = need(nd, -1, "dst", DT_ACT, x->rows, nh * hd, run, err)))
+            return s;
+        break;
+    }
+    default:
+        return gk_err_set(err, GK_ERR_UNSUPPORTED, "cpu_ref: unknown op %d", (int)nd->op);
+    }
+
+    if (run) {
+        for (int k = 0; k < GK_MAX_SRC; k++)
+            if (nd->src[k] && nd->src[k]->data == nd->dst->data)
+                return gk_err_set(err, GK_ERR_INVALID_ARG,
+                                  "cpu_ref: %s: dst '%.48s' aliases source '%.48s'",
+                                  gk_op_name(nd->op), nd->dst->name, nd->src[k]->name);
+    }
+    return GK_OK;
+}
+
+/* ------------------------------------------------------------- ops table */
+
+static gk_status cpu_init(const gk_host *host, void **state, gk_err *err)
+{
+    cpu_state *s = calloc(1, sizeof *s);
+    if (!s)
+        return gk_err_set(err, GK_ERR_NOMEM, "cpu_ref: %zu bytes of state", sizeof *s);
+    if (host)
+        s->host = *host;
+    for (uint32_t h = 0; h < 65536; h++) {
+        s->f16[h] = gk_f16_to_f32((uint16_t)h);
+        s->bf16[h] = gk_bf16_to_f32((uint16_t)h);
+    }
+    *state = s;
+    return GK_OK;
+}
+
+static void cpu_fini(void *state) { free(state); }
+
+static bool cpu_available(void *state, char *why, size_t why_len)
+{
+    return true;
+}
+
+static gk_status cpu_device_props(void *state, gk_device_props *out, gk_err *err)
+{
+    long page = sysconf(_SC_PAGESIZE);
+    long total = sysconf(_SC_PHYS_PAGES), avail = sysconf(_SC_AVPHYS_PAGES);
+    memset(out, 0, sizeof *out);
+    snprintf(out->name, sizeof out->name, "cpu");
+    out->mem_total = page > 0 && total > 0 ? (uint64_t)page * (uint64_t)total : 0;
+    out->mem_free = page > 0 && avail > 0 ? (uint64_t)page * (uint64_t)avail : 0;
+    out->peak_bw_gbs = 0.0;
+    out->is_gpu = false;
+    return GK_OK;
+}
+
+static gk_status cpu_buffer_alloc(void *state, size_t nbytes, void **out, gk_err *err)
+{
+    *out = malloc(nbytes ? nbytes : 1);
+    if (!*out)
+        return gk_err_set(err, GK_ERR_NOMEM, "cpu_ref: cannot allocate %zu bytes", nbytes);
+    return GK_OK;
+}
+
+static void cpu_buffer_free(void *state, void *buf) { free(buf); }
+
+static gk_status cpu_buffer_write(void *state, void *buf, size_t offset, const void *src,
+                                  size_t nbytes, gk_err *err)
+{
+    if (nbytes == 0)
+        return GK_OK;
+    if (!buf || !src)
+        return gk_err_set(err, GK_ERR_INVALID_ARG, "cpu_ref: buffer_write to/from NULL");
+    memcpy((char *)buf + offset, src, nbytes);
+    return GK_OK;
+}
+
+static gk_status cpu_buffer_read(void *state, const void *buf, size_t offset, void *dst,
+                                 size_t nbytes, gk_err *err)
+{
+    if (nbytes == 0)
+        return GK_OK;
+    if (!buf || !dst)
+        return gk_err_set(err, GK_ERR_INVALID_ARG, "cpu_ref: buffer_read to/from NULL");
+    memcpy(dst, (const char *)buf + offset, nbytes);
+    return GK_OK;
+}
+
+static bool cpu_supports_node(void *state, const gk_node *node)
+{
+    return node && check_node(node, false, NULL) == GK_OK;
+}
+
+typedef gk_status (*op_fn)(const cpu_state *cs, const gk_node *nd, gk_err *err);
+
+static const op_fn op_table[GK_OP_COUNT] = {
+    [GK_OP_GET_ROWS] = op_get_rows,     [GK_OP_ADD] = op_add,
+    [GK_OP_LAYER_NORM] = op_layer_norm, [GK_OP_RMS_NORM] = op_rms_norm,
+    [GK_OP_LINEAR] = op_linear,         [GK_OP_ROPE] = op_rope,
+    [GK_OP_ATTN] = op_attn,             [GK_OP_GELU_TANH] = op_gelu_tanh,
+    [GK_OP_SILU_MUL] = op_silu_mul,
+};
+
+static gk_status cpu_graph_compute(void *state, const gk_graph *g, gk_err *err)
+{
+    if (!g || (g->n_nodes && !g->nodes))
+        return gk_err_set(err, GK_ERR_INVALID_ARG, "cpu_ref: graph_compute without nodes");
+    for (size_t i = 0; i < g->n_nodes; i++) {
+        const gk_node *nd = &g->nodes[i];
+        gk_status s = check_node(nd, true, err);
+        if (s == GK_OK)
+            s = op_table[nd->op](state, nd, err);
+        if (s != GK_OK)
+            return s;
+    }
+    return GK_OK;
+}
+
+static const gk_backend_ops cpu_ops = {
+    .struct_size = sizeof(gk_backend_ops),
+    .available = cpu_available,
+    .device_props = cpu_device_props,
+    .buffer_alloc = cpu_buffer_alloc,
+    .buffer_free = cpu_buffer_free,
+    .buffer_write = cpu_buffer_write,
+    .buffer_read = cpu_buffer_read,
+    .supports_node = cpu_supports_node,
+    .graph_compute = cpu_graph_compute,
+    .synchronize = NULL,
+};
+
+GK_PLUGIN_DEFINE(GK_PLUGIN_KIND_BACKEND, "cpu_ref",
+                 "reference CPU backend: plain loops in float32, the oracle for the others",
+                 cpu_init, cpu_fini, &cpu_ops)

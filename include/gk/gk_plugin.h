@@ -107,7 +107,8 @@ typedef struct gk_backend_ops {
                              size_t nbytes, gk_err *err);
     /* Whether the node (op and the dtypes of its tensors) can run here. */
     bool (*supports_node)(void *state, const gk_node *node);
-    /* Run every node in order. */
+    /* Run every node in order. Buffers passed to buffer_write/read may be any
+     * pointer inside a buffer_alloc block (a tensor's data). */
     gk_status (*graph_compute)(void *state, const gk_graph *g, gk_err *err);
     /* (optional) wait for queued work; default: nothing to wait for. */
     gk_status (*synchronize)(void *state, gk_err *err);
@@ -124,6 +125,7 @@ typedef enum gk_role {
     GK_W_FFN_NORM, GK_W_FFN_NORM_B,
     GK_W_GATE, GK_W_GATE_B, GK_W_UP, GK_W_UP_B, GK_W_DOWN, GK_W_DOWN_B,
     GK_W_OUT_NORM, GK_W_OUT_NORM_B, GK_W_LM_HEAD,
+    GK_W_UNUSED,   /* a known tensor the model does not need (GPT-2's attn.bias mask) */
     GK_W_COUNT
 } gk_role;
 
@@ -164,7 +166,10 @@ typedef struct gk_arch_ops {
     /* (optional) reject configs this architecture cannot run, naming the key. */
     gk_status (*check_config)(const gk_config *cfg, gk_err *err);
     /* Build the forward pass: tokens -> final normed hidden [n][n_embd].
-     * Called with the builder's inputs ready (gk_builder_ids / _pos). */
+     * Called with the builder's inputs ready (gk_builder_ids / _pos). Three node
+     * names are a contract (verify and compare read them): "embd" (layer -1, the
+     * input to block 0), "l_out" (layer i, the output of block i) and
+     * "out_norm" (layer -1, the final normed hidden state). */
     gk_status (*build)(gk_builder *b, gk_tensor **out_hidden, gk_err *err);
 } gk_arch_ops;
 

@@ -1,0 +1,63 @@
+/* model_impl.h - the model object and the graph builder, shared by model.c,
+ * graph.c and generate.c. */
+#ifndef GK_MODEL_IMPL_H
+#define GK_MODEL_IMPL_H
+
+#include "runtime_impl.h"
+
+/* A compiled forward pass for a fixed token count: nodes plus one activation
+ * arena in backend memory. Positions and ids are inputs, so one graph serves
+ * every step of the same size. */
+typedef struct gk_fgraph {
+    gk_graph g;
+    size_t cap_nodes;
+    gk_tensor **owned;            /* tensors the builder made */
+    size_t n_owned, cap_owned;
+    void *arena;                  /* backend buffer for all owned tensors */
+    size_t arena_bytes;
+    gk_tensor *ids, *pos;         /* I32 [1][n] inputs */
+    gk_tensor *out;               /* hidden [n][n_embd], or logits for a head graph */
+} gk_fgraph;
+
+struct gk_builder {
+    gk_model *m;
+    gk_fgraph *fg;
+    bool failed;
+};
+
+struct gk_model {
+    gk_runtime *rt;
+    gk_config cfg;
+    const gk_arch_ops *arch;
+    gk_backend be;
+    gk_dtype dtype;
+    int64_t n_ctx, n_past;
+    gk_tensor *w[GK_W_COUNT];     /* non-layer weights */
+    gk_tensor **lw[GK_W_COUNT];   /* [n_layer] per-layer weights, NULL when absent */
+    gk_tensor *inv_freq;          /* F32 [1][head_dim/2], RoPE frequencies after scaling */
+    gk_tensor **k_cache, **v_cache; /* [n_layer] each F32 [n_ctx][Hkv*hd] */
+    uint64_t weight_bytes;
+    gk_fgraph *fwd;               /* last forward graph */
+    gk_fgraph *head;              /* logits of fwd->out */
+    gk_fgraph *head_last;         /* logits of the last row of fwd->out */
+    gk_tensor last_row;           /* view of fwd->out's last row, head_last's input */
+    float *host_logits;           /* [n_vocab] scratch for generate */
+};
+
+/* Build the forward graph for n tokens through the architecture plugin. */
+GK_INTERNAL gk_status gk_fgraph_build_forward(gk_model *m, int64_t n, gk_fgraph **out, gk_err *err);
+/* A graph applying the LM head to `hidden` (an existing tensor, not owned). */
+GK_INTERNAL gk_status gk_fgraph_build_head(gk_model *m, gk_tensor *hidden, gk_fgraph **out,
+                                           gk_err *err);
+GK_INTERNAL void gk_fgraph_destroy(gk_model *m, gk_fgraph *fg);
+/* Check every node with the backend's supports_node; an unsupported op is an
+ * error naming it (never a silent fallback). */
+GK_INTERNAL gk_status gk_fgraph_check(gk_model *m, const gk_fgraph *fg, gk_err *err);
+/* Backend-allocated tensor owned by the model (weights, caches). */
+GK_INTERNAL gk_status gk_model_tensor_new(gk_model *m, gk_dtype dt, int64_t rows, int64_t cols,
+                                          const char *name, int layer, gk_tensor **out, gk_err *err);
+GK_INTERNAL void gk_model_tensor_free(gk_model *m, gk_tensor *t);
+/* Logits of the last row of the last forward into m->host_logits. */
+GK_INTERNAL gk_status gk_model_last_logits(gk_model *m, gk_err *err);
+
+#endif

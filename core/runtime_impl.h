@@ -1,0 +1,36 @@
+/* runtime_impl.h - what the model code needs from the runtime's registry. */
+#ifndef GK_RUNTIME_IMPL_H
+#define GK_RUNTIME_IMPL_H
+
+#include "gk_internal.h"
+
+/* A loaded plugin. Alive until gk_runtime_destroy. */
+typedef struct gk_plugin {
+    char *name;
+    char *path;
+    void *dl;                    /* dlopen handle */
+    const gk_plugin_desc *desc;
+    void *state;                 /* from desc->init */
+    bool inited;
+} gk_plugin;
+
+/* A backend as the core uses it: the plugin's table plus its state. */
+typedef struct gk_backend {
+    const char *name;
+    const gk_backend_ops *ops;
+    void *state;
+} gk_backend;
+
+/* Load one plugin file of the given kind; `name` is what the file name says.
+ * Errors name the path: cannot open, no entry symbol, ABI mismatch, wrong kind,
+ * missing required op, init failed. */
+GK_INTERNAL gk_status gk_plugin_open(const char *path, const char *name, gk_plugin_kind kind,
+                                     gk_plugin *out, gk_err *err);
+GK_INTERNAL void gk_plugin_close(gk_plugin *p);
+
+GK_INTERNAL const gk_arch_ops *gk_runtime_arch_ops(const gk_runtime *rt, const char *name);
+/* name NULL or "auto": the INI default, then cuda when usable, else cpu_ref. */
+GK_INTERNAL gk_status gk_runtime_backend(gk_runtime *rt, const char *name, gk_backend *out,
+                                         gk_err *err);
+
+#endif

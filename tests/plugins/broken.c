@@ -1,0 +1,71 @@
+/* broken.c - deliberately broken plugins for the loader's error tests. One
+ * source, built once per defect (BROKEN_* selects which). */
+#include <gk/gk_plugin.h>
+
+#include <stddef.h>
+
+static gk_tensor_entry no_tensors[] = {{0, NULL, {0, 0}, 0, 0, 0}};
+static gk_status build(gk_builder *b, gk_tensor **out, gk_err *err)
+{
+    (void)b;
+    *out = NULL;
+    return gk_err_set(err, GK_ERR_UNSUPPORTED, "test plugin");
+}
+
+#if defined(BROKEN_DUP)
+static const char *const aliases[] = {"llama", NULL};  /* clashes with the llama plugin */
+static const gk_model_spec spec = {.name = "dupllama", .aliases = aliases};
+#else
+static const gk_model_spec spec = {.name = PLUGIN_NAME};
+#endif
+
+static const gk_arch_ops arch_ops = {
+    .struct_size = sizeof(gk_arch_ops), .spec = &spec, .tensors = no_tensors, .build = build,
+};
+
+static bool available(void *s, char *why, size_t n) { return true; }
+static gk_status props(void *s, gk_device_props *p, gk_err *e) { return GK_OK; }
+static gk_status balloc(void *s, size_t n, void **out, gk_err *e) { return GK_ERR_NOMEM; }
+static void bfree(void *s, void *b) {}
+static gk_status bwrite(void *s, void *b, size_t o, const void *src, size_t n, gk_err *e) { return GK_OK; }
+static gk_status bread(void *s, const void *b, size_t o, void *dst, size_t n, gk_err *e) { return GK_OK; }
+static bool supports(void *s, const gk_node *n) { return false; }
+static gk_status compute(void *s, const gk_graph *g, gk_err *e) { return GK_OK; }
+
+static const gk_backend_ops backend_ops = {
+    .struct_size = sizeof(gk_backend_ops), .available = available, .device_props = props,
+    .buffer_alloc = balloc, .buffer_free = bfree, .buffer_write = bwrite, .buffer_read = bread,
+    .supports_node = supports,
+#if !defined(BROKEN_MISSING_OP)
+    .graph_compute = compute,
+#endif
+};
+
+static gk_status init_fail(const gk_host *h, void **state, gk_err *err)
+{
+    return gk_err_set(err, GK_ERR_DEVICE, "simulated failure: no device table");
+}
+
+#if defined(BROKEN_NO_ENTRY)
+__attribute__((visibility("default"))) int not_the_entry_symbol = 1;
+#elif defined(BROKEN_ABI)
+__attribute__((visibility("default"))) const gk_plugin_desc *gk_plugin_entry(void);
+const gk_plugin_desc *gk_plugin_entry(void)
+{
+    static const gk_plugin_desc d = {
+        .abi_major = GK_ABI_MAJOR + 98, .abi_minor = 7, .struct_size = sizeof(gk_plugin_desc),
+        .kind = GK_PLUGIN_KIND_ARCH, .name = PLUGIN_NAME, .ops = &arch_ops,
+    };
+    return &d;
+}
+#elif defined(BROKEN_INIT)
+GK_PLUGIN_DEFINE(GK_PLUGIN_KIND_BACKEND, PLUGIN_NAME, "fails at init", init_fail, NULL, &backend_ops)
+#elif defined(BROKEN_MISSING_OP)
+GK_PLUGIN_DEFINE(GK_PLUGIN_KIND_BACKEND, PLUGIN_NAME, "lacks graph_compute", NULL, NULL, &backend_ops)
+#elif defined(BROKEN_WRONG_KIND)
+GK_PLUGIN_DEFINE(GK_PLUGIN_KIND_BACKEND, PLUGIN_NAME, "a backend in an arch file", NULL, NULL, &backend_ops)
+#elif defined(BROKEN_MISNAMED)
+GK_PLUGIN_DEFINE(GK_PLUGIN_KIND_ARCH, "somethingelse", "name differs from its file", NULL, NULL, &arch_ops)
+#elif defined(BROKEN_DUP)
+GK_PLUGIN_DEFINE(GK_PLUGIN_KIND_ARCH, PLUGIN_NAME, "claims llama's name", NULL, NULL, &arch_ops)
+#endif

@@ -1,0 +1,149 @@
+/* test_gkrun.c - the gkrun command line, run as a user would: exit codes,
+ * messages, and what inspect and verify print. */
+#include <criterion/criterion.h>
+
+#include <stdarg.h>
+#include <stdint.h>
+
+#include <cjson/cJSON.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+static const char *data_dir(void)
+{
+    const char *d = getenv("GK_TEST_DATA");
+    return d ? d : "data";
+}
+
+/* Run a shell command; stdout+stderr into *out (heap). Returns the exit code. */
+static int run(char **out, const char *fmt, ...)
+{
+    char cmd[4096];
+    va_list ap;
+    va_start(ap, fmt);
+    int n = snprintf(cmd, sizeof cmd, "%s/tools/gkrun ", getenv("GK_TEST_BUILD_ROOT"));
+    vsnprintf(cmd + n, sizeof cmd - (size_t)n, fmt, ap);
+    va_end(ap);
+    strncat(cmd, " 2>&1", sizeof cmd - strlen(cmd) - 1);
+    FILE *p = popen(cmd, "r");
+    cr_assert(p, "cannot run %s", cmd);
+    size_t cap = 1 << 16, len = 0;
+    char *buf = malloc(cap);
+    for (size_t r; (r = fread(buf + len, 1, cap - len - 1, p)) > 0;) {
+        len += r;
+        if (len + 1 == cap)
+            buf = realloc(buf, cap *= 2);
+    }
+    buf[len] = '\0';
+    int status = pclose(p);
+    *out = buf;
+    return WIFEXITED(status) ? WEXITSTATUS(status) : 128;
+}
+
+/* Number of tensors in a safetensors header, counted independently of libgk. */
+static int header_tensor_count(const char *path)
+{
+    FILE *f = fopen(path, "rb");
+    cr_assert(f, "%s", path);
+    uint64_t n;
+    cr_assert_eq(fread(&n, 8, 1, f), 1);
+    char *h = malloc(n + 1);
+    cr_assert_eq(fread(h, 1, n, f), n);
+    h[n] = '\0';
+    fclose(f);
+    cJSON *j = cJSON_Parse(h);
+    int count = cJSON_GetArraySize(j) - (cJSON_GetObjectItem(j, "__metadata__") ? 1 : 0);
+    cJSON_Delete(j);
+    free(h);
+    return count;
+}
+
+static int index_tensor_count(const char *path)
+{
+    FILE *f = fopen(path, "rb");
+    cr_assert(f);
+    char buf[1 << 16];
+    size_t n = fread(buf, 1, sizeof buf - 1, f);
+    buf[n] = '\0';
+    fclose(f);
+    cJSON *j = cJSON_Parse(buf);
+    int count = cJSON_GetArraySize(cJSON_GetObjectItem(j, "weight_map"));
+    cJSON_Delete(j);
+    return count;
+}
+
+Test(gkrun, inspect_every_reference_checkpoint)
+{
+    struct { const char *dir, *arch; bool sharded; } cases[] = {
+        {"gpt2-tiny", "gpt2", false},
+        {"llama-tiny", "llama", false},
+        {"llama-tiny-f16-sharded", "llama", true},
+        {"qwen3-tiny", "qwen3", false},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        char dir[1024], file[1100];
+        snprintf(dir, sizeof dir, "%s/models/%s", data_dir(), cases[i].dir);
+        snprintf(file, sizeof file, "%s/%s", dir,
+                 cases[i].sharded ? "model.safetensors.index.json" : "model.safetensors");
+        int want = cases[i].sharded ? index_tensor_count(file) : header_tensor_count(file);
+        char *out;
+        cr_assert_eq(run(&out, "inspect --json %s", dir), 0, "%s", out);
+        cJSON *j = cJSON_Parse(out);
+        cr_assert(j, "inspect --json printed no JSON: %s", out);
+        cr_expect_eq(cJSON_GetObjectItem(j, "tensor_count")->valueint, want, "%s", cases[i].dir);
+        cr_expect_str_eq(cJSON_GetObjectItem(j, "architecture")->valuestring, cases[i].arch);
+        cr_expect_eq(cJSON_GetArraySize(cJSON_GetObjectItem(j, "tensors")), want);
+        cJSON_Delete(j);
+        free(out);
+        /* the table form names the architecture and the count too */
+        cr_assert_eq(run(&out, "inspect %s", file), 0, "%s", out);
+        char line[64];
+        snprintf(line, sizeof line, "tensors: %d\n", want);
+        cr_expect(strstr(out, line), "%s", out);
+        snprintf(line, sizeof line, "architecture: %s\n", cases[i].arch);
+        cr_expect(strstr(out, line), "%s", out);
+        free(out);
+    }
+}
+
+Test(gkrun, inspect_bad_input_fails_with_a_message)
+{
+    char tmp[] = "/tmp/gk-gkrun-XXXXXX";
+    cr_assert(mkdtemp(tmp));
+    char path[256];
+    snprintf(path, sizeof path, "%s/model.safetensors", tmp);
+    FILE *f = fopen(path, "wb");
+    uint64_t len = 1000; /* header length beyond the file */
+    fwrite(&len, 8, 1, f);
+    fputs("{}", f);
+    fclose(f);
+    char *out;
+    cr_expect_eq(run(&out, "inspect %s", path), 1);
+    cr_expect(strstr(out, "format error") && strstr(out, "model.safetensors"), "%s", out);
+    free(out);
+    cr_expect_eq(run(&out, "inspect %s", tmp), 1); /* folder: same file found */
+    free(out);
+    cr_expect_eq(run(&out, "inspect /nonexistent/model"), 1);
+    cr_expect(strstr(out, "/nonexistent/model"), "%s", out);
+    free(out);
+    cr_expect_eq(run(&out, "inspect"), 2);
+    free(out);
+    cr_expect_eq(run(&out, "frobnicate"), 2);
+    cr_expect(strstr(out, "unknown command 'frobnicate'"), "%s", out);
+    free(out);
+    snprintf(path, sizeof path, "%s/gk.ini", tmp);
+    f = fopen(path, "w");
+    fputs("[plugins]\nwhat = 1\n", f);
+    fclose(f);
+    char model[1024];
+    snprintf(model, sizeof model, "%s/models/llama-tiny", data_dir());
+    cr_expect_eq(run(&out, "--config %s inspect %s", path, model), 1);
+    cr_expect(strstr(out, "gk.ini:2: unknown key 'what'"), "%s", out);
+    free(out);
+    char cmd[300];
+    snprintf(cmd, sizeof cmd, "rm -rf %s", tmp);
+    (void)!system(cmd);
+}

@@ -1,0 +1,25 @@
+/* gkrun.h - shared bits of the gkrun subcommands. */
+#ifndef GKRUN_H
+#define GKRUN_H
+
+#include <gk/gk.h>
+
+#include <stdio.h>
+
+/* Options every subcommand understands. */
+typedef struct gkrun_common {
+    const char *ini;       /* --config */
+} gkrun_common;
+
+int gkrun_inspect(int argc, char **argv, const gkrun_common *c);
+int gkrun_verify(int argc, char **argv, const gkrun_common *c);
+
+/* Print "gkrun: <msg>" for a failed status and return the exit code 1. */
+int gkrun_fail(const gk_err *err);
+/* Runtime from --config (or the built-in defaults); NULL after printing why. */
+gk_runtime *gkrun_runtime(const gkrun_common *c);
+/* Weights file of a model path: the path itself, or the index / model.safetensors
+ * in a folder. Heap string; NULL after printing why. */
+char *gkrun_weights_path(const char *path);
+
+#endif
