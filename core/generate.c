@@ -60,7 +60,9 @@ static int cand_cmp(const void *a, const void *b)
     return (x->id > y->id) - (x->id < y->id);
 }
 
-int32_t gk_sample(const float *logits, int64_t n_vocab, const gk_gen_opts *o, gk_rng *rng)
+/* The rules of gk_sample with the draw u given (backends' samplers get the
+ * same u, so host and device pick alike). */
+static int32_t sample_u(const float *logits, int64_t n_vocab, const gk_gen_opts *o, double u)
 {
     if (n_vocab <= 0)
         return -1;
@@ -111,7 +113,7 @@ int32_t gk_sample(const float *logits, int64_t n_vocab, const gk_gen_opts *o, gk
         for (int64_t i = 0; i < n; i++)
             p[i] /= sum;
     }
-    double u = rng_uniform(rng), cum = 0.0;
+    double cum = 0.0;
     int32_t pick = c[n - 1].id;
     for (int64_t i = 0; i < n; i++) {
         cum += p[i];
@@ -123,6 +125,35 @@ int32_t gk_sample(const float *logits, int64_t n_vocab, const gk_gen_opts *o, gk
     free(p);
     free(c);
     return pick;
+}
+
+static bool is_greedy(const gk_gen_opts *o) { return o->temperature <= 0.0f || o->top_k == 1; }
+
+int32_t gk_sample(const float *logits, int64_t n_vocab, const gk_gen_opts *o, gk_rng *rng)
+{
+    double u = is_greedy(o) ? 0.0 : rng_uniform(rng);
+    return sample_u(logits, n_vocab, o, u);
+}
+
+/* Next token from the last forward: on the backend when it samples, else here. */
+static gk_status next_token(gk_model *m, const gk_gen_opts *o, gk_rng *rng, int32_t *tok, gk_err *err)
+{
+    double u = is_greedy(o) ? 0.0 : rng_uniform(rng);
+    if (m->be.ops->sample) {
+        gk_tensor *logits;
+        gk_status s = gk_model_run_last_logits(m, &logits, err);
+        if (s != GK_OK)
+            return s;
+        gk_sample_params p = {.temperature = o->temperature, .top_k = o->top_k, .top_p = o->top_p, .u = u};
+        return m->be.ops->sample(m->be.state, logits, &p, tok, err);
+    }
+    gk_status s = gk_model_last_logits(m, err);
+    if (s != GK_OK)
+        return s;
+    *tok = sample_u(m->host_logits, m->cfg.n_vocab, o, u);
+    if (*tok < 0)
+        return gk_err_set(err, GK_ERR_NOMEM, "out of memory while sampling");
+    return GK_OK;
 }
 
 static bool is_eos(const gk_gen_opts *o, int32_t t)
@@ -169,18 +200,14 @@ gk_status gk_model_generate(gk_model *m, const int32_t *prompt, int64_t n_prompt
         } else {
             s = gk_model_forward(m, &seq[len - 1], 1, NULL, err);
         }
+        int32_t tok = -1;
         if (s == GK_OK)
-            s = gk_model_last_logits(m, err);
+            s = next_token(m, o, &rng, &tok, err);
         if (s != GK_OK)
             break;
         if (step == 0) {
             s0.t_prefill_s = gk_now() - t0;
             t0 = gk_now();
-        }
-        int32_t tok = gk_sample(m->host_logits, m->cfg.n_vocab, o, &rng);
-        if (tok < 0) {
-            s = gk_err_set(err, GK_ERR_NOMEM, "out of memory while sampling");
-            break;
         }
         seq[len++] = tok;
         out[(*n_out)++] = tok;

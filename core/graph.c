@@ -251,6 +251,7 @@ static gk_status place_arena(gk_model *m, gk_fgraph *fg, gk_err *err)
     if (st != GK_OK)
         return st;
     fg->arena_bytes = total;
+    gk_model_mem_add(m, total);
     size_t off = 0;
     for (size_t i = 0; i < fg->n_owned; i++) {
         fg->owned[i]->data = (char *)fg->arena + off;
@@ -263,8 +264,10 @@ void gk_fgraph_destroy(gk_model *m, gk_fgraph *fg)
 {
     if (!fg)
         return;
-    if (fg->arena)
+    if (fg->arena) {
         m->be.ops->buffer_free(m->be.state, fg->arena);
+        m->mem_bytes -= fg->arena_bytes;
+    }
     for (size_t i = 0; i < fg->n_owned; i++)
         free(fg->owned[i]);
     free(fg->owned);
@@ -277,11 +280,14 @@ gk_status gk_fgraph_check(gk_model *m, const gk_fgraph *fg, gk_err *err)
     for (size_t i = 0; i < fg->g.n_nodes; i++) {
         const gk_node *nd = &fg->g.nodes[i];
         if (!m->be.ops->supports_node(m->be.state, nd)) {
-            const gk_tensor *w = nd->src[1] ? nd->src[1] : nd->src[0];
+            char types[64] = "";
+            size_t used = 0;
+            for (int k = 0; k < GK_MAX_SRC && nd->src[k]; k++)
+                used += (size_t)snprintf(types + used, sizeof types - used, "%s%s", k ? ", " : "",
+                                         gk_dtype_name(nd->src[k]->dtype));
             return gk_err_set(err, GK_ERR_UNSUPPORTED,
-                              "backend '%s' cannot run op '%s' (node '%s', layer %d, %s operand)",
-                              m->be.name, gk_op_name(nd->op), nd->dst->name, nd->dst->layer,
-                              gk_dtype_name(w->dtype));
+                              "backend '%s' cannot run op '%s' (node '%s', layer %d; operands %s)",
+                              m->be.name, gk_op_name(nd->op), nd->dst->name, nd->dst->layer, types);
         }
     }
     return GK_OK;

@@ -31,6 +31,7 @@ gk_status gk_model_tensor_new(gk_model *m, gk_dtype dt, int64_t rows, int64_t co
         free(t);
         return st;
     }
+    gk_model_mem_add(m, gk_tensor_nbytes(t));
     *out = t;
     return GK_OK;
 }
@@ -39,8 +40,10 @@ void gk_model_tensor_free(gk_model *m, gk_tensor *t)
 {
     if (!t)
         return;
-    if (t->data)
+    if (t->data) {
         m->be.ops->buffer_free(m->be.state, t->data);
+        m->mem_bytes -= gk_tensor_nbytes(t);
+    }
     free(t);
 }
 
@@ -525,6 +528,13 @@ gk_dtype gk_model_dtype(const gk_model *m) { return m->dtype; }
 int64_t gk_model_n_ctx(const gk_model *m) { return m->n_ctx; }
 int64_t gk_model_n_past(const gk_model *m) { return m->n_past; }
 uint64_t gk_model_weight_bytes(const gk_model *m) { return m->weight_bytes; }
+uint64_t gk_model_mem_peak(const gk_model *m) { return m->mem_peak; }
+
+gk_status gk_model_device(const gk_model *m, gk_device_props *out, gk_err *err)
+{
+    memset(out, 0, sizeof *out);
+    return m->be.ops->device_props(m->be.state, out, err);
+}
 
 /* ------------------------------------------------------------- forward */
 
@@ -593,7 +603,7 @@ gk_status gk_model_logits(gk_model *m, float *logits, gk_err *err)
     return s;
 }
 
-gk_status gk_model_last_logits(gk_model *m, gk_err *err)
+gk_status gk_model_run_last_logits(gk_model *m, gk_tensor **out, gk_err *err)
 {
     if (!m->fwd)
         return gk_err_set(err, GK_ERR_INVALID_ARG, "logits asked before any forward call");
@@ -607,8 +617,16 @@ gk_status gk_model_last_logits(gk_model *m, gk_err *err)
     }
     if (s == GK_OK)
         s = run(m, m->head_last, err);
+    *out = s == GK_OK ? m->head_last->out : NULL;
+    return s;
+}
+
+gk_status gk_model_last_logits(gk_model *m, gk_err *err)
+{
+    gk_tensor *logits;
+    gk_status s = gk_model_run_last_logits(m, &logits, err);
     if (s == GK_OK)
-        s = m->be.ops->buffer_read(m->be.state, m->head_last->out->data, 0, m->host_logits,
+        s = m->be.ops->buffer_read(m->be.state, logits->data, 0, m->host_logits,
                                    (size_t)m->cfg.n_vocab * sizeof(float), err);
     return s;
 }

@@ -37,6 +37,8 @@ struct gk_model {
     gk_tensor *inv_freq;          /* F32 [1][head_dim/2], RoPE frequencies after scaling */
     gk_tensor **k_cache, **v_cache; /* [n_layer] each F32 [n_ctx][Hkv*hd] */
     uint64_t weight_bytes;
+    uint64_t mem_bytes;           /* everything allocated on the backend now */
+    uint64_t mem_peak;            /* the most mem_bytes has been */
     gk_fgraph *fwd;               /* last forward graph */
     gk_fgraph *head;              /* logits of fwd->out */
     gk_fgraph *head_last;         /* logits of the last row of fwd->out */
@@ -53,10 +55,20 @@ GK_INTERNAL void gk_fgraph_destroy(gk_model *m, gk_fgraph *fg);
 /* Check every node with the backend's supports_node; an unsupported op is an
  * error naming it (never a silent fallback). */
 GK_INTERNAL gk_status gk_fgraph_check(gk_model *m, const gk_fgraph *fg, gk_err *err);
+/* Account n bytes allocated on the backend (the peak follows). */
+static inline void gk_model_mem_add(gk_model *m, uint64_t n)
+{
+    m->mem_bytes += n;
+    if (m->mem_bytes > m->mem_peak)
+        m->mem_peak = m->mem_bytes;
+}
 /* Backend-allocated tensor owned by the model (weights, caches). */
 GK_INTERNAL gk_status gk_model_tensor_new(gk_model *m, gk_dtype dt, int64_t rows, int64_t cols,
                                           const char *name, int layer, gk_tensor **out, gk_err *err);
 GK_INTERNAL void gk_model_tensor_free(gk_model *m, gk_tensor *t);
+/* Run the LM head on the last row of the last forward; *out is the logits
+ * tensor [1][n_vocab] in backend memory. */
+GK_INTERNAL gk_status gk_model_run_last_logits(gk_model *m, gk_tensor **out, gk_err *err);
 /* Logits of the last row of the last forward into m->host_logits. */
 GK_INTERNAL gk_status gk_model_last_logits(gk_model *m, gk_err *err);
 

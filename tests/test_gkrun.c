@@ -147,3 +147,45 @@ Test(gkrun, inspect_bad_input_fails_with_a_message)
     snprintf(cmd, sizeof cmd, "rm -rf %s", tmp);
     (void)!system(cmd);
 }
+
+/* The definition of correct: every reference model matches transformers in
+ * float32 on the reference backend, through every check of verify. */
+Test(gkrun, verify_every_reference_model_on_cpu_ref, .timeout = 300)
+{
+    const char *models[] = {"gpt2-tiny", "llama-tiny", "llama-tiny-f16-sharded", "qwen3-tiny"};
+    for (size_t i = 0; i < sizeof models / sizeof models[0]; i++) {
+        char *out;
+        int rc = run(&out, "verify %s/models/%s --backend cpu_ref --dtype f32", data_dir(), models[i]);
+        cr_expect_eq(rc, 0, "%s:\n%s", models[i], out);
+        cr_expect(strstr(out, "0 failed: PASS"), "%s", out);
+        cr_expect(strstr(out, "greedy from gen.ids[:7]              20/20 tokens match  PASS"), "%s", out);
+        cr_expect(strstr(out, "gen3.ids one at a time"), "%s", out);
+        cr_expect_null(strstr(out, "FAIL"), "%s", out);
+        free(out);
+    }
+}
+
+/* A checkpoint stored in F16/BF16 checks against the low-precision bounds. */
+Test(gkrun, verify_low_precision_bounds)
+{
+    char *out;
+    cr_expect_eq(run(&out, "verify %s/models/qwen3-tiny", data_dir()), 0, "%s", out);
+    cr_expect(strstr(out, "BF16 weights, tolerance x max|golden| 0.03"), "%s", out);
+    free(out);
+    cr_expect_eq(run(&out, "verify %s/models/llama-tiny --dtype f16", data_dir()), 0, "%s", out);
+    cr_expect(strstr(out, "F16 weights"), "%s", out);
+    free(out);
+}
+
+/* verify fails when the model does not match: a tolerance no float32 run can
+ * meet makes the logits checks fail and the exit status non-zero. */
+Test(gkrun, verify_fails_on_mismatch)
+{
+    char *out;
+    cr_expect_eq(run(&out, "verify %s/models/llama-tiny --tol 1e-12", data_dir()), 1, "%s", out);
+    cr_expect(strstr(out, "FAIL"), "%s", out);
+    free(out);
+    cr_expect_eq(run(&out, "verify %s/models/llama-tiny --backend nosuch", data_dir()), 1, "%s", out);
+    cr_expect(strstr(out, "backend 'nosuch' is not loaded"), "%s", out);
+    free(out);
+}

@@ -2,6 +2,7 @@
  *
  *   gkrun inspect PATH [--json]
  *   gkrun verify DIR [--backend NAME] [--dtype D] [--tol X]
+ *   gkrun compare -m DIR --backend cuda --reference cpu_ref [--dtype D] [--ids ...]
  *
  * Global option (before the subcommand): --config FILE.INI.
  * Every failure prints one line naming its cause and exits non-zero.
@@ -19,7 +20,11 @@ static void usage(FILE *f)
             "commands:\n"
             "  inspect PATH [--json]          tensors, dtypes, shapes, architecture and config\n"
             "  verify DIR [--backend NAME] [--dtype f32|f16|bf16] [--tol X]\n"
-            "                                 check a model against reference data\n");
+            "                                 check a model against reference data\n"
+            "  compare -m DIR [--backend cuda] [--reference cpu_ref] [--dtype D] [--ids 1,2,3] [--tol X] [--all]\n"
+            "                                 diff every graph node between two backends\n"
+            "  bench -m DIR [--backend NAME] [--dtype D] [-p N] [-n N] [--reps R]\n"
+            "                                 batch-1 prefill and decode speed beside the roofline\n");
 }
 
 int gkrun_fail(const gk_err *err)
@@ -87,6 +92,10 @@ int main(int argc, char **argv)
         return gkrun_inspect(argc - i, argv + i, &c);
     if (!strcmp(cmd, "verify"))
         return gkrun_verify(argc - i, argv + i, &c);
+    if (!strcmp(cmd, "compare"))
+        return gkrun_compare(argc - i, argv + i, &c);
+    if (!strcmp(cmd, "bench"))
+        return gkrun_bench(argc - i, argv + i, &c);
     fprintf(stderr, "gkrun: unknown command '%s'\n", cmd);
     usage(stderr);
     return 2;

@@ -13,6 +13,8 @@ typedef struct gkrun_common {
 
 int gkrun_inspect(int argc, char **argv, const gkrun_common *c);
 int gkrun_verify(int argc, char **argv, const gkrun_common *c);
+int gkrun_compare(int argc, char **argv, const gkrun_common *c);
+int gkrun_bench(int argc, char **argv, const gkrun_common *c);
 
 /* Print "gkrun: <msg>" for a failed status and return the exit code 1. */
 int gkrun_fail(const gk_err *err);

@@ -253,8 +253,21 @@ GK_API gk_dtype gk_model_dtype(const gk_model *m);
 GK_API int64_t gk_model_n_ctx(const gk_model *m);
 /* Tokens currently in the KV cache. */
 GK_API int64_t gk_model_n_past(const gk_model *m);
+/* What the backend runs on. */
+typedef struct gk_device_props {
+    char name[128];          /* "NVIDIA H100 80GB HBM3", "cpu" */
+    uint64_t mem_total;      /* bytes usable by the backend */
+    uint64_t mem_free;
+    double peak_bw_gbs;      /* memory bandwidth, 0 when unknown */
+    bool is_gpu;
+} gk_device_props;
+/* The model's backend device, with its memory now. */
+GK_API gk_status gk_model_device(const gk_model *m, gk_device_props *out, gk_err *err);
 /* Bytes of weights held by the backend. */
 GK_API uint64_t gk_model_weight_bytes(const gk_model *m);
+/* The most bytes the model has held on its backend at once since load:
+ * weights, KV cache and activations. */
+GK_API uint64_t gk_model_mem_peak(const gk_model *m);
 
 /* Run n tokens at positions n_past .. n_past+n-1 through the model, appending
  * their keys and values to the cache. hidden (may be NULL) receives the final
@@ -313,6 +326,36 @@ typedef struct gk_rng { uint64_t s; } gk_rng;
 GK_API void gk_rng_seed(gk_rng *r, uint64_t seed);
 GK_API int32_t gk_sample(const float *logits, int64_t n_vocab, const gk_gen_opts *opts,
                          gk_rng *rng);
+
+/* --------------------------------------------------------------- tokenizer */
+
+typedef struct gk_tokenizer gk_tokenizer;
+
+/* Load a HuggingFace tokenizer.json (path to the file, or a folder holding it;
+ * tokenizer_config.json beside it is read for bos/eos when present). A feature
+ * of the file we do not implement is GK_ERR_UNSUPPORTED naming it, never
+ * silently different ids. Destroy with gk_tokenizer_destroy. */
+GK_API gk_status gk_tokenizer_load(const char *path, gk_tokenizer **out, gk_err *err);
+GK_API void gk_tokenizer_destroy(gk_tokenizer *t);
+/* Vocabulary size including added tokens (highest id + 1). */
+GK_API int64_t gk_tokenizer_vocab_size(const gk_tokenizer *t);
+/* -1 when the tokenizer has none. */
+GK_API int32_t gk_tokenizer_bos_id(const gk_tokenizer *t);
+GK_API int32_t gk_tokenizer_eos_id(const gk_tokenizer *t);
+/* The token's string as stored in the vocabulary (NULL for an unknown id), and
+ * the id of a token string (-1 when absent). */
+GK_API const char *gk_tokenizer_token(const gk_tokenizer *t, int32_t id);
+GK_API int32_t gk_tokenizer_token_id(const gk_tokenizer *t, const char *token);
+/* Encode len bytes of UTF-8 text (invalid UTF-8 is GK_ERR_INVALID_ARG naming
+ * the byte offset). add_special applies the post-processor (e.g. BOS), as
+ * transformers' add_special_tokens=True. *ids is malloc'd: the caller frees it. */
+GK_API gk_status gk_tokenizer_encode(const gk_tokenizer *t, const char *text, size_t len,
+                                     bool add_special, int32_t **ids, size_t *n_ids, gk_err *err);
+/* Decode ids to UTF-8 (NUL-terminated, malloc'd: the caller frees it). skip_special
+ * drops special tokens, as transformers' skip_special_tokens. An id outside the
+ * vocabulary is GK_ERR_INVALID_ARG. */
+GK_API gk_status gk_tokenizer_decode(const gk_tokenizer *t, const int32_t *ids, size_t n_ids,
+                                     bool skip_special, char **text, size_t *len, gk_err *err);
 
 #ifdef __cplusplus
 }

@@ -46,8 +46,8 @@ static inline size_t gk_tensor_nbytes(const gk_tensor *t)
 typedef enum gk_op {
     GK_OP_GET_ROWS = 0, /* src0 table [V][D], src1 ids I32 [1][n]  -> [n][D] */
     GK_OP_ADD,          /* src0 [n][D] + src1 [n][D]                -> [n][D] */
-    GK_OP_LAYER_NORM,   /* src0 x [n][D], src1 w [1][D], src2 b [1][D]; f[0] eps */
-    GK_OP_RMS_NORM,     /* src0 x [n][D], src1 w [1][G]; i[0] G (groups of G
+    GK_OP_LAYER_NORM,   /* src0 x [n][D], src1 w [1][D], src2 b [1][D] or NULL; f[0] eps */
+    GK_OP_RMS_NORM,     /* src0 x [n][D], src1 w [1][G]; i[0] G (0 = D; groups of G
                            columns normed apart: G = head_dim is QK-norm); f[0] eps */
     GK_OP_LINEAR,       /* src0 x [n][in], src1 W [out][in], src2 bias [1][out] or NULL
                            -> x W^T + b  [n][out] */
@@ -55,7 +55,7 @@ typedef enum gk_op {
                            [1][hd/2]; i[0] hd; f[0] cos/sin scale. HF rotate-half. */
     GK_OP_ATTN,         /* src0 q [n][H*hd], src1 k [n][Hkv*hd], src2 v [n][Hkv*hd],
                            src3 pos I32 [1][n], src4 K cache [n_ctx][Hkv*hd],
-                           src5 V cache; i[0] H, i[1] Hkv, i[2] hd; f[0] scale.
+                           src5 V cache (caches F32); i[0] H, i[1] Hkv, i[2] hd; f[0] scale.
                            Stores k,v at rows pos[t] of the caches, then token t
                            attends causally to cache rows 0..pos[t]. -> [n][H*hd] */
     GK_OP_GELU_TANH,    /* src0 -> 0.5x(1+tanh(sqrt(2/pi)(x+0.044715x^3))) */
@@ -84,13 +84,15 @@ GK_API const char *gk_op_name(gk_op op);
 
 /* ---------------------------------------------------------------- backends */
 
-typedef struct gk_device_props {
-    char name[128];          /* "NVIDIA H100 80GB HBM3", "cpu" */
-    uint64_t mem_total;      /* bytes usable by the backend */
-    uint64_t mem_free;
-    double peak_bw_gbs;      /* memory bandwidth, 0 when unknown */
-    bool is_gpu;
-} gk_device_props;
+
+/* What the sampler needs besides the logits. u is the uniform draw in [0, 1)
+ * the core took from its generator (unused when greedy). */
+typedef struct gk_sample_params {
+    float temperature;   /* 0 = greedy */
+    int32_t top_k;       /* 0 = off */
+    float top_p;         /* 1 = off */
+    double u;
+} gk_sample_params;
 
 /* One backend = this table + the state its plugin's init returned. Only the
  * core's wrappers call through it. Entries marked optional may be NULL. */
@@ -100,6 +102,8 @@ typedef struct gk_backend_ops {
     bool (*available)(void *state, char *why, size_t why_len);
     gk_status (*device_props)(void *state, gk_device_props *out, gk_err *err);
     gk_status (*buffer_alloc)(void *state, size_t nbytes, void **out, gk_err *err);
+    /* buffer_free takes what buffer_alloc returned; buffer_write and buffer_read
+     * take any pointer inside such a block (a tensor's data) plus an offset. */
     void (*buffer_free)(void *state, void *buf);
     gk_status (*buffer_write)(void *state, void *buf, size_t offset, const void *src,
                               size_t nbytes, gk_err *err);
@@ -107,11 +111,18 @@ typedef struct gk_backend_ops {
                              size_t nbytes, gk_err *err);
     /* Whether the node (op and the dtypes of its tensors) can run here. */
     bool (*supports_node)(void *state, const gk_node *node);
-    /* Run every node in order. Buffers passed to buffer_write/read may be any
-     * pointer inside a buffer_alloc block (a tensor's data). */
+    /* Run every node in order. The same gk_graph (same pointer, same nodes) is
+     * run many times with new ids and positions in its input tensors, so a
+     * backend may record it once and replay it (a CUDA graph). */
     gk_status (*graph_compute)(void *state, const gk_graph *g, gk_err *err);
     /* (optional) wait for queued work; default: nothing to wait for. */
     gk_status (*synchronize)(void *state, gk_err *err);
+    /* (optional) pick a token from logits F32 [1][n_vocab] where they live, by
+     * the rules of gk_sample (temperature, then top-k keeping ties, then top-p,
+     * then the draw u; greedy = lowest index of the maximum); only the id comes
+     * back. Default: the core downloads the logits and samples on the host. */
+    gk_status (*sample)(void *state, const gk_tensor *logits, const gk_sample_params *p,
+                        int32_t *token, gk_err *err);
 } gk_backend_ops;
 
 /* ----------------------------------------------------------- architectures */
