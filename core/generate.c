@@ -66,7 +66,7 @@ static int32_t sample_u(const float *logits, int64_t n_vocab, const gk_gen_opts 
 {
     if (n_vocab <= 0)
         return -1;
-    if (o->temperature <= 0.0f || o->top_k == 1)
+    if (o->temperature <= 0.0f)
         return argmax(logits, n_vocab);
     cand *c = malloc((size_t)n_vocab * sizeof *c);
     if (!c)
@@ -127,7 +127,9 @@ static int32_t sample_u(const float *logits, int64_t n_vocab, const gk_gen_opts 
     return pick;
 }
 
-static bool is_greedy(const gk_gen_opts *o) { return o->temperature <= 0.0f || o->top_k == 1; }
+/* Only temperature 0 is greedy: top_k = 1 still draws among tokens tied for
+ * the maximum, as transformers' top-k keeps ties. */
+static bool is_greedy(const gk_gen_opts *o) { return o->temperature <= 0.0f; }
 
 int32_t gk_sample(const float *logits, int64_t n_vocab, const gk_gen_opts *o, gk_rng *rng)
 {
@@ -174,12 +176,13 @@ gk_status gk_model_generate(gk_model *m, const int32_t *prompt, int64_t n_prompt
         return gk_err_set(err, GK_ERR_INVALID_ARG, "top_p must be in (0, 1], got %g", (double)o->top_p);
     if (o->temperature < 0.0f || o->top_k < 0 || o->max_new_tokens < 0)
         return gk_err_set(err, GK_ERR_INVALID_ARG, "temperature, top_k and max_new_tokens must not be negative");
-    int64_t total = n_prompt + o->max_new_tokens;
-    /* The last sampled token is never fed back, so it needs no cache row. */
-    if (total - 1 > m->n_ctx)
+    /* The last sampled token is never fed back, so it needs no cache row.
+     * Compared without adding, so a huge max_new_tokens cannot overflow. */
+    if (n_prompt > m->n_ctx || o->max_new_tokens > m->n_ctx + 1 - n_prompt)
         return gk_err_set(err, GK_ERR_INVALID_ARG,
                           "prompt of %lld tokens plus %lld new ones exceeds the context of %lld tokens",
                           (long long)n_prompt, (long long)o->max_new_tokens, (long long)m->n_ctx);
+    int64_t total = n_prompt + o->max_new_tokens;
     int32_t *seq = malloc((size_t)total * sizeof *seq);
     if (!seq)
         return gk_err_set(err, GK_ERR_NOMEM, "out of memory");

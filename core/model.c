@@ -474,6 +474,10 @@ gk_status gk_model_load(gk_runtime *rt, const char *path, const gk_model_opts *o
     s = load_weights(m, st, err);
     if (s == GK_OK)
         s = alloc_caches(m, err);
+    /* Build the decode graph now: an op the backend cannot run is an error at
+     * load, naming the op, not at the first token. */
+    if (s == GK_OK)
+        s = gk_fgraph_build_forward(m, 1, &m->fwd, err);
     if (s != GK_OK)
         goto fail;
     gk_safetensors_close(st);

@@ -236,7 +236,10 @@ Test(sample, top_k_keeps_every_token_tied_with_the_kth)
 }
 
 /* The same rule at k = 1: two ids tied for the maximum are both kept, so both
- * are drawn about half the time each. */
+ * are drawn about half the time each (TopKLogitsWarper removes only scores
+ * strictly below the k-th; transformers has no top_k = 1 shortcut).
+ * top_k = 1 is not greedy: like transformers it keeps every token tied for
+ * the maximum and draws among them. */
 Test(sample, top_k_one_keeps_every_token_tied_for_the_max)
 {
     static const float tied_max[6] = {0.5f, 2.0f, -1.0f, 2.0f, 1.0f, 0.0f};
@@ -657,6 +660,23 @@ Test(generate, prompt_plus_new_tokens_beyond_the_context_is_invalid_arg)
     cr_expect_eq(gen_ok(&f, &o, again), 5);
     for (int i = 0; i < 5; i++)
         cr_expect_eq(again[i], f.gen[f.n_prompt + i]);
+    close_model(&f);
+}
+
+/* A max_new_tokens so large that prompt + max_new_tokens overflows int64 is
+ * still beyond the context.
+ * A max_new_tokens near INT64_MAX is refused, not overflowed into a tiny
+ * buffer. */
+Test(generate, huge_max_new_tokens_is_invalid_arg_not_an_overflow)
+{
+    fixture f = open_model("llama-tiny", 16);
+    gk_gen_opts o = gen_opts(INT64_MAX);
+    int32_t out[32];
+    int64_t n_out = -1;
+    gk_err err = {0};
+    cr_expect_eq(gk_model_generate(f.m, f.gen, f.n_prompt, &o, out, &n_out, NULL, &err), GK_ERR_INVALID_ARG,
+                 "%s", err.msg);
+    cr_expect_eq(n_out, 0);
     close_model(&f);
 }
 

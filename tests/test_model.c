@@ -644,6 +644,57 @@ Test(model_errors, untied_model_without_lm_head_is_an_error)
     gk_runtime_destroy(rt);
 }
 
+Test(model_errors, bias_present_when_config_says_no_attention_bias_is_named)
+{
+    breakage b = {.extra = "model.layers.0.self_attn.q_proj.bias"};
+    gk_runtime *rt = runtime();
+    gk_err err;
+    cr_expect_eq(load_fails(rt, write_broken_llama(&b), "f32", 0, &err), GK_ERR_FORMAT, "%s", err.msg);
+    cr_expect(strstr(err.msg, "model.layers.0.self_attn.q_proj.bias") && strstr(err.msg, "attention_bias"), "%s",
+              err.msg);
+    gk_runtime_destroy(rt);
+}
+
+static void with_bias(cJSON *cfg)
+{
+    cJSON_DeleteItemFromObject(cfg, "attention_bias");
+    cJSON_AddBoolToObject(cfg, "attention_bias", true);
+}
+
+Test(model_errors, attention_bias_in_config_without_bias_tensors_names_the_missing_one)
+{
+    breakage b = {.edit = with_bias};
+    gk_runtime *rt = runtime();
+    gk_err err;
+    cr_expect_eq(load_fails(rt, write_broken_llama(&b), "f32", 0, &err), GK_ERR_FORMAT, "%s", err.msg);
+    cr_expect(strstr(err.msg, "missing") && strstr(err.msg, "_proj.bias"), "%s", err.msg);
+    gk_runtime_destroy(rt);
+}
+
+/* Older checkpoints carry rotary_emb.inv_freq buffers: known, unused, no error. */
+Test(model_errors, stale_rotary_inv_freq_buffer_is_ignored)
+{
+    breakage b = {.extra = "model.layers.1.self_attn.rotary_emb.inv_freq"};
+    gk_runtime *rt = runtime();
+    gk_model *m = load_path(rt, write_broken_llama(&b), "f32", 0);
+    gk_safetensors *g = golden_open("llama-tiny");
+    int64_t n, rows, nv;
+    int32_t *ids = golden_ids(g, "p1.ids", &n);
+    float *want = golden_f32(g, "p1.logits", &rows, &nv);
+    float *got = malloc((size_t)(n * nv) * sizeof *got);
+    cr_assert(got);
+    forward_ok(m, ids, n);
+    logits_ok(m, got);
+    double e = max_abs_diff(got, want, (size_t)(n * nv));
+    cr_expect_leq(e, TOL_GOLDEN, "max|err| %g", e);
+    free(got);
+    free(want);
+    free(ids);
+    gk_safetensors_close(g);
+    gk_model_destroy(m);
+    gk_runtime_destroy(rt);
+}
+
 static void tie(cJSON *cfg)
 {
     cJSON_DeleteItemFromObject(cfg, "tie_word_embeddings");

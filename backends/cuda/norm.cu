@@ -1,0 +1,82 @@
+/* norm.cu - the CUDA kernels of RMS_NORM (whole rows, or groups of G columns
+ * for QK-norm) and LAYER_NORM.
+ *
+ * One block per row (or per group): the block sums in float with a
+ * warp-shuffle tree, then writes w * (x * r) exactly as cpu_ref does, with
+ * r = 1 / sqrtf(mean + eps) (not rsqrtf, whose last bit differs). Rows are
+ * read twice (sum, then scale); the second read comes from L1/L2.
+ * Not here: anything fused with the norm (the graph has no such op).
+ */
+#include "cuda_common.cuh"
+
+/* Threads for a row of d elements: a multiple of 32, at most 256. */
+static unsigned norm_threads(int64_t d)
+{
+    int64_t t = (d + 31) / 32 * 32;
+    return (unsigned)(t < 256 ? t : 256);
+}
+
+/* grid (n * groups); block b norms group b % groups of row b / groups. */
+template <typename T>
+__global__ void rms_norm_kernel(const float *__restrict__ x, const T *__restrict__ w,
+                                float *__restrict__ dst, int g, float eps)
+{
+    __shared__ float red[32];
+    const float *xr = x + (size_t)blockIdx.x * g;
+    float *yr = dst + (size_t)blockIdx.x * g;
+    float sq = 0.0f;
+    for (int j = threadIdx.x; j < g; j += blockDim.x)
+        sq += xr[j] * xr[j];
+    sq = cu_block_sum(sq, red);
+    float r = 1.0f / sqrtf(sq / (float)g + eps);
+    for (int j = threadIdx.x; j < g; j += blockDim.x)
+        yr[j] = cu_to_f32(w[j]) * (xr[j] * r);
+}
+
+gk_status cu_rms_norm(cu_ctx *c, const gk_node *nd, gk_err *err)
+{
+    const gk_tensor *x = nd->src[0], *w = nd->src[1];
+    int64_t d = x->cols, g = nd->i[0] == 0 ? d : nd->i[0];
+    /* groups tile each row, and rows follow each other: block b is group b */
+    unsigned blocks = (unsigned)(x->rows * (d / g));
+    CU_WEIGHT_SWITCH(w->dtype, T, {
+        rms_norm_kernel<T><<<blocks, norm_threads(g), 0, c->stream>>>(
+            (const float *)x->data, (const T *)w->data, (float *)nd->dst->data, (int)g, nd->f[0]);
+    });
+    return cu_launch_check(nd, "rms_norm_kernel", err);
+}
+
+/* torch.nn.LayerNorm, two passes like cpu_ref: mean, then the biased
+ * variance of (x - mean). grid (n). */
+template <typename T>
+__global__ void layer_norm_kernel(const float *__restrict__ x, const T *__restrict__ w,
+                                  const T *__restrict__ b, float *__restrict__ dst, int d, float eps)
+{
+    __shared__ float red[32];
+    const float *xr = x + (size_t)blockIdx.x * d;
+    float *yr = dst + (size_t)blockIdx.x * d;
+    float sum = 0.0f;
+    for (int j = threadIdx.x; j < d; j += blockDim.x)
+        sum += xr[j];
+    float mean = cu_block_sum(sum, red) / (float)d;
+    float sq = 0.0f;
+    for (int j = threadIdx.x; j < d; j += blockDim.x)
+        sq += (xr[j] - mean) * (xr[j] - mean);
+    float rstd = 1.0f / sqrtf(cu_block_sum(sq, red) / (float)d + eps);
+    for (int j = threadIdx.x; j < d; j += blockDim.x) {
+        float y = (xr[j] - mean) * rstd * cu_to_f32(w[j]);
+        yr[j] = b ? y + cu_to_f32(b[j]) : y;
+    }
+}
+
+gk_status cu_layer_norm(cu_ctx *c, const gk_node *nd, gk_err *err)
+{
+    const gk_tensor *x = nd->src[0], *w = nd->src[1], *b = nd->src[2];
+    /* the bias has the weight's dtype (cu_node_ok checks it) */
+    CU_WEIGHT_SWITCH(w->dtype, T, {
+        layer_norm_kernel<T><<<(unsigned)x->rows, norm_threads(x->cols), 0, c->stream>>>(
+            (const float *)x->data, (const T *)w->data, b ? (const T *)b->data : (const T *)nullptr,
+            (float *)nd->dst->data, (int)x->cols, nd->f[0]);
+    });
+    return cu_launch_check(nd, "layer_norm_kernel", err);
+}
