@@ -586,6 +586,7 @@ gk_status gk_model_forward(gk_model *m, const int32_t *ids, int64_t n, float *hi
     if (s != GK_OK)
         return s;
     m->n_past += n;
+    m->ran = true;
     if (hidden)
         s = m->be.ops->buffer_read(m->be.state, m->fwd->out->data, 0, hidden,
                                    gk_tensor_nbytes(m->fwd->out), err);
@@ -594,7 +595,7 @@ gk_status gk_model_forward(gk_model *m, const int32_t *ids, int64_t n, float *hi
 
 gk_status gk_model_logits(gk_model *m, float *logits, gk_err *err)
 {
-    if (!m->fwd)
+    if (!m->ran)
         return gk_err_set(err, GK_ERR_INVALID_ARG, "logits asked before any forward call");
     gk_status s = GK_OK;
     if (!m->head)
@@ -609,7 +610,7 @@ gk_status gk_model_logits(gk_model *m, float *logits, gk_err *err)
 
 gk_status gk_model_run_last_logits(gk_model *m, gk_tensor **out, gk_err *err)
 {
-    if (!m->fwd)
+    if (!m->ran)
         return gk_err_set(err, GK_ERR_INVALID_ARG, "logits asked before any forward call");
     gk_status s = GK_OK;
     if (!m->head_last) {
@@ -648,6 +649,8 @@ gk_status gk_model_truncate(gk_model *m, int64_t n_keep, gk_err *err)
 
 static const gk_node *node_at(const gk_model *m, size_t i)
 {
+    if (!m->ran)
+        return NULL;
     size_t nf = m->fwd ? m->fwd->g.n_nodes : 0;
     if (i < nf)
         return &m->fwd->g.nodes[i];
@@ -659,6 +662,8 @@ static const gk_node *node_at(const gk_model *m, size_t i)
 
 size_t gk_model_node_count(const gk_model *m)
 {
+    if (!m->ran)
+        return 0;
     return (m->fwd ? m->fwd->g.n_nodes : 0) + (m->head ? m->head->g.n_nodes : 0);
 }
 

@@ -39,7 +39,8 @@ struct gk_model {
     uint64_t weight_bytes;
     uint64_t mem_bytes;           /* everything allocated on the backend now */
     uint64_t mem_peak;            /* the most mem_bytes has been */
-    gk_fgraph *fwd;               /* last forward graph */
+    gk_fgraph *fwd;               /* last forward graph (the decode graph after load) */
+    bool ran;                     /* a forward has run: logits and nodes are valid */
     gk_fgraph *head;              /* logits of fwd->out */
     gk_fgraph *head_last;         /* logits of the last row of fwd->out */
     gk_tensor last_row;           /* view of fwd->out's last row, head_last's input */
