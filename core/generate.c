@@ -12,6 +12,9 @@
 #include <stdlib.h>
 #include <string.h>
 
+/* Longest forward pass generate makes: bounds the activation memory. */
+#define PREFILL_CHUNK 512
+
 gk_gen_opts gk_gen_opts_default(void)
 {
     return (gk_gen_opts){
@@ -196,10 +199,13 @@ gk_status gk_model_generate(gk_model *m, const int32_t *prompt, int64_t n_prompt
     int64_t len = n_prompt;
     for (int64_t step = 0; s == GK_OK && step < o->max_new_tokens; step++) {
         if (step == 0 || !o->use_cache) {
-            /* prefill, or without a cache the whole sequence again */
+            /* prefill, or without a cache the whole sequence again; in chunks,
+             * so activations stay bounded however long the prompt */
             s = gk_model_truncate(m, 0, err);
-            if (s == GK_OK)
-                s = gk_model_forward(m, seq, len, NULL, err);
+            for (int64_t done = 0; s == GK_OK && done < len; done += PREFILL_CHUNK) {
+                int64_t n = len - done < PREFILL_CHUNK ? len - done : PREFILL_CHUNK;
+                s = gk_model_forward(m, seq + done, n, NULL, err);
+            }
         } else {
             s = gk_model_forward(m, &seq[len - 1], 1, NULL, err);
         }

@@ -203,7 +203,8 @@ static bool entry_required(const gk_model *m, const gk_tensor_entry *e)
     return !(e->flags & GK_TF_OPTIONAL);
 }
 
-static gk_status load_weights(gk_model *m, gk_safetensors *st, gk_err *err)
+static gk_status load_weights(gk_model *m, gk_safetensors *st, const gk_model_opts *opts, uint64_t total,
+                              gk_err *err)
 {
     size_t n_names = gk_safetensors_count(st);
     bool *claimed = calloc(n_names ? n_names : 1, sizeof *claimed);
@@ -240,8 +241,11 @@ static gk_status load_weights(gk_model *m, gk_safetensors *st, gk_err *err)
                 }
             } else {
                 gk_tensor **slot = layered ? &m->lw[e->role][il] : &m->w[e->role];
-                if (!*slot)
+                if (!*slot) {
                     s = load_weight(m, st, e, name, layered ? il : -1, slot, err);
+                    if (s == GK_OK && opts->progress)
+                        opts->progress(m->weight_bytes, total, opts->progress_user);
+                }
             }
             for (size_t i = 0; i < n_names; i++)
                 if (strcmp(gk_safetensors_name(st, i), name) == 0)
@@ -373,8 +377,15 @@ static gk_status alloc_caches(gk_model *m, gk_err *err)
     return s;
 }
 
-/* Bytes the model will need on the backend, to refuse early when they don't fit. */
-static uint64_t planned_bytes(const gk_model *m, gk_safetensors *st)
+static uint64_t kv_cache_bytes(const gk_model *m)
+{
+    return 2ull * (uint64_t)m->cfg.n_layer * (uint64_t)m->n_ctx * (uint64_t)(m->cfg.n_head_kv * m->cfg.head_dim) *
+           sizeof(float);
+}
+
+/* Weight bytes the model will need on the backend, to refuse early when they
+ * (with the cache) don't fit. */
+static uint64_t planned_weight_bytes(const gk_model *m, gk_safetensors *st)
 {
     uint64_t total = 0;
     size_t n = gk_safetensors_count(st);
@@ -383,7 +394,6 @@ static uint64_t planned_bytes(const gk_model *m, gk_safetensors *st)
         if (gk_safetensors_info(st, gk_safetensors_name(st, i), &ti, NULL) == GK_OK && ti.dtype != GK_DTYPE_COUNT)
             total += ti.nbytes / (gk_dtype_size(ti.dtype) ? gk_dtype_size(ti.dtype) : 1) * gk_dtype_size(m->dtype);
     }
-    total += 2ull * (uint64_t)m->cfg.n_layer * (uint64_t)m->n_ctx * (uint64_t)(m->cfg.n_head_kv * m->cfg.head_dim) * 4u;
     return total;
 }
 
@@ -464,14 +474,14 @@ gk_status gk_model_load(gk_runtime *rt, const char *path, const gk_model_opts *o
     s = m->be.ops->device_props(m->be.state, &props, err);
     if (s != GK_OK)
         goto fail;
-    uint64_t need = planned_bytes(m, st);
+    uint64_t w_bytes = planned_weight_bytes(m, st), need = w_bytes + kv_cache_bytes(m);
     if (props.mem_free && need > props.mem_free) {
         s = gk_err_set(err, GK_ERR_NOMEM,
                        "out of memory on %s: the model needs %.2f GB (weights and a %lld-token KV cache), %.2f GB is free",
                        props.name, need / 1e9, (long long)m->n_ctx, props.mem_free / 1e9);
         goto fail;
     }
-    s = load_weights(m, st, err);
+    s = load_weights(m, st, opts, w_bytes, err);
     if (s == GK_OK)
         s = alloc_caches(m, err);
     /* Build the decode graph now: an op the backend cannot run is an error at

@@ -12,11 +12,16 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 
 static void usage(FILE *f)
 {
     fprintf(f,
-            "usage: gkrun [--config FILE.INI] COMMAND ...\n"
+            "usage: gkrun [--config FILE.INI] -m DIR [-p TEXT | --prompt-file F | < stdin] [options]\n"
+            "       gkrun [--config FILE.INI] -m DIR --chat\n"
+            "       gkrun [--config FILE.INI] COMMAND ...\n"
+            "generation options: -n N (128), --temp T (0.8; 0 = greedy), --top-k K (40), --top-p P (0.95),\n"
+            "  --seed S (random), --backend NAME (auto), --dtype f32|f16|bf16|auto, --ctx N, --json, -i/--chat\n"
             "commands:\n"
             "  inspect PATH [--json]          tensors, dtypes, shapes, architecture and config\n"
             "  verify DIR [--backend NAME] [--dtype f32|f16|bf16] [--tol X]\n"
@@ -25,6 +30,13 @@ static void usage(FILE *f)
             "                                 diff every graph node between two backends\n"
             "  bench -m DIR [--backend NAME] [--dtype D] [-p N] [-n N] [--reps R]\n"
             "                                 batch-1 prefill and decode speed beside the roofline\n");
+}
+
+double gk_now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 
 int gkrun_fail(const gk_err *err)
@@ -80,7 +92,8 @@ int main(int argc, char **argv)
             usage(stdout);
             return 0;
         } else {
-            break;
+            /* any other option: text generation (gkrun -m DIR -p ...) */
+            return gkrun_generate(argc - i + 1, argv + i - 1, &c);
         }
     }
     if (i >= argc) {

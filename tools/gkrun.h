@@ -15,6 +15,10 @@ int gkrun_inspect(int argc, char **argv, const gkrun_common *c);
 int gkrun_verify(int argc, char **argv, const gkrun_common *c);
 int gkrun_compare(int argc, char **argv, const gkrun_common *c);
 int gkrun_bench(int argc, char **argv, const gkrun_common *c);
+/* Text generation and chat: everything that is not a subcommand. */
+int gkrun_generate(int argc, char **argv, const gkrun_common *c);
+/* Monotonic seconds. */
+double gk_now_s(void);
 
 /* Print "gkrun: <msg>" for a failed status and return the exit code 1. */
 int gkrun_fail(const gk_err *err);

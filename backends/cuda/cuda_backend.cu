@@ -1,32 +1,68 @@
-/* cuda_backend.cu - the CUDA backend plugin: device discovery, device memory
- * and the dispatch of graph nodes to kernels.
+/* cuda_backend.cu - the CUDA backend plugin: device discovery, device memory,
+ * the one dispatch of graph nodes to kernels, and CUDA-graph replay.
  *
- * Every CUDA error becomes a gk status at its call site, with CUDA's own text.
- * Without a usable GPU the plugin still loads; available() says why it cannot
- * run. Not here: the kernels (one .cu per op family beside this file).
+ * Everything runs on one stream; cuBLAS is bound to it with a fixed
+ * workspace, and per-node temporaries come from one scratch region sized
+ * before a graph runs, so a whole forward pass can be captured. graph_compute
+ * runs a graph plainly the first time it sees it, captures it into a CUDA
+ * graph the second time, and replays that afterwards (see "graph replay").
+ * Every CUDA error becomes a gk status at its call site, with CUDA's own text;
+ * kernels that meet bad ids or positions leave a note in a mapped error word
+ * that synchronize turns into GK_ERR_INVALID_ARG. Without a usable GPU the
+ * plugin still loads and available() says why; the stream, cuBLAS and the
+ * rest are made on first use, so loading the plugin costs nothing.
+ * Not here: the kernels (one .cu per op family beside this file).
  */
-#include <gk/gk_plugin.h>
-
-#include <cuda_runtime.h>
+#include "cuda_common.cuh"
 
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+
+#define GRAPH_CACHE 8                   /* captured graphs kept (decode + a few prefill sizes) */
+#define BLAS_WORKSPACE (32u << 20)      /* cuBLAS's recommendation for Hopper */
+#define STAGE_MIN (8u << 20)            /* writes above this go through pinned staging */
+#define STAGE_CHUNK (64u << 20)
+
+/* One graph seen before: its signature (every pointer, shape and parameter
+ * the launches depend on), and once captured, the executable graph. */
+typedef struct graph_entry {
+    uint64_t hash;
+    uint64_t *sig;        /* [sig_len] */
+    size_t sig_len;
+    cudaGraphExec_t exec; /* NULL until captured */
+    bool no_capture;      /* capture failed once: always run plainly */
+    uint64_t last_use;
+} graph_entry;
 
 typedef struct cuda_state {
     int device;
     bool usable;
     char why[256];
     cudaDeviceProp prop;
+
+    bool ready;           /* the members below exist */
+    cu_ctx ctx;
+    void *blas_ws;
+    int *err_host;        /* mapped pinned [CU_EW_COUNT] */
+    graph_entry graphs[GRAPH_CACHE];
+    uint64_t use_clock;
+    uint64_t *sig;        /* [sig_cap] the signature being built */
+    size_t sig_cap;
+    void *stage[2];       /* pinned [STAGE_CHUNK] each, for large writes */
+    cudaEvent_t stage_done[2];
+    cu_sample_buf sample;
 } cuda_state;
 
 #define CUDA_TRY(call, err, what)                                                            \
     ({                                                                                       \
         cudaError_t e_ = (call);                                                             \
         e_ == cudaSuccess ? GK_OK                                                            \
-                          : gk_err_set((err), GK_ERR_DEVICE, "%s: %s (%s:%d)", (what),       \
+                          : gk_err_set((err), GK_ERR_DEVICE, "cuda: %s: %s (%s:%d)", (what), \
                                        cudaGetErrorString(e_), __FILE__, __LINE__);         \
     })
+
+/* ---------------------------------------------------------- life cycle */
 
 static gk_status cuda_init(const gk_host *host, void **out, gk_err *err)
 {
@@ -52,7 +88,96 @@ static gk_status cuda_init(const gk_host *host, void **out, gk_err *err)
     return GK_OK;
 }
 
-static void cuda_fini(void *state) { free(state); }
+static void drop_graph(graph_entry *g)
+{
+    if (g->exec)
+        cudaGraphExecDestroy(g->exec);
+    free(g->sig);
+    memset(g, 0, sizeof *g);
+}
+
+static void drop_graphs(cuda_state *s)
+{
+    for (int i = 0; i < GRAPH_CACHE; i++)
+        drop_graph(&s->graphs[i]);
+}
+
+static void cuda_fini(void *state)
+{
+    cuda_state *s = (cuda_state *)state;
+    if (s->ready) {
+        cudaStreamSynchronize(s->ctx.stream);
+        drop_graphs(s);
+        cu_sample_free(&s->sample);
+        for (int i = 0; i < 2; i++) {
+            if (s->stage[i])
+                cudaFreeHost(s->stage[i]);
+            if (s->stage_done[i])
+                cudaEventDestroy(s->stage_done[i]);
+        }
+        cudaFree(s->ctx.scratch);
+        cudaFree(s->blas_ws);
+        cublasDestroy(s->ctx.blas);
+        cudaFreeHost(s->err_host);
+        cudaStreamDestroy(s->ctx.stream);
+    }
+    free(s->sig);
+    free(s);
+}
+
+/* The stream, cuBLAS and the error word, made on first use. */
+static gk_status ready(cuda_state *s, gk_err *err)
+{
+    if (s->ready)
+        return GK_OK;
+    if (!s->usable)
+        return gk_err_set(err, GK_ERR_DEVICE, "cuda: %s", s->why);
+    cu_ctx *c = &s->ctx;
+    gk_status st = CUDA_TRY(cudaSetDevice(s->device), err, "cudaSetDevice");
+    if (st == GK_OK)
+        st = CUDA_TRY(cudaStreamCreateWithFlags(&c->stream, cudaStreamNonBlocking), err, "cudaStreamCreate");
+    if (st != GK_OK)
+        return st;
+    c->device = s->device;
+    c->n_sm = s->prop.multiProcessorCount;
+    st = CUDA_TRY(cudaHostAlloc((void **)&s->err_host, CU_EW_COUNT * sizeof(int), cudaHostAllocMapped), err,
+                  "cudaHostAlloc (error word)");
+    if (st == GK_OK) {
+        memset(s->err_host, 0, CU_EW_COUNT * sizeof(int));
+        st = CUDA_TRY(cudaHostGetDevicePointer((void **)&c->err_dev, s->err_host, 0), err,
+                      "cudaHostGetDevicePointer");
+    }
+    if (st == GK_OK)
+        st = CUDA_TRY(cudaMalloc(&s->blas_ws, BLAS_WORKSPACE), err, "cudaMalloc (cuBLAS workspace)");
+    if (st == GK_OK) {
+        cublasStatus_t b = cublasCreate(&c->blas);
+        if (b == CUBLAS_STATUS_SUCCESS)
+            b = cublasSetStream(c->blas, c->stream);
+        if (b == CUBLAS_STATUS_SUCCESS)
+            b = cublasSetWorkspace(c->blas, s->blas_ws, BLAS_WORKSPACE);
+        if (b == CUBLAS_STATUS_SUCCESS)
+            b = cublasSetMathMode(c->blas, CUBLAS_DEFAULT_MATH); /* FP32 stays FP32: no TF32 */
+        if (b != CUBLAS_STATUS_SUCCESS)
+            st = gk_err_set(err, GK_ERR_DEVICE, "cuda: cuBLAS setup: %s", cublasGetStatusString(b));
+    }
+    if (st == GK_OK)
+        st = cu_attn_setup(c, err);
+    if (st != GK_OK) {
+        /* leave nothing half made: the next call tries again */
+        if (c->blas)
+            cublasDestroy(c->blas);
+        cudaFree(s->blas_ws);
+        if (s->err_host)
+            cudaFreeHost(s->err_host);
+        cudaStreamDestroy(c->stream);
+        memset(c, 0, sizeof *c);
+        s->blas_ws = NULL;
+        s->err_host = NULL;
+        return st;
+    }
+    s->ready = true;
+    return GK_OK;
+}
 
 static bool cuda_available(void *state, char *why, size_t len)
 {
@@ -72,7 +197,7 @@ static gk_status cuda_props(void *state, gk_device_props *p, gk_err *err)
     gk_status st = CUDA_TRY(cudaMemGetInfo(&free_b, &total_b), err, "cudaMemGetInfo");
     if (st != GK_OK)
         return st;
-    snprintf(p->name, sizeof p->name, "%s", s->prop.name);
+    snprintf(p->name, sizeof p->name, "%.127s", s->prop.name);
     p->mem_total = total_b;
     p->mem_free = free_b;
     int clock_khz = 0, bus_bits = 0;
@@ -83,44 +208,407 @@ static gk_status cuda_props(void *state, gk_device_props *p, gk_err *err)
     return GK_OK;
 }
 
+/* -------------------------------------------------------------- memory */
+
+/* Wait for the stream, then turn a kernel's note in the error word into a
+ * status (and clear it). */
+static gk_status drain(cuda_state *s, const char *what, gk_err *err)
+{
+    gk_status st = CUDA_TRY(cudaStreamSynchronize(s->ctx.stream), err, what);
+    if (st != GK_OK)
+        return st;
+    volatile int *ew = s->err_host;
+    int code = ew[CU_EW_CODE];
+    if (code == CU_ERR_NONE)
+        return GK_OK;
+    int value = ew[CU_EW_VALUE], index = ew[CU_EW_INDEX], limit = ew[CU_EW_LIMIT];
+    ew[CU_EW_CODE] = CU_ERR_NONE;
+    if (code == CU_ERR_BAD_ID)
+        return gk_err_set(err, GK_ERR_INVALID_ARG, "cuda: get_rows: id %d at %d outside the table of %d rows",
+                          value, index, limit);
+    return gk_err_set(err, GK_ERR_INVALID_ARG, "cuda: attn: position %d at %d outside the %d rows of the KV cache",
+                      value, index, limit);
+}
+
 static gk_status cuda_alloc(void *state, size_t n, void **out, gk_err *err)
 {
+    cuda_state *s = (cuda_state *)state;
     *out = NULL;
+    gk_status st = ready(s, err);
+    if (st != GK_OK)
+        return st;
     cudaError_t e = cudaMalloc(out, n ? n : 1);
     if (e == cudaErrorMemoryAllocation) {
         cudaGetLastError();
         size_t free_b = 0, total_b = 0;
         cudaMemGetInfo(&free_b, &total_b);
-        return gk_err_set(err, GK_ERR_NOMEM, "out of GPU memory: needed %.1f MB, %.1f MB free",
-                          n / 1e6, free_b / 1e6);
+        *out = NULL;
+        return gk_err_set(err, GK_ERR_NOMEM, "out of GPU memory: needed %.1f MB, %.1f MB free", n / 1e6,
+                          free_b / 1e6);
     }
     return CUDA_TRY(e, err, "cudaMalloc");
 }
 
 static void cuda_free(void *state, void *buf) { cudaFree(buf); }
 
+/* Large uploads (weights): chunks copied into two pinned buffers in turn, each
+ * DMA overlapping the next memcpy; an event says when a buffer is free again. */
+static gk_status staged_write(cuda_state *s, char *dst, const char *src, size_t n, gk_err *err)
+{
+    gk_status st = GK_OK;
+    for (int i = 0; i < 2 && st == GK_OK; i++) {
+        if (!s->stage[i])
+            st = CUDA_TRY(cudaHostAlloc(&s->stage[i], STAGE_CHUNK, cudaHostAllocDefault), err,
+                          "cudaHostAlloc (upload staging)");
+        if (st == GK_OK && !s->stage_done[i])
+            st = CUDA_TRY(cudaEventCreateWithFlags(&s->stage_done[i], cudaEventDisableTiming), err,
+                          "cudaEventCreate");
+    }
+    if (st != GK_OK) /* no pinned memory to spare: the plain path */
+        return CUDA_TRY(cudaMemcpy(dst, src, n, cudaMemcpyHostToDevice), err, "upload");
+    for (size_t off = 0, k = 0; off < n && st == GK_OK; off += STAGE_CHUNK, k ^= 1) {
+        size_t len = n - off < STAGE_CHUNK ? n - off : STAGE_CHUNK;
+        st = CUDA_TRY(cudaEventSynchronize(s->stage_done[k]), err, "upload");
+        if (st != GK_OK)
+            break;
+        memcpy(s->stage[k], src + off, len);
+        st = CUDA_TRY(cudaMemcpyAsync(dst + off, s->stage[k], len, cudaMemcpyHostToDevice, s->ctx.stream), err,
+                      "upload");
+        if (st == GK_OK)
+            st = CUDA_TRY(cudaEventRecord(s->stage_done[k], s->ctx.stream), err, "upload");
+    }
+    return st;
+}
+
 static gk_status cuda_write(void *state, void *buf, size_t off, const void *src, size_t n, gk_err *err)
 {
-    return CUDA_TRY(cudaMemcpy((char *)buf + off, src, n, cudaMemcpyHostToDevice), err, "upload");
+    cuda_state *s = (cuda_state *)state;
+    gk_status st = ready(s, err);
+    if (st != GK_OK || n == 0)
+        return st;
+    if (n > STAGE_MIN)
+        return staged_write(s, (char *)buf + off, (const char *)src, n, err);
+    /* from pageable memory the source is copied out before this returns */
+    return CUDA_TRY(cudaMemcpyAsync((char *)buf + off, src, n, cudaMemcpyHostToDevice, s->ctx.stream), err,
+                    "upload");
 }
 
 static gk_status cuda_read(void *state, const void *buf, size_t off, void *dst, size_t n, gk_err *err)
 {
-    return CUDA_TRY(cudaMemcpy(dst, (const char *)buf + off, n, cudaMemcpyDeviceToHost), err, "download");
+    cuda_state *s = (cuda_state *)state;
+    gk_status st = ready(s, err);
+    if (st != GK_OK || n == 0)
+        return st;
+    st = CUDA_TRY(cudaMemcpyAsync(dst, (const char *)buf + off, n, cudaMemcpyDeviceToHost, s->ctx.stream), err,
+                  "download");
+    if (st == GK_OK)
+        st = drain(s, "download", err);
+    return st;
 }
 
-/* FIXME(gk): no kernels yet; every node is refused, so a model load on this
- * backend fails with the name of the first op instead of running wrongly. */
-static bool cuda_supports(void *state, const gk_node *node) { return false; }
+/* ------------------------------------------------------------- support */
 
+#define DT(x) (1u << (x))
+#define DT_WEIGHT (DT(GK_DTYPE_F32) | DT(GK_DTYPE_F16) | DT(GK_DTYPE_BF16))
+#define DT_ACT DT(GK_DTYPE_F32)
+#define DT_INT DT(GK_DTYPE_I32)
+#define ANY (-1)
+
+/* t present, of an accepted dtype, [rows][cols] (ANY: unchecked), non-empty,
+ * and small enough for the kernels' 32-bit row and column indices. */
+static bool fits(const gk_tensor *t, unsigned dtypes, int64_t rows, int64_t cols)
+{
+    return t && (unsigned)t->dtype < 32 && (dtypes & DT(t->dtype)) && t->rows >= 1 && t->cols >= 1 &&
+           t->rows < INT32_MAX && t->cols < INT32_MAX && (rows == ANY || t->rows == rows) &&
+           (cols == ANY || t->cols == cols);
+}
+
+/* What the kernels take: cpu_ref's shape rules, plus head dim <= 256 and
+ * biases of the weight's dtype. */
+static bool cu_node_ok(const gk_node *nd)
+{
+    const gk_tensor *x = nd->src[0], *y = nd->src[1], *d = nd->dst;
+    switch (nd->op) {
+    case GK_OP_GET_ROWS:
+        return fits(x, DT_WEIGHT, ANY, ANY) && fits(y, DT_INT, 1, ANY) && fits(d, DT_ACT, y->cols, x->cols);
+    case GK_OP_ADD:
+    case GK_OP_SILU_MUL:
+        return fits(x, DT_ACT, ANY, ANY) && fits(y, DT_ACT, x->rows, x->cols) && fits(d, DT_ACT, x->rows, x->cols);
+    case GK_OP_GELU_TANH:
+        return fits(x, DT_ACT, ANY, ANY) && fits(d, DT_ACT, x->rows, x->cols);
+    case GK_OP_LAYER_NORM:
+        return fits(x, DT_ACT, ANY, ANY) && fits(y, DT_WEIGHT, 1, x->cols) &&
+               (!nd->src[2] || (fits(nd->src[2], DT_WEIGHT, 1, x->cols) && nd->src[2]->dtype == y->dtype)) &&
+               fits(d, DT_ACT, x->rows, x->cols);
+    case GK_OP_RMS_NORM: {
+        if (!fits(x, DT_ACT, ANY, ANY))
+            return false;
+        int64_t g = nd->i[0] == 0 ? x->cols : nd->i[0];
+        return g >= 1 && x->cols % g == 0 && fits(y, DT_WEIGHT, 1, g) && fits(d, DT_ACT, x->rows, x->cols);
+    }
+    case GK_OP_LINEAR:
+        return fits(x, DT_ACT, ANY, ANY) && fits(y, DT_WEIGHT, ANY, x->cols) &&
+               (!nd->src[2] || (fits(nd->src[2], DT_WEIGHT, 1, y->rows) && nd->src[2]->dtype == y->dtype)) &&
+               fits(d, DT_ACT, x->rows, y->rows);
+    case GK_OP_ROPE: {
+        if (!fits(x, DT_ACT, ANY, ANY))
+            return false;
+        int64_t hd = nd->i[0];
+        return hd >= 2 && hd % 2 == 0 && x->cols % hd == 0 && fits(y, DT_INT, 1, x->rows) &&
+               fits(nd->src[2], DT_ACT, 1, hd / 2) && fits(d, DT_ACT, x->rows, x->cols);
+    }
+    case GK_OP_ATTN: {
+        int64_t nh = nd->i[0], nkv = nd->i[1], hd = nd->i[2];
+        if (nh < 1 || nkv < 1 || hd < 1 || hd > CU_ATTN_MAX_HEAD_DIM || nh % nkv != 0)
+            return false;
+        return fits(x, DT_ACT, ANY, nh * hd) && fits(y, DT_ACT, x->rows, nkv * hd) &&
+               fits(nd->src[2], DT_ACT, x->rows, nkv * hd) && fits(nd->src[3], DT_INT, 1, x->rows) &&
+               fits(nd->src[4], DT_ACT, ANY, nkv * hd) && fits(nd->src[5], DT_ACT, nd->src[4]->rows, nkv * hd) &&
+               fits(d, DT_ACT, x->rows, nh * hd);
+    }
+    default:
+        return false;
+    }
+}
+
+static bool cuda_supports(void *state, const gk_node *node) { return node && cu_node_ok(node); }
+
+/* ------------------------------------------------------------ dispatch */
+
+/* Bytes of scratch node nd needs while it runs. */
+static size_t node_scratch(const cu_ctx *c, const gk_node *nd)
+{
+    switch (nd->op) {
+    case GK_OP_LINEAR: return cu_linear_scratch(c, nd);
+    case GK_OP_ATTN: return cu_attn_scratch(c, nd);
+    default: return 0;
+    }
+}
+
+/* Queue one node: the one place that maps ops to kernels. */
+static gk_status launch_node(cu_ctx *c, const gk_node *nd, gk_err *err)
+{
+    switch (nd->op) {
+    case GK_OP_GET_ROWS: return cu_get_rows(c, nd, err);
+    case GK_OP_ADD: return cu_add(c, nd, err);
+    case GK_OP_LAYER_NORM: return cu_layer_norm(c, nd, err);
+    case GK_OP_RMS_NORM: return cu_rms_norm(c, nd, err);
+    case GK_OP_LINEAR: return cu_linear(c, nd, err);
+    case GK_OP_ROPE: return cu_rope(c, nd, err);
+    case GK_OP_ATTN: return cu_attn(c, nd, err);
+    case GK_OP_GELU_TANH: return cu_gelu_tanh(c, nd, err);
+    case GK_OP_SILU_MUL: return cu_silu_mul(c, nd, err);
+    default: return gk_err_set(err, GK_ERR_UNSUPPORTED, "cuda: unknown op %d", (int)nd->op);
+    }
+}
+
+static gk_status launch_all(cu_ctx *c, const gk_graph *g, gk_err *err)
+{
+    for (size_t i = 0; i < g->n_nodes; i++) {
+        gk_status st = launch_node(c, &g->nodes[i], err);
+        if (st != GK_OK)
+            return st;
+    }
+    return GK_OK;
+}
+
+/* Every node runnable, and the scratch large enough for the largest need.
+ * Growing the scratch moves it, so captured graphs (which name the old one)
+ * are dropped. */
+static gk_status prepare(cuda_state *s, const gk_graph *g, gk_err *err)
+{
+    size_t need = 0;
+    for (size_t i = 0; i < g->n_nodes; i++) {
+        const gk_node *nd = &g->nodes[i];
+        if (!cu_node_ok(nd))
+            return gk_err_set(err, GK_ERR_UNSUPPORTED, "cuda: cannot run op '%s' (node '%.48s')",
+                              gk_op_name(nd->op), nd->dst ? nd->dst->name : "");
+        for (int k = 0; k < GK_MAX_SRC; k++)
+            if ((nd->src[k] && !nd->src[k]->data) || !nd->dst->data)
+                return gk_err_set(err, GK_ERR_INVALID_ARG, "cuda: %s -> '%.48s': a tensor has no data",
+                                  gk_op_name(nd->op), nd->dst->name);
+        size_t b = node_scratch(&s->ctx, nd);
+        if (b > need)
+            need = b;
+    }
+    if (need <= s->ctx.scratch_bytes)
+        return GK_OK;
+    need = (need + (1u << 20) - 1) & ~(size_t)((1u << 20) - 1);
+    gk_status st = CUDA_TRY(cudaStreamSynchronize(s->ctx.stream), err, "kernel execution");
+    if (st != GK_OK)
+        return st;
+    drop_graphs(s);
+    cudaFree(s->ctx.scratch);
+    s->ctx.scratch = NULL;
+    s->ctx.scratch_bytes = 0;
+    st = CUDA_TRY(cudaMalloc(&s->ctx.scratch, need), err, "cudaMalloc (scratch)");
+    if (st == GK_OK)
+        s->ctx.scratch_bytes = need;
+    return st;
+}
+
+/* ------------------------------------------------------- graph replay */
+
+/* A graph is recognised by content, not by address: the core frees and
+ * rebuilds graphs (a new token count, a new head), and a new graph may reuse
+ * the old one's addresses with other tensors behind them. The signature holds
+ * what the launches depend on: per node the op, its parameters, and each
+ * tensor's data pointer, dtype and shape. Equal signatures launch identical
+ * kernels on identical memory, so a replay is exact. */
+static gk_status build_sig(cuda_state *s, const gk_graph *g, size_t *len, uint64_t *hash, gk_err *err)
+{
+    const size_t per_node = 1 + 4 + 4 + (GK_MAX_SRC + 1) * 3;
+    size_t need = 1 + g->n_nodes * per_node;
+    if (need > s->sig_cap) {
+        uint64_t *p = (uint64_t *)realloc(s->sig, need * sizeof *p);
+        if (!p)
+            return gk_err_set(err, GK_ERR_NOMEM, "out of memory");
+        s->sig = p;
+        s->sig_cap = need;
+    }
+    uint64_t *w = s->sig;
+    *w++ = g->n_nodes;
+    for (size_t i = 0; i < g->n_nodes; i++) {
+        const gk_node *nd = &g->nodes[i];
+        *w++ = (uint64_t)nd->op;
+        for (int k = 0; k < 4; k++) {
+            uint32_t fb;
+            memcpy(&fb, &nd->f[k], sizeof fb);
+            *w++ = (uint64_t)(uint32_t)nd->i[k];
+            *w++ = fb;
+        }
+        for (int k = 0; k <= GK_MAX_SRC; k++) {
+            const gk_tensor *t = k < GK_MAX_SRC ? nd->src[k] : nd->dst;
+            *w++ = t ? (uint64_t)(uintptr_t)t->data : 0;
+            *w++ = t ? (uint64_t)t->dtype : ~0ull;
+            *w++ = t ? ((uint64_t)t->rows << 32) ^ (uint64_t)t->cols : 0;
+        }
+    }
+    *len = (size_t)(w - s->sig);
+    uint64_t h = 1469598103934665603ull; /* FNV-1a over the words */
+    for (size_t i = 0; i < *len; i++) {
+        h ^= s->sig[i];
+        h *= 1099511628211ull;
+    }
+    *hash = h;
+    return GK_OK;
+}
+
+static graph_entry *find_graph(cuda_state *s, uint64_t hash, size_t len)
+{
+    for (int i = 0; i < GRAPH_CACHE; i++) {
+        graph_entry *g = &s->graphs[i];
+        if (g->sig && g->hash == hash && g->sig_len == len && !memcmp(g->sig, s->sig, len * sizeof *s->sig))
+            return g;
+    }
+    return NULL;
+}
+
+/* Remember the signature just built (evicting the least recently used). */
+static graph_entry *remember_graph(cuda_state *s, uint64_t hash, size_t len)
+{
+    graph_entry *victim = &s->graphs[0];
+    for (int i = 0; i < GRAPH_CACHE; i++) {
+        if (!s->graphs[i].sig) {
+            victim = &s->graphs[i];
+            break;
+        }
+        if (s->graphs[i].last_use < victim->last_use)
+            victim = &s->graphs[i];
+    }
+    drop_graph(victim);
+    victim->sig = (uint64_t *)malloc(len * sizeof *victim->sig);
+    if (!victim->sig)
+        return NULL; /* just not remembered */
+    memcpy(victim->sig, s->sig, len * sizeof *s->sig);
+    victim->sig_len = len;
+    victim->hash = hash;
+    return victim;
+}
+
+/* Record g's launches into an executable graph; false (and CUDA's error state
+ * cleared) when anything in the capture fails. */
+static bool capture(cuda_state *s, const gk_graph *g, cudaGraphExec_t *exec)
+{
+    cu_ctx *c = &s->ctx;
+    *exec = NULL;
+    if (cudaStreamBeginCapture(c->stream, cudaStreamCaptureModeThreadLocal) != cudaSuccess) {
+        cudaGetLastError();
+        return false;
+    }
+    gk_err ignored;
+    gk_status st = launch_all(c, g, &ignored);
+    cudaGraph_t graph = NULL;
+    cudaError_t e = cudaStreamEndCapture(c->stream, &graph);
+    if (st == GK_OK && e == cudaSuccess && graph)
+        e = cudaGraphInstantiate(exec, graph, 0);
+    if (graph)
+        cudaGraphDestroy(graph);
+    if (st != GK_OK || e != cudaSuccess || !*exec) {
+        cudaGetLastError();
+        *exec = NULL;
+        return false;
+    }
+    return true;
+}
+
+/* First sight of a graph: plain launches. Second: capture, then launch the
+ * capture. After: replay. A capture that fails marks the graph to run plainly
+ * from then on; nothing is reported, since plain launches are correct. */
 static gk_status cuda_compute(void *state, const gk_graph *g, gk_err *err)
 {
-    return gk_err_set(err, GK_ERR_UNSUPPORTED, "the cuda backend has no kernels yet");
+    cuda_state *s = (cuda_state *)state;
+    if (!g || (g->n_nodes && !g->nodes))
+        return gk_err_set(err, GK_ERR_INVALID_ARG, "cuda: graph_compute without nodes");
+    gk_status st = ready(s, err);
+    if (st == GK_OK)
+        st = prepare(s, g, err);
+    if (st != GK_OK || g->n_nodes == 0)
+        return st;
+
+    size_t len = 0;
+    uint64_t hash = 0;
+    if (build_sig(s, g, &len, &hash, err) != GK_OK)
+        return launch_all(&s->ctx, g, err);
+    graph_entry *ge = find_graph(s, hash, len);
+    if (!ge) {
+        ge = remember_graph(s, hash, len);
+        if (ge)
+            ge->last_use = ++s->use_clock;
+        return launch_all(&s->ctx, g, err);
+    }
+    ge->last_use = ++s->use_clock;
+    if (!ge->exec && !ge->no_capture && !capture(s, g, &ge->exec))
+        ge->no_capture = true;
+    if (!ge->exec)
+        return launch_all(&s->ctx, g, err);
+    return CUDA_TRY(cudaGraphLaunch(ge->exec, s->ctx.stream), err, "cudaGraphLaunch");
 }
 
 static gk_status cuda_sync(void *state, gk_err *err)
 {
-    return CUDA_TRY(cudaDeviceSynchronize(), err, "kernel execution");
+    cuda_state *s = (cuda_state *)state;
+    if (!s->ready)
+        return GK_OK;
+    return drain(s, "kernel execution", err);
+}
+
+static gk_status cuda_sample(void *state, const gk_tensor *logits, const gk_sample_params *p, int32_t *token,
+                             gk_err *err)
+{
+    cuda_state *s = (cuda_state *)state;
+    gk_status st = ready(s, err);
+    if (st != GK_OK)
+        return st;
+    if (!fits(logits, DT_ACT, ANY, ANY) || !logits->data)
+        return gk_err_set(err, GK_ERR_INVALID_ARG, "cuda: sample: logits must be a non-empty F32 tensor");
+    if (!(p->top_p > 0.0f && p->top_p <= 1.0f) || p->top_k < 0 || !(p->u >= 0.0 && p->u < 1.0))
+        return gk_err_set(err, GK_ERR_INVALID_ARG, "cuda: sample: top_p %g, top_k %d or u %g out of range",
+                          (double)p->top_p, (int)p->top_k, p->u);
+    st = cu_sample(&s->ctx, &s->sample, logits, p, token, err);
+    if (st == GK_OK)
+        st = drain(s, "sample", err);
+    return st;
 }
 
 static const gk_backend_ops ops = {
@@ -134,6 +622,7 @@ static const gk_backend_ops ops = {
     .supports_node = cuda_supports,
     .graph_compute = cuda_compute,
     .synchronize = cuda_sync,
+    .sample = cuda_sample,
 };
 
 extern "C" {

@@ -237,6 +237,9 @@ typedef struct gk_model_opts {
     const char *dtype;     /* "f32", "f16", "bf16", "auto" or NULL (= the checkpoint's) */
     const char *arch;      /* architecture name/alias, or NULL to detect */
     int64_t n_ctx;         /* KV-cache length; 0 = min(max positions, 4096) */
+    /* (optional) called as weights upload: bytes done of total. */
+    void (*progress)(uint64_t done, uint64_t total, void *user);
+    void *progress_user;
 } gk_model_opts;
 
 /* Load a model folder (config.json + safetensors), a .safetensors file or an

@@ -255,6 +255,7 @@ typedef const gk_plugin_desc *(*gk_plugin_entry_fn)(void);
             .struct_size = sizeof(gk_plugin_desc), .kind = (KIND),               \
             .name = (NAME), .version = "1.0", .description = (DESCRIPTION),     \
             .init = (INIT), .fini = (FINI), .ops = (OPS),                        \
+            .reserved = {NULL, NULL, NULL, NULL},                                \
         };                                                                       \
         return &d;                                                               \
     }

@@ -1,0 +1,312 @@
+/* linear.cu - LINEAR (y = x W^T + b) on CUDA: a weight-streaming GEMV for a
+ * few tokens, cuBLAS on tensor cores for more.
+ *
+ * Decode (n <= GEMV_MAX_TOKENS) is memory-bound: the time is the time to read
+ * W once. gemv_vec_kernel gives each warp R weight rows; each lane loads 16
+ * bytes of every row per step (8 F16/BF16 or 4 F32 weights) through the
+ * non-coherent path without allocating in L1, with GEMV_UNROLL steps in flight
+ * before the first use, so that L1 keeps x, which every warp of the block
+ * reads (x is at most 8 rows and stays in L1/L2). Accumulation is float; the
+ * warp's partial sums meet by shuffles and lane 0 adds the bias and stores.
+ * Rows or pointers not 16-byte aligned take gemv_scalar_kernel (one warp per
+ * row, scalar loads): correct, not fast.
+ *
+ * Prefill (more tokens) is compute-bound: cuBLAS GEMM, column-major view
+ * y^T[out][n] = W[out][in] . x^T[in][n], i.e. op_T on W (stored [in] x [out]
+ * column-major) and op_N on x. F16/BF16 weights: x is first rounded to the
+ * weight dtype into scratch (that rounding is the only extra error, bounded by
+ * ~2^-11 (F16) or 2^-8 (BF16) of sum|x*w|), accumulated in float
+ * (CUBLAS_COMPUTE_32F), output float. F32 weights: plain FP32 GEMM (no TF32,
+ * the default math mode). Bias is a separate small kernel.
+ * Not here: quantized weights, split-K GEMV for very short matrices.
+ */
+#include "cuda_common.cuh"
+
+#include <type_traits>
+
+#define GEMV_MAX_TOKENS 8
+#define GEMV_WARPS 4
+
+/* --------------------------------------------------------------- helpers */
+
+/* 16 bytes of weights, streamed: read-only path, no L1 allocation. */
+static __device__ __forceinline__ uint4 ld_stream16(const uint4 *p)
+{
+    uint4 r;
+    asm("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];"
+        : "=r"(r.x), "=r"(r.y), "=r"(r.z), "=r"(r.w)
+        : "l"(p));
+    return r;
+}
+
+/* The floats in 16 bytes of weights of type T (element 0 in the low bits). */
+static __device__ __forceinline__ void unpack16(uint4 u, float (&f)[4], float)
+{
+    f[0] = __uint_as_float(u.x);
+    f[1] = __uint_as_float(u.y);
+    f[2] = __uint_as_float(u.z);
+    f[3] = __uint_as_float(u.w);
+}
+
+static __device__ __forceinline__ float2 h2f(unsigned w)
+{
+    return __half22float2(*reinterpret_cast<const __half2 *>(&w));
+}
+
+static __device__ __forceinline__ void unpack16(uint4 u, float (&f)[8], __half)
+{
+    float2 a = h2f(u.x), b = h2f(u.y), c = h2f(u.z), d = h2f(u.w);
+    f[0] = a.x, f[1] = a.y, f[2] = b.x, f[3] = b.y;
+    f[4] = c.x, f[5] = c.y, f[6] = d.x, f[7] = d.y;
+}
+
+/* BF16 is the top half of an F32: widening is a shift. */
+static __device__ __forceinline__ void unpack16(uint4 u, float (&f)[8], __nv_bfloat16)
+{
+    f[0] = __uint_as_float(u.x << 16), f[1] = __uint_as_float(u.x & 0xffff0000u);
+    f[2] = __uint_as_float(u.y << 16), f[3] = __uint_as_float(u.y & 0xffff0000u);
+    f[4] = __uint_as_float(u.z << 16), f[5] = __uint_as_float(u.z & 0xffff0000u);
+    f[6] = __uint_as_float(u.w << 16), f[7] = __uint_as_float(u.w & 0xffff0000u);
+}
+
+template <typename T> static __device__ __forceinline__ T from_f32(float v);
+template <> __device__ __forceinline__ float from_f32<float>(float v) { return v; }
+template <> __device__ __forceinline__ __half from_f32<__half>(float v) { return __float2half_rn(v); }
+template <> __device__ __forceinline__ __nv_bfloat16 from_f32<__nv_bfloat16>(float v)
+{
+    return __float2bfloat16_rn(v);
+}
+
+/* ------------------------------------------------------------------ GEMV */
+
+/* Steps of 16 bytes per lane and row issued before the first is used. */
+template <int NT> struct gemv_unroll {
+    static constexpr int value = NT == 1 ? 4 : NT <= 4 ? 2 : 1;
+};
+
+/* y[t][row] = sum_i W[row][i] x[t][i] (+ bias[row]) for NT tokens. Block:
+ * GEMV_WARPS warps, warp w owns rows (block * GEMV_WARPS + w) * R .. + R-1.
+ * Needs in % (16 / sizeof(T)) == 0 and W, x 16-byte aligned. */
+template <typename T, int NT, int R>
+__global__ void __launch_bounds__(GEMV_WARPS * 32, 4)
+    gemv_vec_kernel(const T *__restrict__ W, const float *__restrict__ x, const T *__restrict__ bias,
+                    float *__restrict__ y, int in, int out)
+{
+    constexpr int VEC = 16 / sizeof(T);
+    constexpr int U = gemv_unroll<NT>::value;
+    const int lane = threadIdx.x & 31;
+    const int row0 = (blockIdx.x * GEMV_WARPS + (threadIdx.x >> 5)) * R;
+    if (row0 >= out)
+        return;
+    const uint4 *wr[R];
+#pragma unroll
+    for (int r = 0; r < R; r++)
+        wr[r] = reinterpret_cast<const uint4 *>(W + (size_t)min(row0 + r, out - 1) * in);
+    const int nv = in / VEC;
+    float acc[NT][R];
+#pragma unroll
+    for (int t = 0; t < NT; t++)
+#pragma unroll
+        for (int r = 0; r < R; r++)
+            acc[t][r] = 0.0f;
+
+    for (int v0 = lane; v0 < nv; v0 += 32 * U) {
+        uint4 wv[U][R];
+#pragma unroll
+        for (int u = 0; u < U; u++)
+#pragma unroll
+            for (int r = 0; r < R; r++)
+                wv[u][r] = ld_stream16(wr[r] + min(v0 + 32 * u, nv - 1)); /* past the end: unused */
+#pragma unroll
+        for (int u = 0; u < U; u++) {
+            const int v = v0 + 32 * u;
+            if (v >= nv)
+                break;
+            float wf[R][VEC];
+#pragma unroll
+            for (int r = 0; r < R; r++)
+                unpack16(wv[u][r], wf[r], T());
+#pragma unroll
+            for (int t = 0; t < NT; t++) {
+                const float4 *xp = reinterpret_cast<const float4 *>(x + (size_t)t * in + (size_t)v * VEC);
+                float xf[VEC];
+#pragma unroll
+                for (int q = 0; q < VEC / 4; q++) {
+                    float4 a = __ldg(xp + q);
+                    xf[4 * q] = a.x;
+                    xf[4 * q + 1] = a.y;
+                    xf[4 * q + 2] = a.z;
+                    xf[4 * q + 3] = a.w;
+                }
+#pragma unroll
+                for (int r = 0; r < R; r++)
+#pragma unroll
+                    for (int e = 0; e < VEC; e++)
+                        acc[t][r] = fmaf(wf[r][e], xf[e], acc[t][r]);
+            }
+        }
+    }
+#pragma unroll
+    for (int t = 0; t < NT; t++)
+#pragma unroll
+        for (int r = 0; r < R; r++)
+            acc[t][r] = cu_warp_sum(acc[t][r]);
+    if (lane == 0) {
+#pragma unroll
+        for (int r = 0; r < R; r++) {
+            int row = row0 + r;
+            if (row >= out)
+                break;
+            float b = bias ? cu_to_f32(bias[row]) : 0.0f;
+#pragma unroll
+            for (int t = 0; t < NT; t++)
+                y[(size_t)t * out + row] = bias ? acc[t][r] + b : acc[t][r];
+        }
+    }
+}
+
+/* The same for any alignment and width: one warp per row, scalar loads. */
+template <typename T>
+__global__ void __launch_bounds__(GEMV_WARPS * 32)
+    gemv_scalar_kernel(const T *__restrict__ W, const float *__restrict__ x, const T *__restrict__ bias,
+                       float *__restrict__ y, int n, int in, int out)
+{
+    const int lane = threadIdx.x & 31;
+    const int row = blockIdx.x * GEMV_WARPS + (threadIdx.x >> 5);
+    if (row >= out)
+        return;
+    const T *wr = W + (size_t)row * in;
+    float acc[GEMV_MAX_TOKENS];
+#pragma unroll
+    for (int t = 0; t < GEMV_MAX_TOKENS; t++)
+        acc[t] = 0.0f;
+    for (int i = lane; i < in; i += 32) {
+        float w = cu_to_f32(wr[i]);
+#pragma unroll
+        for (int t = 0; t < GEMV_MAX_TOKENS; t++)
+            if (t < n)
+                acc[t] = fmaf(w, x[(size_t)t * in + i], acc[t]);
+    }
+#pragma unroll
+    for (int t = 0; t < GEMV_MAX_TOKENS; t++) {
+        if (t >= n)
+            break;
+        float s = cu_warp_sum(acc[t]);
+        if (lane == 0)
+            y[(size_t)t * out + row] = bias ? s + cu_to_f32(bias[row]) : s;
+    }
+}
+
+/* Instantiate gemv_vec_kernel for the token count n (1..GEMV_MAX_TOKENS). */
+template <typename T, int NT>
+static void gemv_vec_launch(cu_ctx *c, int n, int rows_per_warp, const T *W, const float *x,
+                            const T *bias, float *y, int in, int out)
+{
+    if (n == NT) {
+        if (rows_per_warp == 2)
+            gemv_vec_kernel<T, NT, 2><<<cu_div_up(out, GEMV_WARPS * 2), GEMV_WARPS * 32, 0, c->stream>>>(
+                W, x, bias, y, in, out);
+        else
+            gemv_vec_kernel<T, NT, 1><<<cu_div_up(out, GEMV_WARPS), GEMV_WARPS * 32, 0, c->stream>>>(
+                W, x, bias, y, in, out);
+    } else if constexpr (NT < GEMV_MAX_TOKENS) {
+        gemv_vec_launch<T, NT + 1>(c, n, rows_per_warp, W, x, bias, y, in, out);
+    }
+}
+
+template <typename T>
+static gk_status gemv(cu_ctx *c, const gk_node *nd, gk_err *err)
+{
+    const gk_tensor *x = nd->src[0], *w = nd->src[1], *b = nd->src[2];
+    int n = (int)x->rows, in = (int)x->cols, out = (int)w->rows;
+    const T *W = (const T *)w->data, *bias = b ? (const T *)b->data : nullptr;
+    const float *xd = (const float *)x->data;
+    float *y = (float *)nd->dst->data;
+    constexpr int VEC = 16 / sizeof(T);
+    if (in % VEC == 0 && cu_aligned16(W) && cu_aligned16(xd)) {
+        /* two rows per warp halve the x traffic, unless that leaves the GPU
+         * with too few blocks to keep its memory system busy */
+        int rpw = cu_div_up(out, GEMV_WARPS * 2) >= 2u * (unsigned)c->n_sm ? 2 : 1;
+        gemv_vec_launch<T, 1>(c, n, rpw, W, xd, bias, y, in, out);
+        return cu_launch_check(nd, "gemv_vec_kernel", err);
+    }
+    gemv_scalar_kernel<T><<<cu_div_up(out, GEMV_WARPS), GEMV_WARPS * 32, 0, c->stream>>>(W, xd, bias, y, n,
+                                                                                      in, out);
+    return cu_launch_check(nd, "gemv_scalar_kernel", err);
+}
+
+/* ---------------------------------------------------------------- cuBLAS */
+
+template <typename T>
+__global__ void to_dtype_kernel(const float *__restrict__ x, T *__restrict__ dst, int64_t ne)
+{
+    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < ne; i += (int64_t)gridDim.x * blockDim.x)
+        dst[i] = from_f32<T>(x[i]);
+}
+
+template <typename T>
+__global__ void add_bias_kernel(float *__restrict__ y, const T *__restrict__ bias, int64_t ne, int out)
+{
+    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < ne; i += (int64_t)gridDim.x * blockDim.x)
+        y[i] += cu_to_f32(bias[i % out]);
+}
+
+static unsigned grid_for(const cu_ctx *c, int64_t ne)
+{
+    int64_t blocks = (ne + 255) / 256, cap = 8LL * c->n_sm;
+    return (unsigned)(blocks < cap ? blocks : cap);
+}
+
+static gk_status blas_check(cublasStatus_t s, const gk_node *nd, gk_err *err)
+{
+    if (s == CUBLAS_STATUS_SUCCESS)
+        return GK_OK;
+    return gk_err_set(err, GK_ERR_DEVICE, "cuda: %s -> '%.48s': cublasGemmEx: %s", gk_op_name(nd->op),
+                      nd->dst->name, cublasGetStatusString(s));
+}
+
+template <typename T>
+static gk_status gemm(cu_ctx *c, const gk_node *nd, gk_err *err)
+{
+    const gk_tensor *x = nd->src[0], *w = nd->src[1], *b = nd->src[2];
+    int n = (int)x->rows, in = (int)x->cols, out = (int)w->rows;
+    int64_t nx = (int64_t)n * in, ny = (int64_t)n * out;
+    const void *B = x->data;
+    cudaDataType_t ab = CUDA_R_32F;
+    if (sizeof(T) == 2) {
+        to_dtype_kernel<T><<<grid_for(c, nx), 256, 0, c->stream>>>((const float *)x->data, (T *)c->scratch, nx);
+        gk_status s = cu_launch_check(nd, "to_dtype_kernel", err);
+        if (s != GK_OK)
+            return s;
+        B = c->scratch;
+        ab = std::is_same<T, __half>::value ? CUDA_R_16F : CUDA_R_16BF;
+    }
+    const float one = 1.0f, zero = 0.0f;
+    gk_status s = blas_check(cublasGemmEx(c->blas, CUBLAS_OP_T, CUBLAS_OP_N, out, n, in, &one, w->data, ab, in,
+                                          B, ab, in, &zero, nd->dst->data, CUDA_R_32F, out, CUBLAS_COMPUTE_32F,
+                                          CUBLAS_GEMM_DEFAULT),
+                             nd, err);
+    if (s != GK_OK || !b)
+        return s;
+    add_bias_kernel<T><<<grid_for(c, ny), 256, 0, c->stream>>>((float *)nd->dst->data, (const T *)b->data, ny,
+                                                               out);
+    return cu_launch_check(nd, "add_bias_kernel", err);
+}
+
+/* ---------------------------------------------------------------- entry */
+
+size_t cu_linear_scratch(const cu_ctx *c, const gk_node *nd)
+{
+    const gk_tensor *x = nd->src[0], *w = nd->src[1];
+    if (x->rows <= GEMV_MAX_TOKENS || w->dtype == GK_DTYPE_F32)
+        return 0;
+    return (size_t)(x->rows * x->cols) * 2;
+}
+
+gk_status cu_linear(cu_ctx *c, const gk_node *nd, gk_err *err)
+{
+    bool few = nd->src[0]->rows <= GEMV_MAX_TOKENS;
+    gk_status s = GK_OK;
+    CU_WEIGHT_SWITCH(nd->src[1]->dtype, T, { s = few ? gemv<T>(c, nd, err) : gemm<T>(c, nd, err); });
+    return s;
+}
