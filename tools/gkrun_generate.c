@@ -25,8 +25,11 @@ typedef struct gen_args {
     float temp, top_p;
     int top_k;
     uint64_t seed;
-    bool seed_set, json, chat, quiet;
+    bool seed_set, json, chat, verbose_prompt;
 } gen_args;
+
+/* --verbose-prompt: print the exact prompt text and its ids on stderr. */
+static bool verbose_prompt;
 
 /* Streams the text of the tokens generated so far, printing only what is new
  * and complete. */
@@ -206,6 +209,12 @@ static int complete(gk_model *m, const gk_tokenizer *tok, const char *text, bool
     size_t n_ids = 0;
     if (gk_tokenizer_encode(tok, text, strlen(text), add_special, &ids, &n_ids, &err) != GK_OK)
         return gkrun_fail(&err);
+    if (verbose_prompt) {
+        fprintf(stderr, "prompt text: \"%s\"\nprompt ids (%zu):", text, n_ids);
+        for (size_t i = 0; i < n_ids; i++)
+            fprintf(stderr, " %d", ids[i]);
+        fprintf(stderr, "\n");
+    }
     if (n_ids == 0) {
         free(ids);
         fprintf(stderr, "gkrun: the prompt encodes to no tokens\n");
@@ -252,6 +261,9 @@ static int complete(gk_model *m, const gk_tokenizer *tok, const char *text, bool
     return rc;
 }
 
+static int chat_loop(gk_model *m, const gk_tokenizer *tok, float temp, int top_k, float top_p, uint64_t seed,
+                     int64_t n_new, const int64_t *eos, int n_eos, const char *dir);
+
 /* --------------------------------------------------------------- main */
 
 static int parse(int argc, char **argv, gen_args *a)
@@ -287,6 +299,8 @@ static int parse(int argc, char **argv, gen_args *a)
             a->json = true;
         else if (!strcmp(o, "--chat") || !strcmp(o, "-i") || !strcmp(o, "--interactive"))
             a->chat = true;
+        else if (!strcmp(o, "--verbose-prompt"))
+            verbose_prompt = a->verbose_prompt = true;
         else {
             fprintf(stderr, "gkrun: unknown or incomplete option '%s'\n", o);
             return 2;
@@ -360,7 +374,7 @@ int gkrun_generate(int argc, char **argv, const gkrun_common *common)
     s.tok = tok;
 
     if (a.chat) {
-        rc = gkrun_chat(m, tok, a.temp, a.top_k, a.top_p, a.seed, a.n_new, eos, n_eos, a.dir);
+        rc = chat_loop(m, tok, a.temp, a.top_k, a.top_p, a.seed, a.n_new, eos, n_eos, a.dir);
         goto out;
     }
     const char *text = a.prompt ? a.prompt : prompt;
@@ -399,7 +413,7 @@ out:
 
 /* ----------------------------------------------------- shared for chat */
 
-int gkrun_generate_turn(gk_model *m, const gk_tokenizer *tok, const char *text, float temp, int top_k, float top_p,
+static int generate_turn(gk_model *m, const gk_tokenizer *tok, const char *text, float temp, int top_k, float top_p,
                         uint64_t seed, int64_t n_new, const int64_t *eos, int n_eos, char **reply)
 {
     gen_args a = {.n_new = n_new, .temp = temp, .top_k = top_k, .top_p = top_p, .seed = seed};
@@ -411,5 +425,82 @@ int gkrun_generate_turn(gk_model *m, const gk_tokenizer *tok, const char *text, 
     s.text = NULL;
     free(s.ids);
     streamer_reset(&s);
+    return rc;
+}
+
+/* ------------------------------------------------------------ chat loop */
+
+static char *read_line(void)
+{
+    size_t cap = 0;
+    char *line = NULL;
+    ssize_t n = getline(&line, &cap, stdin);
+    if (n < 0) {
+        free(line);
+        return NULL;
+    }
+    while (n > 0 && (line[n - 1] == '\n' || line[n - 1] == '\r'))
+        line[--n] = '\0';
+    return line;
+}
+
+static int chat_loop(gk_model *m, const gk_tokenizer *tok, float temp, int top_k, float top_p, uint64_t seed,
+               int64_t n_new, const int64_t *eos, int n_eos, const char *dir)
+{
+    char *tmpl = gkrun_chat_template(dir);
+    chat_kind kind = gkrun_chat_kind(tmpl);
+    free(tmpl);
+    static const char *const names[] = {"none", "ChatML", "Llama 3", "Zephyr"};
+    if (kind == CHAT_NONE)
+        fprintf(stderr, "gkrun: %s has no chat template gkrun knows (ChatML, Llama 3, Zephyr); "
+                        "continuing as plain completion of the conversation\n", dir);
+    else
+        fprintf(stderr, "gkrun: chat with the %s template; /exit or end of input quits\n", names[kind]);
+    int32_t bos_id = gk_tokenizer_bos_id(tok);
+    const char *bos = bos_id >= 0 ? gk_tokenizer_token(tok, bos_id) : NULL;
+
+    chat_msg *msgs = NULL;
+    char **owned = NULL;
+    size_t n = 0;
+    int rc = 0;
+    bool tty = isatty(STDIN_FILENO);
+    for (;;) {
+        if (tty)
+            fprintf(stderr, "\n> ");
+        char *line = read_line();
+        if (!line || !strcmp(line, "/exit")) {
+            free(line);
+            break;
+        }
+        chat_msg *mp = realloc(msgs, (n + 2) * sizeof *mp);
+        char **op = realloc(owned, (n + 2) * sizeof *op);
+        if (!mp || !op) {
+            free(mp ? mp : msgs);
+            free(op ? op : owned);
+            free(line);
+            fprintf(stderr, "gkrun: out of memory\n");
+            return 1;
+        }
+        msgs = mp;
+        owned = op;
+        owned[n] = line;
+        msgs[n++] = (chat_msg){.role = "user", .content = line};
+        char *text = gkrun_chat_render(kind, msgs, n, bos);
+        char *reply = NULL;
+        rc = text ? generate_turn(m, tok, text, temp, top_k, top_p, seed++, n_new, eos, n_eos, &reply) : 1;
+        free(text);
+        if (rc != 0) {
+            free(reply);
+            break;
+        }
+        fputc('\n', stdout);
+        fflush(stdout);
+        owned[n] = reply;
+        msgs[n++] = (chat_msg){.role = "assistant", .content = reply};
+    }
+    for (size_t i = 0; i < n; i++)
+        free(owned[i]);
+    free(owned);
+    free(msgs);
     return rc;
 }

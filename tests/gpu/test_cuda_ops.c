@@ -1,0 +1,933 @@
+/* test_cuda_ops.c - every graph op of the cuda backend against cpu_ref, the
+ * oracle, on the same inputs; plus sampling, CUDA-graph replay and the
+ * errors kernels report through the device.
+ *
+ * Both plugins are dlopen'd from the build tree inside each test (Criterion
+ * runs each test in a forked child; the parent never touches CUDA), and the
+ * test skips when the cuda backend says no GPU is usable. Inputs come from a
+ * fixed-seed generator and are never all zeros; every CUDA output is poisoned
+ * with NaN before a run, so an element a kernel forgot to write fails.
+ *
+ * Error bounds (per element, |cuda - cpu_ref|):
+ *   get_rows, add               exact (the same float operation)
+ *   silu_mul, gelu_tanh         1e-6 abs + 2e-6 rel  (CUDA expf/tanhf: 2 ulp)
+ *   rms_norm, layer_norm        1e-6 abs + 1e-5 rel  (tree vs sequential sums)
+ *   rope                        1e-6 abs + 1e-5 rel  (sincosf vs cosf/sinf, FMA)
+ *   linear, GEMV (n <= 8)       1e-5 * sum|x w|       (any weight dtype: the same
+ *                                                      decoded weights, float sums)
+ *   linear, cuBLAS F32          3e-5 * sum|x w|       (no TF32; other sum order)
+ *   linear, cuBLAS F16 / BF16   2e-3 / 8e-3 * sum|x w| (x rounded to the weight
+ *                               dtype for the tensor cores: at most 2^-11 / 2^-8
+ *                               of sum|x w|, plus the float sums)
+ *   attn                        2e-5 abs + 1e-5 rel   (|v| < 1; online softmax)
+ *   sample                      exact ids (the same rule, replicated here)
+ */
+#include "gk/gk_plugin.h"
+
+#include <criterion/criterion.h>
+#include <dlfcn.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* ------------------------------------------------------------- the plugins */
+
+typedef struct plug {
+    void *dl;
+    const gk_plugin_desc *desc;
+    const gk_backend_ops *ops;
+    void *state;
+} plug;
+
+enum { REF = 0, CU = 1 };
+static plug be[2];
+
+/* A tensor living on both backends: [REF] on cpu_ref, [CU] on cuda. */
+typedef struct pt {
+    gk_tensor t[2];
+} pt;
+
+#define MAX_PAIRS 512
+static pt *pairs[MAX_PAIRS];
+static int n_pairs;
+
+static void plug_close(plug *p)
+{
+    if (p->state && p->desc->fini)
+        p->desc->fini(p->state);
+    if (p->dl)
+        dlclose(p->dl);
+    memset(p, 0, sizeof *p);
+}
+
+static void teardown(void)
+{
+    for (int i = 0; i < n_pairs; i++) {
+        for (int s = 0; s < 2; s++)
+            if (pairs[i]->t[s].data)
+                be[s].ops->buffer_free(be[s].state, pairs[i]->t[s].data);
+        free(pairs[i]);
+    }
+    n_pairs = 0;
+    plug_close(&be[CU]);
+    plug_close(&be[REF]);
+}
+
+TestSuite(cuda_ops, .fini = teardown);
+
+static void plug_open(plug *p, const char *dir, const char *name)
+{
+    const char *root = getenv("GK_TEST_BUILD_ROOT");
+    cr_assert(root, "GK_TEST_BUILD_ROOT is not set (run through meson test)");
+    char path[4096];
+    snprintf(path, sizeof path, "%s/backends/%s/libgk-backend-%s.so", root, dir, name);
+    p->dl = dlopen(path, RTLD_NOW | RTLD_LOCAL);
+    cr_assert(p->dl, "dlopen %s: %s", path, dlerror());
+    gk_plugin_entry_fn entry;
+    *(void **)&entry = dlsym(p->dl, GK_PLUGIN_ENTRY_NAME);
+    cr_assert(entry, "no %s in %s", GK_PLUGIN_ENTRY_NAME, path);
+    p->desc = entry();
+    cr_assert_eq(p->desc->abi_major, GK_ABI_MAJOR);
+    cr_assert_str_eq(p->desc->name, name);
+    gk_host host = {.abi_major = GK_ABI_MAJOR, .abi_minor = GK_ABI_MINOR};
+    gk_err err = {0};
+    cr_assert_eq(p->desc->init(&host, &p->state, &err), GK_OK, "%s init: %s", name, err.msg);
+    p->ops = p->desc->ops;
+    cr_assert_eq(p->ops->struct_size, sizeof(gk_backend_ops));
+}
+
+/* Every test starts here: both plugins up, or a skip when no GPU is usable. */
+static void start(void)
+{
+    plug_open(&be[CU], "cuda", "cuda");
+    char why[256] = "";
+    if (!be[CU].ops->available(be[CU].state, why, sizeof why)) {
+        plug_close(&be[CU]);
+        cr_skip_test("no usable GPU: %s", why);
+    }
+    plug_open(&be[REF], "cpu_ref", "cpu_ref");
+}
+
+/* ------------------------------------------------------------ test values */
+
+static uint64_t rng_state = 0x9e3779b97f4a7c15ull;
+
+static double rnd(void) /* uniform in [-1, 1), splitmix64 */
+{
+    uint64_t z = (rng_state += 0x9e3779b97f4a7c15ull);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    z ^= z >> 31;
+    return (double)(z >> 11) / 9007199254740992.0 * 2.0 - 1.0;
+}
+
+static float *rnd_vec(int64_t n, double scale, double offset)
+{
+    float *v = malloc((size_t)(n ? n : 1) * sizeof *v);
+    cr_assert(v);
+    for (int64_t i = 0; i < n; i++)
+        v[i] = (float)(offset + scale * rnd());
+    return v;
+}
+
+static const gk_dtype wtypes[3] = {GK_DTYPE_F32, GK_DTYPE_F16, GK_DTYPE_BF16};
+
+static const char *dt_str(gk_dtype d)
+{
+    return d == GK_DTYPE_F16 ? "F16" : d == GK_DTYPE_BF16 ? "BF16" : d == GK_DTYPE_F32 ? "F32" : "?";
+}
+
+/* ---------------------------------------------------------------- tensors */
+
+static pt *pair_new(gk_dtype dt, int64_t rows, int64_t cols, const char *name)
+{
+    cr_assert(n_pairs < MAX_PAIRS, "tensor pool full");
+    pt *p = calloc(1, sizeof *p);
+    cr_assert(p);
+    pairs[n_pairs++] = p;
+    for (int s = 0; s < 2; s++) {
+        gk_tensor *t = &p->t[s];
+        t->dtype = dt;
+        t->rows = rows;
+        t->cols = cols;
+        t->layer = -1;
+        snprintf(t->name, sizeof t->name, "%s", name);
+        gk_err err = {0};
+        cr_assert_eq(be[s].ops->buffer_alloc(be[s].state, gk_tensor_nbytes(t), &t->data, &err), GK_OK,
+                     "%s", err.msg);
+    }
+    return p;
+}
+
+static void upload(plug *b, gk_tensor *t, const void *src)
+{
+    gk_err err = {0};
+    cr_assert_eq(b->ops->buffer_write(b->state, t->data, 0, src, gk_tensor_nbytes(t), &err), GK_OK, "%s",
+                 err.msg);
+}
+
+static void pair_upload(pt *p, const void *src)
+{
+    upload(&be[REF], &p->t[REF], src);
+    upload(&be[CU], &p->t[CU], src);
+}
+
+/* A tensor of dtype dt holding vals; vals becomes exactly what it holds. */
+static pt *pair_f(gk_dtype dt, int64_t rows, int64_t cols, float *vals, const char *name)
+{
+    pt *p = pair_new(dt, rows, cols, name);
+    int64_t ne = rows * cols;
+    void *buf = malloc((size_t)ne * 4);
+    cr_assert(buf);
+    for (int64_t i = 0; i < ne; i++) {
+        if (dt == GK_DTYPE_F16) {
+            ((uint16_t *)buf)[i] = gk_f32_to_f16(vals[i]);
+            vals[i] = gk_f16_to_f32(((uint16_t *)buf)[i]);
+        } else if (dt == GK_DTYPE_BF16) {
+            ((uint16_t *)buf)[i] = gk_f32_to_bf16(vals[i]);
+            vals[i] = gk_bf16_to_f32(((uint16_t *)buf)[i]);
+        } else {
+            ((float *)buf)[i] = vals[i];
+        }
+    }
+    pair_upload(p, buf);
+    free(buf);
+    return p;
+}
+
+static pt *pair_i(int64_t n, const int32_t *vals, const char *name)
+{
+    pt *p = pair_new(GK_DTYPE_I32, 1, n, name);
+    pair_upload(p, vals);
+    return p;
+}
+
+/* A fresh activation [rows][cols] of random values (scale, offset). */
+static pt *pair_rnd(int64_t rows, int64_t cols, double scale, double offset, const char *name, float **vals)
+{
+    float *v = rnd_vec(rows * cols, scale, offset);
+    pt *p = pair_f(GK_DTYPE_F32, rows, cols, v, name);
+    if (vals)
+        *vals = v;
+    else
+        free(v);
+    return p;
+}
+
+static float *download(int s, const gk_tensor *t)
+{
+    float *out = malloc(gk_tensor_nbytes(t));
+    cr_assert(out);
+    gk_err err = {0};
+    cr_assert_eq(be[s].ops->buffer_read(be[s].state, t->data, 0, out, gk_tensor_nbytes(t), &err), GK_OK, "%s",
+                 err.msg);
+    return out;
+}
+
+/* NaN into every byte of the cuda side (0xff.. is a NaN). */
+static void poison(pt *p)
+{
+    size_t nb = gk_tensor_nbytes(&p->t[CU]);
+    void *buf = malloc(nb);
+    cr_assert(buf);
+    memset(buf, 0xff, nb);
+    upload(&be[CU], &p->t[CU], buf);
+    free(buf);
+}
+
+/* Rows [r0, r1) of both sides: no NaN on the cuda side, and within
+ * atol + rtol * (mag ? mag[e] : |ref|) of cpu_ref. */
+static void expect_rows(const pt *p, int64_t r0, int64_t r1, const double *mag, double rtol, double atol,
+                        const char *what)
+{
+    float *r = download(REF, &p->t[REF]), *g = download(CU, &p->t[CU]);
+    int64_t w = p->t[REF].cols;
+    for (int64_t e = r0 * w; e < r1 * w; e++) {
+        double tol = atol + rtol * (mag ? mag[e] : fabs((double)r[e]));
+        cr_assert(!isnan(r[e]), "%s: cpu_ref gave NaN at [%lld][%lld]", what, (long long)(e / w),
+                  (long long)(e % w));
+        cr_assert(!isnan(g[e]) && fabs((double)g[e] - (double)r[e]) <= tol,
+                  "%s: [%lld][%lld] cuda %.9g, cpu_ref %.9g (tol %.3g)", what, (long long)(e / w),
+                  (long long)(e % w), g[e], r[e], tol);
+    }
+    free(r);
+    free(g);
+}
+
+static void expect_match(const pt *p, const double *mag, double rtol, double atol, const char *what)
+{
+    expect_rows(p, 0, p->t[REF].rows, mag, rtol, atol, what);
+}
+
+/* ------------------------------------------------------------------ nodes */
+
+typedef struct pnode {
+    gk_op op;
+    pt *src[GK_MAX_SRC];
+    pt *dst;
+    int32_t i[4];
+    float f[4];
+} pnode;
+
+static gk_node side_node(const pnode *pn, int s)
+{
+    gk_node nd = {.op = pn->op};
+    for (int k = 0; k < GK_MAX_SRC; k++)
+        nd.src[k] = pn->src[k] ? &pn->src[k]->t[s] : NULL;
+    nd.dst = &pn->dst->t[s];
+    memcpy(nd.i, pn->i, sizeof nd.i);
+    memcpy(nd.f, pn->f, sizeof nd.f);
+    return nd;
+}
+
+/* A graph of up to 16 nodes on both backends; the gk_graph objects stay the
+ * same across runs, as the core's do. */
+typedef struct pgraph {
+    gk_node nodes[2][16];
+    gk_graph g[2];
+    pt *dsts[16];
+    int n;
+} pgraph;
+
+static void pgraph_init(pgraph *pg, const pnode *pns, int n)
+{
+    cr_assert(n <= 16);
+    memset(pg, 0, sizeof *pg);
+    for (int s = 0; s < 2; s++) {
+        for (int i = 0; i < n; i++)
+            pg->nodes[s][i] = side_node(&pns[i], s);
+        pg->g[s] = (gk_graph){.nodes = pg->nodes[s], .n_nodes = (size_t)n,
+                              .n_tokens = pg->nodes[s][n - 1].dst->rows};
+    }
+    for (int i = 0; i < n; i++) {
+        pg->dsts[i] = pns[i].dst;
+        cr_assert(be[CU].ops->supports_node(be[CU].state, &pg->nodes[CU][i]), "cuda refuses node %d (%s)", i,
+                  gk_op_name(pns[i].op));
+    }
+    pg->n = n;
+}
+
+static void pgraph_run(pgraph *pg, const char *what)
+{
+    for (int i = 0; i < pg->n; i++)
+        poison(pg->dsts[i]);
+    for (int s = 0; s < 2; s++) {
+        gk_err err = {0};
+        gk_status st = be[s].ops->graph_compute(be[s].state, &pg->g[s], &err);
+        if (st == GK_OK && be[s].ops->synchronize)
+            st = be[s].ops->synchronize(be[s].state, &err);
+        cr_assert_eq(st, GK_OK, "%s on %s: %s", what, s == CU ? "cuda" : "cpu_ref", err.msg);
+    }
+}
+
+static void run1(const pnode *pn, const char *what)
+{
+    pgraph pg;
+    pgraph_init(&pg, pn, 1);
+    pgraph_run(&pg, what);
+}
+
+/* ------------------------------------------------------------- the backend */
+
+Test(cuda_ops, reports_the_gpu_and_moves_bytes_both_ways)
+{
+    start();
+    plug *c = &be[CU];
+    gk_device_props p;
+    gk_err err = {0};
+    cr_assert_eq(c->ops->device_props(c->state, &p, &err), GK_OK, "%s", err.msg);
+    cr_assert(p.is_gpu && p.name[0] && p.peak_bw_gbs > 0 && p.mem_free <= p.mem_total);
+
+    /* small (direct) and large (staged through pinned memory) writes */
+    const size_t sizes[2] = {4099, (size_t)150 << 20};
+    for (int k = 0; k < 2; k++) {
+        size_t n = sizes[k];
+        unsigned char *in = malloc(n), *out = malloc(n);
+        cr_assert(in && out);
+        for (size_t i = 0; i < n; i++)
+            in[i] = (unsigned char)(i * 131u + (i >> 13));
+        void *buf;
+        cr_assert_eq(c->ops->buffer_alloc(c->state, n + 64, &buf, &err), GK_OK, "%s", err.msg);
+        cr_assert_eq(c->ops->buffer_write(c->state, buf, 7, in, n, &err), GK_OK, "%s", err.msg);
+        cr_assert_eq(c->ops->buffer_read(c->state, (char *)buf + 3, 4, out, n, &err), GK_OK, "%s", err.msg);
+        cr_assert(memcmp(in, out, n) == 0, "round trip of %zu bytes differs", n);
+        c->ops->buffer_free(c->state, buf);
+        free(in);
+        free(out);
+    }
+}
+
+Test(cuda_ops, refuses_what_it_cannot_run)
+{
+    start();
+    plug *c = &be[CU];
+    pt *q = pair_new(GK_DTYPE_F32, 1, 2 * 320, "q"), *k = pair_new(GK_DTYPE_F32, 1, 320, "k");
+    pt *v = pair_new(GK_DTYPE_F32, 1, 320, "v"), *kc = pair_new(GK_DTYPE_F32, 8, 320, "k_cache");
+    pt *vc = pair_new(GK_DTYPE_F32, 8, 320, "v_cache"), *pos = pair_new(GK_DTYPE_I32, 1, 1, "pos");
+    pt *out = pair_new(GK_DTYPE_F32, 1, 2 * 320, "attn");
+    pnode pn = {.op = GK_OP_ATTN, .src = {q, k, v, pos, kc, vc}, .dst = out, .i = {2, 1, 320}, .f = {0.05f}};
+    gk_node nd = side_node(&pn, CU);
+    cr_assert(!c->ops->supports_node(c->state, &nd), "head dim 320 is beyond the kernels");
+    gk_graph g = {.nodes = &nd, .n_nodes = 1, .n_tokens = 1};
+    gk_err err = {0};
+    cr_assert_eq(c->ops->graph_compute(c->state, &g, &err), GK_ERR_UNSUPPORTED);
+    cr_assert(strstr(err.msg, "attn"), "message: %s", err.msg);
+
+    pt *w = pair_new(GK_DTYPE_F64, 4, 8, "w"), *x = pair_new(GK_DTYPE_F32, 1, 8, "x");
+    pt *y = pair_new(GK_DTYPE_F32, 1, 4, "y");
+    pnode lin = {.op = GK_OP_LINEAR, .src = {x, w}, .dst = y};
+    nd = side_node(&lin, CU);
+    cr_assert(!c->ops->supports_node(c->state, &nd), "F64 weights are not supported");
+}
+
+/* -------------------------------------------------------- element-wise ops */
+
+static const int64_t ns[4] = {1, 7, 33, 513};
+
+Test(cuda_ops, get_rows_matches_cpu_ref_exactly)
+{
+    start();
+    const int64_t V = 1000, dims[2] = {37, 1000};
+    for (int w = 0; w < 3; w++)
+        for (int di = 0; di < 2; di++) {
+            int64_t D = dims[di];
+            float *tab = rnd_vec(V * D, 2.0, 0.0);
+            pt *table = pair_f(wtypes[w], V, D, tab, "tok_embd");
+            free(tab);
+            for (int k = 0; k < 3; k++) {
+                int64_t n = ns[k];
+                int32_t id[64];
+                for (int64_t t = 0; t < n; t++)
+                    id[t] = t == 0 ? (int32_t)(V - 1) : t == 1 ? 0 : (int32_t)((t * 377 + 3) % V);
+                pt *ids = pair_i(n, id, "ids"), *dst = pair_new(GK_DTYPE_F32, n, D, "embd");
+                pnode pn = {.op = GK_OP_GET_ROWS, .src = {table, ids}, .dst = dst};
+                run1(&pn, "get_rows");
+                char what[64];
+                snprintf(what, sizeof what, "get_rows %s D=%lld n=%lld", dt_str(wtypes[w]), (long long)D,
+                         (long long)n);
+                expect_match(dst, NULL, 0.0, 0.0, what);
+            }
+        }
+}
+
+Test(cuda_ops, get_rows_with_a_bad_id_is_reported_at_synchronize)
+{
+    start();
+    float *tab = rnd_vec(5 * 3, 1.0, 0.0);
+    pt *table = pair_f(GK_DTYPE_F32, 5, 3, tab, "tok_embd");
+    free(tab);
+    const int32_t bad[2] = {1, 5};
+    pt *ids = pair_i(2, bad, "ids"), *dst = pair_new(GK_DTYPE_F32, 2, 3, "embd");
+    pnode pn = {.op = GK_OP_GET_ROWS, .src = {table, ids}, .dst = dst};
+    gk_node nd = side_node(&pn, CU);
+    gk_graph g = {.nodes = &nd, .n_nodes = 1, .n_tokens = 2};
+    gk_err err = {0};
+    gk_status st = be[CU].ops->graph_compute(be[CU].state, &g, &err);
+    if (st == GK_OK)
+        st = be[CU].ops->synchronize(be[CU].state, &err);
+    cr_assert_eq(st, GK_ERR_INVALID_ARG, "status %d: %s", st, err.msg);
+    cr_assert(strstr(err.msg, "get_rows") && strstr(err.msg, "5"), "message: %s", err.msg);
+    /* the note is cleared: the backend goes on working */
+    cr_assert_eq(be[CU].ops->synchronize(be[CU].state, &err), GK_OK, "%s", err.msg);
+}
+
+static void binary_case(gk_op op, int64_t n, int64_t D, double rtol, double atol)
+{
+    pt *a = pair_rnd(n, D, 4.0, 0.0, "a", NULL), *b = pair_rnd(n, D, 3.0, 0.5, "b", NULL);
+    pt *dst = pair_new(GK_DTYPE_F32, n, D, "out");
+    pnode pn = {.op = op, .src = {a, op == GK_OP_GELU_TANH ? NULL : b}, .dst = dst};
+    run1(&pn, gk_op_name(op));
+    char what[64];
+    snprintf(what, sizeof what, "%s [%lld][%lld]", gk_op_name(op), (long long)n, (long long)D);
+    expect_match(dst, NULL, rtol, atol, what);
+}
+
+Test(cuda_ops, add_silu_mul_and_gelu_match_cpu_ref)
+{
+    start();
+    const int64_t shapes[4][2] = {{1, 37}, {7, 1000}, {33, 4099}, {513, 64}};
+    for (int s = 0; s < 4; s++) {
+        binary_case(GK_OP_ADD, shapes[s][0], shapes[s][1], 0.0, 0.0);
+        binary_case(GK_OP_SILU_MUL, shapes[s][0], shapes[s][1], 2e-6, 1e-6);
+        binary_case(GK_OP_GELU_TANH, shapes[s][0], shapes[s][1], 2e-6, 1e-6);
+    }
+}
+
+/* ------------------------------------------------------------------- norms */
+
+Test(cuda_ops, rms_norm_whole_rows_and_groups_matches_cpu_ref)
+{
+    start();
+    /* D, group (0 = whole row) */
+    const int64_t cases[6][2] = {{37, 0}, {1000, 0}, {4096, 0}, {512, 64}, {1024, 128}, {96, 32}};
+    for (int ci = 0; ci < 6; ci++)
+        for (int w = 0; w < 3; w++)
+            for (int k = 0; k < 3; k++) {
+                int64_t D = cases[ci][0], G = cases[ci][1], n = ns[k];
+                float *wv = rnd_vec(G ? G : D, 1.0, 1.0);
+                pt *x = pair_rnd(n, D, 2.0, 0.3, "x", NULL), *tw = pair_f(wtypes[w], 1, G ? G : D, wv, "norm.w");
+                free(wv);
+                pt *dst = pair_new(GK_DTYPE_F32, n, D, "norm");
+                pnode pn = {.op = GK_OP_RMS_NORM, .src = {x, tw}, .dst = dst, .i = {(int32_t)G}, .f = {1e-6f}};
+                run1(&pn, "rms_norm");
+                char what[80];
+                snprintf(what, sizeof what, "rms_norm D=%lld G=%lld %s n=%lld", (long long)D, (long long)G,
+                         dt_str(wtypes[w]), (long long)n);
+                expect_match(dst, NULL, 1e-5, 1e-6, what);
+            }
+}
+
+Test(cuda_ops, layer_norm_with_and_without_bias_matches_cpu_ref)
+{
+    start();
+    const int64_t dims[3] = {37, 768, 1000};
+    for (int di = 0; di < 3; di++)
+        for (int w = 0; w < 3; w++)
+            for (int k = 0; k < 3; k++)
+                for (int hb = 0; hb < 2; hb++) {
+                    int64_t D = dims[di], n = ns[k];
+                    float *wv = rnd_vec(D, 1.0, 1.0), *bv = rnd_vec(D, 0.5, 0.0);
+                    pt *x = pair_rnd(n, D, 1.5, 3.0, "x", NULL);
+                    pt *tw = pair_f(wtypes[w], 1, D, wv, "ln.w"), *tb = pair_f(wtypes[w], 1, D, bv, "ln.b");
+                    free(wv);
+                    free(bv);
+                    pt *dst = pair_new(GK_DTYPE_F32, n, D, "norm");
+                    pnode pn = {.op = GK_OP_LAYER_NORM, .src = {x, tw, hb ? tb : NULL}, .dst = dst, .f = {1e-5f}};
+                    run1(&pn, "layer_norm");
+                    char what[80];
+                    snprintf(what, sizeof what, "layer_norm D=%lld %s n=%lld bias=%d", (long long)D,
+                             dt_str(wtypes[w]), (long long)n, hb);
+                    expect_match(dst, NULL, 1e-5, 1e-6, what);
+                }
+}
+
+/* -------------------------------------------------------------------- rope */
+
+Test(cuda_ops, rope_matches_cpu_ref_at_near_and_far_positions)
+{
+    start();
+    const int64_t hds[4] = {16, 64, 128, 6}, heads[3] = {1, 3, 8};
+    for (int hi = 0; hi < 4; hi++)
+        for (int h = 0; h < 3; h++)
+            for (int k = 0; k < 4; k++)
+                for (int sc = 0; sc < 2; sc++) {
+                    int64_t hd = hds[hi], H = heads[h], n = ns[k];
+                    float *inv = malloc((size_t)(hd / 2) * sizeof *inv);
+                    int32_t *p = malloc((size_t)n * sizeof *p);
+                    cr_assert(inv && p);
+                    for (int64_t i = 0; i < hd / 2; i++)
+                        inv[i] = (float)(1.0 / pow(10000.0, (double)(2 * i) / (double)hd));
+                    for (int64_t t = 0; t < n; t++)
+                        p[t] = sc ? (int32_t)(3000 + 7 * t) : (int32_t)t;
+                    pt *x = pair_rnd(n, H * hd, 1.0, 0.0, "q", NULL), *pos = pair_i(n, p, "pos");
+                    pt *tf = pair_f(GK_DTYPE_F32, 1, hd / 2, inv, "inv_freq");
+                    pt *dst = pair_new(GK_DTYPE_F32, n, H * hd, "q_rope");
+                    pnode pn = {.op = GK_OP_ROPE, .src = {x, pos, tf}, .dst = dst, .i = {(int32_t)hd},
+                                .f = {sc ? 0.75f : 1.0f}};
+                    run1(&pn, "rope");
+                    char what[80];
+                    snprintf(what, sizeof what, "rope hd=%lld H=%lld n=%lld far=%d", (long long)hd, (long long)H,
+                             (long long)n, sc);
+                    expect_match(dst, NULL, 1e-5, 1e-6, what);
+                    free(inv);
+                    free(p);
+                }
+}
+
+/* ------------------------------------------------------------------ linear */
+
+/* sum_i |x[t][i] w[o][i]| (+ |b[o]|) for every output: the scale of its
+ * rounding error. */
+static double *abs_dots(const float *x, const float *w, const float *b, int64_t n, int64_t in, int64_t out)
+{
+    double *m = malloc((size_t)(n * out) * sizeof *m);
+    cr_assert(m);
+    for (int64_t t = 0; t < n; t++)
+        for (int64_t o = 0; o < out; o++) {
+            double s = b ? fabs(b[o]) : 0.0;
+            for (int64_t i = 0; i < in; i++)
+                s += fabs((double)x[t * in + i] * (double)w[o * in + i]);
+            m[t * out + o] = s;
+        }
+    return m;
+}
+
+static void linear_case(gk_dtype dt, int64_t n, int64_t in, int64_t out, bool bias)
+{
+    float *xv, *wv = rnd_vec(out * in, 0.5, 0.0), *bv = rnd_vec(out, 1.0, 0.0);
+    pt *x = pair_rnd(n, in, 1.0, 0.1, "x", &xv);
+    pt *w = pair_f(dt, out, in, wv, "proj.weight"), *b = pair_f(dt, 1, out, bv, "proj.bias");
+    pt *dst = pair_new(GK_DTYPE_F32, n, out, "proj");
+    pnode pn = {.op = GK_OP_LINEAR, .src = {x, w, bias ? b : NULL}, .dst = dst};
+    run1(&pn, "linear");
+    double *mag = abs_dots(xv, wv, bias ? bv : NULL, n, in, out);
+    double rel = n <= 8 ? 1e-5 : dt == GK_DTYPE_F32 ? 3e-5 : dt == GK_DTYPE_F16 ? 2e-3 : 8e-3;
+    char what[96];
+    snprintf(what, sizeof what, "linear %s n=%lld in=%lld out=%lld bias=%d (%s)", dt_str(dt), (long long)n,
+             (long long)in, (long long)out, bias, n <= 8 ? "GEMV" : "cuBLAS");
+    expect_match(dst, mag, rel, 1e-7, what);
+    free(xv);
+    free(wv);
+    free(bv);
+    free(mag);
+}
+
+Test(cuda_ops, linear_gemv_path_matches_cpu_ref)
+{
+    start();
+    /* n, in, out: aligned rows, odd widths (scalar kernel), several tokens */
+    const int64_t cases[9][3] = {{1, 4096, 1000}, {1, 1000, 37}, {1, 37, 1000}, {1, 1001, 129}, {2, 1000, 513},
+                                 {3, 64, 2048}, {5, 1000, 513}, {8, 1000, 513}, {8, 37, 40}};
+    for (int w = 0; w < 3; w++)
+        for (int c = 0; c < 9; c++)
+            for (int hb = 0; hb < 2; hb++)
+                linear_case(wtypes[w], cases[c][0], cases[c][1], cases[c][2], hb);
+}
+
+Test(cuda_ops, linear_cublas_path_matches_cpu_ref)
+{
+    start();
+    const int64_t cases[4][3] = {{9, 64, 100}, {33, 1000, 1001}, {33, 37, 50}, {513, 256, 333}};
+    for (int w = 0; w < 3; w++)
+        for (int c = 0; c < 4; c++)
+            for (int hb = 0; hb < 2; hb++)
+                linear_case(wtypes[w], cases[c][0], cases[c][1], cases[c][2], hb);
+}
+
+/* --------------------------------------------------------------- attention */
+
+typedef struct attn_fix {
+    int64_t H, Hkv, hd, n_ctx;
+    pt *kc, *vc;
+} attn_fix;
+
+/* Caches for a layer. With fill, both sides hold the same random rows; else
+ * cpu_ref's hold zeros and cuda's NaN, so reading a row never written shows. */
+static attn_fix attn_fix_new(int64_t H, int64_t Hkv, int64_t hd, int64_t n_ctx, bool fill)
+{
+    attn_fix a = {H, Hkv, hd, n_ctx, NULL, NULL};
+    a.kc = pair_new(GK_DTYPE_F32, n_ctx, Hkv * hd, "k_cache");
+    a.vc = pair_new(GK_DTYPE_F32, n_ctx, Hkv * hd, "v_cache");
+    pt *c[2] = {a.kc, a.vc};
+    for (int i = 0; i < 2; i++) {
+        if (fill) {
+            float *v = rnd_vec(n_ctx * Hkv * hd, 1.0, 0.0);
+            pair_upload(c[i], v);
+            free(v);
+        } else {
+            size_t nb = gk_tensor_nbytes(&c[i]->t[REF]);
+            void *z = calloc(1, nb);
+            cr_assert(z);
+            upload(&be[REF], &c[i]->t[REF], z);
+            free(z);
+            poison(c[i]);
+        }
+    }
+    return a;
+}
+
+/* One ATTN node over n tokens at positions p; compares the output and the
+ * cache rows written. */
+static void attn_step(attn_fix *a, int64_t n, const int32_t *p, const char *tag)
+{
+    int64_t qw = a->H * a->hd, kvw = a->Hkv * a->hd;
+    pt *q = pair_rnd(n, qw, 1.0, 0.0, "q", NULL), *k = pair_rnd(n, kvw, 1.0, 0.0, "k", NULL);
+    pt *v = pair_rnd(n, kvw, 1.0, 0.0, "v", NULL), *pos = pair_i(n, p, "pos");
+    pt *out = pair_new(GK_DTYPE_F32, n, qw, "attn");
+    pnode pn = {.op = GK_OP_ATTN, .src = {q, k, v, pos, a->kc, a->vc}, .dst = out,
+                .i = {(int32_t)a->H, (int32_t)a->Hkv, (int32_t)a->hd}, .f = {1.0f / sqrtf((float)a->hd)}};
+    run1(&pn, "attn");
+    char what[128];
+    snprintf(what, sizeof what, "attn %s H=%lld Hkv=%lld hd=%lld n=%lld pos[0]=%d", tag, (long long)a->H,
+             (long long)a->Hkv, (long long)a->hd, (long long)n, (int)p[0]);
+    expect_match(out, NULL, 1e-5, 2e-5, what);
+    for (int64_t t = 0; t < n; t++) {
+        expect_rows(a->kc, p[t], p[t] + 1, NULL, 0.0, 0.0, "k cache row");
+        expect_rows(a->vc, p[t], p[t] + 1, NULL, 0.0, 0.0, "v cache row");
+    }
+}
+
+static void attn_prefill_then_decode(int64_t H, int64_t Hkv, int64_t hd, int64_t n)
+{
+    attn_fix a = attn_fix_new(H, Hkv, hd, 1024, false);
+    int32_t *p = malloc((size_t)(n + 4) * sizeof *p);
+    cr_assert(p);
+    for (int64_t t = 0; t < n + 4; t++)
+        p[t] = (int32_t)t;
+    attn_step(&a, n, p, "prefill");
+    attn_step(&a, 1, p + n, "decode");
+    attn_step(&a, 1, p + n + 1, "decode");
+    attn_step(&a, 2, p + n + 2, "decode2");
+    free(p);
+}
+
+Test(cuda_ops, attn_prefill_and_decode_match_cpu_ref_for_gqa_ratios)
+{
+    start();
+    /* H, Hkv: ratios 1, 2, 4, 8 and 3 (a query-head tile with padding) */
+    const int64_t heads[5][2] = {{4, 4}, {8, 4}, {8, 2}, {16, 2}, {6, 2}};
+    const int64_t hds[2] = {64, 128};
+    for (int h = 0; h < 5; h++)
+        for (int d = 0; d < 2; d++)
+            for (int k = 0; k < 3; k++)
+                attn_prefill_then_decode(heads[h][0], heads[h][1], hds[d], ns[k]);
+}
+
+Test(cuda_ops, attn_long_prefill_matches_cpu_ref)
+{
+    start();
+    attn_prefill_then_decode(8, 2, 128, 513);
+    attn_prefill_then_decode(4, 4, 64, 513);
+}
+
+Test(cuda_ops, attn_small_and_odd_head_dims_match_cpu_ref)
+{
+    start();
+    /* the tiny reference models (16, 32), the largest (256), a multiple of 4
+     * that is no power of 2 (20), and widths the decode kernel leaves to the
+     * tiled one (18, 6) */
+    const int64_t hds[6] = {16, 32, 256, 20, 18, 6};
+    for (int d = 0; d < 6; d++) {
+        attn_prefill_then_decode(4, 2, hds[d], 7);
+        attn_prefill_then_decode(4, 1, hds[d], 33);
+    }
+}
+
+Test(cuda_ops, attn_decode_over_a_long_filled_cache_matches_cpu_ref)
+{
+    start();
+    /* many KV splits and their combine; positions far apart in one batch */
+    attn_fix a = attn_fix_new(32, 8, 128, 4096, true);
+    const int32_t p1[1] = {4000}, p2[1] = {3}, p3[2] = {4095, 17}, p4[4] = {900, 40, 41, 2500};
+    attn_step(&a, 1, p1, "long");
+    attn_step(&a, 1, p2, "short");
+    attn_step(&a, 2, p3, "mixed");
+    attn_step(&a, 4, p4, "scattered");
+    attn_fix b = attn_fix_new(8, 1, 64, 3000, true);
+    const int32_t p5[1] = {2999}, p6[9] = {5, 2999, 100, 1000, 64, 63, 127, 128, 1};
+    attn_step(&b, 1, p5, "long");
+    attn_step(&b, 9, p6, "scattered prefill");
+}
+
+Test(cuda_ops, attn_at_a_position_beyond_the_cache_is_reported)
+{
+    start();
+    attn_fix a = attn_fix_new(2, 1, 16, 8, true);
+    const int32_t p[1] = {8};
+    pt *q = pair_rnd(1, 32, 1.0, 0.0, "q", NULL), *k = pair_rnd(1, 16, 1.0, 0.0, "k", NULL);
+    pt *v = pair_rnd(1, 16, 1.0, 0.0, "v", NULL), *pos = pair_i(1, p, "pos");
+    pt *out = pair_new(GK_DTYPE_F32, 1, 32, "attn");
+    pnode pn = {.op = GK_OP_ATTN, .src = {q, k, v, pos, a.kc, a.vc}, .dst = out, .i = {2, 1, 16}, .f = {0.25f}};
+    gk_node nd = side_node(&pn, CU);
+    gk_graph g = {.nodes = &nd, .n_nodes = 1, .n_tokens = 1};
+    gk_err err = {0};
+    gk_status st = be[CU].ops->graph_compute(be[CU].state, &g, &err);
+    if (st == GK_OK)
+        st = be[CU].ops->synchronize(be[CU].state, &err);
+    cr_assert_eq(st, GK_ERR_INVALID_ARG, "status %d: %s", st, err.msg);
+    cr_assert(strstr(err.msg, "position 8"), "message: %s", err.msg);
+}
+
+/* ---------------------------------------------------------------- sampling */
+
+/* core/generate.c's sample_u, replicated: the rule the backend must follow. */
+typedef struct cand {
+    float logit;
+    int32_t id;
+} cand;
+
+static int cand_cmp(const void *a, const void *b)
+{
+    const cand *x = a, *y = b;
+    if (x->logit != y->logit)
+        return x->logit < y->logit ? 1 : -1;
+    return (x->id > y->id) - (x->id < y->id);
+}
+
+static int32_t host_sample(const float *logits, int64_t n_vocab, float temperature, int32_t top_k, float top_p,
+                           double u)
+{
+    if (temperature <= 0.0f || top_k == 1) {
+        int64_t best = 0;
+        for (int64_t i = 1; i < n_vocab; i++)
+            if (logits[i] > logits[best])
+                best = i;
+        return (int32_t)best;
+    }
+    cand *c = malloc((size_t)n_vocab * sizeof *c);
+    double *p = malloc((size_t)n_vocab * sizeof *p);
+    cr_assert(c && p);
+    for (int64_t i = 0; i < n_vocab; i++) {
+        c[i].logit = logits[i] / temperature;
+        c[i].id = (int32_t)i;
+    }
+    qsort(c, (size_t)n_vocab, sizeof *c, cand_cmp);
+    int64_t n = n_vocab;
+    if (top_k > 0 && top_k < n) {
+        int64_t k = top_k;
+        while (k < n && c[k].logit == c[top_k - 1].logit)
+            k++;
+        n = k;
+    }
+    double sum = 0.0;
+    for (int64_t i = 0; i < n; i++) {
+        p[i] = exp((double)c[i].logit - (double)c[0].logit);
+        sum += p[i];
+    }
+    for (int64_t i = 0; i < n; i++)
+        p[i] /= sum;
+    if (top_p > 0.0f && top_p < 1.0f) {
+        double cum = 0.0;
+        int64_t keep = 0;
+        while (keep < n) {
+            cum += p[keep++];
+            if (cum >= (double)top_p)
+                break;
+        }
+        n = keep;
+        sum = 0.0;
+        for (int64_t i = 0; i < n; i++)
+            sum += p[i];
+        for (int64_t i = 0; i < n; i++)
+            p[i] /= sum;
+    }
+    double cum = 0.0;
+    int32_t pick = c[n - 1].id;
+    for (int64_t i = 0; i < n; i++) {
+        cum += p[i];
+        if (u < cum) {
+            pick = c[i].id;
+            break;
+        }
+    }
+    free(p);
+    free(c);
+    return pick;
+}
+
+static void sample_case(const pt *logits, const float *vals, float temp, int32_t k, float top_p, double u)
+{
+    gk_sample_params sp = {.temperature = temp, .top_k = k, .top_p = top_p, .u = u};
+    int32_t got = -1;
+    gk_err err = {0};
+    cr_assert_eq(be[CU].ops->sample(be[CU].state, &logits->t[CU], &sp, &got, &err), GK_OK, "%s", err.msg);
+    int32_t want = host_sample(vals, gk_tensor_nelem(&logits->t[REF]), temp, k, top_p, u);
+    cr_assert_eq(got, want, "sample V=%lld temp=%g top_k=%d top_p=%g u=%g: cuda %d, rule %d",
+                 (long long)gk_tensor_nelem(&logits->t[REF]), (double)temp, (int)k, (double)top_p, u, (int)got,
+                 (int)want);
+}
+
+Test(cuda_ops, sample_follows_the_core_rule)
+{
+    start();
+    cr_assert(be[CU].ops->sample, "the cuda backend samples on the device");
+    const int64_t vocab[3] = {1000, 50000, 151936};
+    const double us[5] = {0.0, 0.123, 0.5, 0.987, 0.999999};
+    for (int vi = 0; vi < 3; vi++) {
+        int64_t V = vocab[vi];
+        float *x = rnd_vec(V, 6.0, 0.0);
+        /* a tie for the maximum: the lower id wins */
+        x[V / 3] = x[V / 2] = 9.0f;
+        pt *lg = pair_f(GK_DTYPE_F32, 1, V, x, "logits");
+        sample_case(lg, x, 0.0f, 0, 1.0f, 0.0);
+        sample_case(lg, x, 0.7f, 1, 1.0f, 0.5);
+        for (int ui = 0; ui < 5; ui++) {
+            sample_case(lg, x, 1.0f, 0, 1.0f, us[ui]);
+            sample_case(lg, x, 0.7f, 50, 1.0f, us[ui]);
+            sample_case(lg, x, 0.8f, 40, 0.9f, us[ui]);
+            sample_case(lg, x, 1.3f, 0, 0.5f, us[ui]);
+        }
+        free(x);
+    }
+    /* logits on a few levels: many ties at the k-th, kept by top-k */
+    int64_t V = 5000;
+    float *x = rnd_vec(V, 1.0, 0.0);
+    for (int64_t i = 0; i < V; i++)
+        x[i] = roundf(x[i] * 3.0f);
+    pt *lg = pair_f(GK_DTYPE_F32, 1, V, x, "logits");
+    for (int ui = 0; ui < 5; ui++) {
+        sample_case(lg, x, 1.0f, 10, 1.0f, us[ui]);
+        sample_case(lg, x, 0.5f, 3, 0.8f, us[ui]);
+        sample_case(lg, x, 2.0f, 0, 0.3f, us[ui]);
+    }
+    sample_case(lg, x, 0.0f, 0, 1.0f, 0.0);
+    free(x);
+}
+
+/* ------------------------------------------------------------ graph replay */
+
+/* A decode-shaped graph: embed, norm, q/k/v projections, RoPE, attention
+ * through the cache, output projection. Run again and again with new ids and
+ * positions (plain, then captured, then replayed), every result must equal
+ * cpu_ref's fresh run. */
+static void replay_case(gk_dtype dt, int64_t n, int steps)
+{
+    const int64_t V = 300, D = 256, H = 4, Hkv = 2, hd = 64, n_ctx = 64;
+    float *emb = rnd_vec(V * D, 1.0, 0.0), *nw = rnd_vec(D, 0.5, 1.0);
+    float *wq = rnd_vec(H * hd * D, 0.1, 0.0), *wk = rnd_vec(Hkv * hd * D, 0.1, 0.0);
+    float *wv = rnd_vec(Hkv * hd * D, 0.1, 0.0), *wo = rnd_vec(D * H * hd, 0.1, 0.0);
+    float *inv = malloc((size_t)(hd / 2) * sizeof *inv);
+    cr_assert(inv);
+    for (int64_t i = 0; i < hd / 2; i++)
+        inv[i] = (float)(1.0 / pow(10000.0, (double)(2 * i) / (double)hd));
+    pt *t_emb = pair_f(dt, V, D, emb, "tok_embd"), *t_nw = pair_f(dt, 1, D, nw, "attn_norm.weight");
+    pt *t_wq = pair_f(dt, H * hd, D, wq, "q_proj"), *t_wk = pair_f(dt, Hkv * hd, D, wk, "k_proj");
+    pt *t_wv = pair_f(dt, Hkv * hd, D, wv, "v_proj"), *t_wo = pair_f(dt, D, H * hd, wo, "o_proj");
+    pt *t_inv = pair_f(GK_DTYPE_F32, 1, hd / 2, inv, "inv_freq");
+    attn_fix a = attn_fix_new(H, Hkv, hd, n_ctx, false);
+    pt *ids = pair_new(GK_DTYPE_I32, 1, n, "ids"), *pos = pair_new(GK_DTYPE_I32, 1, n, "pos");
+    pt *x = pair_new(GK_DTYPE_F32, n, D, "embd"), *xn = pair_new(GK_DTYPE_F32, n, D, "attn_norm");
+    pt *q = pair_new(GK_DTYPE_F32, n, H * hd, "q"), *k = pair_new(GK_DTYPE_F32, n, Hkv * hd, "k");
+    pt *v = pair_new(GK_DTYPE_F32, n, Hkv * hd, "v"), *qr = pair_new(GK_DTYPE_F32, n, H * hd, "q_rope");
+    pt *kr = pair_new(GK_DTYPE_F32, n, Hkv * hd, "k_rope"), *at = pair_new(GK_DTYPE_F32, n, H * hd, "attn");
+    pt *o = pair_new(GK_DTYPE_F32, n, D, "attn_out"), *res = pair_new(GK_DTYPE_F32, n, D, "l_out");
+    const pnode pns[10] = {
+        {.op = GK_OP_GET_ROWS, .src = {t_emb, ids}, .dst = x},
+        {.op = GK_OP_RMS_NORM, .src = {x, t_nw}, .dst = xn, .f = {1e-5f}},
+        {.op = GK_OP_LINEAR, .src = {xn, t_wq}, .dst = q},
+        {.op = GK_OP_LINEAR, .src = {xn, t_wk}, .dst = k},
+        {.op = GK_OP_LINEAR, .src = {xn, t_wv}, .dst = v},
+        {.op = GK_OP_ROPE, .src = {q, pos, t_inv}, .dst = qr, .i = {(int32_t)hd}, .f = {1.0f}},
+        {.op = GK_OP_ROPE, .src = {k, pos, t_inv}, .dst = kr, .i = {(int32_t)hd}, .f = {1.0f}},
+        {.op = GK_OP_ATTN, .src = {qr, kr, v, pos, a.kc, a.vc}, .dst = at,
+         .i = {(int32_t)H, (int32_t)Hkv, (int32_t)hd}, .f = {1.0f / sqrtf((float)hd)}},
+        {.op = GK_OP_LINEAR, .src = {at, t_wo}, .dst = o},
+        {.op = GK_OP_ADD, .src = {o, x}, .dst = res},
+    };
+    pgraph pg;
+    pgraph_init(&pg, pns, 10);
+    int32_t idv[64], pv[64];
+    for (int s = 0; s < steps; s++) {
+        for (int64_t t = 0; t < n; t++) {
+            idv[t] = (int32_t)((s * 97 + t * 31 + 5) % V);
+            pv[t] = (int32_t)(s * n + t);
+        }
+        pair_upload(ids, idv);
+        pair_upload(pos, pv);
+        pgraph_run(&pg, "replayed graph");
+        char what[96];
+        snprintf(what, sizeof what, "graph %s n=%lld step %d", dt_str(dt), (long long)n, s);
+        /* several linears of width 256 in a row: GEMV bounds times a few */
+        expect_match(res, NULL, 1e-4, 1e-5, what);
+        expect_rows(a.kc, 0, (s + 1) * n, NULL, 1e-5, 1e-6, "k cache after replay");
+        expect_rows(a.vc, 0, (s + 1) * n, NULL, 1e-5, 1e-6, "v cache after replay");
+    }
+    free(emb);
+    free(nw);
+    free(wq);
+    free(wk);
+    free(wv);
+    free(wo);
+    free(inv);
+}
+
+Test(cuda_ops, a_graph_replayed_with_new_positions_matches_fresh_runs)
+{
+    start();
+    replay_case(GK_DTYPE_F16, 1, 5);
+    replay_case(GK_DTYPE_BF16, 1, 4);
+    replay_case(GK_DTYPE_F32, 3, 4);
+    /* cuBLAS inside the capture: x rounded to BF16 -> looser bound needed */
+    replay_case(GK_DTYPE_F32, 12, 3);
+}

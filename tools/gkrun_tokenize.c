@@ -1,0 +1,350 @@
+/* gkrun_tokenize.c - gkrun's tokenizer commands: tokenize, detokenize, and the
+ * check of a tokenizer folder against its golden.json (used by gkrun verify).
+ *
+ * What it is: thin command-line wrappers over gk_tokenizer_*; every failure
+ * prints "gkrun: <status>: <msg>" and exits 1, usage errors exit 2.
+ * What it is not: a tokenizer (core/tokenizer*.c) or a chat-template renderer.
+ */
+#include "gkrun_tokenize.h"
+
+#include <gk/gk.h>
+
+#include <cjson/cJSON.h>
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static int fail(const gk_err *err)
+{
+    fprintf(stderr, "gkrun: %s: %s\n", gk_status_str(err->code), err->msg);
+    return 1;
+}
+
+static int nomem(void)
+{
+    fprintf(stderr, "gkrun: %s: reading input\n", gk_status_str(GK_ERR_NOMEM));
+    return 1;
+}
+
+/* All of stdin; NULL when out of memory or unreadable. */
+static char *read_stdin(size_t *len)
+{
+    size_t cap = 1 << 16, n = 0;
+    char *buf = malloc(cap);
+    while (buf) {
+        size_t got = fread(buf + n, 1, cap - n - 1, stdin);
+        n += got;
+        if (got == 0)
+            break;
+        if (n + 1 == cap) {
+            char *p = realloc(buf, cap * 2);
+            if (!p) {
+                free(buf);
+                return NULL;
+            }
+            buf = p;
+            cap *= 2;
+        }
+    }
+    if (!buf || ferror(stdin)) {
+        free(buf);
+        return NULL;
+    }
+    buf[n] = '\0';
+    *len = n;
+    return buf;
+}
+
+/* -m DIR / --tokenizer FILE; returns the number of argv entries consumed (0 if none). */
+static int tokenizer_opt(int argc, char **argv, int i, const char **path)
+{
+    if ((!strcmp(argv[i], "-m") || !strcmp(argv[i], "--tokenizer")) && i + 1 < argc) {
+        *path = argv[i + 1];
+        return 2;
+    }
+    return 0;
+}
+
+int gkrun_tokenize(int argc, char **argv)
+{
+    const char *path = NULL, *text = NULL;
+    bool special = false;
+    for (int i = 1; i < argc; i++) {
+        int k = tokenizer_opt(argc, argv, i, &path);
+        if (k) {
+            i += k - 1;
+        } else if (!strcmp(argv[i], "--special")) {
+            special = true;
+        } else if (argv[i][0] == '-' && argv[i][1] != '\0') {
+            fprintf(stderr, "gkrun tokenize: unknown option '%s'\n", argv[i]);
+            return 2;
+        } else if (!text) {
+            text = argv[i];
+        } else {
+            fprintf(stderr, "gkrun tokenize: one TEXT only (quote it, or use - for stdin)\n");
+            return 2;
+        }
+    }
+    if (!path || !text) {
+        fprintf(stderr, "usage: gkrun tokenize (-m DIR | --tokenizer FILE) [--special] (TEXT | -)\n");
+        return 2;
+    }
+    char *in = NULL;
+    size_t len = strlen(text);
+    if (!strcmp(text, "-")) {
+        if (!(in = read_stdin(&len)))
+            return nomem();
+        text = in;
+    }
+    gk_err err = {0};
+    gk_tokenizer *tok = NULL;
+    int32_t *ids = NULL;
+    size_t n = 0;
+    int rc = 1;
+    if (gk_tokenizer_load(path, &tok, &err) != GK_OK ||
+        gk_tokenizer_encode(tok, text, len, special, &ids, &n, &err) != GK_OK) {
+        rc = fail(&err);
+        goto out;
+    }
+    for (size_t i = 0; i < n; i++)
+        printf(i ? " %d" : "%d", ids[i]);
+    printf("\n");
+    rc = 0;
+out:
+    free(ids);
+    gk_tokenizer_destroy(tok);
+    free(in);
+    return rc;
+}
+
+/* Append the ids in s (separated by spaces, commas or newlines); false after
+ * printing what is not an id. */
+static bool parse_ids(const char *s, int32_t **ids, size_t *n, size_t *cap)
+{
+    while (*s) {
+        while (*s == ' ' || *s == ',' || *s == '\n' || *s == '\t' || *s == '\r')
+            s++;
+        if (!*s)
+            break;
+        char *end;
+        errno = 0;
+        long v = strtol(s, &end, 10);
+        if (end == s || errno || v < -2147483647L - 1 || v > 2147483647L ||
+            (*end && !strchr(" ,\n\t\r", *end))) {
+            int w = 0;
+            while (s[w] && !strchr(" ,\n\t\r", s[w]))
+                w++;
+            fprintf(stderr, "gkrun detokenize: '%.*s' is not a token id\n", w, s);
+            return false;
+        }
+        if (*n == *cap) {
+            *cap = *cap ? *cap * 2 : 64;
+            int32_t *p = realloc(*ids, *cap * sizeof *p);
+            if (!p) {
+                nomem();
+                return false;
+            }
+            *ids = p;
+        }
+        (*ids)[(*n)++] = (int32_t)v;
+        s = end;
+    }
+    return true;
+}
+
+int gkrun_detokenize(int argc, char **argv)
+{
+    const char *path = NULL;
+    bool skip = false, any_id = false;
+    int32_t *ids = NULL;
+    size_t n = 0, cap = 0;
+    int rc = 2;
+    for (int i = 1; i < argc; i++) {
+        int k = tokenizer_opt(argc, argv, i, &path);
+        if (k) {
+            i += k - 1;
+        } else if (!strcmp(argv[i], "--skip-special")) {
+            skip = true;
+        } else if (argv[i][0] == '-' && (argv[i][1] < '0' || argv[i][1] > '9')) {
+            fprintf(stderr, "gkrun detokenize: unknown option '%s'\n", argv[i]);
+            goto out;
+        } else {
+            any_id = true;
+            if (!parse_ids(argv[i], &ids, &n, &cap))
+                goto out;
+        }
+    }
+    if (!path) {
+        fprintf(stderr, "usage: gkrun detokenize (-m DIR | --tokenizer FILE) [--skip-special] [ID...]\n"
+                        "       (ids are read from stdin when none are given)\n");
+        goto out;
+    }
+    if (!any_id) {
+        size_t len;
+        char *in = read_stdin(&len);
+        if (!in) {
+            rc = nomem();
+            goto out;
+        }
+        bool ok = parse_ids(in, &ids, &n, &cap);
+        free(in);
+        if (!ok)
+            goto out;
+    }
+    gk_err err = {0};
+    gk_tokenizer *tok = NULL;
+    char *text = NULL;
+    size_t len = 0;
+    if (gk_tokenizer_load(path, &tok, &err) != GK_OK ||
+        gk_tokenizer_decode(tok, ids, n, skip, &text, &len, &err) != GK_OK) {
+        rc = fail(&err);
+    } else {
+        fwrite(text, 1, len, stdout);
+        printf("\n");
+        rc = 0;
+    }
+    free(text);
+    gk_tokenizer_destroy(tok);
+out:
+    free(ids);
+    return rc;
+}
+
+/* ------------------------------------------------------------------ verify */
+
+/* Compare ids with a JSON array; prints the first difference. */
+static bool same_ids(int idx, const char *what, const int32_t *got, size_t n, const cJSON *want)
+{
+    size_t wn = (size_t)cJSON_GetArraySize(want), i = 0;
+    const cJSON *w = want->child;
+    for (; i < n && w; i++, w = w->next) {
+        if (!cJSON_IsNumber(w) || (double)got[i] != w->valuedouble) {
+            printf("case %d: %s differ at position %zu: got %d, want %.0f (%zu vs %zu ids)\n", idx,
+                   what, i, got[i], cJSON_IsNumber(w) ? w->valuedouble : -1.0, n, wn);
+            return false;
+        }
+    }
+    if (n != wn) {
+        printf("case %d: %s: got %zu ids, want %zu\n", idx, what, n, wn);
+        return false;
+    }
+    return true;
+}
+
+int gkrun_verify_tokenizer(const char *dir)
+{
+    size_t plen = strlen(dir) + 32;
+    char *golden_path = malloc(plen);
+    if (!golden_path)
+        return nomem();
+    snprintf(golden_path, plen, "%s/golden.json", dir);
+    gk_err err = {0};
+    gk_tokenizer *tok = NULL;
+    cJSON *root = NULL;
+    char *json = NULL;
+    int rc = 1;
+    FILE *f = fopen(golden_path, "rb");
+    if (!f) {
+        fprintf(stderr, "gkrun: %s: %s: %s\n", gk_status_str(GK_ERR_IO), golden_path, strerror(errno));
+        goto out;
+    }
+    size_t len = 0, cap = 1 << 16;
+    json = malloc(cap);
+    for (size_t got; json && (got = fread(json + len, 1, cap - len - 1, f)) > 0;) {
+        len += got;
+        if (len + 1 == cap) {
+            char *p = realloc(json, cap *= 2);
+            if (!p) {
+                free(json);
+                json = NULL;
+            }
+            json = p;
+        }
+    }
+    fclose(f);
+    if (!json) {
+        rc = nomem();
+        goto out;
+    }
+    json[len] = '\0';
+    root = cJSON_Parse(json);
+    const cJSON *cases = cJSON_GetObjectItemCaseSensitive(root, "cases");
+    if (!cJSON_IsArray(cases)) {
+        fprintf(stderr, "gkrun: %s: %s: no \"cases\" array\n", gk_status_str(GK_ERR_FORMAT), golden_path);
+        goto out;
+    }
+    if (gk_tokenizer_load(dir, &tok, &err) != GK_OK) {
+        rc = fail(&err);
+        goto out;
+    }
+    int idx = 0, passed = 0, failed = 0;
+    int ok_ids = 0, n_ids = 0, ok_sp = 0, n_sp = 0, ok_dec = 0, n_dec = 0;
+    for (const cJSON *c = cases->child; c; c = c->next, idx++) {
+        const cJSON *text = cJSON_GetObjectItemCaseSensitive(c, "text");
+        const cJSON *ids = cJSON_GetObjectItemCaseSensitive(c, "ids");
+        const cJSON *ids_sp = cJSON_GetObjectItemCaseSensitive(c, "ids_with_special");
+        const cJSON *dec = cJSON_GetObjectItemCaseSensitive(c, "decoded");
+        if (!cJSON_IsString(text) || !cJSON_IsArray(ids)) {
+            printf("case %d: no \"text\" string and \"ids\" array\n", idx);
+            failed++;
+            continue;
+        }
+        bool ok = true;
+        int32_t *got = NULL;
+        size_t n = 0;
+        const char *s = text->valuestring;
+        if (gk_tokenizer_encode(tok, s, strlen(s), false, &got, &n, &err) != GK_OK) {
+            printf("case %d: encode failed: %s\n", idx, err.msg);
+            ok = false;
+        } else {
+            n_ids++;
+            bool same = same_ids(idx, "ids", got, n, ids);
+            ok_ids += same;
+            ok = ok && same;
+        }
+        if (cJSON_IsString(dec) && got) {
+            char *out = NULL;
+            size_t olen = 0;
+            n_dec++;
+            if (gk_tokenizer_decode(tok, got, n, false, &out, &olen, &err) != GK_OK) {
+                printf("case %d: decode failed: %s\n", idx, err.msg);
+                ok = false;
+            } else if (olen != strlen(dec->valuestring) || memcmp(out, dec->valuestring, olen)) {
+                printf("case %d: decoded text differs: got \"%.*s\", want \"%s\"\n", idx, (int)olen,
+                       out, dec->valuestring);
+                ok = false;
+            } else {
+                ok_dec++;
+            }
+            free(out);
+        }
+        free(got);
+        got = NULL;
+        if (cJSON_IsArray(ids_sp)) {
+            n_sp++;
+            if (gk_tokenizer_encode(tok, s, strlen(s), true, &got, &n, &err) != GK_OK) {
+                printf("case %d: encode with special tokens failed: %s\n", idx, err.msg);
+                ok = false;
+            } else {
+                bool same = same_ids(idx, "ids_with_special", got, n, ids_sp);
+                ok_sp += same;
+                ok = ok && same;
+            }
+            free(got);
+        }
+        if (!ok)
+            printf("case %d: text \"%.60s%s\"\n", idx, s, strlen(s) > 60 ? "..." : "");
+        ok ? passed++ : failed++;
+    }
+    printf("tokenizer %s: %d cases; ids %d/%d, ids_with_special %d/%d, decoded %d/%d\n", dir, idx,
+           ok_ids, n_ids, ok_sp, n_sp, ok_dec, n_dec);
+    printf("summary: %d passed, %d failed: %s\n", passed, failed, failed || !idx ? "FAIL" : "PASS");
+    rc = failed || !idx ? 1 : 0;
+out:
+    gk_tokenizer_destroy(tok);
+    cJSON_Delete(root);
+    free(json);
+    free(golden_path);
+    return rc;
+}
