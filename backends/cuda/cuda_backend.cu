@@ -5,7 +5,8 @@
  * workspace, and per-node temporaries come from one scratch region sized
  * before a graph runs, so a whole forward pass can be captured. graph_compute
  * runs a graph plainly the first time it sees it, captures it into a CUDA
- * graph the second time, and replays that afterwards (see "graph replay").
+ * graph the second time, and replays that afterwards (see "graph replay");
+ * GK_CUDA_GRAPHS=0 in the environment turns that off, for debugging.
  * Every CUDA error becomes a gk status at its call site, with CUDA's own text;
  * kernels that meet bad ids or positions leave a note in a mapped error word
  * that synchronize turns into GK_ERR_INVALID_ARG. Without a usable GPU the
@@ -15,6 +16,7 @@
  */
 #include "cuda_common.cuh"
 
+#include <dlfcn.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -41,6 +43,7 @@ typedef struct cuda_state {
     char why[256];
     cudaDeviceProp prop;
 
+    bool no_graphs;       /* GK_CUDA_GRAPHS=0: never capture (for debugging) */
     bool ready;           /* the members below exist */
     cu_ctx ctx;
     void *blas_ws;
@@ -64,11 +67,30 @@ typedef struct cuda_state {
 
 /* ---------------------------------------------------------- life cycle */
 
+/* cuBLAS and cuBLASLt each carry a C++ runtime whose exception pool is
+ * malloc'd when they load and never freed; unloaded with this plugin, a leak
+ * checker reports it. Keep them loaded for the life of the process. */
+static void pin_blas(void)
+{
+    char name[64];
+    snprintf(name, sizeof name, "libcublas.so.%d", CUBLAS_VER_MAJOR);
+    void *h = dlopen(name, RTLD_LAZY | RTLD_NOLOAD | RTLD_NODELETE);
+    if (h)
+        dlclose(h);
+    snprintf(name, sizeof name, "libcublasLt.so.%d", CUBLAS_VER_MAJOR);
+    h = dlopen(name, RTLD_LAZY | RTLD_NOLOAD | RTLD_NODELETE);
+    if (h)
+        dlclose(h);
+}
+
 static gk_status cuda_init(const gk_host *host, void **out, gk_err *err)
 {
     cuda_state *s = (cuda_state *)calloc(1, sizeof *s);
     if (!s)
         return gk_err_set(err, GK_ERR_NOMEM, "out of memory");
+    pin_blas();
+    const char *graphs = getenv("GK_CUDA_GRAPHS");
+    s->no_graphs = graphs && !strcmp(graphs, "0");
     int n = 0;
     cudaError_t e = cudaGetDeviceCount(&n);
     if (e != cudaSuccess) {
@@ -565,6 +587,8 @@ static gk_status cuda_compute(void *state, const gk_graph *g, gk_err *err)
         st = prepare(s, g, err);
     if (st != GK_OK || g->n_nodes == 0)
         return st;
+    if (s->no_graphs)
+        return launch_all(&s->ctx, g, err);
 
     size_t len = 0;
     uint64_t hash = 0;

@@ -11,7 +11,8 @@
  * Error bounds (per element, |cuda - cpu_ref|):
  *   get_rows, add               exact (the same float operation)
  *   silu_mul, gelu_tanh         1e-6 abs + 2e-6 rel  (CUDA expf/tanhf: 2 ulp)
- *   rms_norm, layer_norm        1e-6 abs + 1e-5 rel  (tree vs sequential sums)
+ *   rms_norm                    1e-6 abs + 1e-5 rel  (tree vs sequential sums)
+ *   layer_norm                  1e-5 abs + 1e-5 rel  (offset inputs: the mean's rounding)
  *   rope                        1e-6 abs + 1e-5 rel  (sincosf vs cosf/sinf, FMA)
  *   linear, GEMV (n <= 8)       1e-5 * sum|x w|       (any weight dtype: the same
  *                                                      decoded weights, float sums)
@@ -21,10 +22,13 @@
  *                               of sum|x w|, plus the float sums)
  *   attn                        2e-5 abs + 1e-5 rel   (|v| < 1; online softmax)
  *   sample                      exact ids (the same rule, replicated here)
+ *
+ * When every test skipped, the program exits 77, which meson shows as SKIP.
  */
 #include "gk/gk_plugin.h"
 
 #include <criterion/criterion.h>
+#include <criterion/hooks.h>
 #include <dlfcn.h>
 #include <math.h>
 #include <stdio.h>
@@ -48,7 +52,7 @@ typedef struct pt {
     gk_tensor t[2];
 } pt;
 
-#define MAX_PAIRS 512
+#define MAX_PAIRS 4096
 static pt *pairs[MAX_PAIRS];
 static int n_pairs;
 
@@ -498,7 +502,9 @@ Test(cuda_ops, layer_norm_with_and_without_bias_matches_cpu_ref)
                     char what[80];
                     snprintf(what, sizeof what, "layer_norm D=%lld %s n=%lld bias=%d", (long long)D,
                              dt_str(wtypes[w]), (long long)n, hb);
-                    expect_match(dst, NULL, 1e-5, 1e-6, what);
+                    /* outputs are unit-scale; the inputs' offset of 3 costs
+                     * both sides ~eps * D * 3 in the mean, so 1e-5 absolute */
+                    expect_match(dst, NULL, 1e-5, 1e-5, what);
                 }
 }
 
@@ -745,9 +751,12 @@ static int cand_cmp(const void *a, const void *b)
     return (x->id > y->id) - (x->id < y->id);
 }
 
+/* *margin: how far u (and top_p) lie from the cumulative sums that decide;
+ * where that is at rounding level, host and device may fairly differ. */
 static int32_t host_sample(const float *logits, int64_t n_vocab, float temperature, int32_t top_k, float top_p,
-                           double u)
+                           double u, double *margin)
 {
+    *margin = INFINITY;
     if (temperature <= 0.0f || top_k == 1) {
         int64_t best = 0;
         for (int64_t i = 1; i < n_vocab; i++)
@@ -782,6 +791,8 @@ static int32_t host_sample(const float *logits, int64_t n_vocab, float temperatu
         int64_t keep = 0;
         while (keep < n) {
             cum += p[keep++];
+            if (fabs(cum - (double)top_p) < *margin)
+                *margin = fabs(cum - (double)top_p);
             if (cum >= (double)top_p)
                 break;
         }
@@ -796,6 +807,8 @@ static int32_t host_sample(const float *logits, int64_t n_vocab, float temperatu
     int32_t pick = c[n - 1].id;
     for (int64_t i = 0; i < n; i++) {
         cum += p[i];
+        if (fabs(cum - u) < *margin)
+            *margin = fabs(cum - u);
         if (u < cum) {
             pick = c[i].id;
             break;
@@ -812,7 +825,10 @@ static void sample_case(const pt *logits, const float *vals, float temp, int32_t
     int32_t got = -1;
     gk_err err = {0};
     cr_assert_eq(be[CU].ops->sample(be[CU].state, &logits->t[CU], &sp, &got, &err), GK_OK, "%s", err.msg);
-    int32_t want = host_sample(vals, gk_tensor_nelem(&logits->t[REF]), temp, k, top_p, u);
+    double margin;
+    int32_t want = host_sample(vals, gk_tensor_nelem(&logits->t[REF]), temp, k, top_p, u, &margin);
+    if (margin < 1e-12)
+        return; /* u or top_p sits on a boundary: either side is right */
     cr_assert_eq(got, want, "sample V=%lld temp=%g top_k=%d top_p=%g u=%g: cuda %d, rule %d",
                  (long long)gk_tensor_nelem(&logits->t[REF]), (double)temp, (int)k, (double)top_p, u, (int)got,
                  (int)want);
@@ -823,7 +839,7 @@ Test(cuda_ops, sample_follows_the_core_rule)
     start();
     cr_assert(be[CU].ops->sample, "the cuda backend samples on the device");
     const int64_t vocab[3] = {1000, 50000, 151936};
-    const double us[5] = {0.0, 0.123, 0.5, 0.987, 0.999999};
+    const double us[5] = {0.0, 0.123, 0.4567, 0.987, 0.999999};
     for (int vi = 0; vi < 3; vi++) {
         int64_t V = vocab[vi];
         float *x = rnd_vec(V, 6.0, 0.0);
@@ -910,8 +926,8 @@ static void replay_case(gk_dtype dt, int64_t n, int steps)
         snprintf(what, sizeof what, "graph %s n=%lld step %d", dt_str(dt), (long long)n, s);
         /* several linears of width 256 in a row: GEMV bounds times a few */
         expect_match(res, NULL, 1e-4, 1e-5, what);
-        expect_rows(a.kc, 0, (s + 1) * n, NULL, 1e-5, 1e-6, "k cache after replay");
-        expect_rows(a.vc, 0, (s + 1) * n, NULL, 1e-5, 1e-6, "v cache after replay");
+        expect_rows(a.kc, 0, (s + 1) * n, NULL, 1e-5, 1e-5, "k cache after replay");
+        expect_rows(a.vc, 0, (s + 1) * n, NULL, 1e-5, 1e-5, "v cache after replay");
     }
     free(emb);
     free(nw);
@@ -928,6 +944,39 @@ Test(cuda_ops, a_graph_replayed_with_new_positions_matches_fresh_runs)
     replay_case(GK_DTYPE_F16, 1, 5);
     replay_case(GK_DTYPE_BF16, 1, 4);
     replay_case(GK_DTYPE_F32, 3, 4);
-    /* cuBLAS inside the capture: x rounded to BF16 -> looser bound needed */
+    /* cuBLAS (FP32) inside the capture */
     replay_case(GK_DTYPE_F32, 12, 3);
+}
+
+/* ------------------------------------------------------------------ main */
+
+/* Runs in the parent: it only counts, and keeps the first skip's reason. */
+static size_t n_tests, n_skipped;
+static char skip_reason[256];
+
+ReportHook(POST_TEST)(struct criterion_test_stats *stats)
+{
+    if (stats->test_status == CR_STATUS_SKIPPED && stats->message && !skip_reason[0])
+        snprintf(skip_reason, sizeof skip_reason, "%s", stats->message);
+}
+
+ReportHook(POST_ALL)(struct criterion_global_stats *stats)
+{
+    n_tests = stats->nb_tests;
+    n_skipped = stats->tests_skipped;
+}
+
+int main(int argc, char *argv[])
+{
+    struct criterion_test_set *tests = criterion_initialize();
+    int result = 0;
+    if (criterion_handle_args(argc, argv, true))
+        result = !criterion_run_all_tests(tests);
+    criterion_finalize(tests);
+    if (result == 0 && n_tests > 0 && n_skipped == n_tests) {
+        fprintf(stderr, "cuda_ops: all %zu tests skipped: %s\n", n_tests,
+                skip_reason[0] ? skip_reason : "(no reason given)");
+        return 77;
+    }
+    return result;
 }
