@@ -189,3 +189,124 @@ Test(gkrun, verify_fails_on_mismatch)
     cr_expect(strstr(out, "backend 'nosuch' is not loaded"), "%s", out);
     free(out);
 }
+
+/* ------------------------------------------------------------ generation */
+
+static char *demo_dir(void)
+{
+    static char d[1024];
+    snprintf(d, sizeof d, "%s/../../models/kjv-demo", data_dir());
+    return d;
+}
+
+/* Greedy text from the demo model equals transformers' greedy continuation
+ * (tests/data/demo-golden.json, tools/make_demo_golden.py), token for token. */
+Test(gkrun_generate, demo_model_greedy_matches_transformers, .timeout = 120)
+{
+    char path[1024];
+    snprintf(path, sizeof path, "%s/demo-golden.json", data_dir());
+    FILE *f = fopen(path, "rb");
+    cr_assert(f, "%s", path);
+    static char buf[1 << 16];
+    size_t n = fread(buf, 1, sizeof buf - 1, f);
+    buf[n] = '\0';
+    fclose(f);
+    cJSON *j = cJSON_Parse(buf);
+    const cJSON *c;
+    cJSON_ArrayForEach(c, cJSON_GetObjectItem(j, "cases")) {
+        const char *prompt = cJSON_GetObjectItem(c, "prompt")->valuestring;
+        const cJSON *ids = cJSON_GetObjectItem(c, "ids");
+        char *out;
+        int rc = run(&out, "-m %s --backend cpu_ref -p '%s' -n %d --temp 0 --json", demo_dir(), prompt,
+                     cJSON_GetArraySize(ids));
+        cr_assert_eq(rc, 0, "%s", out);
+        cJSON *o = cJSON_Parse(out);
+        cr_assert(o, "no JSON: %s", out);
+        const cJSON *got = cJSON_GetObjectItem(o, "tokens");
+        cr_assert_eq(cJSON_GetArraySize(got), cJSON_GetArraySize(ids), "%s", out);
+        for (int i = 0; i < cJSON_GetArraySize(ids); i++)
+            cr_expect_eq(cJSON_GetArrayItem(got, i)->valueint, cJSON_GetArrayItem(ids, i)->valueint,
+                         "'%s': token %d", prompt, i);
+        cr_expect_str_eq(cJSON_GetObjectItem(o, "text")->valuestring, cJSON_GetObjectItem(c, "text")->valuestring);
+        const cJSON *st = cJSON_GetObjectItem(o, "stats");
+        cr_expect_eq(cJSON_GetObjectItem(st, "generated_tokens")->valueint, cJSON_GetArraySize(ids));
+        cr_expect(cJSON_GetObjectItem(st, "decode_tokens_per_s")->valuedouble > 0);
+        cr_expect(cJSON_GetObjectItem(st, "peak_memory_bytes")->valuedouble > 6e6);
+        cJSON_Delete(o);
+        free(out);
+    }
+    cJSON_Delete(j);
+}
+
+/* Streaming prints the prompt then exactly the decoded continuation, and the
+ * statistics on stderr name what a user asks for. */
+Test(gkrun_generate, streams_text_and_prints_stats)
+{
+    char *out;
+    cr_assert_eq(run(&out, "-m %s --backend cpu_ref -p 'In the beginning' -n 12 --temp 0", demo_dir()), 0, "%s", out);
+    cr_expect(strncmp(out, "In the beginning of the kingdom of God", 38) == 0, "%s", out);
+    const char *want[] = {"load:", "prompt:  ", "prefill", "decode:  12 tokens", "ms/token", "weights:", "GB/s",
+                          "memory:"};
+    for (size_t i = 0; i < sizeof want / sizeof want[0]; i++)
+        cr_expect(strstr(out, want[i]), "missing '%s' in:\n%s", want[i], out);
+    free(out);
+}
+
+Test(gkrun_generate, seed_reproduces_sampling)
+{
+    char *a, *b, *c;
+    cr_assert_eq(run(&a, "-m %s --backend cpu_ref -p 'And God said' -n 20 --seed 7 --json", demo_dir()), 0);
+    cr_assert_eq(run(&b, "-m %s --backend cpu_ref -p 'And God said' -n 20 --seed 7 --json", demo_dir()), 0);
+    cr_assert_eq(run(&c, "-m %s --backend cpu_ref -p 'And God said' -n 20 --seed 8 --temp 1.5 --json", demo_dir()), 0);
+    cJSON *ja = cJSON_Parse(a), *jb = cJSON_Parse(b), *jc = cJSON_Parse(c);
+    char *ta = cJSON_PrintUnformatted(cJSON_GetObjectItem(ja, "tokens"));
+    char *tb = cJSON_PrintUnformatted(cJSON_GetObjectItem(jb, "tokens"));
+    char *tc = cJSON_PrintUnformatted(cJSON_GetObjectItem(jc, "tokens"));
+    cr_expect_str_eq(ta, tb);
+    cr_expect_str_neq(ta, tc);
+    free(ta), free(tb), free(tc), free(a), free(b), free(c);
+    cJSON_Delete(ja), cJSON_Delete(jb), cJSON_Delete(jc);
+}
+
+/* Prompt from stdin; an overlong prompt and bad flags fail with a message. */
+Test(gkrun_generate, input_and_errors)
+{
+    char *out;
+    char cmd[2048];
+    snprintf(cmd, sizeof cmd, "sh -c \"printf 'In the beginning' | %s/tools/gkrun -m %s --backend cpu_ref -n 5 --temp 0 --json\" 2>&1",
+             getenv("GK_TEST_BUILD_ROOT"), demo_dir());
+    FILE *p = popen(cmd, "r");
+    static char buf[8192];
+    size_t n = fread(buf, 1, sizeof buf - 1, p);
+    buf[n] = '\0';
+    cr_expect_eq(pclose(p), 0, "%s", buf);
+    cr_expect(strstr(buf, "\"prompt\":\"In the beginning\"") && strstr(buf, "\"text\":\" of the kingdom of God\""), "%s", buf);
+
+    cr_expect_eq(run(&out, "-m %s --backend cpu_ref --ctx 4 -p 'In the beginning God created the heaven'", demo_dir()), 1);
+    cr_expect(strstr(out, "longer than the context of 4"), "%s", out);
+    free(out);
+    cr_expect_eq(run(&out, "-m %s --top-p 0 -p x", demo_dir()), 2);
+    cr_expect(strstr(out, "--top-p must be in (0, 1]"), "%s", out);
+    free(out);
+    cr_expect_eq(run(&out, "-m /nonexistent/model -p x"), 1);
+    cr_expect(strstr(out, "/nonexistent/model"), "%s", out);
+    free(out);
+    cr_expect_eq(run(&out, "-p x"), 2);
+    cr_expect(strstr(out, "no model"), "%s", out);
+    free(out);
+}
+
+/* --chat without a known template says so and completes plain text. */
+Test(gkrun_generate, chat_without_template_falls_back)
+{
+    char cmd[2048];
+    snprintf(cmd, sizeof cmd, "sh -c \"printf 'In the beginning\\n' | %s/tools/gkrun -m %s --backend cpu_ref --chat -n 6 --temp 0\" 2>&1",
+             getenv("GK_TEST_BUILD_ROOT"), demo_dir());
+    FILE *p = popen(cmd, "r");
+    static char buf[8192];
+    size_t n = fread(buf, 1, sizeof buf - 1, p);
+    buf[n] = '\0';
+    cr_expect_eq(pclose(p), 0, "%s", buf);
+    cr_expect(strstr(buf, "no chat template gkrun knows"), "%s", buf);
+    cr_expect(strstr(buf, " of the kingdom of God"), "%s", buf);
+}

@@ -19,6 +19,7 @@ BUILD_ABS=$(cd "$BUILD" && pwd)
 GKRUN="$BUILD_ABS/tools/gkrun"
 SUITE="$BUILD_ABS/tests/gpu/test_cuda_ops"
 LOG=${LOG:-$(mktemp -d /tmp/gpu_check.XXXXXX)}
+mkdir -p "$LOG"
 failed=0
 summary=()
 

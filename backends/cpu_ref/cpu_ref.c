@@ -98,14 +98,16 @@ static gk_status op_layer_norm(const cpu_state *cs, const gk_node *nd, gk_err *e
     for (int64_t t = 0; t < n; t++) {
         const float *xr = f32(x) + t * d;
         float *yr = f32(nd->dst) + t * d;
-        float sum = 0.0f;
+        /* reductions in double: the oracle should not carry the rounding of
+         * a long sequential float sum (torch reduces pairwise) */
+        double sum = 0.0;
         for (int64_t j = 0; j < d; j++)
             sum += xr[j];
-        float mean = sum / (float)d;
-        float sq = 0.0f;
+        float mean = (float)(sum / (double)d);
+        double sq = 0.0;
         for (int64_t j = 0; j < d; j++)
-            sq += (xr[j] - mean) * (xr[j] - mean);
-        float rstd = 1.0f / sqrtf(sq / (float)d + eps);
+            sq += ((double)xr[j] - mean) * ((double)xr[j] - mean);
+        float rstd = (float)(1.0 / sqrt(sq / (double)d + eps));
         for (int64_t j = 0; j < d; j++) {
             float y = (xr[j] - mean) * rstd * weight_at(cs, w, j);
             yr[j] = b ? y + weight_at(cs, b, j) : y;
@@ -125,10 +127,10 @@ static gk_status op_rms_norm(const cpu_state *cs, const gk_node *nd, gk_err *err
         for (int64_t g0 = 0; g0 < d; g0 += g) {
             const float *xr = f32(x) + t * d + g0;
             float *yr = f32(nd->dst) + t * d + g0;
-            float sq = 0.0f;
+            double sq = 0.0; /* in double, as in layer norm */
             for (int64_t j = 0; j < g; j++)
-                sq += xr[j] * xr[j];
-            float r = 1.0f / sqrtf(sq / (float)g + eps);
+                sq += (double)xr[j] * xr[j];
+            float r = (float)(1.0 / sqrt(sq / (double)g + eps));
             for (int64_t j = 0; j < g; j++)
                 yr[j] = weight_at(cs, w, j) * (xr[j] * r);
         }
