@@ -8,13 +8,18 @@
  * lstrip and rstrip), normalize each remaining piece, cut out "normalized" added
  * tokens, pre-tokenize, run the BPE model, then truncate, apply the post-processor
  * template (only with add_special) and pad, when tokenizer.json asks for those.
- * Decoding, as Tokenizer::decode: ids to token strings (added tokens first), special
- * tokens dropped on request, then the decoder chain. Where HF silently drops an id
- * it has no token for, we return GK_ERR_INVALID_ARG. Decoding never yields invalid
+ * Decoding, as Tokenizer::decode: ids to token strings (added tokens first, a
+ * "normalized" one spelled as the normalizer's output), special tokens dropped on
+ * request, then the decoder chain. Where HF silently drops an id it has no token
+ * for, we return GK_ERR_INVALID_ARG. Decoding never yields invalid
  * UTF-8: a byte-level sequence cut inside a character decodes with U+FFFD in its
  * place, as HF's String::from_utf8_lossy does (see tokenizer_decode.c).
  * bos/eos come from tokenizer_config.json beside the file, else from the
  * post-processor template, else from well-known added tokens.
+ * Checked against HF beyond the golden files: every code point through each
+ * normalizer, thousands of random texts through the five reference files and 32
+ * variants of them (every pre-tokenizer, decoder, post-processor and added-token
+ * option we read), and 5 MB of English with identical ids (tokenizers 0.23.2).
  * What this file is not: the stages themselves (tokenizer_text.c, tokenizer_bpe.c,
  * tokenizer_decode.c) or the reading of tokenizer.json (tokenizer_load.c).
  */

@@ -198,11 +198,11 @@ static bool metaspace(const tk_dec *d, const toks *in, toks *out)
 static gk_status replace(const tk_dec *d, const toks *in, toks *out, gk_err *err)
 {
     tk_spans sp = {0};
-    pcre2_match_data *md = pcre2_match_data_create(1, NULL);
-    gk_status st = md ? GK_OK : gk_err_set(err, GK_ERR_NOMEM, "no memory for a regex match");
+    tk_match m;
+    gk_status st = tk_match_init(&m) ? GK_OK : gk_err_set(err, GK_ERR_NOMEM, "no memory for a regex match");
     for (size_t i = 0; st == GK_OK && i < in->n; i++) {
         const char *s = TOK(in, i);
-        st = tk_pattern_find(&d->pat, md, s, TOKLEN(in, i), &sp, err);
+        st = tk_pattern_find(&d->pat, &m, s, TOKLEN(in, i), &sp, err);
         for (size_t k = 0; st == GK_OK && k < sp.len; k++) {
             const tk_span *x = &sp.p[k];
             bool ok = x->match ? tk_buf_put(&out->text, d->content, d->content_len)
@@ -213,7 +213,7 @@ static gk_status replace(const tk_dec *d, const toks *in, toks *out, gk_err *err
         if (st == GK_OK && !toks_end(out))
             st = gk_err_set(err, GK_ERR_NOMEM, "no memory while decoding");
     }
-    pcre2_match_data_free(md);
+    tk_match_free(&m);
     free(sp.p);
     return st;
 }

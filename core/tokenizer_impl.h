@@ -95,13 +95,24 @@ typedef struct tk_spans {
     size_t len, cap;
 } tk_spans;
 
+/* Match state for one thread: the match data, and a large JIT stack made only when
+ * a match needs more than PCRE2's default (a long run of spaces can). */
+typedef struct tk_match {
+    pcre2_match_data *md;
+    pcre2_match_context *mctx;
+    pcre2_jit_stack *stack;
+} tk_match;
+
+GK_INTERNAL bool tk_match_init(tk_match *m);
+GK_INTERNAL void tk_match_free(tk_match *m);
+
 GK_INTERNAL gk_status tk_pattern_regex(tk_pattern *p, const char *re, const char *file,
                                        const char *what, gk_err *err);
 GK_INTERNAL gk_status tk_pattern_literal(tk_pattern *p, const char *s, gk_err *err);
 GK_INTERNAL void tk_pattern_free(tk_pattern *p);
 /* HF's Pattern::find_matches: contiguous spans covering s[0..n), alternating
  * non-match / match (matches may be adjacent), one non-match span for "". */
-GK_INTERNAL gk_status tk_pattern_find(const tk_pattern *p, pcre2_match_data *md,
+GK_INTERNAL gk_status tk_pattern_find(const tk_pattern *p, tk_match *m,
                                       const char *s, size_t n, tk_spans *out, gk_err *err);
 
 /* ------------------------------------------------------------- pipeline */
@@ -265,13 +276,12 @@ typedef struct tk_enc {
     const gk_tokenizer *t;
     gk_err *err;
     tk_ivec *out;              /* ids produced so far */
-    pcre2_match_data *md;
+    tk_match m;
     tk_cache *cache;           /* NULL when the lock was busy */
     tk_buf norm[2];            /* normalizer ping-pong */
     tk_buf *stage_buf;         /* [n_pres] */
     tk_spans *stage_spans;     /* [n_pres] */
     tk_segs segs[2];           /* added-token splits: raw text, normalized text */
-    tk_buf word;               /* BPE: prefixed char strings */
     struct tk_sym { int32_t c, prev, next; uint32_t len; } *sym;
     size_t sym_cap;
     struct tk_heap_item { uint32_t rank, pos; int32_t id; } *heap;

@@ -774,21 +774,6 @@ static gk_status build_tables(ld *l, int32_t max_id)
         t->id_str[s->val] = v->keys.p + s->koff;
         t->id_len[s->val] = s->klen;
     }
-    for (size_t i = 0; i < t->n_added; i++) {
-        t->id_str[t->added[i].id] = t->added[i].content;
-        t->id_len[t->added[i].id] = (uint32_t)t->added[i].len;
-    }
-    /* special: the id's string is the content of a special added token (HF tests the
-     * string); besides the token itself that can be a model id of the same spelling */
-    for (size_t i = 0; i < t->n_added; i++) {
-        const tk_added *a = &t->added[i];
-        if (!a->special)
-            continue;
-        t->id_special[a->id] = true;
-        int32_t id = tk_strtab_get(v, a->content, a->len);
-        if (id >= 0 && t->id_len[id] == a->len && !memcmp(t->id_str[id], a->content, a->len))
-            t->id_special[id] = true;
-    }
     /* ByteLevel alphabet: printable bytes map to themselves, the rest to 256 + n */
     for (int c = 0; c < 324; c++)
         t->byte_of_char[c] = -1;
@@ -840,6 +825,39 @@ static gk_status normalize_added(ld *l)
     return st;
 }
 
+/* Added tokens' strings and special flags, once normalized contents are known.
+ * Decoding (and gk_tokenizer_token) spells a normalized added token as the
+ * normalizer's output (HF's normalized_cache), and skip_special tests the string
+ * against the contents of special added tokens, as AddedVocabulary does. */
+static gk_status added_strings(ld *l)
+{
+    gk_tokenizer *t = l->t;
+    tk_strtab specials;
+    if (!tk_strtab_init(&specials, t->n_added))
+        return nomem(l);
+    bool ok = true;
+    for (size_t i = 0; ok && i < t->n_added; i++)
+        if (t->added[i].special)
+            ok = tk_strtab_put(&specials, t->added[i].content, t->added[i].len, 0);
+    for (size_t i = 0; ok && i < t->n_added; i++) {
+        const tk_added *a = &t->added[i];
+        bool norm = a->normalized && t->n_norms;
+        t->id_str[a->id] = norm ? a->norm_content : a->content;
+        t->id_len[a->id] = (uint32_t)(norm ? a->norm_len : a->len);
+    }
+    for (size_t i = 0; ok && i < t->n_added; i++) {
+        const tk_added *a = &t->added[i];
+        if (tk_strtab_get(&specials, t->id_str[a->id], t->id_len[a->id]) >= 0)
+            t->id_special[a->id] = true;
+        /* a model id spelled like a special token */
+        int32_t id = a->special ? tk_strtab_get(&t->bpe.vocab, a->content, a->len) : -1;
+        if (id >= 0 && t->id_len[id] == a->len && !memcmp(t->id_str[id], a->content, a->len))
+            t->id_special[id] = true;
+    }
+    tk_strtab_free(&specials);
+    return ok ? GK_OK : nomem(l);
+}
+
 gk_status tk_load_json(gk_tokenizer *t, const char *text, size_t len, gk_err *err)
 {
     ld l = {.t = t, .f = t->path, .err = err};
@@ -882,9 +900,9 @@ gk_status tk_load_json(gk_tokenizer *t, const char *text, size_t len, gk_err *er
             goto out;
         }
     }
-    if ((st = build_tables(&l, max_id)) != GK_OK)
+    if ((st = build_tables(&l, max_id)) != GK_OK || (st = normalize_added(&l)) != GK_OK)
         goto out;
-    st = normalize_added(&l);
+    st = added_strings(&l);
 out:
     cJSON_Delete(root);
     return st;

@@ -2,9 +2,10 @@
  * each with HF `tokenizers`' exact rules.
  *
  * Normalizers rewrite one piece of text (what lies between added tokens) into a
- * ping-pong buffer. Unicode forms go through utf8proc; runs of ASCII are copied as
- * they are, since no normalization form changes ASCII or composes across a
- * following ASCII character.
+ * ping-pong buffer. Unicode forms go through utf8proc, with HF's Unicode 9.0 view of
+ * characters added since (see POST_UNICODE9); runs of ASCII are copied as they are,
+ * since no normalization form changes ASCII or composes across a following ASCII
+ * character.
  * Pre-tokenizer stages cut a piece into words and hand each word to the next
  * stage, the last to the BPE model. Empty words are dropped at every stage, as
  * PreTokenizedString::split does. Metaspace's prepend_scheme "first" needs to know
@@ -20,11 +21,11 @@
 gk_status tk_enc_init(tk_enc *e, const gk_tokenizer *t, gk_err *err)
 {
     *e = (tk_enc){.t = t, .err = err};
-    e->md = pcre2_match_data_create(1, NULL);
+    bool ok = tk_match_init(&e->m);
     size_t n = t->n_pres ? t->n_pres : 1;
     e->stage_buf = calloc(n, sizeof *e->stage_buf);
     e->stage_spans = calloc(n, sizeof *e->stage_spans);
-    if (!e->md || !e->stage_buf || !e->stage_spans) {
+    if (!ok || !e->stage_buf || !e->stage_spans) {
         tk_enc_free(e);
         return gk_err_set(err, GK_ERR_NOMEM, "no memory for the encoder's scratch state");
     }
@@ -33,7 +34,7 @@ gk_status tk_enc_init(tk_enc *e, const gk_tokenizer *t, gk_err *err)
 
 void tk_enc_free(tk_enc *e)
 {
-    pcre2_match_data_free(e->md);
+    tk_match_free(&e->m);
     if (e->stage_buf)
         for (size_t i = 0; i < (e->t->n_pres ? e->t->n_pres : 1); i++)
             tk_buf_free(&e->stage_buf[i]);
@@ -46,7 +47,6 @@ void tk_enc_free(tk_enc *e)
     tk_buf_free(&e->norm[1]);
     free(e->segs[0].p);
     free(e->segs[1].p);
-    tk_buf_free(&e->word);
     free(e->sym);
     free(e->heap);
     *e = (tk_enc){0};
@@ -59,20 +59,74 @@ static gk_status nomem(tk_enc *e)
 
 /* ------------------------------------------------------------ normalizers */
 
+/* Code points that HF's normalizer tables (Unicode 9.0, from the
+ * unicode-normalization-alignments crate) do not know, but utf8proc's (Unicode 15.0)
+ * give a combining class or a (compatibility) decomposition: HF leaves them as they
+ * are, as starters that neither move nor compose. Every one was added to Unicode
+ * after 9.0; the list is what a probe of every code point through HF tokenizers
+ * 0.23.2's NFC/NFD/NFKC/NFKD found different from utf8proc 2.8, plus U+11930 and
+ * U+11935, which utf8proc composes into U+11938 (a pair probe of every composition
+ * start against every combining or second character found no other). A utf8proc
+ * with a newer Unicode would need the characters of that version added here. */
+static const uint32_t POST_UNICODE9[][2] = {
+    {0x07FD, 0x07FD}, {0x0898, 0x089F}, {0x08CA, 0x08D3}, {0x09FE, 0x09FE}, {0x0C3C, 0x0C3C},
+    {0x0D3B, 0x0D3C}, {0x0EBA, 0x0EBA}, {0x1715, 0x1715}, {0x1ABF, 0x1ACE}, {0x1DF6, 0x1DFA},
+    {0x32FF, 0x32FF}, {0xA7F2, 0xA7F4}, {0xA82C, 0xA82C}, {0xAB69, 0xAB69}, {0x10781, 0x10785},
+    {0x10787, 0x107B0}, {0x107B2, 0x107BA}, {0x10D24, 0x10D27}, {0x10EAB, 0x10EAC},
+    {0x10EFD, 0x10EFF}, {0x10F46, 0x10F50}, {0x10F82, 0x10F85}, {0x11070, 0x11070},
+    {0x1133B, 0x1133B}, {0x1145E, 0x1145E}, {0x11839, 0x1183A}, {0x11930, 0x11930},
+    {0x11935, 0x11935}, {0x11938, 0x11938},
+    {0x1193D, 0x1193E}, {0x11943, 0x11943}, {0x119E0, 0x119E0}, {0x11A34, 0x11A34},
+    {0x11A47, 0x11A47}, {0x11A99, 0x11A99}, {0x11D42, 0x11D42}, {0x11D44, 0x11D45},
+    {0x11D97, 0x11D97}, {0x11F41, 0x11F42}, {0x16FF0, 0x16FF1}, {0x1E030, 0x1E06D},
+    {0x1E08F, 0x1E08F}, {0x1E130, 0x1E136}, {0x1E2AE, 0x1E2AE}, {0x1E2EC, 0x1E2EF},
+    {0x1E4EC, 0x1E4EF}, {0x1F16C, 0x1F16C}, {0x1FBF0, 0x1FBF9},
+};
+
+static bool post_unicode9(uint32_t cp)
+{
+    size_t lo = 0, hi = sizeof POST_UNICODE9 / sizeof *POST_UNICODE9;
+    while (lo < hi) {
+        size_t mid = (lo + hi) / 2;
+        if (cp < POST_UNICODE9[mid][0])
+            hi = mid;
+        else if (cp > POST_UNICODE9[mid][1])
+            lo = mid + 1;
+        else
+            return true;
+    }
+    return false;
+}
+
+/* Length of the character at s[i] when it passes through any normalization form
+ * unchanged and splits the text into independent parts, 0 otherwise: ASCII, the
+ * characters above, and U+11A7 (a jungseong that composes with nothing, which
+ * utf8proc 2.8 wrongly absorbs into a preceding LV syllable as trailing index 0). */
+static size_t inert(const char *s, size_t i)
+{
+    if ((unsigned char)s[i] < 0x80)
+        return 1;
+    uint32_t cp;
+    size_t k = tk_utf8_decode(s + i, &cp);
+    return cp == 0x11A7 || (cp >= 0x0780 && post_unicode9(cp)) ? k : 0;
+}
+
 static gk_status unicode_form(tk_enc *e, tk_buf *dst, const char *s, size_t n, int flags)
 {
     size_t i = 0;
     while (i < n) {
-        size_t k = i;
-        while (k < n && (unsigned char)s[k] < 0x80)
-            k++;
-        if (k == n)
+        size_t p = i, k;
+        while (p < n && (k = inert(s, p)))
+            p += k;
+        if (p == n)
             return tk_buf_put(dst, s + i, n - i) ? GK_OK : nomem(e);
-        /* the ASCII character before a non-ASCII run may compose with it */
-        size_t start = k > i ? k - 1 : k;
-        size_t j = k;
-        while (j < n && (unsigned char)s[j] >= 0x80)
-            j++;
+        /* the ASCII character before the run may compose with it */
+        size_t start = p > i && (unsigned char)s[p - 1] < 0x80 ? p - 1 : p;
+        size_t j = p;
+        while (j < n && !inert(s, j)) {
+            uint32_t cp;
+            j += tk_utf8_decode(s + j, &cp);
+        }
         if (!tk_buf_put(dst, s + i, start - i))
             return nomem(e);
         utf8proc_uint8_t *res = NULL;
@@ -92,6 +146,27 @@ static gk_status unicode_form(tk_enc *e, tk_buf *dst, const char *s, size_t n, i
         i = j;
     }
     return GK_OK;
+}
+
+/* Lowercase mappings of capitals added in Unicode 16.0, which HF tokenizers 0.23.2
+ * (Rust's char::to_lowercase) applies and utf8proc 2.8 (Unicode 15.0) lacks: {first,
+ * last, delta}. Found by probing every code point through HF's Lowercase; used only
+ * where utf8proc leaves the character unchanged. */
+static const int32_t LOWER_UNICODE16[][3] = {
+    {0x1C89, 0x1C89, 1}, {0xA7CB, 0xA7CB, -42343}, {0xA7CC, 0xA7CC, 1}, {0xA7CE, 0xA7CE, 1},
+    {0xA7D2, 0xA7D2, 1}, {0xA7D4, 0xA7D4, 1}, {0xA7DA, 0xA7DA, 1}, {0xA7DC, 0xA7DC, -42561},
+    {0x10D50, 0x10D65, 32}, {0x16EA0, 0x16EB8, 27},
+};
+
+static uint32_t to_lower(uint32_t cp)
+{
+    uint32_t lc = (uint32_t)utf8proc_tolower((utf8proc_int32_t)cp);
+    if (lc != cp)
+        return lc;
+    for (size_t i = 0; i < sizeof LOWER_UNICODE16 / sizeof *LOWER_UNICODE16; i++)
+        if ((int32_t)cp >= LOWER_UNICODE16[i][0] && (int32_t)cp <= LOWER_UNICODE16[i][1])
+            return (uint32_t)((int32_t)cp + LOWER_UNICODE16[i][2]);
+    return cp;
 }
 
 static gk_status lowercase(tk_enc *e, tk_buf *dst, const char *s, size_t n)
@@ -115,7 +190,7 @@ static gk_status lowercase(tk_enc *e, tk_buf *dst, const char *s, size_t n)
             k = tk_utf8_encode('i', tmp);
             k += tk_utf8_encode(0x307, tmp + k);
         } else {
-            k = tk_utf8_encode((uint32_t)utf8proc_tolower((utf8proc_int32_t)cp), tmp);
+            k = tk_utf8_encode(to_lower(cp), tmp);
         }
         if (!tk_buf_put(dst, tmp, k))
             return nomem(e);
@@ -135,7 +210,7 @@ static gk_status replace(tk_enc *e, const tk_norm *nm, tk_buf *dst, const char *
                          bool *orig0)
 {
     tk_spans *sp = &e->stage_spans[0];
-    gk_status st = tk_pattern_find(&nm->pat, e->md, s, n, sp, e->err);
+    gk_status st = tk_pattern_find(&nm->pat, &e->m, s, n, sp, e->err);
     if (st != GK_OK)
         return st;
     for (size_t i = 0; i < sp->len; i++) {
@@ -233,7 +308,7 @@ static gk_status split_run(tk_enc *e, size_t k, const tk_pattern *pat, tk_behavi
                            bool invert, const char *s, size_t n, bool orig0)
 {
     tk_spans *sp = &e->stage_spans[k];
-    gk_status st = tk_pattern_find(pat, e->md, s, n, sp, e->err);
+    gk_status st = tk_pattern_find(pat, &e->m, s, n, sp, e->err);
     if (st != GK_OK)
         return st;
     tk_span *v = sp->p;

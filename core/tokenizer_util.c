@@ -14,7 +14,9 @@
  * brackets, nested classes and && inside a class, \W inside a class) are
  * GK_ERR_UNSUPPORTED naming the pattern, never silently different splits.
  * Empty matches follow the onig crate's find_iter: an empty match right after the
- * previous match is skipped by advancing one character.
+ * previous match is skipped by advancing one character. A match that outgrows
+ * PCRE2's default JIT stack (a run of 100k spaces does) is retried with a large one,
+ * then without JIT: long inputs are slow, never an error.
  * What this file is not: the pipeline (tokenizer_text.c) or the BPE model.
  */
 #include "tokenizer_impl.h"
@@ -550,7 +552,43 @@ static bool spans_push(tk_spans *v, size_t start, size_t end, bool match)
     return true;
 }
 
-gk_status tk_pattern_find(const tk_pattern *p, pcre2_match_data *md, const char *s, size_t n,
+bool tk_match_init(tk_match *m)
+{
+    *m = (tk_match){0};
+    m->md = pcre2_match_data_create(1, NULL);
+    return m->md != NULL;
+}
+
+void tk_match_free(tk_match *m)
+{
+    pcre2_match_data_free(m->md);
+    pcre2_match_context_free(m->mctx);
+    pcre2_jit_stack_free(m->stack);
+    *m = (tk_match){0};
+}
+
+/* pcre2_match, retried with a 1 GiB (virtual) JIT stack, then without JIT and a 1 GiB
+ * heap limit, when the default limits are too small for the text. */
+static int match(const pcre2_code *re, const char *s, size_t n, size_t from, tk_match *m)
+{
+    int rc = pcre2_match(re, (PCRE2_SPTR)s, n, from, PCRE2_NO_UTF_CHECK, m->md, m->mctx);
+    if (rc != PCRE2_ERROR_JIT_STACKLIMIT && rc != PCRE2_ERROR_HEAPLIMIT)
+        return rc;
+    if (!m->mctx) {
+        m->mctx = pcre2_match_context_create(NULL);
+        m->stack = pcre2_jit_stack_create(1 << 20, 1 << 30, NULL);
+        if (!m->mctx || !m->stack)
+            return PCRE2_ERROR_NOMEMORY;
+        pcre2_jit_stack_assign(m->mctx, NULL, m->stack);
+        pcre2_set_heap_limit(m->mctx, 1u << 20); /* KiB */
+        rc = pcre2_match(re, (PCRE2_SPTR)s, n, from, PCRE2_NO_UTF_CHECK, m->md, m->mctx);
+    }
+    if (rc == PCRE2_ERROR_JIT_STACKLIMIT)
+        rc = pcre2_match(re, (PCRE2_SPTR)s, n, from, PCRE2_NO_UTF_CHECK | PCRE2_NO_JIT, m->md, m->mctx);
+    return rc;
+}
+
+gk_status tk_pattern_find(const tk_pattern *p, tk_match *m, const char *s, size_t n,
                           tk_spans *out, gk_err *err)
 {
     out->len = 0;
@@ -580,7 +618,7 @@ gk_status tk_pattern_find(const tk_pattern *p, pcre2_match_data *md, const char 
         bool have_last = false;
         size_t last_end = 0;
         while (ok && from <= n) {
-            int rc = pcre2_match(re, (PCRE2_SPTR)s, n, from, PCRE2_NO_UTF_CHECK, md, NULL);
+            int rc = match(re, s, n, from, m);
             if (rc == PCRE2_ERROR_NOMATCH)
                 break;
             if (rc < 0) {
@@ -589,7 +627,7 @@ gk_status tk_pattern_find(const tk_pattern *p, pcre2_match_data *md, const char 
                 return gk_err_set(err, GK_ERR_INVALID_ARG, "regex match failed at byte %zu: %s",
                                   from, (const char *)msg);
             }
-            PCRE2_SIZE *ov = pcre2_get_ovector_pointer(md);
+            PCRE2_SIZE *ov = pcre2_get_ovector_pointer(m->md);
             size_t a = ov[0], b = ov[1];
             if (a == b && have_last && last_end == b) {
                 /* onig's find_iter: no empty match right after the last one */

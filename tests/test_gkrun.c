@@ -310,3 +310,73 @@ Test(gkrun_generate, chat_without_template_falls_back)
     cr_expect(strstr(buf, "no chat template gkrun knows"), "%s", buf);
     cr_expect(strstr(buf, " of the kingdom of God"), "%s", buf);
 }
+
+/* ------------------------------------------------------------- tokenizer */
+
+/* tokenize prints HF's ids for the demo prompts (demo-golden.json holds the
+ * ids HF tokenizers gave), detokenize gives the text back. */
+Test(gkrun_tokenizer, tokenize_and_detokenize_match_hf_ids)
+{
+    char path[1024];
+    snprintf(path, sizeof path, "%s/demo-golden.json", data_dir());
+    FILE *f = fopen(path, "rb");
+    cr_assert(f);
+    static char buf[1 << 16];
+    size_t n = fread(buf, 1, sizeof buf - 1, f);
+    buf[n] = '\0';
+    fclose(f);
+    cJSON *j = cJSON_Parse(buf);
+    const cJSON *c;
+    cJSON_ArrayForEach(c, cJSON_GetObjectItem(j, "cases")) {
+        char want[512] = "", *out;
+        size_t used = 0;
+        const cJSON *id;
+        cJSON_ArrayForEach(id, cJSON_GetObjectItem(c, "prompt_ids"))
+            used += (size_t)snprintf(want + used, sizeof want - used, "%s%d", used ? " " : "", id->valueint);
+        const char *prompt = cJSON_GetObjectItem(c, "prompt")->valuestring;
+        cr_assert_eq(run(&out, "tokenize -m %s '%s'", demo_dir(), prompt), 0, "%s", out);
+        cr_expect(strncmp(out, want, strlen(want)) == 0 && out[strlen(want)] == '\n', "got %s want %s", out, want);
+        free(out);
+        cr_assert_eq(run(&out, "detokenize -m %s %s", demo_dir(), want), 0, "%s", out);
+        cr_expect(strncmp(out, prompt, strlen(prompt)) == 0, "got '%s' want '%s'", out, prompt);
+        free(out);
+    }
+    cJSON_Delete(j);
+}
+
+/* verify on a tokenizer folder checks every golden case; one altered id fails it. */
+Test(gkrun_tokenizer, verify_tokenizer_folder)
+{
+    char tmp[] = "/tmp/gk-tokv-XXXXXX";
+    cr_assert(mkdtemp(tmp));
+    char cmd[4096], *out;
+    snprintf(cmd, sizeof cmd, "cp %s/qwen3-tokenizer.json %s/tokenizer.json && cp %s/tokenizers/qwen3/golden.json %s/",
+             getenv("GK_TEST_TOKENIZERS"), tmp, data_dir(), tmp);
+    cr_assert_eq(system(cmd), 0);
+    cr_expect_eq(run(&out, "verify %s", tmp), 0, "%s", out);
+    cr_expect(strstr(out, "summary: 15 passed, 0 failed: PASS"), "%s", out);
+    free(out);
+    /* the first case's first id changed: that case must now fail */
+    char gpath[512];
+    snprintf(gpath, sizeof gpath, "%s/golden.json", tmp);
+    FILE *f = fopen(gpath, "rb");
+    cr_assert(f);
+    static char buf[1 << 20];
+    size_t n = fread(buf, 1, sizeof buf - 1, f);
+    buf[n] = '\0';
+    fclose(f);
+    cJSON *j = cJSON_Parse(buf);
+    cJSON *first = cJSON_GetArrayItem(cJSON_GetObjectItem(cJSON_GetArrayItem(cJSON_GetObjectItem(j, "cases"), 0), "ids"), 0);
+    cJSON_SetNumberValue(first, first->valueint + 1);
+    char *text = cJSON_Print(j);
+    f = fopen(gpath, "wb");
+    fputs(text, f);
+    fclose(f);
+    free(text);
+    cJSON_Delete(j);
+    cr_expect_eq(run(&out, "verify %s", tmp), 1, "%s", out);
+    cr_expect(strstr(out, "FAIL"), "%s", out);
+    free(out);
+    snprintf(cmd, sizeof cmd, "rm -rf %s", tmp);
+    (void)!system(cmd);
+}

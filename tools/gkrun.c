@@ -8,6 +8,7 @@
  * Every failure prints one line naming its cause and exits non-zero.
  */
 #include "gkrun.h"
+#include "gkrun_tokenize.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -26,11 +27,14 @@ static void usage(FILE *f)
             "commands:\n"
             "  inspect PATH [--json]          tensors, dtypes, shapes, architecture and config\n"
             "  verify DIR [--backend NAME] [--dtype f32|f16|bf16] [--tol X]\n"
-            "                                 check a model against reference data\n"
+            "                                 check a model (golden.safetensors) or a tokenizer\n"
+            "                                 (tokenizer.json + golden.json) against reference data\n"
             "  compare -m DIR [--backend cuda] [--reference cpu_ref] [--dtype D] [--ids 1,2,3] [--tol X] [--all]\n"
             "                                 diff every graph node between two backends\n"
             "  bench -m DIR [--backend NAME] [--dtype D] [-p N] [-n N] [--reps R]\n"
-            "                                 batch-1 prefill and decode speed beside the roofline\n");
+            "                                 batch-1 prefill and decode speed beside the roofline\n"
+            "  tokenize (-m DIR | --tokenizer FILE) [--special] (TEXT | -)\n"
+            "  detokenize (-m DIR | --tokenizer FILE) [--skip-special] [ID... | -]\n");
 }
 
 double gk_now_s(void)
@@ -110,6 +114,10 @@ int main(int argc, char **argv)
         return gkrun_compare(argc - i, argv + i, &c);
     if (!strcmp(cmd, "bench"))
         return gkrun_bench(argc - i, argv + i, &c);
+    if (!strcmp(cmd, "tokenize"))
+        return gkrun_tokenize(argc - i, argv + i);
+    if (!strcmp(cmd, "detokenize"))
+        return gkrun_detokenize(argc - i, argv + i);
     fprintf(stderr, "gkrun: unknown command '%s'\n", cmd);
     usage(stderr);
     return 2;

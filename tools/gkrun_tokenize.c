@@ -285,6 +285,7 @@ int gkrun_verify_tokenizer(const char *dir)
         const cJSON *ids = cJSON_GetObjectItemCaseSensitive(c, "ids");
         const cJSON *ids_sp = cJSON_GetObjectItemCaseSensitive(c, "ids_with_special");
         const cJSON *dec = cJSON_GetObjectItemCaseSensitive(c, "decoded");
+        const cJSON *dec_skip = cJSON_GetObjectItemCaseSensitive(c, "decoded_skip_special");
         if (!cJSON_IsString(text) || !cJSON_IsArray(ids)) {
             printf("case %d: no \"text\" string and \"ids\" array\n", idx);
             failed++;
@@ -303,16 +304,19 @@ int gkrun_verify_tokenizer(const char *dir)
             ok_ids += same;
             ok = ok && same;
         }
-        if (cJSON_IsString(dec) && got) {
+        for (int skip = 0; skip < 2 && got; skip++) {
+            const cJSON *want = skip ? dec_skip : dec;
+            if (!cJSON_IsString(want))
+                continue;
             char *out = NULL;
             size_t olen = 0;
             n_dec++;
-            if (gk_tokenizer_decode(tok, got, n, false, &out, &olen, &err) != GK_OK) {
+            if (gk_tokenizer_decode(tok, got, n, skip, &out, &olen, &err) != GK_OK) {
                 printf("case %d: decode failed: %s\n", idx, err.msg);
                 ok = false;
-            } else if (olen != strlen(dec->valuestring) || memcmp(out, dec->valuestring, olen)) {
-                printf("case %d: decoded text differs: got \"%.*s\", want \"%s\"\n", idx, (int)olen,
-                       out, dec->valuestring);
+            } else if (olen != strlen(want->valuestring) || memcmp(out, want->valuestring, olen)) {
+                printf("case %d: %s differs: got \"%.*s\", want \"%s\"\n", idx,
+                       skip ? "decoded_skip_special" : "decoded", (int)olen, out, want->valuestring);
                 ok = false;
             } else {
                 ok_dec++;
@@ -337,7 +341,7 @@ int gkrun_verify_tokenizer(const char *dir)
             printf("case %d: text \"%.60s%s\"\n", idx, s, strlen(s) > 60 ? "..." : "");
         ok ? passed++ : failed++;
     }
-    printf("tokenizer %s: %d cases; ids %d/%d, ids_with_special %d/%d, decoded %d/%d\n", dir, idx,
+    printf("tokenizer %s: %d cases; ids %d/%d, ids_with_special %d/%d, decodes %d/%d\n", dir, idx,
            ok_ids, n_ids, ok_sp, n_sp, ok_dec, n_dec);
     printf("summary: %d passed, %d failed: %s\n", passed, failed, failed || !idx ? "FAIL" : "PASS");
     rc = failed || !idx ? 1 : 0;

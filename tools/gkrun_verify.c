@@ -10,10 +10,12 @@
  * correct low-precision model may take the other branch at a near tie.
  */
 #include "gkrun.h"
+#include "gkrun_tokenize.h"
 
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 typedef struct verify {
     gk_model *m;
@@ -274,8 +276,12 @@ int gkrun_verify(int argc, char **argv, const gkrun_common *common)
         fprintf(stderr, "usage: gkrun verify DIR [--backend NAME] [--dtype f32|f16|bf16] [--tol X]\n");
         return 2;
     }
-    char golden_path[4096];
+    char golden_path[4096], tok_golden[4096];
     snprintf(golden_path, sizeof golden_path, "%s/golden.safetensors", dir);
+    snprintf(tok_golden, sizeof tok_golden, "%s/golden.json", dir);
+    /* a tokenizer folder: golden.json of cases, no golden.safetensors */
+    if (access(golden_path, F_OK) != 0 && access(tok_golden, F_OK) == 0)
+        return gkrun_verify_tokenizer(dir);
     verify v = {0};
     gk_err err = {0};
     int rc = 1;
