@@ -3,7 +3,7 @@
 # The CUDA toolkit (nvcc, cuBLAS) is optional: without it the cuda backend is
 # skipped at configure time. Usage: tools/install-deps.sh
 set -eu
-pkgs="gcc meson ninja-build pkg-config libinih-dev libcjson-dev libcriterion-dev libpcre2-dev libutf8proc-dev"
+pkgs="gcc meson ninja-build pkg-config xz-utils libinih-dev libcjson-dev libcriterion-dev libpcre2-dev libutf8proc-dev"
 missing=""
 for p in $pkgs; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
