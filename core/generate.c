@@ -150,7 +150,11 @@ static gk_status next_token(gk_model *m, const gk_gen_opts *o, gk_rng *rng, int3
         if (s != GK_OK)
             return s;
         gk_sample_params p = {.temperature = o->temperature, .top_k = o->top_k, .top_p = o->top_p, .u = u};
-        return m->be.ops->sample(m->be.state, logits, &p, tok, err);
+        s = m->be.ops->sample(m->be.state, logits, &p, tok, err);
+        /* the step's one wait, which also reports any fault of its kernels */
+        if (s == GK_OK && m->be.ops->synchronize)
+            s = m->be.ops->synchronize(m->be.state, err);
+        return s;
     }
     gk_status s = gk_model_last_logits(m, err);
     if (s != GK_OK)

@@ -552,12 +552,11 @@ gk_status gk_model_device(const gk_model *m, gk_device_props *out, gk_err *err)
 
 /* ------------------------------------------------------------- forward */
 
+/* Queue a graph. No wait: the next read of a result (buffer_read, or the
+ * backend's sampler) waits, so a decode step has one synchronisation. */
 static gk_status run(gk_model *m, gk_fgraph *fg, gk_err *err)
 {
-    gk_status s = m->be.ops->graph_compute(m->be.state, &fg->g, err);
-    if (s == GK_OK && m->be.ops->synchronize)
-        s = m->be.ops->synchronize(m->be.state, err);
-    return s;
+    return m->be.ops->graph_compute(m->be.state, &fg->g, err);
 }
 
 gk_status gk_model_forward(gk_model *m, const int32_t *ids, int64_t n, float *hidden, gk_err *err)

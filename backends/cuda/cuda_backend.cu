@@ -427,7 +427,14 @@ static gk_status launch_node(cu_ctx *c, const gk_node *nd, gk_err *err)
 static gk_status launch_all(cu_ctx *c, const gk_graph *g, gk_err *err)
 {
     for (size_t i = 0; i < g->n_nodes; i++) {
-        gk_status st = launch_node(c, &g->nodes[i], err);
+        gk_status st;
+        /* a residual add and the norm of its result: one kernel, both outputs */
+        if (i + 1 < g->n_nodes && cu_can_fuse_add_norm(&g->nodes[i], &g->nodes[i + 1])) {
+            st = cu_add_norm(c, &g->nodes[i], &g->nodes[i + 1], err);
+            i++;
+        } else {
+            st = launch_node(c, &g->nodes[i], err);
+        }
         if (st != GK_OK)
             return st;
     }

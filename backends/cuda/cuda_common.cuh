@@ -69,6 +69,10 @@ gk_status cu_gelu_tanh(cu_ctx *c, const gk_node *nd, gk_err *err);
 gk_status cu_silu_mul(cu_ctx *c, const gk_node *nd, gk_err *err);
 gk_status cu_rms_norm(cu_ctx *c, const gk_node *nd, gk_err *err);
 gk_status cu_layer_norm(cu_ctx *c, const gk_node *nd, gk_err *err);
+/* A residual ADD followed by a whole-row norm of its result: one kernel
+ * writes both outputs. */
+bool cu_can_fuse_add_norm(const gk_node *add, const gk_node *norm);
+gk_status cu_add_norm(cu_ctx *c, const gk_node *add, const gk_node *norm, gk_err *err);
 gk_status cu_rope(cu_ctx *c, const gk_node *nd, gk_err *err);
 gk_status cu_linear(cu_ctx *c, const gk_node *nd, gk_err *err);
 gk_status cu_attn(cu_ctx *c, const gk_node *nd, gk_err *err);

@@ -5,7 +5,9 @@
  * warp-shuffle tree, then writes w * (x * r) exactly as cpu_ref does, with
  * r = 1 / sqrtf(mean + eps) (not rsqrtf, whose last bit differs). Rows are
  * read twice (sum, then scale); the second read comes from L1/L2.
- * Not here: anything fused with the norm (the graph has no such op).
+ * Also the residual add fused with the norm that reads it (ADD then a norm of
+ * its result, as every pre-norm block has): one pass writes both the sum and
+ * the normed row. cuda_backend.cu spots the pair.
  */
 #include "cuda_common.cuh"
 
@@ -79,4 +81,80 @@ gk_status cu_layer_norm(cu_ctx *c, const gk_node *nd, gk_err *err)
             (float *)nd->dst->data, (int)x->cols, nd->f[0]);
     });
     return cu_launch_check(nd, "layer_norm_kernel", err);
+}
+
+/* ---------------------------------------------- residual add + norm */
+
+/* dst_sum = a + b, and dst = norm(dst_sum): one block per row. The sum stays
+ * in registers for its first reduction and is re-read from L1 after. */
+template <typename T>
+__global__ void add_rms_norm_kernel(const float *__restrict__ a, const float *__restrict__ b,
+                                    float *__restrict__ sum, const T *__restrict__ w,
+                                    float *__restrict__ dst, int d, float eps)
+{
+    __shared__ float red[32];
+    size_t off = (size_t)blockIdx.x * d;
+    float sq = 0.0f;
+    for (int j = threadIdx.x; j < d; j += blockDim.x) {
+        float v = a[off + j] + b[off + j];
+        sum[off + j] = v;
+        sq += v * v;
+    }
+    sq = cu_block_sum(sq, red);
+    float r = 1.0f / sqrtf(sq / (float)d + eps);
+    for (int j = threadIdx.x; j < d; j += blockDim.x)
+        dst[off + j] = cu_to_f32(w[j]) * (sum[off + j] * r);
+}
+
+template <typename T>
+__global__ void add_layer_norm_kernel(const float *__restrict__ a, const float *__restrict__ b,
+                                      float *__restrict__ sum, const T *__restrict__ w,
+                                      const T *__restrict__ bias, float *__restrict__ dst, int d, float eps)
+{
+    __shared__ float red[32];
+    size_t off = (size_t)blockIdx.x * d;
+    float s = 0.0f;
+    for (int j = threadIdx.x; j < d; j += blockDim.x) {
+        float v = a[off + j] + b[off + j];
+        sum[off + j] = v;
+        s += v;
+    }
+    float mean = cu_block_sum(s, red) / (float)d;
+    float sq = 0.0f;
+    for (int j = threadIdx.x; j < d; j += blockDim.x)
+        sq += (sum[off + j] - mean) * (sum[off + j] - mean);
+    float rstd = 1.0f / sqrtf(cu_block_sum(sq, red) / (float)d + eps);
+    for (int j = threadIdx.x; j < d; j += blockDim.x) {
+        float y = (sum[off + j] - mean) * rstd * cu_to_f32(w[j]);
+        dst[off + j] = bias ? y + cu_to_f32(bias[j]) : y;
+    }
+}
+
+bool cu_can_fuse_add_norm(const gk_node *add, const gk_node *norm)
+{
+    if (add->op != GK_OP_ADD || norm->src[0] != add->dst)
+        return false;
+    if (norm->op == GK_OP_RMS_NORM)
+        return norm->i[0] == 0 || norm->i[0] == norm->src[0]->cols;
+    return norm->op == GK_OP_LAYER_NORM;
+}
+
+gk_status cu_add_norm(cu_ctx *c, const gk_node *add, const gk_node *nd, gk_err *err)
+{
+    const gk_tensor *x = add->dst, *w = nd->src[1], *bias = nd->src[2];
+    const float *a = (const float *)add->src[0]->data, *b = (const float *)add->src[1]->data;
+    unsigned rows = (unsigned)x->rows, threads = norm_threads(x->cols);
+    if (nd->op == GK_OP_RMS_NORM) {
+        CU_WEIGHT_SWITCH(w->dtype, T, {
+            add_rms_norm_kernel<T><<<rows, threads, 0, c->stream>>>(a, b, (float *)x->data, (const T *)w->data,
+                                                                     (float *)nd->dst->data, (int)x->cols, nd->f[0]);
+        });
+        return cu_launch_check(nd, "add_rms_norm_kernel", err);
+    }
+    CU_WEIGHT_SWITCH(w->dtype, T, {
+        add_layer_norm_kernel<T><<<rows, threads, 0, c->stream>>>(
+            a, b, (float *)x->data, (const T *)w->data, bias ? (const T *)bias->data : (const T *)nullptr,
+            (float *)nd->dst->data, (int)x->cols, nd->f[0]);
+    });
+    return cu_launch_check(nd, "add_layer_norm_kernel", err);
 }

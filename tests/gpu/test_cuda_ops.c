@@ -508,6 +508,41 @@ Test(cuda_ops, layer_norm_with_and_without_bias_matches_cpu_ref)
                 }
 }
 
+/* A residual ADD followed by a norm of its result runs as one fused kernel;
+ * both outputs (the sum, read later as the residual, and the norm) must match
+ * cpu_ref's two separate ops. A group norm (QK-norm shape) is not fused. */
+Test(cuda_ops, residual_add_fused_with_the_next_norm_matches_cpu_ref)
+{
+    start();
+    const int64_t dims[3] = {37, 1000, 2048};
+    for (int di = 0; di < 3; di++)
+        for (int w = 0; w < 3; w++)
+            for (int k = 0; k < 4; k++)
+                for (int kind = 0; kind < 3; kind++) {
+                    int64_t D = dims[di], n = ns[k], G = kind == 2 ? (D % 2 ? D : D / 2) : 0;
+                    float *wv = rnd_vec(G ? G : D, 1.0, 1.0), *bv = rnd_vec(D, 0.5, 0.0);
+                    pt *a = pair_rnd(n, D, 2.0, 0.0, "a", NULL), *b = pair_rnd(n, D, 1.5, 0.3, "b", NULL);
+                    pt *tw = pair_f(wtypes[w], 1, G ? G : D, wv, "norm.w"), *tb = pair_f(wtypes[w], 1, D, bv, "ln.b");
+                    free(wv);
+                    free(bv);
+                    pt *sum = pair_new(GK_DTYPE_F32, n, D, "attn_res"), *dst = pair_new(GK_DTYPE_F32, n, D, "ffn_norm");
+                    pnode pns[2] = {
+                        {.op = GK_OP_ADD, .src = {a, b}, .dst = sum},
+                        kind == 1 ? (pnode){.op = GK_OP_LAYER_NORM, .src = {sum, tw, tb}, .dst = dst, .f = {1e-5f}}
+                                  : (pnode){.op = GK_OP_RMS_NORM, .src = {sum, tw}, .dst = dst,
+                                            .i = {(int32_t)G}, .f = {1e-6f}},
+                    };
+                    pgraph pg;
+                    pgraph_init(&pg, pns, 2);
+                    pgraph_run(&pg, "add + norm");
+                    char what[96];
+                    snprintf(what, sizeof what, "add+%s D=%lld G=%lld %s n=%lld", kind == 1 ? "layer_norm" : "rms_norm",
+                             (long long)D, (long long)G, dt_str(wtypes[w]), (long long)n);
+                    expect_match(sum, NULL, 0.0, 0.0, what);
+                    expect_match(dst, NULL, 1e-5, 1e-5, what);
+                }
+}
+
 /* -------------------------------------------------------------------- rope */
 
 Test(cuda_ops, rope_matches_cpu_ref_at_near_and_far_positions)
