@@ -429,9 +429,14 @@ static gk_status launch_all(cu_ctx *c, const gk_graph *g, gk_err *err)
     for (size_t i = 0; i < g->n_nodes; i++) {
         gk_status st;
         /* a residual add and the norm of its result: one kernel, both outputs */
+        int group;
         if (i + 1 < g->n_nodes && cu_can_fuse_add_norm(&g->nodes[i], &g->nodes[i + 1])) {
             st = cu_add_norm(c, &g->nodes[i], &g->nodes[i + 1], err);
             i++;
+        } else if ((group = cu_linear_group_size(&g->nodes[i], g->n_nodes - i)) > 1) {
+            /* q, k, v (or gate, up) read the same input: one GEMV launch */
+            st = cu_linear_group(c, &g->nodes[i], group, err);
+            i += (size_t)group - 1;
         } else {
             st = launch_node(c, &g->nodes[i], err);
         }

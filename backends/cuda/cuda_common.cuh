@@ -71,6 +71,10 @@ gk_status cu_rms_norm(cu_ctx *c, const gk_node *nd, gk_err *err);
 gk_status cu_layer_norm(cu_ctx *c, const gk_node *nd, gk_err *err);
 /* A residual ADD followed by a whole-row norm of its result: one kernel
  * writes both outputs. */
+/* How many nodes from nodes[0] on (1..3) one GEMV launch can do: LINEAR
+ * nodes of a few tokens sharing their input; then run them together. */
+int cu_linear_group_size(const gk_node *nodes, size_t n_nodes);
+gk_status cu_linear_group(cu_ctx *c, const gk_node *nodes, int count, gk_err *err);
 bool cu_can_fuse_add_norm(const gk_node *add, const gk_node *norm);
 gk_status cu_add_norm(cu_ctx *c, const gk_node *add, const gk_node *norm, gk_err *err);
 gk_status cu_rope(cu_ctx *c, const gk_node *nd, gk_err *err);

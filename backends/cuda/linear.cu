@@ -18,6 +18,8 @@
  * ~2^-11 (F16) or 2^-8 (BF16) of sum|x*w|), accumulated in float
  * (CUBLAS_COMPUTE_32F), output float. F32 weights: plain FP32 GEMM (no TF32,
  * the default math mode). Bias is a separate small kernel.
+ * Consecutive LINEAR nodes that read the same x (q, k, v; gate, up) share one
+ * launch: one grid whose blocks are split among the matrices.
  * Not here: quantized weights, split-K GEMV for very short matrices.
  */
 #include "cuda_common.cuh"
@@ -87,15 +89,35 @@ template <int NT> struct gemv_unroll {
 /* y[t][row] = sum_i W[row][i] x[t][i] (+ bias[row]) for NT tokens. Block:
  * GEMV_WARPS warps, warp w owns rows (block * GEMV_WARPS + w) * R .. + R-1.
  * Needs in % (16 / sizeof(T)) == 0 and W, x 16-byte aligned. */
+/* Up to GEMV_GROUP matrices that read the same x (q, k and v; gate and up),
+ * done by one launch: matrix k owns blocks first[k] .. first[k + 1] - 1. */
+#define GEMV_GROUP 3 /* GEMV_PICK below is written for 3 */
+template <typename T> struct gemv_group {
+    const T *W[GEMV_GROUP];
+    const T *bias[GEMV_GROUP];
+    float *y[GEMV_GROUP];
+    int out[GEMV_GROUP];
+    unsigned first[GEMV_GROUP + 1];
+};
+
 template <typename T, int NT, int R>
 __global__ void __launch_bounds__(GEMV_WARPS * 32, 4)
-    gemv_vec_kernel(const T *__restrict__ W, const float *__restrict__ x, const T *__restrict__ bias,
-                    float *__restrict__ y, int in, int out)
+    gemv_vec_kernel(const gemv_group<T> grp, const float *__restrict__ x, int in)
 {
     constexpr int VEC = 16 / sizeof(T);
     constexpr int U = gemv_unroll<NT>::value;
+    /* which matrix: selects on constant indices, so the parameters stay in
+     * the constant bank instead of being copied to local memory */
+    const bool k1 = blockIdx.x >= grp.first[1], k2 = blockIdx.x >= grp.first[2];
+#define GEMV_PICK(f) (k2 ? grp.f[2] : k1 ? grp.f[1] : grp.f[0])
+    const T *__restrict__ W = GEMV_PICK(W);
+    const T *__restrict__ bias = GEMV_PICK(bias);
+    float *__restrict__ y = GEMV_PICK(y);
+    const int out = GEMV_PICK(out);
+    const unsigned first = GEMV_PICK(first);
+#undef GEMV_PICK
     const int lane = threadIdx.x & 31;
-    const int row0 = (blockIdx.x * GEMV_WARPS + (threadIdx.x >> 5)) * R;
+    const int row0 = ((blockIdx.x - first) * GEMV_WARPS + (threadIdx.x >> 5)) * R;
     if (row0 >= out)
         return;
     const uint4 *wr[R];
@@ -199,39 +221,61 @@ __global__ void __launch_bounds__(GEMV_WARPS * 32)
 
 /* Instantiate gemv_vec_kernel for the token count n (1..GEMV_MAX_TOKENS). */
 template <typename T, int NT>
-static void gemv_vec_launch(cu_ctx *c, int n, int rows_per_warp, const T *W, const float *x,
-                            const T *bias, float *y, int in, int out)
+static void gemv_vec_launch(cu_ctx *c, int n, int rows_per_warp, const gemv_group<T> &g, unsigned blocks,
+                            const float *x, int in)
 {
     if (n == NT) {
         if (rows_per_warp == 2)
-            gemv_vec_kernel<T, NT, 2><<<cu_div_up(out, GEMV_WARPS * 2), GEMV_WARPS * 32, 0, c->stream>>>(
-                W, x, bias, y, in, out);
+            gemv_vec_kernel<T, NT, 2><<<blocks, GEMV_WARPS * 32, 0, c->stream>>>(g, x, in);
         else
-            gemv_vec_kernel<T, NT, 1><<<cu_div_up(out, GEMV_WARPS), GEMV_WARPS * 32, 0, c->stream>>>(
-                W, x, bias, y, in, out);
+            gemv_vec_kernel<T, NT, 1><<<blocks, GEMV_WARPS * 32, 0, c->stream>>>(g, x, in);
     } else if constexpr (NT < GEMV_MAX_TOKENS) {
-        gemv_vec_launch<T, NT + 1>(c, n, rows_per_warp, W, x, bias, y, in, out);
+        gemv_vec_launch<T, NT + 1>(c, n, rows_per_warp, g, blocks, x, in);
     }
+}
+
+/* Can node nd take the vectorised GEMV? */
+template <typename T> static bool gemv_vec_ok(const gk_node *nd)
+{
+    constexpr int VEC = 16 / sizeof(T);
+    return nd->src[0]->cols % VEC == 0 && cu_aligned16(nd->src[1]->data) && cu_aligned16(nd->src[0]->data);
+}
+
+/* count LINEAR nodes that share x, in one launch (vectorised path only). */
+template <typename T>
+static gk_status gemv_group_launch(cu_ctx *c, const gk_node *const *nds, int count, gk_err *err)
+{
+    const gk_tensor *x = nds[0]->src[0];
+    int n = (int)x->rows, in = (int)x->cols, total = 0;
+    for (int k = 0; k < count; k++)
+        total += (int)nds[k]->src[1]->rows;
+    /* two rows per warp halve the x traffic, unless that leaves the GPU
+     * with too few blocks to keep its memory system busy */
+    int rpw = cu_div_up(total, GEMV_WARPS * 2) >= 2u * (unsigned)c->n_sm ? 2 : 1;
+    gemv_group<T> g = {};
+    g.first[0] = 0;
+    for (int k = 0; k < GEMV_GROUP; k++) {
+        const gk_node *nd = nds[k < count ? k : count - 1];
+        g.W[k] = (const T *)nd->src[1]->data;
+        g.bias[k] = nd->src[2] ? (const T *)nd->src[2]->data : nullptr;
+        g.y[k] = (float *)nd->dst->data;
+        g.out[k] = (int)nd->src[1]->rows;
+        g.first[k + 1] = g.first[k] + (k < count ? cu_div_up(g.out[k], GEMV_WARPS * rpw) : 0);
+    }
+    gemv_vec_launch<T, 1>(c, n, rpw, g, g.first[GEMV_GROUP], (const float *)x->data, in);
+    return cu_launch_check(nds[0], "gemv_vec_kernel", err);
 }
 
 template <typename T>
 static gk_status gemv(cu_ctx *c, const gk_node *nd, gk_err *err)
 {
+    if (gemv_vec_ok<T>(nd))
+        return gemv_group_launch<T>(c, &nd, 1, err);
     const gk_tensor *x = nd->src[0], *w = nd->src[1], *b = nd->src[2];
     int n = (int)x->rows, in = (int)x->cols, out = (int)w->rows;
-    const T *W = (const T *)w->data, *bias = b ? (const T *)b->data : nullptr;
-    const float *xd = (const float *)x->data;
-    float *y = (float *)nd->dst->data;
-    constexpr int VEC = 16 / sizeof(T);
-    if (in % VEC == 0 && cu_aligned16(W) && cu_aligned16(xd)) {
-        /* two rows per warp halve the x traffic, unless that leaves the GPU
-         * with too few blocks to keep its memory system busy */
-        int rpw = cu_div_up(out, GEMV_WARPS * 2) >= 2u * (unsigned)c->n_sm ? 2 : 1;
-        gemv_vec_launch<T, 1>(c, n, rpw, W, xd, bias, y, in, out);
-        return cu_launch_check(nd, "gemv_vec_kernel", err);
-    }
-    gemv_scalar_kernel<T><<<cu_div_up(out, GEMV_WARPS), GEMV_WARPS * 32, 0, c->stream>>>(W, xd, bias, y, n,
-                                                                                      in, out);
+    gemv_scalar_kernel<T><<<cu_div_up(out, GEMV_WARPS), GEMV_WARPS * 32, 0, c->stream>>>(
+        (const T *)w->data, (const float *)x->data, b ? (const T *)b->data : nullptr, (float *)nd->dst->data, n,
+        in, out);
     return cu_launch_check(nd, "gemv_scalar_kernel", err);
 }
 
@@ -308,5 +352,35 @@ gk_status cu_linear(cu_ctx *c, const gk_node *nd, gk_err *err)
     bool few = nd->src[0]->rows <= GEMV_MAX_TOKENS;
     gk_status s = GK_OK;
     CU_WEIGHT_SWITCH(nd->src[1]->dtype, T, { s = few ? gemv<T>(c, nd, err) : gemm<T>(c, nd, err); });
+    return s;
+}
+
+/* Consecutive LINEAR nodes reading the same few tokens with weights of one
+ * dtype (q, k, v; gate, up) run as one GEMV launch. */
+int cu_linear_group_size(const gk_node *nodes, size_t n_nodes)
+{
+    const gk_node *a = &nodes[0];
+    if (a->op != GK_OP_LINEAR || a->src[0]->rows > GEMV_MAX_TOKENS)
+        return 1;
+    int k = 1;
+    while ((size_t)k < n_nodes && k < GEMV_GROUP) {
+        const gk_node *b = &nodes[k];
+        if (b->op != GK_OP_LINEAR || b->src[0] != a->src[0] || b->src[1]->dtype != a->src[1]->dtype)
+            break;
+        k++;
+    }
+    bool ok = true;
+    for (int j = 0; j < k && ok; j++)
+        CU_WEIGHT_SWITCH(a->src[1]->dtype, T, { ok = gemv_vec_ok<T>(&nodes[j]); });
+    return ok ? k : 1;
+}
+
+gk_status cu_linear_group(cu_ctx *c, const gk_node *nodes, int count, gk_err *err)
+{
+    const gk_node *nds[GEMV_GROUP];
+    for (int k = 0; k < count; k++)
+        nds[k] = &nodes[k];
+    gk_status s = GK_OK;
+    CU_WEIGHT_SWITCH(nodes[0].src[1]->dtype, T, { s = gemv_group_launch<T>(c, nds, count, err); });
     return s;
 }

@@ -636,6 +636,49 @@ Test(cuda_ops, linear_cublas_path_matches_cpu_ref)
                 linear_case(wtypes[w], cases[c][0], cases[c][1], cases[c][2], hb);
 }
 
+/* LINEAR nodes that read the same x (q, k, v; gate, up) run as one grouped
+ * GEMV launch on the cuda side; each output must still match its own node on
+ * cpu_ref. Groups of 3 and 2, unequal widths, with and without biases, and a
+ * fourth node after the group that must not join it. */
+Test(cuda_ops, linear_nodes_sharing_their_input_match_cpu_ref)
+{
+    start();
+    const int64_t outs[4] = {1000, 129, 129, 513};
+    const int64_t ns2[3] = {1, 3, 8};
+    for (int w = 0; w < 3; w++)
+        for (int k = 0; k < 3; k++)
+            for (int count = 2; count <= 4; count++) {
+                int64_t n = ns2[k], in = 1024;
+                float *xv;
+                pt *x = pair_rnd(n, in, 1.0, 0.1, "x", &xv);
+                pnode pns[4];
+                pt *dsts[4];
+                float *wvs[4], *bvs[4];
+                for (int j = 0; j < count; j++) {
+                    wvs[j] = rnd_vec(outs[j] * in, 0.5, 0.0);
+                    bvs[j] = rnd_vec(outs[j], 1.0, 0.0);
+                    pt *tw = pair_f(wtypes[w], outs[j], in, wvs[j], "proj.weight");
+                    pt *tb = pair_f(wtypes[w], 1, outs[j], bvs[j], "proj.bias");
+                    dsts[j] = pair_new(GK_DTYPE_F32, n, outs[j], "proj");
+                    pns[j] = (pnode){.op = GK_OP_LINEAR, .src = {x, tw, j == 1 ? NULL : tb}, .dst = dsts[j]};
+                }
+                pgraph pg;
+                pgraph_init(&pg, pns, count);
+                pgraph_run(&pg, "grouped linear");
+                for (int j = 0; j < count; j++) {
+                    double *mag = abs_dots(xv, wvs[j], j == 1 ? NULL : bvs[j], n, in, outs[j]);
+                    char what[96];
+                    snprintf(what, sizeof what, "linear %d of %d %s n=%lld out=%lld", j, count, dt_str(wtypes[w]),
+                             (long long)n, (long long)outs[j]);
+                    expect_match(dsts[j], mag, 1e-5, 1e-7, what);
+                    free(mag);
+                    free(wvs[j]);
+                    free(bvs[j]);
+                }
+                free(xv);
+            }
+}
+
 /* --------------------------------------------------------------- attention */
 
 typedef struct attn_fix {
