@@ -500,6 +500,16 @@ static gk_status read_config(const src *s, const cJSON *root, gk_config *c)
         (st = read_bool(s, "mlp_bias", get(root, "mlp_bias"), &c->mlp_bias)) != GK_OK)
         return st;
 
+    /* Sliding-window attention: Mistral applies sliding_window whenever it is
+     * set; Qwen2/Qwen3 only with use_sliding_window, false by default. */
+    bool use_sw = strcmp(c->model_type, "qwen2") != 0 && strcmp(c->model_type, "qwen3") != 0;
+    c->sliding_window = 0;
+    if ((st = read_bool(s, "use_sliding_window", get(root, "use_sliding_window"), &use_sw)) != GK_OK)
+        return st;
+    const cJSON *sw = get(root, "sliding_window");
+    if (use_sw && !is_absent(sw) && (st = read_int(s, "sliding_window", sw, 1, &c->sliding_window)) != GK_OK)
+        return st;
+
     c->bos_id = -1;
     c->n_eos = 0;
     if ((st = read_bos(s, root, c)) != GK_OK)

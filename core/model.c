@@ -462,6 +462,13 @@ gk_status gk_model_load(gk_runtime *rt, const char *path, const gk_model_opts *o
         goto fail;
     int64_t train_ctx = m->cfg.n_ctx_train > 0 ? m->cfg.n_ctx_train : 4096;
     m->n_ctx = opts->n_ctx > 0 ? opts->n_ctx : (train_ctx < 4096 ? train_ctx : 4096);
+    if (m->cfg.sliding_window > 0 && m->n_ctx > m->cfg.sliding_window) {
+        s = gk_err_set(err, GK_ERR_UNSUPPORTED,
+                       "config.json: sliding_window is %lld tokens and sliding-window attention is not "
+                       "implemented, so the context must not exceed it (asked for %lld)",
+                       (long long)m->cfg.sliding_window, (long long)m->n_ctx);
+        goto fail;
+    }
     if (spec->use_pos_embed && m->n_ctx > train_ctx) {
         s = gk_err_set(err, GK_ERR_INVALID_ARG,
                        "context %lld exceeds the %lld learned positions of this model",

@@ -594,3 +594,37 @@ Test(config_bad, each_bad_config_fails_naming_the_key)
                       b->needle2, err.msg);
     }
 }
+
+/* sliding_window counts for Mistral whenever set; for Qwen2/Qwen3 only with
+ * use_sliding_window (false when absent, as transformers' default). */
+Test(config, sliding_window_by_model_type)
+{
+    gk_config c;
+    gk_err err = {0};
+    const char *base = "\"vocab_size\": 10, \"hidden_size\": 8, \"num_hidden_layers\": 1, "
+                       "\"num_attention_heads\": 2, \"intermediate_size\": 16, \"max_position_embeddings\": 64";
+    char text[512];
+    snprintf(text, sizeof text, "{\"model_type\": \"mistral\", \"sliding_window\": 32, %s}", base);
+    cr_assert_eq(gk_config_parse(text, NULL, &c, &err), GK_OK, "%s", err.msg);
+    cr_expect_eq(c.sliding_window, 32);
+    snprintf(text, sizeof text, "{\"model_type\": \"mistral\", \"sliding_window\": null, %s}", base);
+    cr_assert_eq(gk_config_parse(text, NULL, &c, &err), GK_OK, "%s", err.msg);
+    cr_expect_eq(c.sliding_window, 0);
+    snprintf(text, sizeof text, "{\"model_type\": \"qwen2\", \"sliding_window\": 32, %s}", base);
+    cr_assert_eq(gk_config_parse(text, NULL, &c, &err), GK_OK, "%s", err.msg);
+    cr_expect_eq(c.sliding_window, 0);
+    snprintf(text, sizeof text, "{\"model_type\": \"qwen2\", \"use_sliding_window\": true, \"sliding_window\": 32, %s}",
+             base);
+    cr_assert_eq(gk_config_parse(text, NULL, &c, &err), GK_OK, "%s", err.msg);
+    cr_expect_eq(c.sliding_window, 32);
+    snprintf(text, sizeof text, "{\"model_type\": \"mistral\", \"sliding_window\": \"wide\", %s}", base);
+    cr_expect_eq(gk_config_parse(text, NULL, &c, &err), GK_ERR_CONFIG);
+    cr_expect(strstr(err.msg, "sliding_window"), "%s", err.msg);
+    char path[1024];
+    snprintf(path, sizeof path, "%s/configs/mistral-7b/config.json", getenv("GK_TEST_DATA"));
+    cr_assert_eq(gk_config_load(path, &c, &err), GK_OK, "%s", err.msg);
+    cr_expect_eq(c.sliding_window, 4096);
+    snprintf(path, sizeof path, "%s/configs/qwen3-8b/config.json", getenv("GK_TEST_DATA"));
+    cr_assert_eq(gk_config_load(path, &c, &err), GK_OK, "%s", err.msg);
+    cr_expect_eq(c.sliding_window, 0);
+}

@@ -990,3 +990,33 @@ Test(model_dtype, unknown_dtype_is_invalid_arg_naming_it)
     cr_expect(strstr(err.msg, "f8_e4m3"), "%s", err.msg);
     gk_runtime_destroy(rt);
 }
+
+static void window_64(cJSON *cfg) { set_int(cfg, "sliding_window", 64); }
+
+/* Sliding-window attention is not implemented: a context longer than the
+ * window is refused at load, naming the key; within it the model matches
+ * golden (a window as long as the context changes nothing). */
+Test(model_errors, context_beyond_a_sliding_window_is_refused)
+{
+    breakage b = {.edit = window_64};
+    gk_runtime *rt = runtime();
+    gk_err err;
+    const char *dir = write_broken_llama(&b);
+    cr_expect_eq(load_fails(rt, dir, "f32", 0, &err), GK_ERR_UNSUPPORTED, "%s", err.msg);
+    cr_expect(strstr(err.msg, "sliding_window is 64") && strstr(err.msg, "asked for 256"), "%s", err.msg);
+    gk_model *m = load_path(rt, dir, "f32", 64);
+    gk_safetensors *g = golden_open("llama-tiny");
+    int64_t n, rows, cols;
+    int32_t *ids = golden_ids(g, "p2.ids", &n);
+    float *want = golden_f32(g, "p2.logits", &rows, &cols);
+    float *got = malloc((size_t)(rows * cols) * sizeof *got);
+    forward_ok(m, ids, n);
+    logits_ok(m, got);
+    cr_expect_leq(max_abs_diff(got, want, (size_t)(rows * cols)), 1e-3);
+    free(got);
+    free(want);
+    free(ids);
+    gk_safetensors_close(g);
+    gk_model_destroy(m);
+    gk_runtime_destroy(rt);
+}

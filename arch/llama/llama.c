@@ -3,9 +3,9 @@
  * Pre-norm decoder blocks with RMSNorm, grouped-query attention with RoPE and a
  * SiLU-gated MLP, as transformers' modeling_llama.py. Qwen2 is the same graph
  * with q/k/v biases (config attention_bias, implied for model_type qwen2);
- * Mistral is the same graph. Not here: sliding-window attention: Mistral v0.1's
- * 4096-token window changes nothing below 4096 tokens, the default context cap;
- * FIXME(gk): a longer --ctx on such a model attends past the window.
+ * Mistral is the same graph. Not here: sliding-window attention; the core
+ * refuses a context longer than config.json's sliding_window (Mistral v0.1:
+ * 4096, which is also the default context cap).
  */
 #include <gk/gk_plugin.h>
 

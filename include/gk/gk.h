@@ -172,6 +172,8 @@ typedef struct gk_config {
     bool tie_word_embeddings;
     bool attention_bias;        /* q/k/v (and o, for Llama) carry biases */
     bool mlp_bias;
+    int64_t sliding_window;     /* tokens a query may look back; 0 = unlimited. Not
+                                   implemented: a context longer than it is refused */
     gk_dtype dtype;             /* torch_dtype / dtype; F32 when absent */
     /* generation_config.json (or config.json as a fallback) */
     int64_t bos_id;             /* -1 when absent */
