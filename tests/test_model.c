@@ -1020,3 +1020,17 @@ Test(model_errors, context_beyond_a_sliding_window_is_refused)
     gk_model_destroy(m);
     gk_runtime_destroy(rt);
 }
+
+/* A KV cache that cannot fit is refused before anything is uploaded, saying
+ * how much was needed and how much is free. */
+Test(model_errors, out_of_memory_is_refused_before_upload_with_the_sizes)
+{
+    gk_runtime *rt = runtime();
+    gk_err err;
+    char dir[1024];
+    model_dir("llama-tiny", dir, sizeof dir);
+    /* 2 layers x K,V x 1e9 rows x 32 floats: 512 GB */
+    cr_expect_eq(load_fails(rt, dir, "f32", 1000000000, &err), GK_ERR_NOMEM, "%s", err.msg);
+    cr_expect(strstr(err.msg, "needs 512.00 GB") && strstr(err.msg, "GB is free"), "%s", err.msg);
+    gk_runtime_destroy(rt);
+}

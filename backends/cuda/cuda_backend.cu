@@ -433,6 +433,10 @@ static gk_status launch_all(cu_ctx *c, const gk_graph *g, gk_err *err)
         if (i + 1 < g->n_nodes && cu_can_fuse_add_norm(&g->nodes[i], &g->nodes[i + 1])) {
             st = cu_add_norm(c, &g->nodes[i], &g->nodes[i + 1], err);
             i++;
+        } else if (i + 1 < g->n_nodes && cu_rope_pairs(&g->nodes[i], &g->nodes[i + 1])) {
+            const gk_node *pair[2] = {&g->nodes[i], &g->nodes[i + 1]};
+            st = cu_rope_n(c, pair, 2, err);
+            i++;
         } else if ((group = cu_linear_group_size(&g->nodes[i], g->n_nodes - i)) > 1) {
             /* q, k, v (or gate, up) read the same input: one GEMV launch */
             st = cu_linear_group(c, &g->nodes[i], group, err);

@@ -75,6 +75,9 @@ gk_status cu_layer_norm(cu_ctx *c, const gk_node *nd, gk_err *err);
  * nodes of a few tokens sharing their input; then run them together. */
 int cu_linear_group_size(const gk_node *nodes, size_t n_nodes);
 gk_status cu_linear_group(cu_ctx *c, const gk_node *nodes, int count, gk_err *err);
+/* Two ROPE nodes at the same positions (q, k) in one launch. */
+bool cu_rope_pairs(const gk_node *a, const gk_node *b);
+gk_status cu_rope_n(cu_ctx *c, const gk_node *const *nds, int count, gk_err *err);
 bool cu_can_fuse_add_norm(const gk_node *add, const gk_node *norm);
 gk_status cu_add_norm(cu_ctx *c, const gk_node *add, const gk_node *norm, gk_err *err);
 gk_status cu_rope(cu_ctx *c, const gk_node *nd, gk_err *err);

@@ -576,6 +576,48 @@ Test(cuda_ops, rope_matches_cpu_ref_at_near_and_far_positions)
                 }
 }
 
+/* q and k rotated at the same positions share one launch on the cuda side;
+ * all must match cpu_ref, including a rotation of a rotation's output, which
+ * must not share its producer's launch. */
+Test(cuda_ops, rope_of_q_and_k_together_matches_cpu_ref)
+{
+    start();
+    const int64_t hds[2] = {64, 128}, heads[3][2] = {{32, 4}, {8, 8}, {12, 1}};
+    for (int di = 0; di < 2; di++)
+        for (int hi = 0; hi < 3; hi++)
+            for (int k = 0; k < 3; k++) {
+                int64_t hd = hds[di], H = heads[hi][0], Hkv = heads[hi][1], n = ns[k];
+                float *inv = malloc((size_t)(hd / 2) * sizeof *inv);
+                for (int64_t i = 0; i < hd / 2; i++)
+                    inv[i] = (float)pow(10000.0, -2.0 * (double)i / (double)hd);
+                int32_t *p = malloc((size_t)n * sizeof *p);
+                for (int64_t t = 0; t < n; t++)
+                    p[t] = (int32_t)(17 + 3 * t);
+                pt *q = pair_rnd(n, H * hd, 1.0, 0.0, "q", NULL), *kk = pair_rnd(n, Hkv * hd, 1.0, 0.0, "k", NULL);
+                pt *pos = pair_i(n, p, "pos"), *tf = pair_f(GK_DTYPE_F32, 1, hd / 2, inv, "inv_freq");
+                pt *qr = pair_new(GK_DTYPE_F32, n, H * hd, "q_rope"), *kr = pair_new(GK_DTYPE_F32, n, Hkv * hd, "k_rope");
+                pt *qr2 = pair_new(GK_DTYPE_F32, n, H * hd, "q_rope2");
+                /* node 1 reads node 0's output, so those two may not share a
+                 * launch; nodes 1 and 2 are independent and may */
+                pnode pns[3] = {
+                    {.op = GK_OP_ROPE, .src = {q, pos, tf}, .dst = qr, .i = {(int32_t)hd}, .f = {1.0f}},
+                    {.op = GK_OP_ROPE, .src = {qr, pos, tf}, .dst = qr2, .i = {(int32_t)hd}, .f = {1.0f}},
+                    {.op = GK_OP_ROPE, .src = {kk, pos, tf}, .dst = kr, .i = {(int32_t)hd}, .f = {1.0f}},
+                };
+                pgraph pg;
+                pgraph_init(&pg, pns, 3);
+                pgraph_run(&pg, "rope q, k");
+                char what[80];
+                snprintf(what, sizeof what, "rope pair hd=%lld H=%lld Hkv=%lld n=%lld", (long long)hd, (long long)H,
+                         (long long)Hkv, (long long)n);
+                expect_match(qr, NULL, 1e-5, 1e-6, what);
+                expect_match(kr, NULL, 1e-5, 1e-6, what);
+                expect_match(qr2, NULL, 1e-5, 1e-6, what);
+                free(inv);
+                free(p);
+            }
+}
+
 /* ------------------------------------------------------------------ linear */
 
 /* sum_i |x[t][i] w[o][i]| (+ |b[o]|) for every output: the scale of its
@@ -1057,4 +1099,22 @@ int main(int argc, char *argv[])
         return 77;
     }
     return result;
+}
+
+/* Through the runtime: a model whose KV cache cannot fit in GPU memory is
+ * refused before upload, naming what it needs and what is free. */
+Test(cuda_ops, a_model_too_large_for_the_gpu_is_refused_with_the_sizes)
+{
+    start();
+    gk_runtime *rt;
+    gk_err err = {0};
+    cr_assert_eq(gk_runtime_create(NULL, &rt, &err), GK_OK, "%s", err.msg);
+    gk_model_opts o = {.backend = "cuda", .dtype = "f32", .n_ctx = 1000000000};
+    gk_model *m = NULL;
+    char dir[1024];
+    snprintf(dir, sizeof dir, "%s/models/llama-tiny", getenv("GK_TEST_DATA") ? getenv("GK_TEST_DATA") : "data");
+    cr_expect_eq(gk_model_load(rt, dir, &o, &m, &err), GK_ERR_NOMEM, "%s", err.msg);
+    cr_expect_null(m);
+    cr_expect(strstr(err.msg, "needs 512.00 GB") && strstr(err.msg, "GB is free"), "%s", err.msg);
+    gk_runtime_destroy(rt);
 }
