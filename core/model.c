@@ -588,7 +588,9 @@ gk_status gk_model_forward(gk_model *m, const int32_t *ids, int64_t n, float *hi
         if (s != GK_OK)
             return s;
     }
-    int32_t *pos = malloc((size_t)n * sizeof *pos);
+    /* positions: on the stack for decode-sized steps, no allocation per token */
+    int32_t small[64];
+    int32_t *pos = n <= 64 ? small : malloc((size_t)n * sizeof *pos);
     if (!pos)
         return gk_err_set(err, GK_ERR_NOMEM, "out of memory");
     for (int64_t i = 0; i < n; i++)
@@ -596,7 +598,8 @@ gk_status gk_model_forward(gk_model *m, const int32_t *ids, int64_t n, float *hi
     s = m->be.ops->buffer_write(m->be.state, m->fwd->ids->data, 0, ids, (size_t)n * sizeof *ids, err);
     if (s == GK_OK)
         s = m->be.ops->buffer_write(m->be.state, m->fwd->pos->data, 0, pos, (size_t)n * sizeof *pos, err);
-    free(pos);
+    if (pos != small)
+        free(pos);
     if (s == GK_OK)
         s = run(m, m->fwd, err);
     if (s != GK_OK)
