@@ -312,40 +312,13 @@ static gk_status parse_dtype(const char *s, gk_dtype stored, gk_dtype *out, gk_e
     return GK_OK;
 }
 
-/* Folder, weights file and config file of a model path. */
-static gk_status resolve_paths(const char *path, char **weights, char **dir, gk_err *err)
+/* The folder of a model path (the path itself, or the folder of a file). */
+static gk_status model_folder(const char *path, char **dir, gk_err *err)
 {
-    *weights = *dir = NULL;
-    if (gk_path_is_dir(path)) {
-        *dir = gk_strdup(path);
-        char *idx = gk_path_join(path, "model.safetensors.index.json");
-        char *one = gk_path_join(path, "model.safetensors");
-        if (idx && gk_path_exists(idx)) {
-            *weights = idx;
-            free(one);
-        } else if (one && gk_path_exists(one)) {
-            *weights = one;
-            free(idx);
-        } else {
-            free(idx);
-            free(one);
-            free(*dir);
-            *dir = NULL;
-            return gk_err_set(err, GK_ERR_NOT_FOUND,
-                              "%s: no model.safetensors or model.safetensors.index.json in this folder", path);
-        }
-    } else {
-        if (!gk_path_exists(path))
-            return gk_err_set(err, GK_ERR_IO, "%s: no such file or folder", path);
-        *weights = gk_strdup(path);
-        *dir = gk_path_dirname(path);
-    }
-    if (!*weights || !*dir) {
-        free(*weights);
-        free(*dir);
-        return gk_err_set(err, GK_ERR_NOMEM, "out of memory");
-    }
-    return GK_OK;
+    if (!gk_path_exists(path))
+        return gk_err_set(err, GK_ERR_IO, "%s: no such file or folder", path);
+    *dir = gk_path_is_dir(path) ? gk_strdup(path) : gk_path_dirname(path);
+    return *dir ? GK_OK : gk_err_set(err, GK_ERR_NOMEM, "out of memory");
 }
 
 static gk_status alloc_caches(gk_model *m, gk_err *err)
@@ -409,8 +382,8 @@ gk_status gk_model_load(gk_runtime *rt, const char *path, const gk_model_opts *o
         return gk_err_set(err, GK_ERR_NOMEM, "out of memory");
     m->rt = rt;
     gk_safetensors *st = NULL;
-    char *weights = NULL, *dir = NULL, *cfg_path = NULL;
-    gk_status s = resolve_paths(path, &weights, &dir, err);
+    char *dir = NULL, *cfg_path = NULL;
+    gk_status s = model_folder(path, &dir, err);
     if (s != GK_OK)
         goto fail;
     cfg_path = gk_path_join(dir, "config.json");
@@ -421,7 +394,7 @@ gk_status gk_model_load(gk_runtime *rt, const char *path, const gk_model_opts *o
     s = gk_config_load(cfg_path, &m->cfg, err);
     if (s != GK_OK)
         goto fail;
-    s = gk_safetensors_open(weights, &st, err);
+    s = gk_safetensors_open(path, &st, err);
     if (s != GK_OK)
         goto fail;
 
@@ -498,7 +471,6 @@ gk_status gk_model_load(gk_runtime *rt, const char *path, const gk_model_opts *o
     if (s != GK_OK)
         goto fail;
     gk_safetensors_close(st);
-    free(weights);
     free(dir);
     free(cfg_path);
     *out = m;
@@ -506,7 +478,6 @@ gk_status gk_model_load(gk_runtime *rt, const char *path, const gk_model_opts *o
 
 fail:
     gk_safetensors_close(st);
-    free(weights);
     free(dir);
     free(cfg_path);
     gk_model_destroy(m);

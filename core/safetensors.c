@@ -745,6 +745,26 @@ static bool ends_with(const char *s, const char *suffix)
     return a >= b && strcmp(s + a - b, suffix) == 0;
 }
 
+/* A model folder holds model.safetensors.index.json (sharded) or
+ * model.safetensors; either is opened as if named. */
+static gk_status open_folder(const char *dir, gk_safetensors **out, gk_err *err)
+{
+    static const char *const names[] = {"model.safetensors.index.json", "model.safetensors"};
+    for (size_t i = 0; i < 2; i++) {
+        char *p = gk_path_join(dir, names[i]);
+        if (!p)
+            return gk_err_set(err, GK_ERR_NOMEM, "%s: no memory", dir);
+        if (gk_path_exists(p)) {
+            gk_status rc = gk_safetensors_open(p, out, err);
+            free(p);
+            return rc;
+        }
+        free(p);
+    }
+    return gk_err_set(err, GK_ERR_NOT_FOUND, "%s: no model.safetensors or model.safetensors.index.json in this folder",
+                      dir);
+}
+
 gk_status gk_safetensors_open(const char *path, gk_safetensors **out, gk_err *err)
 {
     if (!out)
@@ -752,6 +772,8 @@ gk_status gk_safetensors_open(const char *path, gk_safetensors **out, gk_err *er
     *out = NULL;
     if (!path)
         return gk_err_set(err, GK_ERR_INVALID_ARG, "gk_safetensors_open: path is NULL");
+    if (gk_path_is_dir(path))
+        return open_folder(path, out, err);
     gk_safetensors *st = calloc(1, sizeof *st);
     if (!st)
         return gk_err_set(err, GK_ERR_NOMEM, "%s: no memory", path);

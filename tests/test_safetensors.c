@@ -959,3 +959,34 @@ Test(crafted, mutated_files_never_crash, .init = tmp_setup, .fini = tmp_teardown
     free(bad);
     free(path);
 }
+
+/* A model folder opens its index (sharded) or its model.safetensors, the same
+ * tensors as opening that file; a folder with neither is NOT_FOUND naming it. */
+Test(folder, opens_the_index_or_the_single_file)
+{
+    const char *models[2][2] = {{"llama-tiny", "model.safetensors"},
+                                {"llama-tiny-f16-sharded", "model.safetensors.index.json"}};
+    for (int i = 0; i < 2; i++) {
+        char dir[1024], file[1100];
+        snprintf(dir, sizeof dir, "%s/models/%s", getenv("GK_TEST_DATA"), models[i][0]);
+        snprintf(file, sizeof file, "%s/%s", dir, models[i][1]);
+        gk_safetensors *a, *b;
+        gk_err err = {0};
+        cr_assert_eq(gk_safetensors_open(dir, &a, &err), GK_OK, "%s", err.msg);
+        cr_assert_eq(gk_safetensors_open(file, &b, &err), GK_OK, "%s", err.msg);
+        cr_expect_eq(gk_safetensors_count(a), gk_safetensors_count(b));
+        cr_expect_eq(gk_safetensors_shard_count(a), gk_safetensors_shard_count(b));
+        for (size_t k = 0; k < gk_safetensors_count(a); k++)
+            cr_expect_str_eq(gk_safetensors_name(a, k), gk_safetensors_name(b, k));
+        gk_safetensors_close(a);
+        gk_safetensors_close(b);
+    }
+    char tmp[] = "/tmp/gk-st-folder-XXXXXX";
+    cr_assert(mkdtemp(tmp));
+    gk_safetensors *st = (gk_safetensors *)0x1;
+    gk_err err = {0};
+    cr_expect_eq(gk_safetensors_open(tmp, &st, &err), GK_ERR_NOT_FOUND);
+    cr_expect_null(st);
+    cr_expect(strstr(err.msg, tmp) && strstr(err.msg, "no model.safetensors"), "%s", err.msg);
+    rmdir(tmp);
+}

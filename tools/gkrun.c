@@ -61,30 +61,6 @@ gk_runtime *gkrun_runtime(const gkrun_common *c)
     return rt;
 }
 
-char *gkrun_weights_path(const char *path)
-{
-    struct stat sb;
-    if (stat(path, &sb) != 0) {
-        fprintf(stderr, "gkrun: %s: no such file or folder\n", path);
-        return NULL;
-    }
-    if (!S_ISDIR(sb.st_mode))
-        return strdup(path);
-    static const char *const names[] = {"model.safetensors.index.json", "model.safetensors"};
-    for (size_t i = 0; i < 2; i++) {
-        size_t n = strlen(path) + strlen(names[i]) + 2;
-        char *p = malloc(n);
-        if (!p)
-            return NULL;
-        snprintf(p, n, "%s/%s", path, names[i]);
-        if (stat(p, &sb) == 0)
-            return p;
-        free(p);
-    }
-    fprintf(stderr, "gkrun: %s: no model.safetensors or model.safetensors.index.json in this folder\n", path);
-    return NULL;
-}
-
 int main(int argc, char **argv)
 {
     gkrun_common c = {0};

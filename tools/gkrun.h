@@ -24,8 +24,5 @@ double gk_now_s(void);
 int gkrun_fail(const gk_err *err);
 /* Runtime from --config (or the built-in defaults); NULL after printing why. */
 gk_runtime *gkrun_runtime(const gkrun_common *c);
-/* Weights file of a model path: the path itself, or the index / model.safetensors
- * in a folder. Heap string; NULL after printing why. */
-char *gkrun_weights_path(const char *path);
 
 #endif

@@ -82,26 +82,28 @@ int gkrun_inspect(int argc, char **argv, const gkrun_common *common)
         fprintf(stderr, "usage: gkrun inspect PATH [--json]\n");
         return 2;
     }
-    char *weights = gkrun_weights_path(path);
-    if (!weights)
-        return 1;
     int rc = 1;
     gk_err err = {0};
     gk_safetensors *st = NULL;
     gk_runtime *rt = NULL;
     cJSON *root = NULL;
-    if (gk_safetensors_open(weights, &st, &err) != GK_OK) {
+    const char *weights = path;
+    if (gk_safetensors_open(path, &st, &err) != GK_OK) {
         rc = gkrun_fail(&err);
         goto out;
     }
-    /* config.json beside the weights, when there is one */
-    char *dcopy = strdup(weights);
+    /* config.json in the folder, or beside the file, when there is one */
+    struct stat sb;
     char cfg_path[4096];
-    snprintf(cfg_path, sizeof cfg_path, "%s/config.json", dirname(dcopy));
-    free(dcopy);
+    if (stat(path, &sb) == 0 && S_ISDIR(sb.st_mode)) {
+        snprintf(cfg_path, sizeof cfg_path, "%s/config.json", path);
+    } else {
+        char *dcopy = strdup(path);
+        snprintf(cfg_path, sizeof cfg_path, "%s/config.json", dcopy ? dirname(dcopy) : ".");
+        free(dcopy);
+    }
     gk_config cfg;
     bool have_cfg = false;
-    struct stat sb;
     if (stat(cfg_path, &sb) == 0) {
         if (gk_config_load(cfg_path, &cfg, &err) != GK_OK) {
             rc = gkrun_fail(&err);
@@ -185,6 +187,5 @@ out:
     cJSON_Delete(root);
     gk_runtime_destroy(rt);
     gk_safetensors_close(st);
-    free(weights);
     return rc;
 }

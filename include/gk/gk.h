@@ -103,8 +103,9 @@ typedef struct gk_tensor_info {
     int shard;                 /* index of the file holding it (0 for a single file) */
 } gk_tensor_info;
 
-/* Open a .safetensors file or a model.safetensors.index.json (shards are opened
- * lazily, on first access to one of their tensors). Only headers are read; data
+/* Open a .safetensors file, a model.safetensors.index.json (shards are opened
+ * lazily, on first access to one of their tensors), or a model folder holding
+ * either (the index first). Only headers are read; data
  * is mmap'd and never copied. Errors: GK_ERR_IO, GK_ERR_FORMAT (message names the
  * file and, where there is one, the tensor). Close with gk_safetensors_close. */
 GK_API gk_status gk_safetensors_open(const char *path, gk_safetensors **out, gk_err *err);
