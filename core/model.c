@@ -225,27 +225,23 @@ static gk_status load_weights(gk_model *m, gk_safetensors *st, const gk_model_op
         for (int il = 0; il < n_l && s == GK_OK; il++) {
             bool have = resolve_name(m->arch, st, e, il, name, sizeof name);
             if (!have) {
-                if (entry_required(m, e) && !(e->role == GK_W_LM_HEAD))
+                if (entry_required(m, e) && e->role != GK_W_LM_HEAD)
                     s = gk_err_set(err, GK_ERR_FORMAT, "missing tensor '%s' (%s architecture)", name,
                                    m->arch->spec->name);
                 continue;
             }
-            bool unexpected = (e->flags & GK_TF_COND_BIAS) && !m->cfg.attention_bias;
-            if (unexpected || (e->role == GK_W_LM_HEAD && m->cfg.tie_word_embeddings) ||
-                e->role == GK_W_UNUSED) {
-                if (unexpected) {
-                    s = gk_err_set(err, GK_ERR_FORMAT,
-                                   "tensor '%s' is present but config.json says attention_bias is false",
-                                   name);
-                    continue;
-                }
-            } else {
-                gk_tensor **slot = layered ? &m->lw[e->role][il] : &m->w[e->role];
-                if (!*slot) {
-                    s = load_weight(m, st, e, name, layered ? il : -1, slot, err);
-                    if (s == GK_OK && opts->progress)
-                        opts->progress(m->weight_bytes, total, opts->progress_user);
-                }
+            if ((e->flags & GK_TF_COND_BIAS) && !m->cfg.attention_bias) {
+                s = gk_err_set(err, GK_ERR_FORMAT,
+                               "tensor '%s' is present but config.json says attention_bias is false", name);
+                continue;
+            }
+            /* a tied head's own copy and known-unused tensors are claimed, not loaded */
+            bool skip = e->role == GK_W_UNUSED || (e->role == GK_W_LM_HEAD && m->cfg.tie_word_embeddings);
+            gk_tensor **slot = skip ? NULL : layered ? &m->lw[e->role][il] : &m->w[e->role];
+            if (slot && !*slot) {
+                s = load_weight(m, st, e, name, layered ? il : -1, slot, err);
+                if (s == GK_OK && opts->progress)
+                    opts->progress(m->weight_bytes, total, opts->progress_user);
             }
             for (size_t i = 0; i < n_names; i++)
                 if (strcmp(gk_safetensors_name(st, i), name) == 0)

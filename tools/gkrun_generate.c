@@ -25,7 +25,7 @@ typedef struct gen_args {
     float temp, top_p;
     int top_k;
     uint64_t seed;
-    bool seed_set, json, chat, verbose_prompt;
+    bool seed_set, json, chat;
 } gen_args;
 
 /* --verbose-prompt: print the exact prompt text and its ids on stderr. */
@@ -300,7 +300,7 @@ static int parse(int argc, char **argv, gen_args *a)
         else if (!strcmp(o, "--chat") || !strcmp(o, "-i") || !strcmp(o, "--interactive"))
             a->chat = true;
         else if (!strcmp(o, "--verbose-prompt"))
-            verbose_prompt = a->verbose_prompt = true;
+            verbose_prompt = true;
         else {
             fprintf(stderr, "gkrun: unknown or incomplete option '%s'\n", o);
             return 2;
