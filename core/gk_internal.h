@@ -17,7 +17,11 @@
         }                                                                         \
     } while (0)
 
-/* Read a whole file into a NUL-terminated heap buffer (*out, freed by caller). */
+/* Open path for reading, refusing anything but a regular file (a FIFO, folder
+ * or device is GK_ERR_IO naming what it is) without blocking on a FIFO.
+ * NULL with err filled on failure. */
+GK_INTERNAL FILE *gk_fopen_regular(const char *path, gk_err *err);
+/* Read a whole regular file into a NUL-terminated heap buffer (*out, freed by caller). */
 GK_INTERNAL gk_status gk_read_file(const char *path, char **out, size_t *len, gk_err *err);
 /* Heap "a/b" (caller frees); NULL when out of memory. */
 GK_INTERNAL char *gk_path_join(const char *dir, const char *name);

@@ -2,35 +2,73 @@
 #include "gk_internal.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <time.h>
+#include <unistd.h>
+
+FILE *gk_fopen_regular(const char *path, gk_err *err)
+{
+    /* O_NONBLOCK so that a FIFO cannot block the open; cleared once the file is
+     * known to be regular (it has no effect on regular files anyway). */
+    int fd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC);
+    if (fd < 0) {
+        gk_err_set(err, GK_ERR_IO, "%s: cannot open: %s", path, strerror(errno));
+        return NULL;
+    }
+    struct stat sb;
+    if (fstat(fd, &sb) != 0) {
+        gk_err_set(err, GK_ERR_IO, "%s: cannot stat: %s", path, strerror(errno));
+        close(fd);
+        return NULL;
+    }
+    if (!S_ISREG(sb.st_mode)) {
+        gk_err_set(err, GK_ERR_IO, "%s: not a regular file (%s)", path,
+                   S_ISDIR(sb.st_mode) ? "a folder" : S_ISFIFO(sb.st_mode) ? "a FIFO"
+                   : S_ISCHR(sb.st_mode) || S_ISBLK(sb.st_mode) ? "a device" : "a socket or other special file");
+        close(fd);
+        return NULL;
+    }
+    int fl = fcntl(fd, F_GETFL);
+    if (fl >= 0)
+        (void)fcntl(fd, F_SETFL, fl & ~O_NONBLOCK);
+    FILE *f = fdopen(fd, "rb");
+    if (!f) {
+        gk_err_set(err, GK_ERR_NOMEM, "%s: cannot open a stream: %s", path, strerror(errno));
+        close(fd);
+    }
+    return f;
+}
 
 gk_status gk_read_file(const char *path, char **out, size_t *len, gk_err *err)
 {
     *out = NULL;
-    FILE *f = fopen(path, "rb");
+    FILE *f = gk_fopen_regular(path, err);
     if (!f)
-        return gk_err_set(err, GK_ERR_IO, "%s: cannot open: %s", path, strerror(errno));
+        return err ? err->code : GK_ERR_IO;
     gk_status st = GK_OK;
     char *buf = NULL;
-    if (fseek(f, 0, SEEK_END) != 0) {
-        st = gk_err_set(err, GK_ERR_IO, "%s: cannot seek: %s", path, strerror(errno));
+    struct stat sb;
+    if (fstat(fileno(f), &sb) != 0) {
+        st = gk_err_set(err, GK_ERR_IO, "%s: cannot stat: %s", path, strerror(errno));
         goto out_close;
     }
-    long n = ftell(f);
-    if (n < 0 || fseek(f, 0, SEEK_SET) != 0) {
-        st = gk_err_set(err, GK_ERR_IO, "%s: cannot tell size (not a regular file?)", path);
+    size_t n = (size_t)sb.st_size, cap;
+    if ((uint64_t)sb.st_size > SIZE_MAX - 1 || !gk_size_add(n, 1, &cap)) {
+        st = gk_err_set(err, GK_ERR_NOMEM, "%s: %lld bytes do not fit in memory", path, (long long)sb.st_size);
         goto out_close;
     }
-    buf = malloc((size_t)n + 1);
+    buf = malloc(cap);
     if (!buf) {
-        st = gk_err_set(err, GK_ERR_NOMEM, "%s: no memory for %ld bytes", path, n);
+        st = gk_err_set(err, GK_ERR_NOMEM, "%s: no memory for %zu bytes", path, n);
         goto out_close;
     }
-    if (n > 0 && fread(buf, 1, (size_t)n, f) != (size_t)n) {
-        st = gk_err_set(err, GK_ERR_IO, "%s: short read", path);
+    size_t got = n ? fread(buf, 1, n, f) : 0;
+    if (got != n || ferror(f)) {
+        st = ferror(f) ? gk_err_set(err, GK_ERR_IO, "%s: read error: %s", path, strerror(errno))
+                       : gk_err_set(err, GK_ERR_IO, "%s: short read (%zu of %zu bytes; changed while read?)", path, got, n);
         free(buf);
         buf = NULL;
         goto out_close;
@@ -38,7 +76,7 @@ gk_status gk_read_file(const char *path, char **out, size_t *len, gk_err *err)
     buf[n] = '\0';
     *out = buf;
     if (len)
-        *len = (size_t)n;
+        *len = n;
 out_close:
     fclose(f);
     return st;

@@ -54,6 +54,16 @@ typedef struct gk_err {
 /* Static name of a status ("format error"), never NULL. */
 GK_API const char *gk_status_str(gk_status s);
 
+/* ------------------------------------------------------ checked arithmetic */
+
+/* Sizes and counts that size an allocation go through these: each stores the
+ * exact result in *out and returns true, or returns false (leaving *out
+ * unspecified) when the result does not fit the type. */
+static inline bool gk_size_mul(size_t a, size_t b, size_t *out) { return !__builtin_mul_overflow(a, b, out); }
+static inline bool gk_size_add(size_t a, size_t b, size_t *out) { return !__builtin_add_overflow(a, b, out); }
+static inline bool gk_i64_mul(int64_t a, int64_t b, int64_t *out) { return !__builtin_mul_overflow(a, b, out); }
+static inline bool gk_i64_add(int64_t a, int64_t b, int64_t *out) { return !__builtin_add_overflow(a, b, out); }
+
 /* ---------------------------------------------------------------- dtypes */
 
 typedef enum gk_dtype {

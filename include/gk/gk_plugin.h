@@ -33,10 +33,23 @@ typedef struct gk_tensor {
     int layer;            /* block index, -1 outside blocks */
 } gk_tensor;
 
-static inline int64_t gk_tensor_nelem(const gk_tensor *t) { return t->rows * t->cols; }
+/* Element and byte counts. A shape whose count does not fit (or a negative
+ * dimension) saturates to INT64_MAX / SIZE_MAX, which no allocation can
+ * satisfy, so an oversized tensor fails to allocate instead of wrapping. */
+static inline int64_t gk_tensor_nelem(const gk_tensor *t)
+{
+    int64_t n;
+    if (t->rows < 0 || t->cols < 0 || !gk_i64_mul(t->rows, t->cols, &n))
+        return INT64_MAX;
+    return n;
+}
 static inline size_t gk_tensor_nbytes(const gk_tensor *t)
 {
-    return (size_t)gk_tensor_nelem(t) * gk_dtype_size(t->dtype);
+    int64_t n = gk_tensor_nelem(t);
+    size_t b;
+    if (n == INT64_MAX || (uint64_t)n > SIZE_MAX || !gk_size_mul((size_t)n, gk_dtype_size(t->dtype), &b))
+        return SIZE_MAX;
+    return b;
 }
 
 /* ------------------------------------------------------------------- graph */
