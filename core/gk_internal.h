@@ -29,6 +29,11 @@ GK_INTERNAL char *gk_path_join(const char *dir, const char *name);
 GK_INTERNAL char *gk_path_dirname(const char *path);
 GK_INTERNAL bool gk_path_is_dir(const char *path);
 GK_INTERNAL bool gk_path_exists(const char *path);
+/* Copy of s for an error message: control characters, DEL, single quotes and
+ * backslashes escaped (\n, \x1b, \', ...; UTF-8 kept), cut with "..." to fit
+ * n bytes.
+ * Returns buf. For names read from files (tensor names, tokens, keys). */
+GK_INTERNAL const char *gk_quote(char *buf, size_t n, const char *s);
 /* Heap copy (NULL on NULL or out of memory). */
 GK_INTERNAL char *gk_strdup(const char *s);
 /* Monotonic seconds. */

@@ -82,6 +82,31 @@ out_close:
     return st;
 }
 
+const char *gk_quote(char *buf, size_t n, const char *s)
+{
+    static const char hex[] = "0123456789abcdef";
+    if (n == 0)
+        return buf;
+    size_t k = 0;
+    for (const unsigned char *p = (const unsigned char *)(s ? s : "(null)"); *p; p++) {
+        char e[5];
+        size_t el = 0;
+        if (*p == '\n') { e[0] = '\\'; e[1] = 'n'; el = 2; }
+        else if (*p == '\t') { e[0] = '\\'; e[1] = 't'; el = 2; }
+        else if (*p == '\\' || *p == '\'') { e[0] = '\\'; e[1] = (char)*p; el = 2; }
+        else if (*p < 0x20 || *p == 0x7f) { e[0] = '\\'; e[1] = 'x'; e[2] = hex[*p >> 4]; e[3] = hex[*p & 15]; el = 4; }
+        else { e[0] = (char)*p; el = 1; }
+        if (k + el + 4 > n) {
+            if (k + 4 <= n) { memcpy(buf + k, "...", 3); k += 3; }
+            break;
+        }
+        memcpy(buf + k, e, el);
+        k += el;
+    }
+    buf[k < n ? k : n - 1] = '\0';
+    return buf;
+}
+
 char *gk_strdup(const char *s)
 {
     if (!s)
