@@ -13,10 +13,12 @@
 
 #include <cjson/cJSON.h>
 
+#include <errno.h>
 #include <float.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 /* ------------------------------------------------------------ JSON helpers */
 
@@ -265,12 +267,15 @@ static gk_status read_rope(const src *s, const cJSON *root, gk_config *c)
     const cJSON *obj = is_absent(params) ? NULL : params;
     if (obj && !get(obj, "rope_type") && !get(obj, "type") && !get(obj, "rope_theta")) {
         /* transformers 5 keys rope_parameters by layer type for mixed-attention models */
-        for (const cJSON *it = obj->child; it; it = it->next)
-            if (cJSON_IsObject(it))
+        for (const cJSON *it = obj->child; it; it = it->next) {
+            if (cJSON_IsObject(it)) {
+                char q[64];
                 return gk_err_set(s->err, GK_ERR_UNSUPPORTED,
                                   "%s: 'rope_parameters' per layer type ('%s', ...) "
                                   "is not supported",
-                                  s->file, it->string);
+                                  s->file, gk_quote(q, sizeof q, it->string));
+            }
+        }
     }
     if (!obj && !is_absent(scaling)) {
         obj = scaling;
@@ -581,7 +586,10 @@ gk_status gk_config_load(const char *path, gk_config *out, gk_err *err)
     }
     if ((st = gk_read_file(cfg_path, &cfg_text, NULL, err)) != GK_OK)
         goto out_free;
-    if (gk_path_exists(gen_path) && (st = gk_read_file(gen_path, &gen_text, NULL, err)) != GK_OK)
+    /* absent is fine; present but unreadable (a folder, a symlink loop) is an error */
+    struct stat sb;
+    if ((lstat(gen_path, &sb) == 0 || errno != ENOENT) &&
+        (st = gk_read_file(gen_path, &gen_text, NULL, err)) != GK_OK)
         goto out_free;
     st = parse_texts(cfg_path, cfg_text, gen_path, gen_text, out, err);
 out_free:

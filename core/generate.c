@@ -2,7 +2,9 @@
  *
  * Sampling follows transformers' order of logits processors: temperature, then
  * top-k, then top-p (nucleus), then a draw from the softmax. Temperature 0 is
- * greedy (argmax; ties go to the lowest id, as torch.argmax). The generator is
+ * greedy (argmax; ties go to the lowest id, as torch.argmax), and so is a
+ * temperature so small that logit / T overflows (the softmax's limit). A NaN
+ * logit is never picked unless all are (then id 0). The generator is
  * splitmix64, so a seed reproduces a run on any machine. Not here: the forward
  * pass (model.c).
  */
@@ -27,7 +29,11 @@ gk_gen_opts gk_gen_opts_default(void)
     };
 }
 
-void gk_rng_seed(gk_rng *r, uint64_t seed) { r->s = seed; }
+void gk_rng_seed(gk_rng *r, uint64_t seed)
+{
+    if (r)
+        r->s = seed;
+}
 
 static uint64_t rng_next(gk_rng *r)
 {
@@ -40,11 +46,12 @@ static uint64_t rng_next(gk_rng *r)
 /* Uniform in [0, 1). */
 static double rng_uniform(gk_rng *r) { return (double)(rng_next(r) >> 11) * 0x1.0p-53; }
 
+/* Lowest index of the maximum; NaN is never chosen (all NaN: 0). */
 static int32_t argmax(const float *x, int64_t n)
 {
     int64_t best = 0;
     for (int64_t i = 1; i < n; i++)
-        if (x[i] > x[best])
+        if (x[i] > x[best] || (isnan(x[best]) && !isnan(x[i])))
             best = i;
     return (int32_t)best;
 }
@@ -75,10 +82,18 @@ static int32_t sample_u(const float *logits, int64_t n_vocab, const gk_gen_opts 
     if (!c)
         return -1;
     for (int64_t i = 0; i < n_vocab; i++) {
-        c[i].logit = logits[i] / o->temperature;
+        /* a NaN logit is never drawn, as never by argmax */
+        c[i].logit = isnan(logits[i]) ? -INFINITY : logits[i] / o->temperature;
         c[i].id = (int32_t)i;
     }
     qsort(c, (size_t)n_vocab, sizeof *c, cand_cmp);
+    if (!isfinite(c[0].logit)) {
+        /* No finite best score: a temperature so small that logit / T overflows
+         * (to +inf, or every score to -inf), or logits that are all infinite.
+         * The softmax's limit as T -> 0 is the argmax: be greedy. */
+        free(c);
+        return argmax(logits, n_vocab);
+    }
     int64_t n = n_vocab;
     if (o->top_k > 0 && o->top_k < n) {
         /* transformers keeps every token tied with the k-th logit */
@@ -116,14 +131,17 @@ static int32_t sample_u(const float *logits, int64_t n_vocab, const gk_gen_opts 
         for (int64_t i = 0; i < n; i++)
             p[i] /= sum;
     }
+    /* p[0] = 1 / sum > 0 and the p are finite and non-increasing. When rounding
+     * leaves the total just below u, the pick is the last token that has any
+     * probability, never one whose probability is 0. */
     double cum = 0.0;
-    int32_t pick = c[n - 1].id;
+    int32_t pick = c[0].id;
     for (int64_t i = 0; i < n; i++) {
-        cum += p[i];
-        if (u < cum) {
+        if (p[i] > 0.0)
             pick = c[i].id;
+        cum += p[i];
+        if (u < cum)
             break;
-        }
     }
     free(p);
     free(c);
@@ -134,8 +152,22 @@ static int32_t sample_u(const float *logits, int64_t n_vocab, const gk_gen_opts 
  * the maximum, as transformers' top-k keeps ties. */
 static bool is_greedy(const gk_gen_opts *o) { return o->temperature <= 0.0f; }
 
+/* The options gk_sample and generate accept; NULL when fine, else why not. */
+static const char *opts_invalid(const gk_gen_opts *o)
+{
+    if (!isfinite(o->temperature) || o->temperature < 0.0f)
+        return "temperature must be a finite number >= 0";
+    if (!(o->top_p > 0.0f && o->top_p <= 1.0f)) /* also NaN */
+        return "top_p must be in (0, 1]";
+    if (o->top_k < 0)
+        return "top_k must not be negative";
+    return NULL;
+}
+
 int32_t gk_sample(const float *logits, int64_t n_vocab, const gk_gen_opts *o, gk_rng *rng)
 {
+    if (!logits || !o || n_vocab <= 0 || n_vocab > INT32_MAX || opts_invalid(o) || (!is_greedy(o) && !rng))
+        return -1;
     double u = is_greedy(o) ? 0.0 : rng_uniform(rng);
     return sample_u(logits, n_vocab, o, u);
 }
@@ -176,13 +208,23 @@ static bool is_eos(const gk_gen_opts *o, int32_t t)
 gk_status gk_model_generate(gk_model *m, const int32_t *prompt, int64_t n_prompt, const gk_gen_opts *o,
                             int32_t *out, int64_t *n_out, gk_gen_stats *stats, gk_err *err)
 {
-    *n_out = 0;
+    if (n_out)
+        *n_out = 0;
+    if (!m || !prompt || !o || !out || !n_out)
+        return gk_err_set(err, GK_ERR_INVALID_ARG, "gk_model_generate: %s is NULL",
+                          !m ? "the model" : !prompt ? "prompt" : !o ? "opts" : !out ? "out" : "n_out");
     if (n_prompt <= 0)
         return gk_err_set(err, GK_ERR_INVALID_ARG, "the prompt is empty");
-    if (o->top_p <= 0.0f || o->top_p > 1.0f)
-        return gk_err_set(err, GK_ERR_INVALID_ARG, "top_p must be in (0, 1], got %g", (double)o->top_p);
-    if (o->temperature < 0.0f || o->top_k < 0 || o->max_new_tokens < 0)
-        return gk_err_set(err, GK_ERR_INVALID_ARG, "temperature, top_k and max_new_tokens must not be negative");
+    const char *why = opts_invalid(o);
+    if (why)
+        return gk_err_set(err, GK_ERR_INVALID_ARG, "%s, got temperature %g, top_p %g, top_k %d", why,
+                          (double)o->temperature, (double)o->top_p, o->top_k);
+    if (o->max_new_tokens < 0)
+        return gk_err_set(err, GK_ERR_INVALID_ARG, "max_new_tokens must not be negative, got %lld",
+                          (long long)o->max_new_tokens);
+    if (o->n_eos < 0 || (o->n_eos > 0 && !o->eos_ids))
+        return gk_err_set(err, GK_ERR_INVALID_ARG, "n_eos must be >= 0 and eos_ids hold that many ids, got n_eos %d "
+                          "and eos_ids %s", o->n_eos, o->eos_ids ? "set" : "NULL");
     /* The last sampled token is never fed back, so it needs no cache row.
      * Compared without adding, so a huge max_new_tokens cannot overflow. */
     if (n_prompt > m->n_ctx || o->max_new_tokens > m->n_ctx + 1 - n_prompt)

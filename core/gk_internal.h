@@ -29,10 +29,10 @@ GK_INTERNAL char *gk_path_join(const char *dir, const char *name);
 GK_INTERNAL char *gk_path_dirname(const char *path);
 GK_INTERNAL bool gk_path_is_dir(const char *path);
 GK_INTERNAL bool gk_path_exists(const char *path);
-/* Copy of s for an error message: control characters, DEL, single quotes and
- * backslashes escaped (\n, \x1b, \', ...; UTF-8 kept), cut with "..." to fit
- * n bytes.
- * Returns buf. For names read from files (tensor names, tokens, keys). */
+/* Copy of s for an error message: control characters (C0, DEL and C1), single
+ * quotes, backslashes and bytes that are not UTF-8 escaped (\n, \x1b, \u009b,
+ * \', ...; valid UTF-8 kept), cut at a character boundary with "..." when it
+ * does not fit n bytes. Returns buf. For names read from files. */
 GK_INTERNAL const char *gk_quote(char *buf, size_t n, const char *s);
 /* Heap copy (NULL on NULL or out of memory). */
 GK_INTERNAL char *gk_strdup(const char *s);

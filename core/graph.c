@@ -27,7 +27,7 @@ const char *gk_op_name(gk_op op)
 static gk_tensor *new_tensor(gk_builder *b, gk_dtype dt, int64_t rows, int64_t cols,
                              const char *name, int il)
 {
-    if (b->failed)
+    if (!b || b->failed)
         return NULL;
     gk_fgraph *fg = b->fg;
     if (fg->n_owned == fg->cap_owned) {
@@ -45,7 +45,7 @@ static gk_tensor *new_tensor(gk_builder *b, gk_dtype dt, int64_t rows, int64_t c
     t->rows = rows;
     t->cols = cols;
     t->layer = il;
-    snprintf(t->name, sizeof t->name, "%s", name);
+    snprintf(t->name, sizeof t->name, "%s", name ? name : "?");
     fg->owned[fg->n_owned++] = t;
     return t;
 fail:
@@ -55,7 +55,7 @@ fail:
 
 static gk_node *new_node(gk_builder *b, gk_op op, gk_tensor *dst)
 {
-    if (b->failed || !dst)
+    if (!b || b->failed || !dst)
         return NULL;
     gk_fgraph *fg = b->fg;
     if (fg->g.n_nodes == fg->cap_nodes) {
@@ -78,6 +78,8 @@ static gk_node *new_node(gk_builder *b, gk_op op, gk_tensor *dst)
 /* Any NULL input poisons the build (a missing weight is caught at load). */
 static bool inputs_ok(gk_builder *b, const gk_tensor *x)
 {
+    if (!b)
+        return false;
     if (!x)
         b->failed = true;
     return !b->failed;
@@ -85,13 +87,13 @@ static bool inputs_ok(gk_builder *b, const gk_tensor *x)
 
 /* ------------------------------------------------------------- helpers */
 
-const gk_config *gk_builder_config(const gk_builder *b) { return &b->m->cfg; }
-gk_tensor *gk_builder_ids(gk_builder *b) { return b->fg->ids; }
-gk_tensor *gk_builder_pos(gk_builder *b) { return b->fg->pos; }
+const gk_config *gk_builder_config(const gk_builder *b) { return b ? &b->m->cfg : NULL; }
+gk_tensor *gk_builder_ids(gk_builder *b) { return b ? b->fg->ids : NULL; }
+gk_tensor *gk_builder_pos(gk_builder *b) { return b ? b->fg->pos : NULL; }
 
 gk_tensor *gk_builder_weight(gk_builder *b, gk_role role, int il)
 {
-    if ((unsigned)role >= GK_W_COUNT)
+    if (!b || (unsigned)role >= GK_W_COUNT)
         return NULL;
     gk_model *m = b->m;
     if (m->lw[role])
@@ -137,7 +139,7 @@ gk_tensor *gk_build_add(gk_builder *b, gk_tensor *x, gk_tensor *y, const char *n
 gk_tensor *gk_build_layer_norm(gk_builder *b, gk_tensor *x, gk_tensor *w, gk_tensor *bias,
                                float eps, const char *name, int il)
 {
-    if (!inputs_ok(b, w) || !inputs_ok(b, bias))
+    if (!inputs_ok(b, w)) /* bias may be NULL, as the op allows */
         return NULL;
     gk_tensor *d = unary(b, GK_OP_LAYER_NORM, x, x ? x->cols : 0, name, il);
     if (d) {
@@ -167,6 +169,8 @@ gk_tensor *gk_build_rms_norm(gk_builder *b, gk_tensor *x, gk_tensor *w, int64_t 
 gk_tensor *gk_build_norm(gk_builder *b, gk_tensor *x, gk_tensor *w, gk_tensor *bias,
                          const char *name, int il)
 {
+    if (!b)
+        return NULL;
     const gk_config *c = &b->m->cfg;
     if (c->norm == GK_NORM_LAYER)
         return gk_build_layer_norm(b, x, w, bias, c->norm_eps, name, il);
@@ -202,6 +206,8 @@ gk_tensor *gk_build_rope(gk_builder *b, gk_tensor *x, const char *name, int il)
 
 gk_tensor *gk_build_attn(gk_builder *b, gk_tensor *q, gk_tensor *k, gk_tensor *v, int il)
 {
+    if (!b)
+        return NULL;
     const gk_config *c = &b->m->cfg;
     if (!inputs_ok(b, k) || !inputs_ok(b, v) || il < 0 || il >= c->n_layer) {
         b->failed = true;
@@ -240,13 +246,26 @@ gk_tensor *gk_build_silu_mul(gk_builder *b, gk_tensor *gate, gk_tensor *up, cons
 
 /* --------------------------------------------------------------- arena */
 
-static size_t align_up(size_t n) { return (n + 255) & ~(size_t)255; }
+/* n rounded up to 256 bytes; false when that overflows. */
+static bool align_up(size_t n, size_t *out)
+{
+    if (!gk_size_add(n, 255, out))
+        return false;
+    *out &= ~(size_t)255;
+    return true;
+}
 
 static gk_status place_arena(gk_model *m, gk_fgraph *fg, gk_err *err)
 {
-    size_t total = 0;
-    for (size_t i = 0; i < fg->n_owned; i++)
-        total += align_up(gk_tensor_nbytes(fg->owned[i]));
+    size_t total = 0, a;
+    for (size_t i = 0; i < fg->n_owned; i++) {
+        const gk_tensor *t = fg->owned[i];
+        if (!align_up(gk_tensor_nbytes(t), &a) || !gk_size_add(total, a, &total))
+            return gk_err_set(err, GK_ERR_NOMEM,
+                              "the graph for %lld tokens is too large: its activations overflow the address space "
+                              "(node '%s' [%lld][%lld])",
+                              (long long)fg->g.n_tokens, t->name, (long long)t->rows, (long long)t->cols);
+    }
     gk_status st = m->be.ops->buffer_alloc(m->be.state, total, &fg->arena, err);
     if (st != GK_OK)
         return st;
@@ -255,7 +274,8 @@ static gk_status place_arena(gk_model *m, gk_fgraph *fg, gk_err *err)
     size_t off = 0;
     for (size_t i = 0; i < fg->n_owned; i++) {
         fg->owned[i]->data = (char *)fg->arena + off;
-        off += align_up(gk_tensor_nbytes(fg->owned[i]));
+        align_up(gk_tensor_nbytes(fg->owned[i]), &a); /* checked above */
+        off += a;
     }
     return GK_OK;
 }
@@ -296,7 +316,9 @@ gk_status gk_fgraph_check(gk_model *m, const gk_fgraph *fg, gk_err *err)
 static gk_status finish(gk_model *m, gk_builder *b, gk_status st, gk_fgraph **out, gk_err *err)
 {
     if (st == GK_OK && b->failed)
-        st = gk_err_set(err, GK_ERR_NOMEM, "out of memory (or a missing weight) building the graph");
+        st = gk_err_set(err, GK_ERR_NOMEM,
+                        "out of memory (or a missing weight or a NULL or out-of-range builder argument) building "
+                        "the graph");
     if (st == GK_OK)
         st = place_arena(m, b->fg, err);
     if (st == GK_OK)

@@ -8,9 +8,11 @@
  */
 #include "model_impl.h"
 
+#include <errno.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 /* ------------------------------------------------------ model tensors */
 
@@ -26,6 +28,11 @@ gk_status gk_model_tensor_new(gk_model *m, gk_dtype dt, int64_t rows, int64_t co
     t->cols = cols;
     t->layer = layer;
     snprintf(t->name, sizeof t->name, "%s", name);
+    if (gk_tensor_nbytes(t) == SIZE_MAX) {
+        free(t);
+        return gk_err_set(err, GK_ERR_NOMEM, "tensor '%s' [%lld][%lld] is too large to allocate (its size overflows)",
+                          name, (long long)rows, (long long)cols);
+    }
     gk_status st = m->be.ops->buffer_alloc(m->be.state, gk_tensor_nbytes(t), &t->data, err);
     if (st != GK_OK) {
         free(t);
@@ -198,6 +205,8 @@ static bool entry_required(const gk_model *m, const gk_tensor_entry *e)
 {
     if (e->flags & GK_TF_COND_BIAS)
         return m->cfg.attention_bias;
+    if (e->flags & GK_TF_COND_MLP_BIAS)
+        return m->cfg.mlp_bias;
     if (e->flags & GK_TF_COND_QKN)
         return m->arch->spec->use_qk_norm;
     return !(e->flags & GK_TF_OPTIONAL);
@@ -235,6 +244,11 @@ static gk_status load_weights(gk_model *m, gk_safetensors *st, const gk_model_op
                                "tensor '%s' is present but config.json says attention_bias is false", name);
                 continue;
             }
+            if ((e->flags & GK_TF_COND_MLP_BIAS) && !m->cfg.mlp_bias) {
+                s = gk_err_set(err, GK_ERR_FORMAT,
+                               "tensor '%s' is present but config.json says mlp_bias is false", name);
+                continue;
+            }
             /* a tied head's own copy and known-unused tensors are claimed, not loaded */
             bool skip = e->role == GK_W_UNUSED || (e->role == GK_W_LM_HEAD && m->cfg.tie_word_embeddings);
             gk_tensor **slot = skip ? NULL : layered ? &m->lw[e->role][il] : &m->w[e->role];
@@ -251,10 +265,13 @@ static gk_status load_weights(gk_model *m, gk_safetensors *st, const gk_model_op
     if (s == GK_OK && !m->w[GK_W_LM_HEAD] && !m->cfg.tie_word_embeddings)
         s = gk_err_set(err, GK_ERR_FORMAT,
                        "missing LM head tensor and config.json has tie_word_embeddings = false");
-    for (size_t i = 0; s == GK_OK && i < n_names; i++)
-        if (!claimed[i])
+    for (size_t i = 0; s == GK_OK && i < n_names; i++) {
+        if (!claimed[i]) {
+            char q[200];
             s = gk_err_set(err, GK_ERR_FORMAT, "unknown tensor '%s' for the %s architecture",
-                           gk_safetensors_name(st, i), m->arch->spec->name);
+                           gk_quote(q, sizeof q, gk_safetensors_name(st, i)), m->arch->spec->name);
+        }
+    }
     free(claimed);
     return s;
 }
@@ -311,9 +328,10 @@ static gk_status parse_dtype(const char *s, gk_dtype stored, gk_dtype *out, gk_e
 /* The folder of a model path (the path itself, or the folder of a file). */
 static gk_status model_folder(const char *path, char **dir, gk_err *err)
 {
-    if (!gk_path_exists(path))
-        return gk_err_set(err, GK_ERR_IO, "%s: no such file or folder", path);
-    *dir = gk_path_is_dir(path) ? gk_strdup(path) : gk_path_dirname(path);
+    struct stat sb;
+    if (stat(path, &sb) != 0) /* the cause as the system gives it: missing, a symlink loop, no permission */
+        return gk_err_set(err, GK_ERR_IO, "%s: %s", path, strerror(errno));
+    *dir = S_ISDIR(sb.st_mode) ? gk_strdup(path) : gk_path_dirname(path);
     return *dir ? GK_OK : gk_err_set(err, GK_ERR_NOMEM, "out of memory");
 }
 
@@ -321,7 +339,7 @@ static gk_status alloc_caches(gk_model *m, gk_err *err)
 {
     const gk_config *c = &m->cfg;
     int64_t half = c->head_dim / 2;
-    float *inv = malloc((size_t)half * sizeof(float));
+    float *inv = malloc((size_t)(half ? half : 1) * sizeof(float));
     if (!inv)
         return gk_err_set(err, GK_ERR_NOMEM, "out of memory");
     rope_freqs(c, inv, half);
@@ -346,10 +364,16 @@ static gk_status alloc_caches(gk_model *m, gk_err *err)
     return s;
 }
 
-static uint64_t kv_cache_bytes(const gk_model *m)
+/* Bytes of the K and V caches, F32 [n_layer][n_ctx][Hkv*hd] each; false when
+ * that does not fit 64 bits. */
+static bool kv_cache_bytes(const gk_model *m, uint64_t *out)
 {
-    return 2ull * (uint64_t)m->cfg.n_layer * (uint64_t)m->n_ctx * (uint64_t)(m->cfg.n_head_kv * m->cfg.head_dim) *
-           sizeof(float);
+    int64_t n;
+    if (!gk_i64_mul(m->cfg.n_head_kv, m->cfg.head_dim, &n) || !gk_i64_mul(n, m->n_ctx, &n) ||
+        !gk_i64_mul(n, m->cfg.n_layer, &n) || !gk_i64_mul(n, 2 * (int64_t)sizeof(float), &n) || n < 0)
+        return false;
+    *out = (uint64_t)n;
+    return true;
 }
 
 /* Weight bytes the model will need on the backend, to refuse early when they
@@ -369,10 +393,18 @@ static uint64_t planned_weight_bytes(const gk_model *m, gk_safetensors *st)
 gk_status gk_model_load(gk_runtime *rt, const char *path, const gk_model_opts *opts, gk_model **out,
                         gk_err *err)
 {
+    if (!out)
+        return gk_err_set(err, GK_ERR_INVALID_ARG, "gk_model_load: out is NULL");
     *out = NULL;
+    if (!rt || !path)
+        return gk_err_set(err, GK_ERR_INVALID_ARG, "gk_model_load: %s is NULL", rt ? "path" : "rt");
     gk_model_opts defaults = {0};
     if (!opts)
         opts = &defaults;
+    if (opts->n_ctx < 0)
+        return gk_err_set(err, GK_ERR_INVALID_ARG,
+                          "n_ctx (the context length) must be >= 0 (0 = the model's default), got %lld",
+                          (long long)opts->n_ctx);
     gk_model *m = calloc(1, sizeof *m);
     if (!m)
         return gk_err_set(err, GK_ERR_NOMEM, "out of memory");
@@ -383,7 +415,9 @@ gk_status gk_model_load(gk_runtime *rt, const char *path, const gk_model_opts *o
     if (s != GK_OK)
         goto fail;
     cfg_path = gk_path_join(dir, "config.json");
-    if (!cfg_path || !gk_path_exists(cfg_path)) {
+    struct stat sb;
+    if (!cfg_path || (lstat(cfg_path, &sb) != 0 && errno == ENOENT)) {
+        /* only a missing entry is "no config.json"; a broken one is reported by the reader */
         s = gk_err_set(err, GK_ERR_NOT_FOUND, "%s: no config.json beside the weights", dir);
         goto fail;
     }
@@ -450,11 +484,26 @@ gk_status gk_model_load(gk_runtime *rt, const char *path, const gk_model_opts *o
     s = m->be.ops->device_props(m->be.state, &props, err);
     if (s != GK_OK)
         goto fail;
-    uint64_t w_bytes = planned_weight_bytes(m, st), need = w_bytes + kv_cache_bytes(m);
+    uint64_t w_bytes = planned_weight_bytes(m, st), kv_bytes, need;
+    if (!kv_cache_bytes(m, &kv_bytes) || (need = w_bytes + kv_bytes) < w_bytes) {
+        s = gk_err_set(err, GK_ERR_INVALID_ARG,
+                       "context of %lld tokens (n_ctx, gkrun --ctx) is too large: its KV cache would need more "
+                       "than 2^64 bytes",
+                       (long long)m->n_ctx);
+        goto fail;
+    }
     if (props.mem_free && need > props.mem_free) {
         s = gk_err_set(err, GK_ERR_NOMEM,
-                       "out of memory on %s: the model needs %.2f GB (weights and a %lld-token KV cache), %.2f GB is free",
+                       "out of memory on %s: the model needs %.2f GB (weights and a %lld-token KV cache), %.2f GB is "
+                       "free; a shorter context (n_ctx, gkrun --ctx) needs less",
                        props.name, need / 1e9, (long long)m->n_ctx, props.mem_free / 1e9);
+        goto fail;
+    }
+    /* positions are I32 in the graph */
+    if (m->n_ctx > INT32_MAX) {
+        s = gk_err_set(err, GK_ERR_INVALID_ARG,
+                       "context of %lld tokens (n_ctx, gkrun --ctx) is beyond the %lld positions gk supports",
+                       (long long)m->n_ctx, (long long)INT32_MAX);
         goto fail;
     }
     s = load_weights(m, st, opts, w_bytes, err);
@@ -509,17 +558,20 @@ void gk_model_destroy(gk_model *m)
     free(m);
 }
 
-const gk_config *gk_model_config(const gk_model *m) { return &m->cfg; }
-const gk_model_spec *gk_model_spec_of(const gk_model *m) { return m->arch->spec; }
-const char *gk_model_backend_name(const gk_model *m) { return m->be.name; }
-gk_dtype gk_model_dtype(const gk_model *m) { return m->dtype; }
-int64_t gk_model_n_ctx(const gk_model *m) { return m->n_ctx; }
-int64_t gk_model_n_past(const gk_model *m) { return m->n_past; }
-uint64_t gk_model_weight_bytes(const gk_model *m) { return m->weight_bytes; }
-uint64_t gk_model_mem_peak(const gk_model *m) { return m->mem_peak; }
+/* Getters: a NULL model gives NULL, 0 or GK_DTYPE_COUNT. */
+const gk_config *gk_model_config(const gk_model *m) { return m ? &m->cfg : NULL; }
+const gk_model_spec *gk_model_spec_of(const gk_model *m) { return m ? m->arch->spec : NULL; }
+const char *gk_model_backend_name(const gk_model *m) { return m ? m->be.name : NULL; }
+gk_dtype gk_model_dtype(const gk_model *m) { return m ? m->dtype : GK_DTYPE_COUNT; }
+int64_t gk_model_n_ctx(const gk_model *m) { return m ? m->n_ctx : 0; }
+int64_t gk_model_n_past(const gk_model *m) { return m ? m->n_past : 0; }
+uint64_t gk_model_weight_bytes(const gk_model *m) { return m ? m->weight_bytes : 0; }
+uint64_t gk_model_mem_peak(const gk_model *m) { return m ? m->mem_peak : 0; }
 
 gk_status gk_model_device(const gk_model *m, gk_device_props *out, gk_err *err)
 {
+    if (!m || !out)
+        return gk_err_set(err, GK_ERR_INVALID_ARG, "gk_model_device: %s is NULL", m ? "out" : "the model");
     memset(out, 0, sizeof *out);
     return m->be.ops->device_props(m->be.state, out, err);
 }
@@ -535,9 +587,11 @@ static gk_status run(gk_model *m, gk_fgraph *fg, gk_err *err)
 
 gk_status gk_model_forward(gk_model *m, const int32_t *ids, int64_t n, float *hidden, gk_err *err)
 {
+    if (!m || !ids)
+        return gk_err_set(err, GK_ERR_INVALID_ARG, "gk_model_forward: %s is NULL", m ? "ids" : "the model");
     if (n <= 0)
         return gk_err_set(err, GK_ERR_INVALID_ARG, "forward needs at least one token");
-    if (m->n_past + n > m->n_ctx)
+    if (n > m->n_ctx - m->n_past) /* not n_past + n: a huge n must not overflow */
         return gk_err_set(err, GK_ERR_INVALID_ARG,
                           "%lld tokens after %lld cached ones exceed the context of %lld tokens",
                           (long long)n, (long long)m->n_past, (long long)m->n_ctx);
@@ -581,6 +635,8 @@ gk_status gk_model_forward(gk_model *m, const int32_t *ids, int64_t n, float *hi
 
 gk_status gk_model_logits(gk_model *m, float *logits, gk_err *err)
 {
+    if (!m || !logits)
+        return gk_err_set(err, GK_ERR_INVALID_ARG, "gk_model_logits: %s is NULL", m ? "logits" : "the model");
     if (!m->ran)
         return gk_err_set(err, GK_ERR_INVALID_ARG, "logits asked before any forward call");
     gk_status s = GK_OK;
@@ -624,6 +680,8 @@ gk_status gk_model_last_logits(gk_model *m, gk_err *err)
 
 gk_status gk_model_truncate(gk_model *m, int64_t n_keep, gk_err *err)
 {
+    if (!m)
+        return gk_err_set(err, GK_ERR_INVALID_ARG, "gk_model_truncate: the model is NULL");
     if (n_keep < 0 || n_keep > m->n_past)
         return gk_err_set(err, GK_ERR_INVALID_ARG, "cannot keep %lld of %lld cached tokens",
                           (long long)n_keep, (long long)m->n_past);
@@ -635,7 +693,7 @@ gk_status gk_model_truncate(gk_model *m, int64_t n_keep, gk_err *err)
 
 static const gk_node *node_at(const gk_model *m, size_t i)
 {
-    if (!m->ran)
+    if (!m || !m->ran)
         return NULL;
     size_t nf = m->fwd ? m->fwd->g.n_nodes : 0;
     if (i < nf)
@@ -648,7 +706,7 @@ static const gk_node *node_at(const gk_model *m, size_t i)
 
 size_t gk_model_node_count(const gk_model *m)
 {
-    if (!m->ran)
+    if (!m || !m->ran)
         return 0;
     return (m->fwd ? m->fwd->g.n_nodes : 0) + (m->head ? m->head->g.n_nodes : 0);
 }
@@ -672,8 +730,11 @@ gk_status gk_model_node_info(const gk_model *m, size_t i, const char **name, int
 
 gk_status gk_model_node_read(gk_model *m, size_t i, float *dst, gk_err *err)
 {
+    if (!dst)
+        return gk_err_set(err, GK_ERR_INVALID_ARG, "gk_model_node_read: dst is NULL");
     const gk_node *nd = node_at(m, i);
     if (!nd)
-        return gk_err_set(err, GK_ERR_INVALID_ARG, "no node %zu", i);
+        return gk_err_set(err, GK_ERR_INVALID_ARG, "no node %zu (%zu after the last forward call)", i,
+                          gk_model_node_count(m));
     return m->be.ops->buffer_read(m->be.state, nd->dst->data, 0, dst, gk_tensor_nbytes(nd->dst), err);
 }

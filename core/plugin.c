@@ -1,16 +1,25 @@
 /* plugin.c - opening one plugin shared object and checking it before use.
  *
  * The order of checks gives each failure its own message: the file cannot be
- * opened, it exports no entry symbol, it was built for another ABI, it is of the
- * other kind, its ops table lacks a required entry, its init failed. Nothing in
- * a plugin is called before its ABI is known to match. Not here: search paths
- * and the registry (runtime.c).
+ * opened, it exports no entry symbol (or one that is not a function), it was
+ * built for another ABI, it is of the other kind, its ops table is the other
+ * kind's or lacks a required entry, its init failed. Nothing in a plugin is
+ * called before its entry is known to be code, nothing else before its ABI is
+ * known to match. Not here: search paths and the registry (runtime.c).
  */
 #include "runtime_impl.h"
 
 #include <dlfcn.h>
+#include <elf.h>
+#include <link.h>
 #include <stdlib.h>
 #include <string.h>
+
+/* ABI 1.1 put the ops tables' magic where 1.0 had padding, so a 1.0 table
+ * keeps its layout (LP64, which is what gk is built for). */
+_Static_assert(offsetof(gk_backend_ops, magic) == 4 && offsetof(gk_backend_ops, available) == 8 &&
+                   offsetof(gk_arch_ops, magic) == 4 && offsetof(gk_arch_ops, spec) == 8,
+               "the ops tables' magic must sit in the padding after struct_size");
 
 static void host_log(const char *plugin, const char *msg)
 {
@@ -28,11 +37,51 @@ static const char *kind_name(gk_plugin_kind k)
     return k == GK_PLUGIN_KIND_ARCH ? "architecture" : k == GK_PLUGIN_KIND_BACKEND ? "backend" : "unknown";
 }
 
+/* The entry symbol must be code: a data object of that name would be called
+ * and crash. The dynamic symbol covering its address says what it is. NULL
+ * when it is a function, else what it is instead. */
+static const char *entry_not_code(void *addr)
+{
+    Dl_info info;
+    const ElfW(Sym) *sym = NULL;
+    if (!dladdr1(addr, &info, (void **)&sym, RTLD_DL_SYMENT) || !sym)
+        return "no symbol covers its address";
+    switch (ELF64_ST_TYPE(sym->st_info)) {   /* the same for ELF32 */
+    case STT_FUNC:
+    case STT_GNU_IFUNC:
+        return NULL;
+    case STT_OBJECT: return "a data object";
+    case STT_TLS: return "thread-local data";
+    case STT_NOTYPE: return "a symbol without a type";
+    default: return "not a function";
+    }
+}
+
+/* A 1.1 ops table names its kind; a 1.0 one has 0 there and is not checked. */
+static gk_status check_magic(const gk_plugin_desc *d, const char *path, gk_err *err)
+{
+    bool arch = d->kind == GK_PLUGIN_KIND_ARCH;
+    uint32_t magic = arch ? ((const gk_arch_ops *)d->ops)->magic : ((const gk_backend_ops *)d->ops)->magic;
+    uint32_t want = arch ? GK_ARCH_OPS_MAGIC : GK_BACKEND_OPS_MAGIC;
+    uint32_t other = arch ? GK_BACKEND_OPS_MAGIC : GK_ARCH_OPS_MAGIC;
+    if (d->abi_minor < 1 || magic == want)
+        return GK_OK;
+    if (magic == other)
+        return gk_err_set(err, GK_ERR_PLUGIN, "%s: %s plugin '%s' has a%s %s ops table", path,
+                          kind_name(d->kind), d->name, arch ? "" : "n", arch ? "backend" : "architecture");
+    return gk_err_set(err, GK_ERR_PLUGIN, "%s: %s plugin '%s': ops table has magic 0x%08x, expected 0x%08x (%s)",
+                      path, kind_name(d->kind), d->name, magic, want,
+                      arch ? "GK_ARCH_OPS_MAGIC" : "GK_BACKEND_OPS_MAGIC");
+}
+
 /* Required entries of each ops table; named in the error when NULL. */
 static gk_status check_ops(const gk_plugin_desc *d, const char *path, gk_err *err)
 {
     if (!d->ops)
         return gk_err_set(err, GK_ERR_PLUGIN, "%s: plugin '%s' has no ops table", path, d->name);
+    gk_status st = check_magic(d, path, err);
+    if (st != GK_OK)
+        return st;
     if (d->kind == GK_PLUGIN_KIND_BACKEND) {
         const gk_backend_ops *o = d->ops;
         if (o->struct_size < offsetof(gk_backend_ops, synchronize))
@@ -68,13 +117,20 @@ gk_status gk_plugin_open(const char *path, const char *name, gk_plugin_kind kind
     if (!dl)
         return gk_err_set(err, GK_ERR_PLUGIN, "cannot open plugin %s: %s", path, dlerror());
 
-    gk_plugin_entry_fn entry;
-    *(void **)&entry = dlsym(dl, GK_PLUGIN_ENTRY_NAME);
-    if (!entry) {
+    void *sym = dlsym(dl, GK_PLUGIN_ENTRY_NAME);
+    if (!sym) {
         st = gk_err_set(err, GK_ERR_PLUGIN, "%s is not a gk plugin: no entry symbol '%s'",
                         path, GK_PLUGIN_ENTRY_NAME);
         goto out_close;
     }
+    const char *what = entry_not_code(sym);
+    if (what) {
+        st = gk_err_set(err, GK_ERR_PLUGIN, "%s is not a gk plugin: entry symbol '%s' is not a function (%s)",
+                        path, GK_PLUGIN_ENTRY_NAME, what);
+        goto out_close;
+    }
+    gk_plugin_entry_fn entry;
+    *(void **)&entry = sym;
     const gk_plugin_desc *d = entry();
     if (!d) {
         st = gk_err_set(err, GK_ERR_PLUGIN, "%s: entry symbol returned no descriptor", path);

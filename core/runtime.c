@@ -12,6 +12,7 @@
 #include <dirent.h>
 #include <dlfcn.h>
 #include <ini.h>
+#include <limits.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -30,6 +31,9 @@ struct gk_runtime {
 
 typedef struct ini_state {
     const char *path;
+    const char *next, *end;   /* the file's text not yet handed to inih */
+    int line;                 /* line last handed to inih (1-based) */
+    int err_line;             /* first line refused here; 0 = none */
     char *dirs[MAX_DIRS];
     size_t n_dirs;
     char *arch[MAX_NAMES];
@@ -63,7 +67,8 @@ static char *trim(char *s)
     return s;
 }
 
-/* Split a comma list into heap strings appended to list. */
+/* Split a comma list into heap strings appended to list[*n..cap). Entries of
+ * a key given on several lines accumulate; cap counts them all. */
 static bool split_list(ini_state *s, const char *key, const char *value, char **list, size_t *n,
                        size_t cap)
 {
@@ -91,26 +96,37 @@ static bool split_list(ini_state *s, const char *key, const char *value, char **
     return true;
 }
 
-/* inih handler: 0 stops parsing and makes ini_parse return the line number. */
-static int on_ini_entry(void *user, const char *section, const char *name, const char *value)
+/* [plugins] path: entries go straight into s->dirs (freed with the state on
+ * any failure); relative folders are relative to the INI file's folder. */
+static bool add_dirs(ini_state *s, const char *value)
 {
-    ini_state *s = user;
-    if (strcmp(section, "plugins") == 0) {
-        if (strcmp(name, "path") == 0) {
-            char *tmp[MAX_DIRS];
-            size_t n = 0;
-            if (!split_list(s, name, value, tmp, &n, MAX_DIRS - s->n_dirs))
-                return 0;
-            /* Relative folders are relative to the INI file's folder. */
-            char *base = gk_path_dirname(s->path);
-            for (size_t i = 0; i < n; i++) {
-                char *d = tmp[i][0] == '/' || !base ? gk_strdup(tmp[i]) : gk_path_join(base, tmp[i]);
-                free(tmp[i]);
-                s->dirs[s->n_dirs++] = d;
-            }
+    size_t first = s->n_dirs;
+    if (!split_list(s, "path", value, s->dirs, &s->n_dirs, MAX_DIRS))
+        return false;
+    char *base = gk_path_dirname(s->path);
+    for (size_t i = first; i < s->n_dirs; i++) {
+        if (s->dirs[i][0] == '/')
+            continue;
+        char *d = base ? gk_path_join(base, s->dirs[i]) : NULL;
+        if (!d) {
+            snprintf(s->msg, sizeof s->msg, "out of memory");
             free(base);
-            return 1;
+            return false;
         }
+        free(s->dirs[i]);
+        s->dirs[i] = d;
+    }
+    free(base);
+    return true;
+}
+
+/* One name = value of the INI; false with s->msg set when refused. */
+static bool ini_entry(ini_state *s, const char *section, const char *name, const char *value)
+{
+    char q[128];
+    if (strcmp(section, "plugins") == 0) {
+        if (strcmp(name, "path") == 0)
+            return add_dirs(s, value);
         if (strcmp(name, "arch") == 0) {
             s->arch_set = true;
             return split_list(s, name, value, s->arch, &s->n_arch, MAX_NAMES);
@@ -122,33 +138,90 @@ static int on_ini_entry(void *user, const char *section, const char *name, const
     } else if (strcmp(section, "runtime") == 0) {
         if (strcmp(name, "backend") == 0) {
             if (strlen(value) >= sizeof s->backend || !value[0]) {
-                snprintf(s->msg, sizeof s->msg, "bad value '%s' for 'backend'", value);
-                return 0;
+                snprintf(s->msg, sizeof s->msg, "bad value '%s' for 'backend'", gk_quote(q, sizeof q, value));
+                return false;
             }
             strcpy(s->backend, value);
-            return 1;
+            return true;
         }
     } else {
-        snprintf(s->msg, sizeof s->msg, "unknown section [%s]", section);
-        return 0;
+        snprintf(s->msg, sizeof s->msg, "unknown section [%s]", gk_quote(q, sizeof q, section));
+        return false;
     }
-    snprintf(s->msg, sizeof s->msg, "unknown key '%s' in section [%s]", name, section);
+    snprintf(s->msg, sizeof s->msg, "unknown key '%s' in section [%s]", gk_quote(q, sizeof q, name), section);
+    return false;
+}
+
+/* inih handler: 0 marks the line as an error. inih goes on to the end of the
+ * file after an error, so only the first one is kept, with its line. */
+static int on_ini_entry(void *user, const char *section, const char *name, const char *value)
+{
+    ini_state *s = user;
+    if (s->err_line)
+        return 1;
+    if (ini_entry(s, section, name, value))
+        return 1;
+    s->err_line = s->line;
     return 0;
+}
+
+/* inih (Debian's libinih 55) reads each line into a fixed buffer of num bytes
+ * and hands what does not fit back as a new line, so the tail of a long
+ * comment would become a setting; it also stops at a NUL. This reader gives
+ * inih one line of the file at a time and refuses, by line, any that inih
+ * could not take whole: longer than num - 3 bytes (room for "\r\n" and the
+ * NUL, as ini.h says of INI_MAX_LINE) or holding a NUL byte. */
+static char *ini_next_line(char *str, int num, void *user)
+{
+    ini_state *s = user;
+    if (s->err_line || s->next >= s->end)
+        return NULL;
+    const char *nl = memchr(s->next, '\n', (size_t)(s->end - s->next));
+    size_t n = nl ? (size_t)(nl - s->next) + 1 : (size_t)(s->end - s->next);
+    size_t body = n - (nl != NULL);
+    if (body > 0 && s->next[body - 1] == '\r')
+        body--;
+    if (s->line == INT_MAX) {
+        snprintf(s->msg, sizeof s->msg, "too many lines");
+        s->err_line = s->line;
+        return NULL;
+    }
+    s->line++;
+    if (num < 4 || body > (size_t)num - 3) {
+        snprintf(s->msg, sizeof s->msg, "line longer than %d bytes", num - 3);
+        s->err_line = s->line;
+        return NULL;
+    }
+    if (memchr(s->next, '\0', n)) {
+        snprintf(s->msg, sizeof s->msg, "NUL byte in the line");
+        s->err_line = s->line;
+        return NULL;
+    }
+    memcpy(str, s->next, n);
+    str[n] = '\0';
+    s->next += n;
+    return str;
 }
 
 static gk_status ini_load(const char *path, ini_state *s, gk_err *err)
 {
     s->path = path;
-    FILE *f = fopen(path, "r");
-    if (!f)
-        return gk_err_set(err, GK_ERR_IO, "%s: cannot open INI file", path);
-    int line = ini_parse_file(f, on_ini_entry, s);
-    fclose(f);
-    if (line != 0) {
-        if (!s->msg[0])
-            snprintf(s->msg, sizeof s->msg, "syntax error");
-        return gk_err_set(err, GK_ERR_CONFIG, "%s:%d: %s", path, line, s->msg);
-    }
+    char *text;
+    size_t len;
+    gk_status st = gk_read_file(path, &text, &len, err);
+    if (st != GK_OK)
+        return st;
+    s->next = text;
+    s->end = text + len;
+    int line = ini_parse_stream(ini_next_line, s, on_ini_entry, s);
+    free(text);
+    if (line < 0)
+        return gk_err_set(err, GK_ERR_NOMEM, "%s: out of memory while parsing", path);
+    /* A syntax error (inih's own) before the first line refused here wins. */
+    if (line > 0 && (!s->err_line || line < s->err_line))
+        return gk_err_set(err, GK_ERR_CONFIG, "%s:%d: syntax error", path, line);
+    if (s->err_line)
+        return gk_err_set(err, GK_ERR_CONFIG, "%s:%d: %s", path, s->err_line, s->msg);
     return GK_OK;
 }
 
@@ -353,6 +426,8 @@ static gk_status load_kind(gk_runtime *rt, const ini_state *s, gk_plugin_kind ki
 
 gk_status gk_runtime_create(const char *ini_path, gk_runtime **out, gk_err *err)
 {
+    if (!out)
+        return gk_err_set(err, GK_ERR_INVALID_ARG, "gk_runtime_create: out is NULL");
     *out = NULL;
     gk_status st;
     ini_state s;
@@ -397,8 +472,9 @@ gk_status gk_runtime_create(const char *ini_path, gk_runtime **out, gk_err *err)
         for (size_t i = 0; i < rt->n_backend; i++)
             found = found || strcmp(rt->backends[i].name, rt->default_backend) == 0;
         if (!found) {
+            char q[128];
             st = gk_err_set(err, GK_ERR_CONFIG, "%s: [runtime] backend = %s, but no such backend is loaded",
-                            ini_path, rt->default_backend);
+                            ini_path, gk_quote(q, sizeof q, rt->default_backend));
             goto out_fail;
         }
     }
@@ -423,21 +499,21 @@ void gk_runtime_destroy(gk_runtime *rt)
     free(rt);
 }
 
-size_t gk_runtime_arch_count(const gk_runtime *rt) { return rt->n_arch; }
+size_t gk_runtime_arch_count(const gk_runtime *rt) { return rt ? rt->n_arch : 0; }
 const char *gk_runtime_arch_name(const gk_runtime *rt, size_t i)
 {
-    return i < rt->n_arch ? rt->archs[i].name : NULL;
+    return rt && i < rt->n_arch ? rt->archs[i].name : NULL;
 }
-size_t gk_runtime_backend_count(const gk_runtime *rt) { return rt->n_backend; }
+size_t gk_runtime_backend_count(const gk_runtime *rt) { return rt ? rt->n_backend : 0; }
 const char *gk_runtime_backend_name(const gk_runtime *rt, size_t i)
 {
-    return i < rt->n_backend ? rt->backends[i].name : NULL;
+    return rt && i < rt->n_backend ? rt->backends[i].name : NULL;
 }
-const char *gk_runtime_default_backend(const gk_runtime *rt) { return rt->default_backend; }
+const char *gk_runtime_default_backend(const gk_runtime *rt) { return rt ? rt->default_backend : NULL; }
 
 const gk_arch_ops *gk_runtime_arch_ops(const gk_runtime *rt, const char *name)
 {
-    for (size_t i = 0; i < rt->n_arch; i++) {
+    for (size_t i = 0; rt && name && i < rt->n_arch; i++) {
         const gk_arch_ops *ops = rt->archs[i].desc->ops;
         if (arch_claims(ops->spec, name))
             return ops;
@@ -458,6 +534,8 @@ static gk_backend backend_of(const gk_plugin *p)
 
 gk_status gk_runtime_backend(gk_runtime *rt, const char *name, gk_backend *out, gk_err *err)
 {
+    if (!rt || !out)
+        return gk_err_set(err, GK_ERR_INVALID_ARG, "gk_runtime_backend: %s is NULL", !rt ? "rt" : "out");
     if (!name || strcmp(name, "auto") == 0)
         name = rt->default_backend;
     char why[256] = "";
@@ -523,7 +601,7 @@ static int name_score(const gk_arch_ops *ops, gk_safetensors *st)
 {
     int score = 0;
     for (const gk_tensor_entry *e = ops->tensors; e->name; e++) {
-        bool required = !(e->flags & (GK_TF_OPTIONAL | GK_TF_COND_BIAS | GK_TF_COND_QKN));
+        bool required = !(e->flags & (GK_TF_OPTIONAL | GK_TF_COND_BIAS | GK_TF_COND_MLP_BIAS | GK_TF_COND_QKN));
         if (e->flags & GK_TF_COND_QKN)
             required = ops->spec->use_qk_norm;
         bool have = has_entry(ops, st, e);
@@ -537,6 +615,8 @@ static int name_score(const gk_arch_ops *ops, gk_safetensors *st)
 gk_status gk_runtime_detect_arch(const gk_runtime *rt, gk_safetensors *st, const gk_config *cfg,
                                  const gk_model_spec **out, gk_err *err)
 {
+    if (!rt || !out)
+        return gk_err_set(err, GK_ERR_INVALID_ARG, "gk_runtime_detect_arch: %s is NULL", !rt ? "rt" : "out");
     *out = NULL;
     if (cfg) {
         for (size_t i = 0; cfg->architecture[0] && i < rt->n_arch; i++) {

@@ -22,14 +22,17 @@ typedef struct gk_backend {
 } gk_backend;
 
 /* Load one plugin file of the given kind; `name` is what the file name says.
- * Errors name the path: cannot open, no entry symbol, ABI mismatch, wrong kind,
- * missing required op, init failed. */
+ * Errors name the path: cannot open, no entry symbol or one that is not a
+ * function, ABI mismatch, wrong kind, an ops table of the other kind, missing
+ * required op, init failed. */
 GK_INTERNAL gk_status gk_plugin_open(const char *path, const char *name, gk_plugin_kind kind,
                                      gk_plugin *out, gk_err *err);
 GK_INTERNAL void gk_plugin_close(gk_plugin *p);
 
+/* NULL when rt or name is NULL or no architecture claims the name. */
 GK_INTERNAL const gk_arch_ops *gk_runtime_arch_ops(const gk_runtime *rt, const char *name);
-/* name NULL or "auto": the INI default, then cuda when usable, else cpu_ref. */
+/* name NULL or "auto": the INI default, then cuda when usable, else cpu_ref.
+ * GK_ERR_INVALID_ARG when rt or out is NULL. */
 GK_INTERNAL gk_status gk_runtime_backend(gk_runtime *rt, const char *name, gk_backend *out,
                                          gk_err *err);
 

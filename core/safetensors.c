@@ -102,6 +102,11 @@ static void meta_free(st_meta *m)
     memset(m, 0, sizeof *m);
 }
 
+/* A name read from a file, escaped for a message (control characters and
+ * quotes), in a buffer of the caller's. */
+#define QN 160
+#define Q(buf, s) gk_quote((buf), sizeof(buf), (s))
+
 static uint64_t hash_name(const char *s)
 {
     uint64_t h = 1469598103934665603ull; /* FNV-1a */
@@ -137,9 +142,11 @@ static gk_status table_hash(st_table *tab, const char *path, gk_err *err)
     for (size_t k = 0; k < tab->n; k++) {
         size_t i = hash_name(tab->t[k].name) & (n_slots - 1);
         for (; tab->slots[i]; i = (i + 1) & (n_slots - 1)) {
-            if (strcmp(tab->t[tab->slots[i] - 1].name, tab->t[k].name) == 0)
+            if (strcmp(tab->t[tab->slots[i] - 1].name, tab->t[k].name) == 0) {
+                char q[QN];
                 return gk_err_set(err, GK_ERR_FORMAT, "%s: tensor '%s' appears twice",
-                                  path, tab->t[k].name);
+                                  path, Q(q, tab->t[k].name));
+            }
         }
         tab->slots[i] = k + 1;
     }
@@ -208,6 +215,13 @@ static cJSON *json_parse_all(const char *text, size_t n)
     return root;
 }
 
+/* What a non-regular file is, for "not a regular file (...)". */
+static const char *file_kind(mode_t m)
+{
+    return S_ISDIR(m) ? "a folder" : S_ISFIFO(m) ? "a FIFO" : S_ISCHR(m) || S_ISBLK(m) ? "a device"
+                                                                                   : "a socket or other special file";
+}
+
 static void format_shape(char *buf, size_t len, const int64_t *shape, int n_dims)
 {
     size_t k = (size_t)snprintf(buf, len, "[");
@@ -228,7 +242,8 @@ static const char *const unsupported_dtypes[] = {
 static gk_status parse_entry(const char *path, const cJSON *j, uint64_t data_len,
                              st_tensor *t, gk_err *err)
 {
-    const char *name = t->name;
+    char qname[QN];
+    const char *name = Q(qname, t->name);
     if (!cJSON_IsObject(j))
         return gk_err_set(err, GK_ERR_FORMAT, "%s: tensor '%s': entry is not a JSON object",
                           path, name);
@@ -243,8 +258,9 @@ static gk_status parse_entry(const char *path, const cJSON *j, uint64_t data_len
                 return gk_err_set(err, GK_ERR_UNSUPPORTED, "%s: tensor '%s': dtype %s is not supported",
                                   path, name, *u);
         }
+        char qd[64];
         return gk_err_set(err, GK_ERR_FORMAT, "%s: tensor '%s': unknown dtype '%s'",
-                          path, name, jd->valuestring);
+                          path, name, Q(qd, jd->valuestring));
     }
 
     const cJSON *js = cJSON_GetObjectItemCaseSensitive(j, "shape");
@@ -338,16 +354,17 @@ static gk_status check_tiling(const char *path, const st_table *tab, uint64_t da
     uint64_t pos = 0;
     for (size_t k = 0; k < tab->n; k++) {
         const st_tensor *t = &tab->t[sp[k].i];
+        char qt[QN], qp[QN];
         if (t->begin < pos) {
             const st_tensor *p = &tab->t[sp[k - 1].i];
             st = gk_err_set(err, GK_ERR_FORMAT, "%s: tensor '%s' [%llu, %llu] overlaps tensor '%s' [%llu, %llu]",
-                            path, t->name, (ull)t->begin, (ull)t->end, p->name, (ull)p->begin,
+                            path, Q(qt, t->name), (ull)t->begin, (ull)t->end, Q(qp, p->name), (ull)p->begin,
                             (ull)p->end);
             goto out;
         }
         if (t->begin > pos) {
             st = gk_err_set(err, GK_ERR_FORMAT, "%s: data bytes [%llu, %llu) before tensor '%s' belong to no tensor",
-                            path, (ull)pos, (ull)t->begin, t->name);
+                            path, (ull)pos, (ull)t->begin, Q(qt, t->name));
             goto out;
         }
         pos = t->end;
@@ -371,9 +388,11 @@ static gk_status parse_metadata(const char *path, const cJSON *jm, st_meta *m, g
         return gk_err_set(err, GK_ERR_NOMEM, "%s: no memory for metadata", path);
     const cJSON *kv;
     cJSON_ArrayForEach(kv, jm) {
-        if (!cJSON_IsString(kv))
+        if (!cJSON_IsString(kv)) {
+            char qk[QN];
             return gk_err_set(err, GK_ERR_FORMAT, "%s: __metadata__ value '%s' is not a string",
-                              path, kv->string);
+                              path, Q(qk, kv->string));
+        }
         m->keys[m->n] = gk_strdup(kv->string);
         m->vals[m->n] = gk_strdup(kv->valuestring);
         m->n++;
@@ -394,7 +413,8 @@ static gk_status load_file(const char *path, st_table *tab, st_meta *meta, st_sh
     st_meta m = {0};
     memset(tab, 0, sizeof *tab);
 
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    /* O_NONBLOCK: a FIFO must not block the open (no effect on regular files) */
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
     if (fd < 0)
         return gk_err_set(err, GK_ERR_IO, "%s: cannot open: %s", path, strerror(errno));
     struct stat sb;
@@ -403,7 +423,7 @@ static gk_status load_file(const char *path, st_table *tab, st_meta *meta, st_sh
         goto out_close;
     }
     if (!S_ISREG(sb.st_mode)) {
-        st = gk_err_set(err, GK_ERR_IO, "%s: not a regular file", path);
+        st = gk_err_set(err, GK_ERR_IO, "%s: not a regular file (%s)", path, file_kind(sb.st_mode));
         goto out_close;
     }
     uint64_t size = (uint64_t)sb.st_size;
@@ -542,8 +562,9 @@ static gk_status open_shard(gk_safetensors *st, size_t s, gk_err *err)
     for (size_t i = 0; i < st->tab.n; i++) {
         const st_tensor *t = &st->tab.t[i];
         if ((size_t)t->shard == s && !table_find(&ft, t->name)) {
+            char qs[512], qt[QN];
             rc = gk_err_set(err, GK_ERR_FORMAT, "%s: tensor '%s' is mapped to this file by %s but the file does not hold it",
-                            sh->path, t->name, st->path);
+                            Q(qs, sh->path), Q(qt, t->name), st->path);
             munmap(sh->map, sh->map_len);
             sh->map = NULL;
             sh->data = NULL;
@@ -574,8 +595,10 @@ static gk_status find_tensor(gk_safetensors *st, const char *name, st_tensor **o
     if (!st || !name)
         return gk_err_set(err, GK_ERR_INVALID_ARG, "safetensors: NULL checkpoint or tensor name");
     st_tensor *t = table_find(&st->tab, name);
-    if (!t)
-        return gk_err_set(err, GK_ERR_NOT_FOUND, "%s: no tensor named '%s'", st->path, name);
+    if (!t) {
+        char q[QN];
+        return gk_err_set(err, GK_ERR_NOT_FOUND, "%s: no tensor named '%s'", st->path, Q(q, name));
+    }
     gk_status rc = GK_OK;
     pthread_mutex_lock(&st->lock);
     if (!st->shards[t->shard].opened)
@@ -630,27 +653,63 @@ static gk_status index_metadata(const char *path, const cJSON *jm, st_meta *m, g
     return GK_OK;
 }
 
+/* The distinct shard paths of an index while it is read: an open-addressing
+ * hash of st->shards (slots hold index + 1; a power of two, at most half full),
+ * so that an index naming many shards is read in linear time. */
+typedef struct shard_set {
+    size_t *slots;
+    size_t n_slots;
+    size_t cap;               /* allocated length of st->shards */
+} shard_set;
+
+static bool shard_set_grow(shard_set *set, const gk_safetensors *st)
+{
+    size_t n = set->n_slots ? 2 * set->n_slots : 64;
+    size_t *slots = calloc(n, sizeof *slots);
+    if (!slots)
+        return false;
+    for (size_t s = 0; s < st->n_shards; s++) {
+        size_t i = hash_name(st->shards[s].path) & (n - 1);
+        while (slots[i])
+            i = (i + 1) & (n - 1);
+        slots[i] = s + 1;
+    }
+    free(set->slots);
+    set->slots = slots;
+    set->n_slots = n;
+    return true;
+}
+
 /* Find or add the shard file dir/fname; its index goes to *idx. */
-static gk_status index_add_shard(gk_safetensors *st, const char *dir, const char *fname,
+static gk_status index_add_shard(gk_safetensors *st, shard_set *set, const char *dir, const char *fname,
                                  int *idx, gk_err *err)
 {
+    if ((st->n_shards + 1) * 2 > set->n_slots && !shard_set_grow(set, st))
+        return gk_err_set(err, GK_ERR_NOMEM, "%s: no memory for shards", st->path);
     char *path = gk_path_join(dir, fname);
     if (!path)
         return gk_err_set(err, GK_ERR_NOMEM, "%s: no memory for shards", st->path);
-    for (size_t s = 0; s < st->n_shards; s++) {
+    size_t mask = set->n_slots - 1, i = hash_name(path) & mask;
+    for (; set->slots[i]; i = (i + 1) & mask) {
+        size_t s = set->slots[i] - 1;
         if (strcmp(st->shards[s].path, path) == 0) {
             free(path);
             *idx = (int)s;
             return GK_OK;
         }
     }
-    st_shard *grown = realloc(st->shards, (st->n_shards + 1) * sizeof *grown);
-    if (!grown) {
-        free(path);
-        return gk_err_set(err, GK_ERR_NOMEM, "%s: no memory for shards", st->path);
+    if (st->n_shards == set->cap) {
+        size_t cap = set->cap ? 2 * set->cap : 8;
+        st_shard *grown = realloc(st->shards, cap * sizeof *grown);
+        if (!grown) {
+            free(path);
+            return gk_err_set(err, GK_ERR_NOMEM, "%s: no memory for shards", st->path);
+        }
+        st->shards = grown;
+        set->cap = cap;
     }
-    st->shards = grown;
     st->shards[st->n_shards] = (st_shard){.path = path};
+    set->slots[i] = st->n_shards + 1;
     *idx = (int)st->n_shards++;
     return GK_OK;
 }
@@ -663,6 +722,7 @@ static gk_status open_index(gk_safetensors *st, gk_err *err)
     char *text = NULL, *dir = NULL;
     size_t len = 0;
     cJSON *root = NULL;
+    shard_set set = {0};
     gk_status rc = gk_read_file(path, &text, &len, err);
     if (rc)
         return rc;
@@ -691,14 +751,15 @@ static gk_status open_index(gk_safetensors *st, gk_err *err)
     }
     const cJSON *kv;
     cJSON_ArrayForEach(kv, wm) {
+        char qt[QN], qs[QN];
         if (!cJSON_IsString(kv)) {
             rc = gk_err_set(err, GK_ERR_FORMAT, "%s: weight_map entry for tensor '%s' is not a file name string",
-                            path, kv->string);
+                            path, Q(qt, kv->string));
             goto out;
         }
         if (!shard_name_ok(kv->valuestring)) {
             rc = gk_err_set(err, GK_ERR_FORMAT, "%s: tensor '%s': shard file '%s' is not a plain name inside the model folder",
-                            path, kv->string, kv->valuestring);
+                            path, Q(qt, kv->string), Q(qs, kv->valuestring));
             goto out;
         }
         st_tensor *t = &st->tab.t[st->tab.n];
@@ -708,7 +769,7 @@ static gk_status open_index(gk_safetensors *st, gk_err *err)
             goto out;
         }
         st->tab.n++;
-        rc = index_add_shard(st, dir, kv->valuestring, &t->shard, err);
+        rc = index_add_shard(st, &set, dir, kv->valuestring, &t->shard, err);
         if (rc)
             goto out;
     }
@@ -717,20 +778,22 @@ static gk_status open_index(gk_safetensors *st, gk_err *err)
         goto out;
     for (size_t s = 0; s < st->n_shards; s++) {
         struct stat sb;
+        char qs[512];
         if (stat(st->shards[s].path, &sb) != 0) {
             rc = gk_err_set(err, GK_ERR_IO, "%s: cannot open shard listed in %s: %s",
-                            st->shards[s].path, path, strerror(errno));
+                            Q(qs, st->shards[s].path), path, strerror(errno));
             goto out;
         }
         if (!S_ISREG(sb.st_mode)) {
-            rc = gk_err_set(err, GK_ERR_IO, "%s: shard listed in %s is not a regular file",
-                            st->shards[s].path, path);
+            rc = gk_err_set(err, GK_ERR_IO, "%s: shard listed in %s is not a regular file (%s)",
+                            Q(qs, st->shards[s].path), path, file_kind(sb.st_mode));
             goto out;
         }
         st->shards[s].size = (uint64_t)sb.st_size;
         st->file_size += (uint64_t)sb.st_size;
     }
 out:
+    free(set.slots);
     cJSON_Delete(root);
     free(dir);
     free(text);
@@ -746,7 +809,9 @@ static bool ends_with(const char *s, const char *suffix)
 }
 
 /* A model folder holds model.safetensors.index.json (sharded) or
- * model.safetensors; either is opened as if named. */
+ * model.safetensors; either is opened as if named. A name that is there but
+ * unusable (a symlink loop or a dangling link, a folder, no permission) is
+ * reported as what it is, not skipped. */
 static gk_status open_folder(const char *dir, gk_safetensors **out, gk_err *err)
 {
     static const char *const names[] = {"model.safetensors.index.json", "model.safetensors"};
@@ -754,12 +819,26 @@ static gk_status open_folder(const char *dir, gk_safetensors **out, gk_err *err)
         char *p = gk_path_join(dir, names[i]);
         if (!p)
             return gk_err_set(err, GK_ERR_NOMEM, "%s: no memory", dir);
-        if (gk_path_exists(p)) {
-            gk_status rc = gk_safetensors_open(p, out, err);
+        struct stat sb;
+        if (lstat(p, &sb) != 0) {
+            int e = errno;
+            if (e == ENOENT) {
+                free(p);
+                continue;
+            }
+            gk_status rc = gk_err_set(err, GK_ERR_IO, "%s: %s", p, strerror(e));
             free(p);
             return rc;
         }
+        gk_status rc;
+        if (stat(p, &sb) != 0)
+            rc = gk_err_set(err, GK_ERR_IO, "%s: %s", p, strerror(errno));
+        else if (S_ISDIR(sb.st_mode))
+            rc = gk_err_set(err, GK_ERR_IO, "%s: not a regular file (a folder)", p);
+        else
+            rc = gk_safetensors_open(p, out, err);
         free(p);
+        return rc;
     }
     return gk_err_set(err, GK_ERR_NOT_FOUND, "%s: no model.safetensors or model.safetensors.index.json in this folder",
                       dir);
@@ -893,12 +972,13 @@ static gk_status read_prep(gk_safetensors *st, const char *name, const void *dst
     gk_status rc = find_tensor(st, name, t, err);
     if (rc)
         return rc;
+    char q[QN];
     if ((*t)->n_elem != (uint64_t)count)
         return gk_err_set(err, GK_ERR_INVALID_ARG, "%s: tensor '%s' has %llu elements, the buffer holds %zu",
-                          st->path, name, (ull)(*t)->n_elem, count);
+                          st->path, Q(q, name), (ull)(*t)->n_elem, count);
     if (!dst && count)
         return gk_err_set(err, GK_ERR_INVALID_ARG, "%s: tensor '%s': destination is NULL",
-                          st->path, name);
+                          st->path, Q(q, name));
     *src = st->shards[(*t)->shard].data + (*t)->begin;
     return GK_OK;
 }
@@ -946,9 +1026,11 @@ gk_status gk_safetensors_read_f32(gk_safetensors *st, const char *name, float *d
             dst[i] = (float)v;
         }
         break;
-    default:
+    default: {
+        char q[QN];
         return gk_err_set(err, GK_ERR_UNSUPPORTED, "%s: tensor '%s' is %s: read_f32 takes F32, F16, BF16, F64, I64 or I32",
-                          st->path, name, gk_dtype_name(t->dtype));
+                          st->path, Q(q, name), gk_dtype_name(t->dtype));
+    }
     }
     return GK_OK;
 }
@@ -971,8 +1053,9 @@ gk_status gk_safetensors_read_i64(gk_safetensors *st, const char *name, int64_t 
             dst[i] = v;
         }
     } else {
+        char q[QN];
         return gk_err_set(err, GK_ERR_UNSUPPORTED, "%s: tensor '%s' is %s: read_i64 takes I64 or I32",
-                          st->path, name, gk_dtype_name(t->dtype));
+                          st->path, Q(q, name), gk_dtype_name(t->dtype));
     }
     return GK_OK;
 }

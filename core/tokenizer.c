@@ -25,6 +25,8 @@
  */
 #include "tokenizer_impl.h"
 
+#include "gk_json.h"
+
 #include <cjson/cJSON.h>
 #include <stdlib.h>
 #include <string.h>
@@ -32,9 +34,9 @@
 
 /* --------------------------------------------------------------- bos / eos */
 
-static int32_t lookup(const gk_tokenizer *t, const char *s)
+/* The id of n bytes of token text (NULs included), added tokens first; -1 if none. */
+static int32_t lookup(const gk_tokenizer *t, const char *s, size_t n)
 {
-    size_t n = strlen(s);
     for (size_t i = 0; i < t->n_added; i++)
         if (t->added[i].len == n && !memcmp(t->added[i].content, s, n))
             return t->added[i].id;
@@ -65,7 +67,7 @@ static gk_status config_token(const char *file, const cJSON *cfg, const char *ke
     if (!cJSON_IsString(v))
         return gk_err_set(err, GK_ERR_FORMAT, "%s: \"%s\" is not a string or {\"content\": ...}",
                           file, key);
-    *id = lookup(t, v->valuestring);
+    *id = lookup(t, v->valuestring, gk_json_strlen(v));
     return GK_OK;
 }
 
@@ -79,15 +81,16 @@ static gk_status find_bos_eos(gk_tokenizer *t, gk_err *err)
     char *dir = gk_path_dirname(t->path);
     char *file = dir ? gk_path_join(dir, "tokenizer_config.json") : NULL;
     char *text = NULL;
+    size_t len = 0;
     cJSON *cfg = NULL;
     if (!file) {
         st = gk_err_set(err, GK_ERR_NOMEM, "no memory for a path");
         goto out;
     }
     if (gk_path_exists(file)) {
-        if ((st = gk_read_file(file, &text, NULL, err)) != GK_OK)
+        if ((st = gk_read_file(file, &text, &len, err)) != GK_OK ||
+            (st = tk_json_load(file, text, len, &cfg, err)) != GK_OK)
             goto out;
-        cfg = cJSON_Parse(text);
         if (!cJSON_IsObject(cfg)) {
             st = gk_err_set(err, GK_ERR_FORMAT, "%s: not a JSON object", file);
             goto out;
@@ -185,7 +188,7 @@ const char *gk_tokenizer_token(const gk_tokenizer *t, int32_t id)
 
 int32_t gk_tokenizer_token_id(const gk_tokenizer *t, const char *token)
 {
-    return t && token ? lookup(t, token) : -1;
+    return t && token ? lookup(t, token, strlen(token)) : -1;
 }
 
 /* ------------------------------------------------------------ added tokens */

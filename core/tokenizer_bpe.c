@@ -130,8 +130,10 @@ static void cache_put(tk_cache *c, const char *w, size_t n, uint64_t h, const in
     size_t koff = c->keys.len, ioff = c->ids.len;
     if (!tk_buf_put(&c->keys, w, n) || !tk_ivec_reserve(&c->ids, nids))
         return; /* a cache miss later costs time, not correctness */
-    memcpy(c->ids.p + ioff, ids, nids * sizeof *ids);
-    c->ids.len += nids;
+    if (nids) { /* a word of dropped characters has none, and ids may be NULL */
+        memcpy(c->ids.p + ioff, ids, nids * sizeof *ids);
+        c->ids.len += nids;
+    }
     *x = (struct tk_centry){.hash = h, .koff = (uint32_t)koff, .ioff = (uint32_t)ioff,
                             .klen = (uint16_t)n, .nids = (uint16_t)nids};
     c->count++;
@@ -265,6 +267,8 @@ gk_status tk_bpe_word(tk_enc *e, const char *w, size_t n)
         h = tk_hash(w, n);
         struct tk_centry *x = cache_find(e->cache, w, n, h);
         if (x->klen) {
+            if (!x->nids)
+                return GK_OK;
             if (!tk_ivec_reserve(out, x->nids))
                 return gk_err_set(e->err, GK_ERR_NOMEM, "no memory for ids");
             memcpy(out->p + out->len, e->cache->ids.p + x->ioff, x->nids * sizeof(int32_t));
@@ -302,10 +306,11 @@ gk_status tk_bpe_word(tk_enc *e, const char *w, size_t n)
             }
         }
         if (m->unk_token) {
+            char q[128];
             if (m->unk_id < 0)
                 return gk_err_set(e->err, GK_ERR_FORMAT,
                                   "%s: unk_token '%s' is not in the vocabulary", e->t->path,
-                                  m->unk_token);
+                                  gk_quote(q, sizeof q, m->unk_token));
             if (have_unk && m->fuse_unk) {
                 unk_len += (uint32_t)cl;
             } else {
@@ -329,8 +334,8 @@ gk_status tk_bpe_word(tk_enc *e, const char *w, size_t n)
     for (size_t i = 0; i < nsym; i++)
         if (e->sym[i].len)
             out->p[out->len++] = e->sym[i].c;
-    if (cacheable)
-        cache_put(e->cache, w, n, h, out->p + start, out->len - start);
+    if (cacheable) /* out->p is NULL while nothing was ever produced */
+        cache_put(e->cache, w, n, h, out->len > start ? out->p + start : NULL, out->len - start);
     return GK_OK;
 nomem:
     return gk_err_set(e->err, GK_ERR_NOMEM, "no memory for a word of %zu bytes", n);

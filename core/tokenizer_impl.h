@@ -40,6 +40,20 @@ GK_INTERNAL void tk_ivec_free(tk_ivec *v);
 
 GK_INTERNAL uint64_t tk_hash(const void *p, size_t n);
 
+/* gk_quote for a string of n bytes that may hold NULs (each shown as \x00);
+ * s[n] must be NUL. Returns buf. For tokens read from files, in messages. */
+GK_INTERNAL const char *tk_quote_n(char *buf, size_t cap, const char *s, size_t n);
+
+/* ------------------------------------------------------------------ JSON */
+
+struct cJSON;
+/* Parse a whole JSON file's text with gk_json_parse (strings keep their NUL
+ * characters: read their length with gk_json_strlen). On failure *out is NULL
+ * and the GK_ERR_FORMAT message names the file and the byte offset (for an
+ * object key holding a NUL, which is refused, the key). */
+GK_INTERNAL gk_status tk_json_load(const char *file, const char *text, size_t len,
+                                   struct cJSON **out, gk_err *err);
+
 /* ------------------------------------------------------ string -> id table */
 
 /* Open addressing; keys live in one arena. Values are ids (>= 0). */

@@ -9,11 +9,17 @@
  * Anything else (another model, normalizer, pre-tokenizer, decoder or post-processor
  * type, BPE dropout, subword prefixes, regex replacements with $ groups) is
  * GK_ERR_UNSUPPORTED naming it: we never load a file we would tokenize differently.
+ * Beyond HF's rules, ids must fit int32 and stay near the number of tokens (they
+ * index dense tables), and a "\u0000" is kept whole in added-token contents and
+ * refused everywhere else (keys, merges, names, patterns), never cut short.
  * What this file is not: tokenizer_config.json (tokenizer.c reads bos/eos there).
  */
 #include "tokenizer_impl.h"
 
+#include "gk_json.h"
+
 #include <cjson/cJSON.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -21,7 +27,12 @@ typedef struct ld {
     gk_tokenizer *t;
     const char *f;
     gk_err *err;
+    const char *max_tok;      /* the token holding the largest id so far (in the JSON tree) */
+    size_t max_tok_len;
 } ld;
+
+/* Quote buffer for a token or name read from the file, in a message. */
+#define QN 128
 
 static const char *GPT2_RE =
     "'s|'t|'re|'ve|'m|'ll|'d| ?\\p{L}+| ?\\p{N}+| ?[^\\s\\p{L}\\p{N}]+|\\s+(?!\\S)|\\s+";
@@ -33,17 +44,32 @@ static gk_status nomem(ld *l)
 
 static gk_status unsupported(ld *l, const char *what, const char *type)
 {
+    char q[QN];
     return gk_err_set(l->err, GK_ERR_UNSUPPORTED, "%s: %s type '%s' is not supported", l->f, what,
-                      type);
+                      gk_quote(q, sizeof q, type));
 }
 
 /* ------------------------------------------------------------ JSON helpers */
 
-static gk_status get_str(ld *l, const cJSON *o, const char *what, const char *key, bool required,
-                         const char **out)
+/* A string item holding a NUL character ("\u0000"), which a C string would cut. */
+static bool has_nul(const cJSON *v)
+{
+    return cJSON_IsString(v) && gk_json_strlen(v) != strlen(v->valuestring);
+}
+
+static gk_status nul_error(ld *l, const char *what, const char *key)
+{
+    return gk_err_set(l->err, GK_ERR_FORMAT, "%s: %s \"%s\" holds a NUL character (\\u0000), which is not supported there",
+                      l->f, what, key);
+}
+
+/* A string and its length in bytes, NUL characters included. */
+static gk_status get_strn(ld *l, const cJSON *o, const char *what, const char *key, bool required,
+                          const char **out, size_t *len)
 {
     const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, key);
     *out = NULL;
+    *len = 0;
     if (!v || cJSON_IsNull(v)) {
         if (required)
             return gk_err_set(l->err, GK_ERR_FORMAT, "%s: %s has no \"%s\"", l->f, what, key);
@@ -52,7 +78,19 @@ static gk_status get_str(ld *l, const cJSON *o, const char *what, const char *ke
     if (!cJSON_IsString(v))
         return gk_err_set(l->err, GK_ERR_FORMAT, "%s: %s \"%s\" is not a string", l->f, what, key);
     *out = v->valuestring;
+    *len = gk_json_strlen(v);
     return GK_OK;
+}
+
+/* A string without NUL characters (everything but token contents). */
+static gk_status get_str(ld *l, const cJSON *o, const char *what, const char *key, bool required,
+                         const char **out)
+{
+    size_t n;
+    gk_status st = get_strn(l, o, what, key, required, out, &n);
+    if (st == GK_OK && *out && n != strlen(*out))
+        return nul_error(l, what, key);
+    return st;
 }
 
 static gk_status get_bool(ld *l, const cJSON *o, const char *what, const char *key, bool def,
@@ -98,6 +136,8 @@ static gk_status get_pattern(ld *l, const cJSON *o, const char *what, tk_pattern
     const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, "pattern");
     const cJSON *s = cJSON_GetObjectItemCaseSensitive(v, "String");
     const cJSON *r = cJSON_GetObjectItemCaseSensitive(v, "Regex");
+    if (has_nul(s) || has_nul(r))
+        return nul_error(l, what, "pattern");
     if (cJSON_IsString(s))
         return tk_pattern_literal(p, s->valuestring, l->err);
     if (cJSON_IsString(r))
@@ -133,9 +173,11 @@ static gk_status get_prepend(ld *l, const cJSON *o, const char *what, tk_prepend
         *out = TK_PREPEND_FIRST;
     else if (scheme && !strcmp(scheme, "never"))
         *out = TK_PREPEND_NEVER;
-    else if (scheme && strcmp(scheme, "always"))
+    else if (scheme && strcmp(scheme, "always")) {
+        char q[QN];
         return gk_err_set(l->err, GK_ERR_FORMAT, "%s: %s prepend_scheme '%s' is not first/never/always",
-                          l->f, what, scheme);
+                          l->f, what, gk_quote(q, sizeof q, scheme));
+    }
     if (!aps) {
         if (*out != TK_PREPEND_NEVER && scheme)
             return gk_err_set(l->err, GK_ERR_FORMAT,
@@ -145,15 +187,6 @@ static gk_status get_prepend(ld *l, const cJSON *o, const char *what, tk_prepend
     return GK_OK;
 }
 
-#define GROW(arr, n)                                                         \
-    do {                                                                     \
-        void *p_ = realloc((arr), ((n) + 1) * sizeof *(arr));                \
-        if (!p_)                                                             \
-            return nomem(l);                                                 \
-        (arr) = p_;                                                          \
-        memset(&(arr)[n], 0, sizeof *(arr));                                 \
-    } while (0)
-
 /* ---------------------------------------------------------------- model */
 
 static gk_status load_merge(ld *l, tk_bpe *m, const cJSON *it, size_t rank, tk_buf *tmp,
@@ -161,7 +194,11 @@ static gk_status load_merge(ld *l, tk_bpe *m, const cJSON *it, size_t rank, tk_b
 {
     const char *a, *b;
     size_t an, bn;
+    char q[QN];
     *skip = false;
+    if (has_nul(it) || (cJSON_IsArray(it) && (has_nul(it->child) || (it->child && has_nul(it->child->next)))))
+        return gk_err_set(l->err, GK_ERR_FORMAT, "%s: merge %zu holds a NUL character (\\u0000), which no vocabulary token holds",
+                          l->f, rank);
     if (cJSON_IsString(it)) {
         const char *s = it->valuestring;
         if (!strncmp(s, "#version", 8)) {
@@ -171,7 +208,7 @@ static gk_status load_merge(ld *l, tk_bpe *m, const cJSON *it, size_t rank, tk_b
         const char *sp = strchr(s, ' ');
         if (!sp || strchr(sp + 1, ' '))
             return gk_err_set(l->err, GK_ERR_FORMAT, "%s: merge %zu '%s' is not two tokens split by one space",
-                              l->f, rank, s);
+                              l->f, rank, gk_quote(q, sizeof q, s));
         a = s;
         an = (size_t)(sp - s);
         b = sp + 1;
@@ -190,14 +227,21 @@ static gk_status load_merge(ld *l, tk_bpe *m, const cJSON *it, size_t rank, tk_b
     if (!tk_buf_put(tmp, a, an) || !tk_buf_put(tmp, b, bn))
         return nomem(l);
     int32_t ic = tk_strtab_get(&m->vocab, tmp->p, tmp->len);
-    if (ia < 0 || ib < 0 || ic < 0)
+    if (ia < 0 || ib < 0 || ic < 0) { /* name the missing one alone ("a" of "a b") */
+        const char *bad = ia < 0 ? a : ib < 0 ? b : tmp->p;
+        size_t n = ia < 0 ? an : ib < 0 ? bn : tmp->len;
+        char part[QN];
+        n = n < sizeof part ? n : sizeof part - 1;
+        memcpy(part, bad, n);
+        part[n] = '\0';
         return gk_err_set(l->err, GK_ERR_FORMAT, "%s: merge %zu: token '%s' is not in the vocabulary",
-                          l->f, rank, ia < 0 ? a : ib < 0 ? b : tmp->p);
+                          l->f, rank, gk_quote(q, sizeof q, part));
+    }
     tk_bpe_merge_put(m, ia, ib, (uint32_t)rank, ic);
     return GK_OK;
 }
 
-static gk_status load_bpe(ld *l, const cJSON *model, int32_t *max_id)
+static gk_status load_bpe(ld *l, const cJSON *model, int64_t *max_id)
 {
     tk_bpe *m = &l->t->bpe;
     const char *type, *s;
@@ -224,9 +268,10 @@ static gk_status load_bpe(ld *l, const cJSON *model, int32_t *max_id)
     for (int i = 0; i < 2; i++) {
         if ((st = get_str(l, model, "model", affixes[i], false, &s)) != GK_OK)
             return st;
+        char q[QN];
         if (s && *s)
             return gk_err_set(l->err, GK_ERR_UNSUPPORTED, "%s: BPE %s '%s' is not supported", l->f,
-                              affixes[i], s);
+                              affixes[i], gk_quote(q, sizeof q, s));
     }
     if ((st = get_bool(l, model, "model", "fuse_unk", false, &m->fuse_unk)) != GK_OK ||
         (st = get_bool(l, model, "model", "byte_fallback", false, &m->byte_fallback)) != GK_OK ||
@@ -240,13 +285,18 @@ static gk_status load_bpe(ld *l, const cJSON *model, int32_t *max_id)
         return nomem(l);
     for (const cJSON *it = vocab->child; it; it = it->next) {
         double d = cJSON_IsNumber(it) ? it->valuedouble : -1;
+        char q[QN];
         if (d < 0 || d >= 2147483647.0 || d != (double)(int32_t)d)
             return gk_err_set(l->err, GK_ERR_FORMAT, "%s: vocab entry '%s' has no valid id", l->f,
-                              it->string);
-        if (!tk_strtab_put(&m->vocab, it->string, strlen(it->string), (int32_t)d))
+                              gk_quote(q, sizeof q, it->string));
+        size_t n = strlen(it->string); /* gk_json_parse refuses keys holding NUL */
+        if (!tk_strtab_put(&m->vocab, it->string, n, (int32_t)d))
             return nomem(l);
-        if ((int32_t)d > *max_id)
+        if ((int32_t)d > *max_id) {
             *max_id = (int32_t)d;
+            l->max_tok = it->string;
+            l->max_tok_len = n;
+        }
     }
     m->unk_id = m->unk_token ? tk_strtab_get(&m->vocab, m->unk_token, strlen(m->unk_token)) : -1;
 
@@ -412,8 +462,10 @@ static gk_status load_pre(ld *l, const cJSON *o)
         size_t b = 0;
         while (b < 5 && strcmp(s, names[b]))
             b++;
+        char q[QN];
         if (b == 5)
-            return gk_err_set(l->err, GK_ERR_FORMAT, "%s: Split pre_tokenizer behavior '%s' is unknown", l->f, s);
+            return gk_err_set(l->err, GK_ERR_FORMAT, "%s: Split pre_tokenizer behavior '%s' is unknown", l->f,
+                              gk_quote(q, sizeof q, s));
         p.behavior = (tk_behavior)b;
         if ((st = get_pattern(l, o, "Split pre_tokenizer", &p.pat)) != GK_OK)
             return st;
@@ -539,7 +591,7 @@ static gk_status pair_id(ld *l, const cJSON *o, const char *what, const char *ke
 {
     const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, key);
     if (!cJSON_IsArray(v) || cJSON_GetArraySize(v) != 2 || !cJSON_IsNumber(v->child->next) ||
-        v->child->next->valuedouble < 0)
+        v->child->next->valuedouble < 0 || v->child->next->valuedouble > 2147483647.0)
         return gk_err_set(l->err, GK_ERR_FORMAT, "%s: %s \"%s\" is not [token, id]", l->f, what, key);
     *id = (int32_t)v->child->next->valuedouble;
     return GK_OK;
@@ -556,13 +608,17 @@ static gk_status load_template(ld *l, const cJSON *o, tpl *out)
         const cJSON *seq = cJSON_GetObjectItemCaseSensitive(it, "Sequence");
         const cJSON *sp = cJSON_GetObjectItemCaseSensitive(it, "SpecialToken");
         const cJSON *id = cJSON_GetObjectItemCaseSensitive(seq ? seq : sp, "id");
+        char q[QN];
         if (!cJSON_IsString(id))
             return gk_err_set(l->err, GK_ERR_FORMAT,
                               "%s: TemplateProcessing single item is not a Sequence or SpecialToken with an id", l->f);
+        if (has_nul(id))
+            return nul_error(l, "TemplateProcessing single item", "id");
+        gk_quote(q, sizeof q, id->valuestring);
         if (seq) {
             if (strcmp(id->valuestring, "A"))
                 return gk_err_set(l->err, GK_ERR_FORMAT, "%s: TemplateProcessing single refers to sequence '%s'",
-                                  l->f, id->valuestring);
+                                  l->f, q);
             st = tpl_push(l, out, true, 0);
             continue;
         }
@@ -570,11 +626,11 @@ static gk_status load_template(ld *l, const cJSON *o, tpl *out)
         const cJSON *ids = cJSON_GetObjectItemCaseSensitive(tok, "ids");
         if (!cJSON_IsArray(ids))
             return gk_err_set(l->err, GK_ERR_FORMAT, "%s: TemplateProcessing special token '%s' has no ids",
-                              l->f, id->valuestring);
+                              l->f, q);
         for (const cJSON *x = ids->child; x && st == GK_OK; x = x->next) {
             if (!cJSON_IsNumber(x) || x->valuedouble < 0 || x->valuedouble > 2147483647.0)
                 return gk_err_set(l->err, GK_ERR_FORMAT, "%s: TemplateProcessing special token '%s' has a bad id",
-                                  l->f, id->valuestring);
+                                  l->f, q);
             st = tpl_push(l, out, false, (int32_t)x->valuedouble);
         }
     }
@@ -670,8 +726,10 @@ static gk_status load_trunc_pad(ld *l, const cJSON *root)
         t->trunc_left = s && !strcmp(s, "Left");
         if ((st = get_str(l, tr, "truncation", "strategy", false, &s)) != GK_OK)
             return st;
+        char q[QN];
         if (s && strcmp(s, "LongestFirst") && strcmp(s, "OnlyFirst"))
-            return gk_err_set(l->err, GK_ERR_UNSUPPORTED, "%s: truncation strategy '%s' is not supported", l->f, s);
+            return gk_err_set(l->err, GK_ERR_UNSUPPORTED, "%s: truncation strategy '%s' is not supported", l->f,
+                              gk_quote(q, sizeof q, s));
     }
     if (pd && !cJSON_IsNull(pd)) {
         size_t id = 0;
@@ -679,10 +737,10 @@ static gk_status load_trunc_pad(ld *l, const cJSON *root)
         const cJSON *strat = cJSON_GetObjectItemCaseSensitive(pd, "strategy");
         const cJSON *fixed = cJSON_GetObjectItemCaseSensitive(strat, "Fixed");
         if (fixed) {
-            if (!cJSON_IsNumber(fixed) || fixed->valuedouble < 0)
-                return gk_err_set(l->err, GK_ERR_FORMAT, "%s: padding Fixed length is not a number", l->f);
+            if (!cJSON_IsNumber(fixed) || fixed->valuedouble < 0 || fixed->valuedouble > 1e12)
+                return gk_err_set(l->err, GK_ERR_FORMAT, "%s: padding Fixed length is not a number in [0, 1e12]", l->f);
             t->pad_fixed = (size_t)fixed->valuedouble;
-        } else if (!cJSON_IsString(strat) || strcmp(strat->valuestring, "BatchLongest")) {
+        } else if (!cJSON_IsString(strat) || has_nul(strat) || strcmp(strat->valuestring, "BatchLongest")) {
             return gk_err_set(l->err, GK_ERR_UNSUPPORTED, "%s: padding strategy is not supported", l->f);
         }
         if ((st = get_uint(l, pd, "padding", "pad_to_multiple_of", false, 1e9, &t->pad_multiple)) != GK_OK ||
@@ -697,22 +755,33 @@ static gk_status load_trunc_pad(ld *l, const cJSON *root)
 
 /* ------------------------------------------------------------ added tokens */
 
-/* TokenizerImpl's deserializer: add_tokens / add_special_tokens one by one. */
-static gk_status load_added(ld *l, const cJSON *arr, int32_t *max_id)
+/* TokenizerImpl's deserializer: add_tokens / add_special_tokens one by one. A
+ * content seen before keeps its first id and takes the new flags (special stays
+ * once set); `seen` maps contents to their index in t->added. */
+static gk_status load_added(ld *l, const cJSON *arr, int64_t *max_id)
 {
     gk_tokenizer *t = l->t;
     if (!arr || cJSON_IsNull(arr))
         return GK_OK;
     if (!cJSON_IsArray(arr))
         return gk_err_set(l->err, GK_ERR_FORMAT, "%s: \"added_tokens\" is not an array", l->f);
+    size_t n_items = (size_t)cJSON_GetArraySize(arr);
+    tk_strtab seen;
+    if (!tk_strtab_init(&seen, n_items))
+        return nomem(l);
+    if (!(t->added = calloc(n_items ? n_items : 1, sizeof *t->added))) {
+        tk_strtab_free(&seen);
+        return nomem(l);
+    }
     int64_t model_size = (int64_t)t->bpe.vocab.count;
-    int32_t max_added = -1;
+    int64_t max_added = -1;
+    gk_status st = GK_OK;
     for (const cJSON *it = arr->child; it; it = it->next) {
         const char *content;
-        gk_status st = get_str(l, it, "added token", "content", true, &content);
-        if (st != GK_OK)
-            return st;
-        if (!*content)
+        size_t len;
+        if ((st = get_strn(l, it, "added token", "content", true, &content, &len)) != GK_OK)
+            break;
+        if (!len)
             continue;
         tk_added a = {0};
         if ((st = get_bool(l, it, "added token", "single_word", false, &a.single_word)) != GK_OK ||
@@ -720,12 +789,9 @@ static gk_status load_added(ld *l, const cJSON *arr, int32_t *max_id)
             (st = get_bool(l, it, "added token", "rstrip", false, &a.rstrip)) != GK_OK ||
             (st = get_bool(l, it, "added token", "special", false, &a.special)) != GK_OK ||
             (st = get_bool(l, it, "added token", "normalized", !a.special, &a.normalized)) != GK_OK)
-            return st;
-        size_t len = strlen(content);
-        size_t k = 0;
-        while (k < t->n_added && (t->added[k].len != len || memcmp(t->added[k].content, content, len)))
-            k++;
-        if (k < t->n_added) { /* same content again: the id stays, the flags follow */
+            break;
+        int32_t k = tk_strtab_get(&seen, content, len);
+        if (k >= 0) { /* same content again: the id stays, the flags follow */
             bool special = t->added[k].special || a.special;
             a.id = t->added[k].id;
             a.content = t->added[k].content;
@@ -734,33 +800,66 @@ static gk_status load_added(ld *l, const cJSON *arr, int32_t *max_id)
             t->added[k].special = special;
             continue;
         }
-        int32_t id = tk_strtab_get(&t->bpe.vocab, content, len);
+        int64_t id = tk_strtab_get(&t->bpe.vocab, content, len);
         if (id < 0) {
             if (max_added < 0)
-                id = (int32_t)model_size;
+                id = model_size;
             else
-                id = (max_added >= model_size || model_size == 0) ? max_added + 1 : (int32_t)model_size;
+                id = (max_added >= model_size || model_size == 0) ? max_added + 1 : model_size;
+        }
+        if (id > INT32_MAX) {
+            char q[QN];
+            st = gk_err_set(l->err, GK_ERR_FORMAT,
+                            "%s: added token '%s' would get id %lld, past the largest supported id (%d)",
+                            l->f, tk_quote_n(q, sizeof q, content, len), (long long)id, INT32_MAX);
+            break;
         }
         if (id > max_added)
             max_added = id;
-        if (id > *max_id)
+        if (id > *max_id) {
             *max_id = id;
-        a.id = id;
+            l->max_tok = content;
+            l->max_tok_len = len;
+        }
+        a.id = (int32_t)id;
         a.len = len;
-        GROW(t->added, t->n_added);
-        if (!(a.content = gk_strdup(content)))
-            return nomem(l);
+        if (!(a.content = malloc(len + 1)) ||
+            !tk_strtab_put(&seen, content, len, (int32_t)t->n_added)) {
+            free(a.content);
+            st = nomem(l);
+            break;
+        }
+        memcpy(a.content, content, len + 1);
         t->added[t->n_added++] = a;
     }
-    return GK_OK;
+    tk_strtab_free(&seen);
+    return st;
+}
+
+/* Ids index dense tables (id_str, id_len, id_special: 13 bytes an id), so a small
+ * file naming one huge id would demand gigabytes. HF sets no bound, but real files
+ * number their tokens densely; we accept ids below 4 per token plus 2^20 spare. */
+static gk_status check_id_range(ld *l, int64_t max_id)
+{
+    gk_tokenizer *t = l->t;
+    int64_t n_tokens = (int64_t)t->bpe.vocab.count + (int64_t)t->n_added;
+    int64_t limit = 4 * n_tokens + ((int64_t)1 << 20);
+    if (max_id < limit)
+        return GK_OK;
+    char q[QN];
+    return gk_err_set(l->err, GK_ERR_FORMAT,
+                      "%s: token '%s' has id %lld, far past the %lld tokens the file defines "
+                      "(ids index dense tables, so they must stay below 4 x tokens + 2^20 = %lld)",
+                      l->f, tk_quote_n(q, sizeof q, l->max_tok, l->max_tok_len), (long long)max_id,
+                      (long long)n_tokens, (long long)limit);
 }
 
 /* ---------------------------------------------------------------- tables */
 
-static gk_status build_tables(ld *l, int32_t max_id)
+static gk_status build_tables(ld *l, int64_t max_id)
 {
     gk_tokenizer *t = l->t;
-    t->n_ids = (int64_t)max_id + 1;
+    t->n_ids = max_id + 1;
     t->id_str = calloc((size_t)t->n_ids, sizeof *t->id_str);
     t->id_len = calloc((size_t)t->n_ids, sizeof *t->id_len);
     t->id_special = calloc((size_t)t->n_ids, sizeof *t->id_special);
@@ -861,14 +960,11 @@ static gk_status added_strings(ld *l)
 gk_status tk_load_json(gk_tokenizer *t, const char *text, size_t len, gk_err *err)
 {
     ld l = {.t = t, .f = t->path, .err = err};
-    const char *end = NULL;
-    cJSON *root = cJSON_ParseWithLengthOpts(text, len, &end, false);
-    if (!root) {
-        size_t at = end && end >= text ? (size_t)(end - text) : 0;
-        return gk_err_set(err, GK_ERR_FORMAT, "%s: not valid JSON (near byte %zu)", t->path, at);
-    }
-    gk_status st = GK_OK;
-    int32_t max_id = -1;
+    cJSON *root;
+    gk_status st = tk_json_load(t->path, text, len, &root, err);
+    if (st != GK_OK)
+        return st;
+    int64_t max_id = -1;
     const char *version = NULL;
     if (!cJSON_IsObject(root)) {
         st = gk_err_set(err, GK_ERR_FORMAT, "%s: top level is not a JSON object", t->path);
@@ -877,8 +973,9 @@ gk_status tk_load_json(gk_tokenizer *t, const char *text, size_t len, gk_err *er
     if ((st = get_str(&l, root, "tokenizer.json", "version", false, &version)) != GK_OK)
         goto out;
     if (version && strcmp(version, "1.0")) {
+        char q[QN];
         st = gk_err_set(err, GK_ERR_UNSUPPORTED, "%s: tokenizer.json version '%s' is not supported",
-                        t->path, version);
+                        t->path, gk_quote(q, sizeof q, version));
         goto out;
     }
     if ((st = load_bpe(&l, cJSON_GetObjectItemCaseSensitive(root, "model"), &max_id)) != GK_OK ||
@@ -900,7 +997,8 @@ gk_status tk_load_json(gk_tokenizer *t, const char *text, size_t len, gk_err *er
             goto out;
         }
     }
-    if ((st = build_tables(&l, max_id)) != GK_OK || (st = normalize_added(&l)) != GK_OK)
+    if ((st = check_id_range(&l, max_id)) != GK_OK || (st = build_tables(&l, max_id)) != GK_OK ||
+        (st = normalize_added(&l)) != GK_OK)
         goto out;
     st = added_strings(&l);
 out:

@@ -21,6 +21,8 @@
  */
 #include "tokenizer_impl.h"
 
+#include "gk_json.h"
+
 #include <stdlib.h>
 #include <string.h>
 #include <utf8proc.h>
@@ -108,6 +110,95 @@ uint64_t tk_hash(const void *p, size_t n)
     h *= 0xbf58476d1ce4e5b9ull;
     h ^= h >> 32;
     return h;
+}
+
+/* Each NUL-free piece through gk_quote, "\\x00" between them. gk_quote leaves less
+ * than 9 bytes when it cuts a piece short (ending it with "..."), so the loop
+ * ends there too, without a second "...". */
+const char *tk_quote_n(char *buf, size_t cap, const char *s, size_t n)
+{
+    if (cap == 0)
+        return buf;
+    size_t k = 0, i = 0;
+    buf[0] = '\0';
+    for (;;) {
+        gk_quote(buf + k, cap - k, s + i);
+        k += strlen(buf + k);
+        i += strlen(s + i);
+        if (i >= n)
+            break;
+        if (cap - k < 9) { /* no room for "\\x00" and more */
+            if (cap - k >= 4 && (k < 3 || memcmp(buf + k - 3, "...", 3)))
+                memcpy(buf + k, "...", 4);
+            break;
+        }
+        memcpy(buf + k, "\\x00", 5);
+        k += 4;
+        i++;
+    }
+    return buf;
+}
+
+/* ------------------------------------------------------------------ JSON */
+
+static bool json_space(char c)
+{
+    return c == ' ' || c == '\t' || c == '\n' || c == '\r';
+}
+
+/* Offset of the opening quote of the first object key holding a \u0000 escape,
+ * or len when there is none. */
+static size_t nul_key_at(const char *s, size_t len)
+{
+    size_t start = 0;
+    bool in_str = false, nul = false;
+    for (size_t i = 0; i < len; i++) {
+        if (!in_str) {
+            if (s[i] == '"') {
+                in_str = true;
+                nul = false;
+                start = i;
+            }
+        } else if (s[i] == '\\') {
+            nul = nul || (len - i >= 6 && !memcmp(s + i, "\\u0000", 6));
+            i++;
+        } else if (s[i] == '"') {
+            in_str = false;
+            size_t j = i + 1;
+            while (j < len && json_space(s[j]))
+                j++;
+            if (nul && j < len && s[j] == ':')
+                return start;
+        }
+    }
+    return len;
+}
+
+gk_status tk_json_load(const char *file, const char *text, size_t len, cJSON **out, gk_err *err)
+{
+    gk_json_error e;
+    *out = gk_json_parse(text, len, &e);
+    if (*out)
+        return GK_OK;
+    if (!strcmp(e.why, "out of memory"))
+        return gk_err_set(err, GK_ERR_NOMEM, "%s: out of memory", file);
+    size_t k = strcmp(e.why, "invalid JSON") ? nul_key_at(text, len) : len;
+    if (k < len) { /* the key as written, escapes and all */
+        char raw[64], q[128];
+        size_t n = 0;
+        for (size_t i = k + 1; i < len && text[i] != '"' && n + 1 < sizeof raw; i++) {
+            raw[n++] = text[i];
+            if (text[i] == '\\' && i + 1 < len && n + 1 < sizeof raw)
+                raw[n++] = text[++i];
+        }
+        raw[n] = '\0';
+        return gk_err_set(err, GK_ERR_FORMAT,
+                          "%s: the key at byte %zu ('%s') holds a NUL character (\\u0000), "
+                          "which is not supported in keys", file, k, gk_quote(q, sizeof q, raw));
+    }
+    if (!strcmp(e.why, "invalid JSON"))
+        return gk_err_set(err, GK_ERR_FORMAT, "%s: not valid JSON (near byte %zu)", file, e.at);
+    return gk_err_set(err, GK_ERR_FORMAT, "%s: not valid JSON: %s (near byte %zu)", file, e.why, e.at);
 }
 
 /* ------------------------------------------------------ string -> id table */
@@ -481,9 +572,10 @@ static gk_status compile(const char *src, pcre2_code **out, const char *file, co
                          NULL);
     if (!*out) {
         PCRE2_UCHAR msg[160];
+        char q[200];
         pcre2_get_error_message(ec, msg, sizeof msg);
         return gk_err_set(err, GK_ERR_UNSUPPORTED, "%s: %s regex '%s' does not compile in PCRE2: %s",
-                          file, what, re, (const char *)msg);
+                          file, what, gk_quote(q, sizeof q, re), (const char *)msg);
     }
     /* JIT is a speed-up only; pcre2_match falls back to the interpreter without it */
     pcre2_jit_compile(*out, PCRE2_JIT_COMPLETE);
@@ -505,8 +597,9 @@ gk_status tk_pattern_regex(tk_pattern *p, const char *re, const char *file, cons
         goto out;
     }
     if (st != GK_OK) {
+        char q[200];
         st = gk_err_set(err, st, "%s: %s regex '%s' uses %s, which is not supported", file, what,
-                        re, why);
+                        gk_quote(q, sizeof q, re), why);
         goto out;
     }
     st = compile(plain.p, &p->re, file, what, re, err);

@@ -82,28 +82,78 @@ out_close:
     return st;
 }
 
-const char *gk_quote(char *buf, size_t n, const char *s)
+/* One piece of gk_quote's output for the character at p: its escape or its
+ * bytes; returns how many input bytes it covers. */
+static size_t quote_piece(const unsigned char *p, char e[8], size_t *el)
 {
     static const char hex[] = "0123456789abcdef";
+    unsigned c = p[0];
+    if (c == '\n' || c == '\t' || c == '\\' || c == '\'') {
+        e[0] = '\\';
+        e[1] = c == '\n' ? 'n' : c == '\t' ? 't' : (char)c;
+        *el = 2;
+        return 1;
+    }
+    if (c >= 0x20 && c < 0x7f) {
+        e[0] = (char)c;
+        *el = 1;
+        return 1;
+    }
+    /* A whole, valid UTF-8 sequence is kept, except the C1 controls U+0080..U+009F. */
+    size_t len = c >= 0xc2 && c <= 0xdf ? 2 : c >= 0xe0 && c <= 0xef ? 3 : c >= 0xf0 && c <= 0xf4 ? 4 : 0;
+    bool ok = len > 0;
+    for (size_t i = 1; ok && i < len; i++)
+        ok = (p[i] & 0xc0) == 0x80;
+    if (ok && len == 3)
+        ok = !(c == 0xe0 && p[1] < 0xa0) && !(c == 0xed && p[1] >= 0xa0);
+    if (ok && len == 4)
+        ok = !(c == 0xf0 && p[1] < 0x90) && !(c == 0xf4 && p[1] >= 0x90);
+    if (ok && !(c == 0xc2 && p[1] < 0xa0)) {
+        memcpy(e, p, len);
+        *el = len;
+        return len;
+    }
+    if (ok) { /* C1 control */
+        memcpy(e, "\\u00", 4);
+        e[4] = hex[p[1] >> 4];
+        e[5] = hex[p[1] & 15];
+        *el = 6;
+        return 2;
+    }
+    e[0] = '\\';
+    e[1] = 'x';
+    e[2] = hex[c >> 4];
+    e[3] = hex[c & 15];
+    *el = 4;
+    return 1;
+}
+
+const char *gk_quote(char *buf, size_t n, const char *s)
+{
     if (n == 0)
         return buf;
-    size_t k = 0;
-    for (const unsigned char *p = (const unsigned char *)(s ? s : "(null)"); *p; p++) {
-        char e[5];
-        size_t el = 0;
-        if (*p == '\n') { e[0] = '\\'; e[1] = 'n'; el = 2; }
-        else if (*p == '\t') { e[0] = '\\'; e[1] = 't'; el = 2; }
-        else if (*p == '\\' || *p == '\'') { e[0] = '\\'; e[1] = (char)*p; el = 2; }
-        else if (*p < 0x20 || *p == 0x7f) { e[0] = '\\'; e[1] = 'x'; e[2] = hex[*p >> 4]; e[3] = hex[*p & 15]; el = 4; }
-        else { e[0] = (char)*p; el = 1; }
-        if (k + el + 4 > n) {
-            if (k + 4 <= n) { memcpy(buf + k, "...", 3); k += 3; }
+    const unsigned char *in = (const unsigned char *)(s ? s : "(null)");
+    size_t total = 0, el;
+    char e[8];
+    for (const unsigned char *p = in; *p;) {
+        p += quote_piece(p, e, &el);
+        total += el;
+    }
+    /* Whole when it fits; else whole pieces up to room for "..." */
+    size_t room = total <= n - 1 ? n - 1 : n - 1 >= 3 ? n - 1 - 3 : 0, k = 0;
+    for (const unsigned char *p = in; *p;) {
+        size_t used = quote_piece(p, e, &el);
+        if (k + el > room)
             break;
-        }
         memcpy(buf + k, e, el);
         k += el;
+        p += used;
     }
-    buf[k < n ? k : n - 1] = '\0';
+    if (total > n - 1 && n - 1 >= 3) {
+        memcpy(buf + k, "...", 3);
+        k += 3;
+    }
+    buf[k] = '\0';
     return buf;
 }
 

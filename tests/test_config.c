@@ -9,9 +9,12 @@
 
 #include "gk/gk.h"
 
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 /* ------------------------------------------------------------ helpers */
 
@@ -627,4 +630,45 @@ Test(config, sliding_window_by_model_type)
     snprintf(path, sizeof path, "%s/configs/qwen3-8b/config.json", getenv("GK_TEST_DATA"));
     cr_assert_eq(gk_config_load(path, &c, &err), GK_OK, "%s", err.msg);
     cr_expect_eq(c.sliding_window, 0);
+}
+
+/* A key read from the file is quoted in the message with control characters
+ * escaped (no forged line, no terminal escape). */
+Test(config_parse, keys_from_the_file_are_escaped_in_messages)
+{
+    const char *j = "{" MIN_LLAMA ", \"rope_parameters\": {\"full\\n\\u001b[31mX\": {\"rope_type\": \"default\"}}}";
+    gk_config c;
+    gk_err err = { 0 };
+    cr_assert_eq(gk_config_parse(j, NULL, &c, &err), GK_ERR_UNSUPPORTED, "%s", err.msg);
+    cr_expect(strstr(err.msg, "'full\\n\\x1b[31mX'") != NULL, "%s", err.msg);
+    for (const char *q = err.msg; *q; q++)
+        cr_expect((unsigned char)*q >= 0x20, "control byte 0x%02x in: %s", (unsigned char)*q, err.msg);
+}
+
+/* generation_config.json that is there but unreadable (a symlink loop, a
+ * folder) is an error naming it, not silently skipped: its eos ids matter. */
+Test(config_load, unreadable_generation_config_is_io_error_naming_it)
+{
+    char dir[] = "/tmp/gk-config-XXXXXX";
+    cr_assert(mkdtemp(dir));
+    char cfg[256], gen[256];
+    snprintf(cfg, sizeof cfg, "%s/config.json", dir);
+    snprintf(gen, sizeof gen, "%s/generation_config.json", dir);
+    FILE *f = fopen(cfg, "wb");
+    cr_assert(f);
+    fputs("{" MIN_LLAMA "}", f);
+    fclose(f);
+    gk_config c;
+    gk_err err = { 0 };
+    cr_assert_eq(gk_config_load(dir, &c, &err), GK_OK, "no generation config is fine: %s", err.msg);
+    cr_assert_eq(symlink("generation_config.json", gen), 0);
+    cr_expect_eq(gk_config_load(dir, &c, &err), GK_ERR_IO, "%s", err.msg);
+    cr_expect(strstr(err.msg, gen) && strstr(err.msg, strerror(ELOOP)), "%s", err.msg);
+    cr_assert_eq(unlink(gen), 0);
+    cr_assert_eq(mkdir(gen, 0755), 0);
+    cr_expect_eq(gk_config_load(dir, &c, &err), GK_ERR_IO, "%s", err.msg);
+    cr_expect(strstr(err.msg, gen) && strstr(err.msg, "not a regular file"), "%s", err.msg);
+    rmdir(gen);
+    unlink(cfg);
+    rmdir(dir);
 }

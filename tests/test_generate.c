@@ -285,6 +285,90 @@ Test(sample, same_seed_same_draws_different_seed_different_draws)
     cr_expect_lt(same_ac, 400, "seeds 42 and 43 agree on %d of 1000 draws", same_ac);
 }
 
+/* Lowest index of the largest non-NaN value: the oracle for greedy picks. */
+static int32_t oracle_argmax(const float *x, int n)
+{
+    int32_t best = -1;
+    for (int i = 0; i < n; i++)
+        if (!isnan(x[i]) && (best < 0 || x[i] > x[best]))
+            best = i;
+    return best < 0 ? 0 : best;
+}
+
+/* As T -> 0 the softmax of logits / T puts all its mass on the argmax. A
+ * positive temperature so small that logit / T overflows float (to inf, or
+ * every score to -inf) must give that limit, the greedy pick, not a NaN
+ * softmax's arbitrary token. */
+Test(sample, temperature_so_small_that_logits_over_it_overflow_gives_the_argmax)
+{
+    static const float big[6] = {10.0f, 25.0f, -3.0f, 20.0f, 24.5f, 0.0f};
+    static const float neg[5] = {-5.0f, -1.0f, -3.0f, -2.0f, -1.5f};
+    const float temps[] = {1e-38f, 1e-40f, 1e-45f};
+    const struct { int k; float p; } filters[] = {{0, 1.0f}, {3, 1.0f}, {0, 0.5f}, {2, 0.9f}};
+    gk_rng rng;
+    gk_rng_seed(&rng, 31);
+    for (size_t t = 0; t < sizeof temps / sizeof temps[0]; t++) {
+        for (size_t f = 0; f < sizeof filters / sizeof filters[0]; f++) {
+            gk_gen_opts o = sample_opts(temps[t], filters[f].k, filters[f].p);
+            gk_gen_opts g = sample_opts(0.0f, filters[f].k, filters[f].p);
+            for (int d = 0; d < 200; d++) {
+                int32_t x = gk_sample(big, 6, &o, &rng), y = gk_sample(neg, 5, &o, &rng);
+                cr_assert_eq(x, oracle_argmax(big, 6), "T %g top_k %d top_p %g: drew %d", (double)temps[t],
+                             filters[f].k, (double)filters[f].p, x);
+                cr_assert_eq(x, gk_sample(big, 6, &g, &rng), "T %g: not the greedy pick", (double)temps[t]);
+                cr_assert_eq(y, oracle_argmax(neg, 5), "T %g top_k %d top_p %g, negative logits: drew %d",
+                             (double)temps[t], filters[f].k, (double)filters[f].p, y);
+            }
+        }
+    }
+}
+
+/* A NaN logit is never picked: greedy takes the largest of the others, a draw
+ * never lands on it; only when every logit is NaN does id 0 come back. */
+Test(sample, nan_logits_are_never_picked)
+{
+    static const float with_nan[6] = {NAN, 1.0f, 3.0f, NAN, 2.0f, 0.5f};
+    static const float all_nan[3] = {NAN, NAN, NAN};
+    gk_rng rng;
+    gk_rng_seed(&rng, 37);
+    gk_gen_opts greedy = sample_opts(0.0f, 0, 1.0f);
+    cr_expect_eq(gk_sample(with_nan, 6, &greedy, &rng), 2);
+    cr_expect_eq(gk_sample(all_nan, 3, &greedy, &rng), 0);
+    const float temps[] = {1.0f, 1e-45f};
+    for (size_t t = 0; t < 2; t++) {
+        gk_gen_opts o = sample_opts(temps[t], 0, 1.0f);
+        long count[6] = {0};
+        for (int d = 0; d < 20000; d++) {
+            int32_t x = gk_sample(with_nan, 6, &o, &rng);
+            cr_assert(x >= 0 && x < 6, "T %g drew %d", (double)temps[t], x);
+            count[x]++;
+        }
+        cr_expect_eq(count[0] + count[3], 0, "T %g: NaN ids drawn %ld and %ld times", (double)temps[t], count[0],
+                     count[3]);
+        cr_expect_gt(count[2], 0);
+        cr_expect_eq(gk_sample(all_nan, 3, &o, &rng), 0, "T %g, all NaN", (double)temps[t]);
+    }
+}
+
+/* gk_sample answers -1 for options generate would refuse. */
+Test(sample, non_finite_temperature_or_out_of_range_top_p_gives_minus_one)
+{
+    gk_rng rng;
+    gk_rng_seed(&rng, 41);
+    const float bad_t[] = {NAN, INFINITY, -INFINITY, -1.0f};
+    for (size_t i = 0; i < sizeof bad_t / sizeof bad_t[0]; i++) {
+        gk_gen_opts o = sample_opts(bad_t[i], 0, 1.0f);
+        cr_expect_eq(gk_sample(L8, 8, &o, &rng), -1, "temperature %g", (double)bad_t[i]);
+    }
+    const float bad_p[] = {NAN, 0.0f, -0.5f, 1.5f, INFINITY};
+    for (size_t i = 0; i < sizeof bad_p / sizeof bad_p[0]; i++) {
+        gk_gen_opts o = sample_opts(1.0f, 0, bad_p[i]);
+        cr_expect_eq(gk_sample(L8, 8, &o, &rng), -1, "top_p %g", (double)bad_p[i]);
+    }
+    gk_gen_opts o = sample_opts(1.0f, -2, 1.0f);
+    cr_expect_eq(gk_sample(L8, 8, &o, &rng), -1, "top_k -2");
+}
+
 /* ------------------------------------------------------- generation */
 
 static void model_dir(const char *model, char *buf, size_t len)
@@ -716,4 +800,57 @@ Test(generate, out_of_range_options_are_invalid_arg)
     o.top_p = 1.0f;
     cr_expect_eq(gen_ok(&f, &o, out), 4);
     close_model(&f);
+}
+
+/* NaN or infinite temperature and NaN top_p are refused before any work,
+ * with the rule in the message, instead of generating garbage. */
+Test(generate, non_finite_temperature_or_nan_top_p_is_invalid_arg_naming_the_rule)
+{
+    fixture f = open_model("llama-tiny", 0);
+    int32_t out[4];
+    const float bad_t[] = {NAN, INFINITY, -INFINITY};
+    for (size_t i = 0; i < sizeof bad_t / sizeof bad_t[0]; i++) {
+        gk_gen_opts o = gen_opts(4);
+        o.temperature = bad_t[i];
+        int64_t n_out = -1;
+        gk_err err = {0};
+        cr_expect_eq(gk_model_generate(f.m, f.gen, f.n_prompt, &o, out, &n_out, NULL, &err), GK_ERR_INVALID_ARG,
+                     "temperature %g", (double)bad_t[i]);
+        cr_expect(strstr(err.msg, "temperature must be a finite number >= 0"), "%s", err.msg);
+        cr_expect_eq(n_out, 0);
+    }
+    gk_gen_opts o = gen_opts(4);
+    o.temperature = 1.0f;
+    o.top_p = NAN;
+    int64_t n_out = -1;
+    gk_err err = {0};
+    cr_expect_eq(gk_model_generate(f.m, f.gen, f.n_prompt, &o, out, &n_out, NULL, &err), GK_ERR_INVALID_ARG);
+    cr_expect(strstr(err.msg, "top_p must be in (0, 1]"), "%s", err.msg);
+    cr_expect_eq(n_out, 0);
+    close_model(&f);
+}
+
+/* A temperature far below any logit's scale (logit / T overflows float) is
+ * the greedy limit: the golden greedy continuation, with the cache and
+ * without. */
+Test(generate, tiny_temperature_generates_the_greedy_continuation)
+{
+    const float temps[] = {1e-38f, 1e-45f};
+    for (size_t mi = 0; mi < 2; mi++) {
+        fixture f = open_model(gen_models[mi], 0);
+        for (size_t t = 0; t < 2; t++) {
+            for (int cache = 1; cache >= 0; cache--) {
+                gk_gen_opts o = gen_opts(20);
+                o.temperature = temps[t];
+                o.seed = 3;
+                o.use_cache = cache;
+                int32_t out[20];
+                cr_assert_eq(gen_ok(&f, &o, out), 20);
+                for (int i = 0; i < 20; i++)
+                    cr_expect_eq(out[i], f.gen[f.n_prompt + i], "%s T %g cache %d: token %d is %d, greedy %d",
+                                 gen_models[mi], (double)temps[t], cache, i, out[i], f.gen[f.n_prompt + i]);
+            }
+        }
+        close_model(&f);
+    }
 }

@@ -9,6 +9,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -18,16 +19,9 @@ static const char *data_dir(void)
     return d ? d : "data";
 }
 
-/* Run a shell command; stdout+stderr into *out (heap). Returns the exit code. */
-static int run(char **out, const char *fmt, ...)
+/* Run cmd with sh; stdout+stderr into *out (heap). Returns the exit code. */
+static int capture(char **out, const char *cmd)
 {
-    char cmd[4096];
-    va_list ap;
-    va_start(ap, fmt);
-    int n = snprintf(cmd, sizeof cmd, "%s/tools/gkrun ", getenv("GK_TEST_BUILD_ROOT"));
-    vsnprintf(cmd + n, sizeof cmd - (size_t)n, fmt, ap);
-    va_end(ap);
-    strncat(cmd, " 2>&1", sizeof cmd - strlen(cmd) - 1);
     FILE *p = popen(cmd, "r");
     cr_assert(p, "cannot run %s", cmd);
     size_t cap = 1 << 16, len = 0;
@@ -41,6 +35,57 @@ static int run(char **out, const char *fmt, ...)
     int status = pclose(p);
     *out = buf;
     return WIFEXITED(status) ? WEXITSTATUS(status) : 128;
+}
+
+/* Run gkrun with the arguments (shell syntax); stdout+stderr into *out. */
+static int run(char **out, const char *fmt, ...)
+{
+    char cmd[4096];
+    va_list ap;
+    va_start(ap, fmt);
+    int n = snprintf(cmd, sizeof cmd, "%s/tools/gkrun ", getenv("GK_TEST_BUILD_ROOT"));
+    vsnprintf(cmd + n, sizeof cmd - (size_t)n, fmt, ap);
+    va_end(ap);
+    strncat(cmd, " 2>&1", sizeof cmd - strlen(cmd) - 1);
+    return capture(out, cmd);
+}
+
+/* Run a shell command line in which "$GKRUN" is the gkrun under test. */
+static int run_sh(char **out, const char *fmt, ...)
+{
+    char gkrun[1024], cmd[4096];
+    snprintf(gkrun, sizeof gkrun, "%s/tools/gkrun", getenv("GK_TEST_BUILD_ROOT"));
+    setenv("GKRUN", gkrun, 1);
+    va_list ap;
+    va_start(ap, fmt);
+    int n = snprintf(cmd, sizeof cmd, "(");
+    vsnprintf(cmd + n, sizeof cmd - (size_t)n, fmt, ap);
+    va_end(ap);
+    strncat(cmd, ") 2>&1", sizeof cmd - strlen(cmd) - 1);
+    return capture(out, cmd);
+}
+
+static size_t count_lines(const char *s)
+{
+    size_t n = 0;
+    for (; *s; s++)
+        n += *s == '\n';
+    return n;
+}
+
+static void write_file(const char *path, const void *data, size_t len)
+{
+    FILE *f = fopen(path, "wb");
+    cr_assert(f, "%s", path);
+    cr_assert_eq(fwrite(data, 1, len, f), len);
+    fclose(f);
+}
+
+static void remove_tree(const char *dir)
+{
+    char cmd[1200];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
+    (void)!system(cmd);
 }
 
 /* Number of tensors in a safetensors header, counted independently of libgk. */
@@ -379,4 +424,439 @@ Test(gkrun_tokenizer, verify_tokenizer_folder)
     free(out);
     snprintf(cmd, sizeof cmd, "rm -rf %s", tmp);
     (void)!system(cmd);
+}
+
+/* ---------------------------------------------------- numeric arguments */
+
+/* Every numeric flag of every subcommand takes a whole number in its range:
+ * anything else exits 2 with one line naming the flag and the value, before
+ * any model is run. */
+Test(gkrun_args, bad_numbers_exit_2_naming_flag_and_value)
+{
+    const char *m = demo_dir();
+    char tiny[1024];
+    snprintf(tiny, sizeof tiny, "%s/models/llama-tiny", data_dir());
+    struct { const char *sub, *args, *want; } cases[] = {
+        {"", "-n ten", "gkrun: -n: 'ten' is not an integer"},
+        {"", "-n -2", "gkrun: -n: -2 is out of range"},
+        {"", "-n 99999999999999999999", "gkrun: -n: 99999999999999999999 is out of range"},
+        {"", "--n-predict 5x", "gkrun: --n-predict: '5x' is not an integer"},
+        {"", "-n ''", "gkrun: -n: '' is not an integer"},
+        {"", "--temp hot", "gkrun: --temp: 'hot' is not a number"},
+        {"", "--temp nan", "gkrun: --temp: 'nan' is not a finite number"},
+        {"", "--temp inf", "gkrun: --temp: 'inf' is not a finite number"},
+        {"", "--temp -0.5", "gkrun: --temp: -0.5 is out of range"},
+        {"", "--temp 1e39", "gkrun: --temp: 1e39 is out of range"},
+        {"", "--temp 1e999", "gkrun: --temp: 1e999 is out of range"},
+        {"", "--top-k -1", "gkrun: --top-k: -1 is out of range"},
+        {"", "--top-k 99999999999", "gkrun: --top-k: 99999999999 is out of range"},
+        {"", "--top-p 0", "gkrun: --top-p: 0 is out of range (--top-p must be in (0, 1])"},
+        {"", "--top-p 1.5", "gkrun: --top-p: 1.5 is out of range (--top-p must be in (0, 1])"},
+        {"", "--top-p nan", "gkrun: --top-p: 'nan' is not a finite number"},
+        {"", "--seed -1", "gkrun: --seed: '-1' is not a non-negative integer"},
+        {"", "--seed text", "gkrun: --seed: 'text' is not a non-negative integer"},
+        {"", "--seed 18446744073709551616", "gkrun: --seed: 18446744073709551616 is out of range"},
+        {"", "--ctx -5", "gkrun: --ctx: -5 is out of range (1 to 2147483647)"},
+        {"", "--ctx 0", "gkrun: --ctx: 0 is out of range (1 to 2147483647)"},
+        {"", "-c 144115188075855872", "gkrun: -c: 144115188075855872 is out of range (1 to 2147483647)"},
+        {"", "-n \"$(printf '1\\n2')\"", "gkrun: -n: '1\\n2' is not an integer"},
+        {"bench", "-p x", "gkrun: -p: 'x' is not an integer"},
+        {"bench", "-p 0", "gkrun: -p: 0 is out of range"},
+        {"bench", "-n -1", "gkrun: -n: -1 is out of range"},
+        {"bench", "--reps 2147483648", "gkrun: --reps: 2147483648 is out of range"},
+        {"bench", "--reps 0", "gkrun: --reps: 0 is out of range"},
+        {"verify", "--tol -1", "gkrun: --tol: -1 is out of range (--tol must be > 0)"},
+        {"verify", "--tol 0", "gkrun: --tol: 0 is out of range (--tol must be > 0)"},
+        {"verify", "--tol 1e-3x", "gkrun: --tol: '1e-3x' is not a number"},
+        {"compare", "--tol nan", "gkrun: --tol: 'nan' is not a finite number"},
+        {"compare", "--ids 1,x", "gkrun: --ids: 'x' is not an integer"},
+        {"compare", "--ids 1,,2", "gkrun: --ids: '' is not an integer"},
+        {"compare", "--ids 1,2,", "gkrun: --ids: '' is not an integer"},
+        {"compare", "--ids -3", "gkrun: --ids: -3 is out of range (0 to 2147483647)"},
+        {"compare", "--ids 4294967297", "gkrun: --ids: 4294967297 is out of range (0 to 2147483647)"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        char *out;
+        int rc;
+        if (!*cases[i].sub)
+            rc = run(&out, "-m %s --backend cpu_ref -p 'In the' -n 1 %s", m, cases[i].args);
+        else if (!strcmp(cases[i].sub, "bench"))
+            rc = run(&out, "bench -m %s --backend cpu_ref -p 2 -n 2 --reps 1 %s", m, cases[i].args);
+        else if (!strcmp(cases[i].sub, "verify"))
+            rc = run(&out, "verify %s --backend cpu_ref %s", tiny, cases[i].args);
+        else
+            rc = run(&out, "compare -m %s --backend cpu_ref --reference cpu_ref %s", tiny, cases[i].args);
+        cr_expect_eq(rc, 2, "%s %s: exit %d\n%s", cases[i].sub, cases[i].args, rc, out);
+        cr_expect(strncmp(out, cases[i].want, strlen(cases[i].want)) == 0, "%s %s: want '%s', got:\n%s",
+                  cases[i].sub, cases[i].args, cases[i].want, out);
+        cr_expect_eq(count_lines(out), 1, "%s %s: one line wanted:\n%s", cases[i].sub, cases[i].args, out);
+        free(out);
+    }
+}
+
+/* The "tokens" array of a --json result, printed (heap). */
+static char *json_tokens(const char *out)
+{
+    cJSON *o = cJSON_Parse(out);
+    cr_assert(o, "no JSON: %s", out);
+    char *t = cJSON_PrintUnformatted(cJSON_GetObjectItem(o, "tokens"));
+    cJSON_Delete(o);
+    return t;
+}
+
+/* The ends of the ranges are accepted and mean what they say. */
+Test(gkrun_args, range_ends_are_accepted)
+{
+    char *out;
+    cr_expect_eq(run(&out, "-m %s --backend cpu_ref -p 'In the' -n 2 --seed 18446744073709551615 --top-k 0 --top-p 1 "
+                           "--temp 1", demo_dir()), 0, "%s", out);
+    cr_expect(strstr(out, "seed 18446744073709551615"), "%s", out);
+    free(out);
+    /* -n 0 generates nothing */
+    cr_expect_eq(run(&out, "-m %s --backend cpu_ref -p 'In the' -n 0 --json", demo_dir()), 0, "%s", out);
+    cr_expect(strstr(out, "\"tokens\":[]"), "%s", out);
+    free(out);
+    /* a top-p below float's range keeps the most likely token: greedy */
+    char *greedy;
+    cr_assert_eq(run(&greedy, "-m %s --backend cpu_ref -p 'In the' -n 6 --temp 0 --json", demo_dir()), 0);
+    cr_assert_eq(run(&out, "-m %s --backend cpu_ref -p 'In the' -n 6 --temp 1.5 --top-p 1e-60 --seed 5 --json",
+                     demo_dir()), 0, "%s", out);
+    char *tg = json_tokens(greedy), *tp = json_tokens(out);
+    cr_expect_str_eq(tp, tg);
+    free(tg);
+    free(tp);
+    free(greedy);
+    free(out);
+    cr_expect_eq(run(&out, "verify %s/models/llama-tiny --backend cpu_ref --dtype f32 --tol 1e300", data_dir()), 0,
+                 "%s", out);
+    cr_expect(strstr(out, "tolerance abs 1e+300"), "%s", out);
+    free(out);
+}
+
+/* Number of ids in the "tokens" array of a --json result. */
+static int json_token_count(const char *out)
+{
+    cJSON *o = cJSON_Parse(out);
+    cr_assert(o, "no JSON: %s", out);
+    int n = cJSON_GetArraySize(cJSON_GetObjectItem(o, "tokens"));
+    cJSON_Delete(o);
+    return n;
+}
+
+/* -n beyond the context generates what fits (the prompt of 4 ids leaves
+ * ctx + 1 - 4 new tokens, the last needing no cache row), also for the
+ * largest -n, whose sum with the prompt length does not fit an int64; -n -1
+ * asks for exactly that much without the note. */
+Test(gkrun_generate, n_beyond_the_context_generates_what_fits)
+{
+    char *out;
+    cr_assert_eq(run(&out, "tokenize -m %s 'In the beginning'", demo_dir()), 0, "%s", out);
+    cr_assert_str_eq(out, "1143 259 1796 1239\n"); /* 4 ids */
+    free(out);
+    cr_expect_eq(run_sh(&out, "\"$GKRUN\" -m %s --backend cpu_ref --ctx 16 -p 'In the beginning' "
+                              "-n 9223372036854775807 --temp 0 --json 2>/dev/null", demo_dir()), 0, "%s", out);
+    cr_expect_eq(json_token_count(out), 13, "%s", out);
+    free(out);
+    cr_expect_eq(run(&out, "-m %s --backend cpu_ref --ctx 16 -p 'In the beginning' -n 9223372036854775807 --temp 0",
+                     demo_dir()), 0, "%s", out);
+    cr_expect(strstr(out, "gkrun: note: 13 new tokens fit in the context of 16"), "%s", out);
+    free(out);
+    cr_expect_eq(run_sh(&out, "\"$GKRUN\" -m %s --backend cpu_ref --ctx 16 -p 'In the beginning' -n -1 --temp 0 "
+                              "--json 2>/dev/null", demo_dir()), 0, "%s", out);
+    cr_expect_eq(json_token_count(out), 13, "%s", out);
+    free(out);
+    cr_expect_eq(run(&out, "-m %s --backend cpu_ref --ctx 16 -p 'In the beginning' -n -1 --temp 0", demo_dir()), 0);
+    cr_expect_null(strstr(out, "note:"), "%s", out);
+    free(out);
+}
+
+/* A prompt longer than the context is refused before any of it is echoed. */
+Test(gkrun_generate, overlong_prompt_is_refused_before_it_is_echoed)
+{
+    char *out;
+    cr_expect_eq(run(&out, "-m %s --backend cpu_ref --ctx 4 -p 'In the beginning God created the heaven'", demo_dir()),
+                 1);
+    cr_expect(strncmp(out, "gkrun: invalid argument: the prompt is ", 39) == 0, "%s", out);
+    cr_expect_null(strstr(out, "In the beginning"), "the prompt was echoed:\n%s", out);
+    cr_expect_eq(count_lines(out), 1, "%s", out);
+    free(out);
+}
+
+/* ----------------------------------------------------------------- bench */
+
+/* bench sizes its buffers and KV cache from -p and -n: beyond the model's
+ * max_position_embeddings they are refused up front, naming the flag and the
+ * context, however large (no wrapped size, no run of quadratic attention
+ * beyond the positions the model has). */
+Test(gkrun_bench, sizes_beyond_the_context_are_refused)
+{
+    char path[1100], *out;
+    snprintf(path, sizeof path, "%s/config.json", demo_dir());
+    FILE *f = fopen(path, "rb");
+    cr_assert(f);
+    static char buf[8192];
+    buf[fread(buf, 1, sizeof buf - 1, f)] = '\0';
+    fclose(f);
+    cJSON *cfg = cJSON_Parse(buf);
+    int ctx = cJSON_GetObjectItem(cfg, "max_position_embeddings")->valueint;
+    cJSON_Delete(cfg);
+    char ctx_msg[64];
+    snprintf(ctx_msg, sizeof ctx_msg, "the model's context of %d tokens", ctx);
+
+    char over_p[64], over_p_msg[96], over_n[64], over_n_msg[128];
+    snprintf(over_p, sizeof over_p, "-p %d -n 1", ctx + 1);
+    snprintf(over_p_msg, sizeof over_p_msg, "gkrun bench: -p %d is longer than", ctx + 1);
+    /* one new token more than fits after the prompt */
+    snprintf(over_n, sizeof over_n, "-p %d -n 12", ctx - 10);
+    snprintf(over_n_msg, sizeof over_n_msg, "gkrun bench: -p %d with -n 12 does not fit", ctx - 10);
+    struct { const char *args, *want; } cases[] = {
+        {"-p 4611686018427387904 -n 4611686018427387904", "gkrun bench: -p 4611686018427387904 is longer than"},
+        {"-p 9223372036854775807 -n 1", "gkrun bench: -p 9223372036854775807 is longer than"},
+        {over_p, over_p_msg},
+        {over_n, over_n_msg},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        int rc = run(&out, "bench -m %s --backend cpu_ref --reps 1 %s", demo_dir(), cases[i].args);
+        cr_expect_eq(rc, 2, "%s: exit %d\n%s", cases[i].args, rc, out);
+        cr_expect(strncmp(out, cases[i].want, strlen(cases[i].want)) == 0 && strstr(out, ctx_msg),
+                  "%s: want '%s ... %s', got:\n%s", cases[i].args, cases[i].want, ctx_msg, out);
+        cr_expect_eq(count_lines(out), 1, "%s", out);
+        free(out);
+    }
+    /* the largest run that fits is measured */
+    cr_expect_eq(run(&out, "bench -m %s --backend cpu_ref --reps 1 -p %d -n 11", demo_dir(), ctx - 10), 0, "%s", out);
+    char want[64];
+    snprintf(want, sizeof want, "prefill: %d tokens", ctx - 10);
+    cr_expect(strstr(out, want) && strstr(out, "decode:  11 tokens"), "%s", out);
+    free(out);
+    /* -n 1 measures no decode step and says so without dividing by zero */
+    cr_expect_eq(run(&out, "bench -m %s --backend cpu_ref --reps 1 -p 3 -n 1", demo_dir()), 0, "%s", out);
+    cr_expect(strstr(out, "prefill: 3 tokens") && strstr(out, "(0.000 ms/token)"), "%s", out);
+    free(out);
+}
+
+/* ------------------------------------------------------------ prompt input */
+
+/* The ids after "prompt ids (N):" of --verbose-prompt, as "a b c" (heap). */
+static char *verbose_ids(const char *out)
+{
+    const char *p = strstr(out, "prompt ids (");
+    cr_assert(p, "no prompt ids in:\n%s", out);
+    p = strstr(p, "): ");
+    cr_assert(p);
+    p += 3;
+    return strndup(p, strcspn(p, "\n"));
+}
+
+/* The first line of the output of `gkrun tokenize` on a file (heap). */
+static char *tokenize_file(const char *path, bool special)
+{
+    char *out;
+    cr_assert_eq(run(&out, "tokenize -m %s %s - < %s", demo_dir(), special ? "--special" : "", path), 0, "%s", out);
+    char *line = strndup(out, strcspn(out, "\n"));
+    free(out);
+    return line;
+}
+
+/* Every byte of a prompt is encoded, NUL bytes included, whether it comes from
+ * --prompt-file, stdin or a chat line: the ids equal those `gkrun tokenize`
+ * gives for the same bytes, and --verbose-prompt shows the whole text. */
+Test(gkrun_generate, nul_bytes_in_a_prompt_are_encoded)
+{
+    char tmp[] = "/tmp/gk-nul-XXXXXX";
+    cr_assert(mkdtemp(tmp));
+    char mid[256], lead[256], chat[256], chat_line[256];
+    snprintf(mid, sizeof mid, "%s/mid.txt", tmp);
+    snprintf(lead, sizeof lead, "%s/lead.txt", tmp);
+    snprintf(chat, sizeof chat, "%s/chat.txt", tmp);
+    snprintf(chat_line, sizeof chat_line, "%s/chat-line.txt", tmp);
+    static const char mid_text[] = "In the beginning\0 God created the heaven";
+    static const char lead_text[] = "\0In the beginning";
+    write_file(mid, mid_text, sizeof mid_text - 1);
+    write_file(lead, lead_text, sizeof lead_text - 1);
+    write_file(chat, "he\0llo\n", 7);
+    write_file(chat_line, "he\0llo", 6); /* what the chat turn renders (no template) */
+
+    char *want = tokenize_file(mid, true), *out;
+    cr_expect(strlen(want) > strlen("1143 259 1796 1239 189"), "tokenize stopped at the NUL: %s", want);
+    char echo[256];
+    snprintf(echo, sizeof echo, "%s/echo.txt", tmp);
+    cr_assert_eq(run_sh(&out, "\"$GKRUN\" -m %s --backend cpu_ref --prompt-file %s -n 1 --temp 0 --verbose-prompt "
+                              "2>&1 >%s", demo_dir(), mid, echo), 0, "%s", out);
+    char *got = verbose_ids(out);
+    cr_expect_str_eq(got, want, "--prompt-file: ids %s, tokenize %s", got, want);
+    cr_expect(strstr(out, "prompt text: \"In the beginning\\0 God created the heaven\"\n"), "%s", out);
+    free(got);
+    free(out);
+    /* the echo on stdout carries the NUL too */
+    FILE *f = fopen(echo, "rb");
+    cr_assert(f);
+    char echoed[256];
+    size_t n = fread(echoed, 1, sizeof echoed, f);
+    fclose(f);
+    cr_expect(n > sizeof mid_text - 1 && memcmp(echoed, mid_text, sizeof mid_text - 1) == 0, "echoed %zu bytes", n);
+    cr_assert_eq(run_sh(&out, "\"$GKRUN\" -m %s --backend cpu_ref -n 1 --temp 0 --verbose-prompt < %s 2>&1 >/dev/null",
+                        demo_dir(), mid), 0, "%s", out);
+    got = verbose_ids(out);
+    cr_expect_str_eq(got, want, "stdin: ids %s, tokenize %s", got, want);
+    free(got);
+    free(out);
+    free(want);
+
+    /* a leading NUL is a byte like any other, not an empty prompt */
+    want = tokenize_file(lead, true);
+    cr_assert_eq(run_sh(&out, "\"$GKRUN\" -m %s --backend cpu_ref --prompt-file %s -n 1 --temp 0 --verbose-prompt "
+                              "2>&1 >/dev/null", demo_dir(), lead), 0, "%s", out);
+    got = verbose_ids(out);
+    cr_expect_str_eq(got, want, "leading NUL: ids %s, tokenize %s", got, want);
+    free(got);
+    free(out);
+    free(want);
+    cr_assert_eq(run(&out, "-m %s --backend cpu_ref --prompt-file %s -n 1 --temp 0 --json", demo_dir(), lead), 0,
+                 "%s", out);
+    cr_expect(strstr(out, "\"prompt\":\"\\u0000In the beginning\""), "%s", out);
+    free(out);
+
+    /* a chat line */
+    want = tokenize_file(chat_line, false);
+    cr_assert_eq(run(&out, "-m %s --backend cpu_ref --chat -n 1 --temp 0 --verbose-prompt < %s", demo_dir(), chat), 0,
+                 "%s", out);
+    got = verbose_ids(out);
+    cr_expect_str_eq(got, want, "chat: ids %s, tokenize %s", got, want);
+    cr_expect(strstr(out, "prompt text: \"he\\0llo\"\n"), "%s", out);
+    free(got);
+    free(out);
+    free(want);
+    remove_tree(tmp);
+}
+
+/* A prompt source that cannot be read says why, in one line, exit 1; a FIFO
+ * named as --prompt-file is read like a file. */
+Test(gkrun_generate, prompt_read_errors_name_the_cause)
+{
+    struct { const char *args, *want; } cases[] = {
+        {"-n 1 <&-", "gkrun: cannot read the prompt from stdin: Bad file descriptor\n"},
+        {"-n 1 < /", "gkrun: cannot read the prompt from stdin: Is a directory\n"},
+        {"--prompt-file / -n 1", "gkrun: cannot read the prompt file /: Is a directory\n"},
+        {"--prompt-file /nonexistent/p.txt -n 1",
+         "gkrun: cannot open the prompt file /nonexistent/p.txt: No such file or directory\n"},
+        {"--chat -n 1 <&-", "gkrun: cannot read the chat from stdin: Bad file descriptor\n"},
+        {"--chat -n 1 < /", "gkrun: cannot read the chat from stdin: Is a directory\n"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        char *out;
+        int rc = run(&out, "-m %s --backend cpu_ref %s", demo_dir(), cases[i].args);
+        cr_expect_eq(rc, 1, "%s: exit %d\n%s", cases[i].args, rc, out);
+        cr_expect_str_eq(out, cases[i].want, "%s", cases[i].args);
+        free(out);
+    }
+    char tmp[] = "/tmp/gk-fifo-XXXXXX";
+    cr_assert(mkdtemp(tmp));
+    char fifo[256], *out;
+    snprintf(fifo, sizeof fifo, "%s/prompt", tmp);
+    cr_assert_eq(mkfifo(fifo, 0600), 0);
+    cr_expect_eq(run_sh(&out, "(printf 'In the beginning' > %s &); \"$GKRUN\" -m %s --backend cpu_ref --prompt-file %s "
+                              "-n 5 --temp 0 --json", fifo, demo_dir(), fifo), 0, "%s", out);
+    cr_expect(strstr(out, "\"prompt\":\"In the beginning\"") && strstr(out, "\"text\":\" of the kingdom of God\""),
+              "%s", out);
+    free(out);
+    remove_tree(tmp);
+}
+
+/* A tokenizer that does not cover every id the model can emit: the streaming
+ * decode fails with the tokenizer's own reason, not a generic message. */
+Test(gkrun_generate, streaming_decode_failure_names_the_cause)
+{
+    char tmp[] = "/tmp/gk-smalltok-XXXXXX";
+    cr_assert(mkdtemp(tmp));
+    char cmd[4096], path[1100];
+    snprintf(cmd, sizeof cmd, "cp %s/config.json %s/model.safetensors %s/", demo_dir(), demo_dir(), tmp);
+    cr_assert_eq(system(cmd), 0);
+    /* the demo tokenizer cut to its first 300 ids (the bytes and the first merges) */
+    snprintf(path, sizeof path, "%s/tokenizer.json", demo_dir());
+    FILE *f = fopen(path, "rb");
+    cr_assert(f);
+    static char buf[1 << 20];
+    size_t n = fread(buf, 1, sizeof buf - 1, f);
+    buf[n] = '\0';
+    fclose(f);
+    cJSON *t = cJSON_Parse(buf);
+    cJSON *model = cJSON_GetObjectItem(t, "model"), *vocab = cJSON_GetObjectItem(model, "vocab");
+    for (cJSON *e = vocab->child, *next; e; e = next) {
+        next = e->next;
+        if (e->valueint >= 300)
+            cJSON_Delete(cJSON_DetachItemViaPointer(vocab, e));
+    }
+    cJSON *merges = cJSON_GetObjectItem(model, "merges");
+    for (int i = cJSON_GetArraySize(merges) - 1; i >= 0; i--) {
+        const cJSON *mg = cJSON_GetArrayItem(merges, i);
+        const char *a = cJSON_GetArrayItem(mg, 0)->valuestring, *b = cJSON_GetArrayItem(mg, 1)->valuestring;
+        char ab[256];
+        snprintf(ab, sizeof ab, "%s%s", a, b);
+        if (!cJSON_GetObjectItemCaseSensitive(vocab, a) || !cJSON_GetObjectItemCaseSensitive(vocab, b) ||
+            !cJSON_GetObjectItemCaseSensitive(vocab, ab))
+            cJSON_DeleteItemFromArray(merges, i);
+    }
+    cr_assert_eq(cJSON_GetArraySize(vocab), 300);
+    char *text = cJSON_PrintUnformatted(t);
+    snprintf(path, sizeof path, "%s/tokenizer.json", tmp);
+    write_file(path, text, strlen(text));
+    free(text);
+    cJSON_Delete(t);
+
+    char *out;
+    cr_expect_eq(run_sh(&out, "\"$GKRUN\" -m %s --backend cpu_ref -p 'In the beginning' -n 30 --temp 0 2>&1 >/dev/null",
+                        tmp), 1, "%s", out);
+    cr_expect(strncmp(out, "gkrun: invalid argument: id ", 28) == 0 && strstr(out, "is outside the vocabulary") &&
+                  strstr(out, "(300 ids)"), "%s", out);
+    cr_expect_eq(count_lines(out), 1, "%s", out);
+    free(out);
+    remove_tree(tmp);
+}
+
+/* --------------------------------------------------------------- inspect */
+
+/* Tensor names and metadata read from a file cannot split the table or send
+ * escape sequences to the terminal: control characters are escaped in the
+ * table (--json keeps the names as they are, JSON-escaped). */
+Test(gkrun, inspect_escapes_control_characters_in_names)
+{
+    char tmp[] = "/tmp/gk-esc-XXXXXX";
+    cr_assert(mkdtemp(tmp));
+    char path[256];
+    snprintf(path, sizeof path, "%s/esc.safetensors", tmp);
+    const char *header = "{\"a\\nFAKE-LINE F32 [1] 0.00\\u001b[31m\":"
+                         "{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,4]},"
+                         "\"b\\u009b31m\\u00e9\\\\\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[4,8]},"
+                         "\"__metadata__\":{\"k\\u001b]0;x\\u0007\":\"v\\r\\nw\"}}";
+    uint64_t hlen = strlen(header);
+    char file[1024];
+    memcpy(file, &hlen, 8);
+    memcpy(file + 8, header, hlen);
+    memset(file + 8 + hlen, 0, 8);
+    write_file(path, file, 8 + hlen + 8);
+
+    char *out;
+    cr_assert_eq(run(&out, "inspect %s", path), 0, "%s", out);
+    cr_expect_null(strchr(out, '\x1b'), "ESC reached the output:\n%s", out);
+    cr_expect_null(strstr(out, "\xc2\x9b"), "a C1 CSI reached the output:\n%s", out);
+    cr_expect_null(strchr(out, '\r'), "%s", out);
+    cr_expect_null(strstr(out, "\nFAKE-LINE"), "the name started a line of its own:\n%s", out);
+    cr_expect(strstr(out, "\na\\nFAKE-LINE F32 [1] 0.00\\x1b[31m "), "%s", out);
+    cr_expect(strstr(out, "\nb\\u009b31m\xc3\xa9\\\\ "), "%s", out); /* é is printed as it is */
+    cr_expect(strstr(out, "\nmetadata: k\\x1b]0;x\\x07 = v\\r\\nw\n"), "%s", out);
+    /* the table: its header, then one line per tensor */
+    const char *table = strstr(out, "\nname ");
+    cr_assert(table, "%s", out);
+    cr_expect_eq(count_lines(table + 1), 3, "%s", table);
+    free(out);
+
+    cr_assert_eq(run(&out, "inspect --json %s", path), 0, "%s", out);
+    cJSON *j = cJSON_Parse(out);
+    cr_assert(j, "%s", out);
+    const cJSON *t0 = cJSON_GetArrayItem(cJSON_GetObjectItem(j, "tensors"), 0);
+    cr_expect_str_eq(cJSON_GetObjectItem(t0, "name")->valuestring, "a\nFAKE-LINE F32 [1] 0.00\x1b[31m");
+    cJSON_Delete(j);
+    free(out);
+    remove_tree(tmp);
 }

@@ -435,7 +435,16 @@ typedef struct breakage {
     const char *extra;         /* extra tensor (a copy of model.norm.weight), or NULL */
     const char *halve;         /* tensor written with its first dim halved, or NULL */
     void (*edit)(cJSON *cfg);  /* change to config.json, or NULL */
+    bool mlp_biases;           /* add gate/up/down biases to every layer: all zero
+                                  except layer 0's down_proj.bias, mlp_down_bias0 */
 } breakage;
+
+/* llama-tiny: 2 layers, intermediate_size 176, hidden_size 64. */
+#define TINY_LAYERS 2
+#define TINY_FF 176
+#define TINY_EMBD 64
+static float mlp_zero_bias[TINY_FF];
+static float mlp_down_bias0[TINY_EMBD];
 
 /* Write llama-tiny into tmpdir with one rule broken; returns the folder. */
 static const char *write_broken_llama(const breakage *b)
@@ -447,7 +456,7 @@ static const char *write_broken_llama(const breakage *b)
     gk_err err = {0};
     cr_assert_eq(gk_safetensors_open(path, &st, &err), GK_OK, "%s", err.msg);
     size_t n = gk_safetensors_count(st);
-    wtensor *t = calloc(n + 1, sizeof *t);
+    wtensor *t = calloc(n + 1 + 3 * TINY_LAYERS, sizeof *t);
     cr_assert(t);
     size_t k = 0;
     for (size_t i = 0; i < n; i++) {
@@ -469,6 +478,18 @@ static const char *write_broken_llama(const breakage *b)
             k++;
         }
         k++;
+    }
+    static char bias_names[3 * TINY_LAYERS][64];
+    for (int il = 0; b->mlp_biases && il < TINY_LAYERS; il++) {
+        static const char *const proj[3] = {"gate_proj", "up_proj", "down_proj"};
+        for (int j = 0; j < 3; j++) {
+            char *nm = bias_names[3 * il + j];
+            snprintf(nm, sizeof bias_names[0], "model.layers.%d.mlp.%s.bias", il, proj[j]);
+            int64_t len = j == 2 ? TINY_EMBD : TINY_FF;
+            const float *data = j == 2 && il == 0 ? mlp_down_bias0 : mlp_zero_bias;
+            t[k++] = (wtensor){.name = nm, .dtype = GK_DTYPE_F32, .n_dims = 1, .shape = {len}, .data = data,
+                               .nbytes = (uint64_t)len * sizeof(float)};
+        }
     }
     snprintf(path, sizeof path, "%s/model.safetensors", tmpdir);
     write_safetensors(path, t, k);
@@ -671,6 +692,79 @@ Test(model_errors, attention_bias_in_config_without_bias_tensors_names_the_missi
     gk_runtime_destroy(rt);
 }
 
+static void with_mlp_bias(cJSON *cfg)
+{
+    cJSON_DeleteItemFromObject(cfg, "mlp_bias");
+    cJSON_AddBoolToObject(cfg, "mlp_bias", true);
+}
+
+/* LlamaMLP has biases iff mlp_bias: then they are required, the first one
+ * missing is named. */
+Test(model_errors, mlp_bias_in_config_without_mlp_bias_tensors_names_the_missing_one)
+{
+    breakage b = {.edit = with_mlp_bias};
+    gk_runtime *rt = runtime();
+    gk_err err;
+    cr_expect_eq(load_fails(rt, write_broken_llama(&b), "f32", 0, &err), GK_ERR_FORMAT, "%s", err.msg);
+    cr_expect(strstr(err.msg, "missing tensor 'model.layers.0.mlp.gate_proj.bias'"), "%s", err.msg);
+    gk_runtime_destroy(rt);
+}
+
+/* Without mlp_bias the modules have no bias: a stored one (here one whose
+ * shape would fit) is refused, naming it and the key, as for attention_bias. */
+Test(model_errors, mlp_bias_present_when_config_says_no_mlp_bias_is_named)
+{
+    breakage b = {.extra = "model.layers.0.mlp.down_proj.bias"};
+    gk_runtime *rt = runtime();
+    gk_err err;
+    cr_expect_eq(load_fails(rt, write_broken_llama(&b), "f32", 0, &err), GK_ERR_FORMAT, "%s", err.msg);
+    cr_expect(strstr(err.msg, "model.layers.0.mlp.down_proj.bias") && strstr(err.msg, "mlp_bias"), "%s",
+              err.msg);
+    gk_runtime_destroy(rt);
+}
+
+/* With mlp_bias and the biases stored they are used. Oracle: zero gate/up
+ * biases and a down_proj bias d in layer 0 only make block 0's output the
+ * golden one plus d in every row. */
+Test(model_errors, mlp_biases_with_mlp_bias_are_added_to_the_block_output)
+{
+    for (int i = 0; i < TINY_EMBD; i++)
+        mlp_down_bias0[i] = 0.125f * (float)(i % 5) - 0.25f;
+    breakage b = {.edit = with_mlp_bias, .mlp_biases = true};
+    gk_runtime *rt = runtime();
+    gk_model *m = load_path(rt, write_broken_llama(&b), "f32", 0);
+    gk_safetensors *g = golden_open("llama-tiny");
+    int64_t n, gr, gc;
+    int32_t *ids = golden_ids(g, "p1.ids", &n);
+    float *want = golden_f32(g, "p1.hidden.1", &gr, &gc);
+    cr_assert(gr == n && gc == TINY_EMBD);
+    for (int64_t r = 0; r < n; r++)
+        for (int64_t c = 0; c < TINY_EMBD; c++)
+            want[r * TINY_EMBD + c] += mlp_down_bias0[c];
+    forward_ok(m, ids, n);
+    size_t idx = (size_t)-1;
+    for (size_t i = 0; i < gk_model_node_count(m); i++) {
+        const char *name;
+        int layer;
+        cr_assert_eq(gk_model_node_info(m, i, &name, &layer, NULL, NULL), GK_OK);
+        if (!strcmp(name, "l_out") && layer == 0)
+            idx = i;
+    }
+    cr_assert_neq(idx, (size_t)-1, "no node l_out of layer 0");
+    float *got = malloc((size_t)(n * TINY_EMBD) * sizeof *got);
+    cr_assert(got);
+    gk_err err = {0};
+    cr_assert_eq(gk_model_node_read(m, idx, got, &err), GK_OK, "%s", err.msg);
+    double e = max_abs_diff(got, want, (size_t)(n * TINY_EMBD));
+    cr_expect_leq(e, TOL_CACHE, "block 0 output vs golden + down_proj bias: max|err| %g", e);
+    free(got);
+    free(want);
+    free(ids);
+    gk_safetensors_close(g);
+    gk_model_destroy(m);
+    gk_runtime_destroy(rt);
+}
+
 /* Older checkpoints carry rotary_emb.inv_freq buffers: known, unused, no error. */
 Test(model_errors, stale_rotary_inv_freq_buffer_is_ignored)
 {
@@ -836,6 +930,182 @@ Test(model_calls, logits_before_any_forward_is_invalid_arg)
     cr_expect_eq(gk_model_logits(m, buf, &err), GK_ERR_INVALID_ARG);
     cr_expect_eq(gk_model_node_count(m), 0);
     free(buf);
+    gk_model_destroy(m);
+    gk_runtime_destroy(rt);
+}
+
+/* Every public call of the model, generation, checkpoint and config API given a
+ * NULL or out-of-range argument answers with a status (or its documented
+ * neutral value) instead of crashing, and leaves a good model usable. */
+Test(model_calls, null_and_out_of_range_arguments_get_a_status_not_a_crash)
+{
+    gk_runtime *rt = runtime();
+    char dir[1024], path[1100];
+    model_dir("llama-tiny", dir, sizeof dir);
+    snprintf(path, sizeof path, "%s/model.safetensors", dir);
+    gk_model_opts mo = {.backend = "cpu_ref"};
+    gk_model *m = (gk_model *)0x1;
+    gk_err err = {0};
+
+    /* load */
+    cr_expect_eq(gk_model_load(NULL, dir, &mo, &m, &err), GK_ERR_INVALID_ARG);
+    cr_expect_null(m);
+    cr_expect(strstr(err.msg, "rt"), "%s", err.msg);
+    m = (gk_model *)0x1;
+    cr_expect_eq(gk_model_load(rt, NULL, &mo, &m, &err), GK_ERR_INVALID_ARG);
+    cr_expect_null(m);
+    cr_expect(strstr(err.msg, "path"), "%s", err.msg);
+    cr_expect_eq(gk_model_load(rt, dir, &mo, NULL, &err), GK_ERR_INVALID_ARG);
+    gk_model_destroy(NULL);
+
+    /* getters on NULL */
+    cr_expect_null(gk_model_config(NULL));
+    cr_expect_null(gk_model_spec_of(NULL));
+    cr_expect_null(gk_model_backend_name(NULL));
+    cr_expect_eq(gk_model_dtype(NULL), GK_DTYPE_COUNT);
+    cr_expect_eq(gk_model_n_ctx(NULL), 0);
+    cr_expect_eq(gk_model_n_past(NULL), 0);
+    cr_expect_eq(gk_model_weight_bytes(NULL), 0);
+    cr_expect_eq(gk_model_mem_peak(NULL), 0);
+    cr_expect_eq(gk_model_node_count(NULL), 0);
+    gk_device_props props;
+    cr_expect_eq(gk_model_device(NULL, &props, &err), GK_ERR_INVALID_ARG);
+
+    /* calls on NULL, then with a good model and bad arguments */
+    gk_safetensors *g = golden_open("llama-tiny");
+    int64_t n, rows, nv;
+    int32_t *ids = golden_ids(g, "p1.ids", &n);
+    float *want = golden_f32(g, "p1.logits", &rows, &nv);
+    float *got = malloc((size_t)(n * nv) * sizeof *got);
+    cr_assert(got);
+    cr_expect_eq(gk_model_forward(NULL, ids, n, NULL, &err), GK_ERR_INVALID_ARG);
+    cr_expect_eq(gk_model_logits(NULL, got, &err), GK_ERR_INVALID_ARG);
+    cr_expect_eq(gk_model_truncate(NULL, 0, &err), GK_ERR_INVALID_ARG);
+    cr_expect_eq(gk_model_node_info(NULL, 0, NULL, NULL, NULL, NULL), GK_ERR_INVALID_ARG);
+    cr_expect_eq(gk_model_node_read(NULL, 0, got, &err), GK_ERR_INVALID_ARG);
+
+    m = load(rt, "llama-tiny", "f32", 0);
+    cr_expect_eq(gk_model_device(m, NULL, &err), GK_ERR_INVALID_ARG);
+    cr_expect_eq(gk_model_node_info(m, 0, NULL, NULL, NULL, NULL), GK_ERR_INVALID_ARG, "no forward yet");
+    cr_expect_eq(gk_model_node_read(m, 0, got, &err), GK_ERR_INVALID_ARG, "no forward yet");
+    cr_expect_eq(gk_model_forward(m, NULL, 2, NULL, &err), GK_ERR_INVALID_ARG);
+    cr_expect(strstr(err.msg, "ids"), "%s", err.msg);
+    forward_ok(m, ids, 3);
+    /* n so large that n_past + n overflows int64 */
+    cr_expect_eq(gk_model_forward(m, ids, INT64_MAX, NULL, &err), GK_ERR_INVALID_ARG);
+    cr_expect(strstr(err.msg, "context"), "%s", err.msg);
+    cr_expect_eq(gk_model_forward(m, ids, -1, NULL, &err), GK_ERR_INVALID_ARG);
+    cr_expect_eq(gk_model_n_past(m), 3);
+    cr_expect_eq(gk_model_logits(m, NULL, &err), GK_ERR_INVALID_ARG);
+    cr_expect_eq(gk_model_truncate(m, -1, &err), GK_ERR_INVALID_ARG);
+    cr_expect_eq(gk_model_truncate(m, 4, &err), GK_ERR_INVALID_ARG);
+    cr_expect_eq(gk_model_truncate(m, INT64_MAX, &err), GK_ERR_INVALID_ARG);
+    size_t nn = gk_model_node_count(m);
+    cr_expect_gt(nn, 0);
+    cr_expect_eq(gk_model_node_info(m, nn, NULL, NULL, NULL, NULL), GK_ERR_INVALID_ARG);
+    cr_expect_eq(gk_model_node_info(m, SIZE_MAX, NULL, NULL, NULL, NULL), GK_ERR_INVALID_ARG);
+    cr_expect_eq(gk_model_node_read(m, SIZE_MAX, got, &err), GK_ERR_INVALID_ARG);
+    cr_expect_eq(gk_model_node_read(m, 0, NULL, &err), GK_ERR_INVALID_ARG);
+
+    /* generate */
+    gk_gen_opts o = gk_gen_opts_default();
+    o.max_new_tokens = 2;
+    int32_t out[2];
+    int64_t n_out = -1;
+    cr_expect_eq(gk_model_generate(NULL, ids, n, &o, out, &n_out, NULL, &err), GK_ERR_INVALID_ARG);
+    cr_expect_eq(n_out, 0);
+    cr_expect_eq(gk_model_generate(m, NULL, n, &o, out, &n_out, NULL, &err), GK_ERR_INVALID_ARG);
+    cr_expect(strstr(err.msg, "prompt"), "%s", err.msg);
+    cr_expect_eq(gk_model_generate(m, ids, n, NULL, out, &n_out, NULL, &err), GK_ERR_INVALID_ARG);
+    cr_expect(strstr(err.msg, "opts"), "%s", err.msg);
+    cr_expect_eq(gk_model_generate(m, ids, n, &o, NULL, &n_out, NULL, &err), GK_ERR_INVALID_ARG);
+    cr_expect(strstr(err.msg, "out"), "%s", err.msg);
+    cr_expect_eq(gk_model_generate(m, ids, n, &o, out, NULL, NULL, &err), GK_ERR_INVALID_ARG);
+    cr_expect(strstr(err.msg, "n_out"), "%s", err.msg);
+    o.n_eos = 100;
+    cr_expect_eq(gk_model_generate(m, ids, n, &o, out, &n_out, NULL, &err), GK_ERR_INVALID_ARG);
+    cr_expect(strstr(err.msg, "eos_ids"), "%s", err.msg);
+    o.n_eos = -1;
+    cr_expect_eq(gk_model_generate(m, ids, n, &o, out, &n_out, NULL, &err), GK_ERR_INVALID_ARG);
+    o.n_eos = 0;
+    cr_expect_eq(gk_model_n_past(m), 3, "refused calls leave the cache alone");
+    gk_rng rng;
+    gk_rng_seed(NULL, 1);
+    gk_rng_seed(&rng, 1);
+    o.temperature = 1.0f;
+    cr_expect_eq(gk_sample(NULL, nv, &o, &rng), -1);
+    cr_expect_eq(gk_sample(want, 0, &o, &rng), -1);
+    cr_expect_eq(gk_sample(want, -3, &o, &rng), -1);
+    cr_expect_eq(gk_sample(want, nv, NULL, &rng), -1);
+    cr_expect_eq(gk_sample(want, nv, &o, NULL), -1, "a draw needs a generator");
+    o.temperature = 0.0f;
+    int32_t best = 0;
+    for (int64_t v = 1; v < nv; v++)
+        if (want[v] > want[best])
+            best = (int32_t)v;
+    cr_expect_eq(gk_sample(want, nv, &o, NULL), best, "greedy needs no generator");
+
+    /* checkpoints */
+    gk_safetensors *st = (gk_safetensors *)0x1;
+    cr_expect_eq(gk_safetensors_open(NULL, &st, &err), GK_ERR_INVALID_ARG);
+    cr_expect_null(st);
+    cr_expect_eq(gk_safetensors_open(path, NULL, &err), GK_ERR_INVALID_ARG);
+    gk_safetensors_close(NULL);
+    cr_expect_eq(gk_safetensors_count(NULL), 0);
+    cr_expect_null(gk_safetensors_name(NULL, 0));
+    cr_expect_eq(gk_safetensors_file_size(NULL), 0);
+    cr_expect_eq(gk_safetensors_shard_count(NULL), 0);
+    cr_expect_not(gk_safetensors_has(NULL, "model.norm.weight"));
+    cr_expect_eq(gk_safetensors_meta_count(NULL), 0);
+    cr_expect_null(gk_safetensors_meta_key(NULL, 0));
+    cr_expect_null(gk_safetensors_meta(NULL, "format"));
+    gk_tensor_info ti;
+    float f[TINY_EMBD];
+    int64_t i64[TINY_EMBD];
+    cr_expect_eq(gk_safetensors_info(NULL, "model.norm.weight", &ti, &err), GK_ERR_INVALID_ARG);
+    cr_expect_eq(gk_safetensors_bytes(NULL, "model.norm.weight", NULL, NULL, &err), GK_ERR_INVALID_ARG);
+    cr_expect_eq(gk_safetensors_read_f32(NULL, "model.norm.weight", f, TINY_EMBD, &err), GK_ERR_INVALID_ARG);
+    cr_expect_eq(gk_safetensors_read_i64(NULL, "model.norm.weight", i64, TINY_EMBD, &err), GK_ERR_INVALID_ARG);
+    cr_assert_eq(gk_safetensors_open(path, &st, &err), GK_OK, "%s", err.msg);
+    size_t count = gk_safetensors_count(st);
+    cr_expect_null(gk_safetensors_name(st, count));
+    cr_expect_null(gk_safetensors_name(st, SIZE_MAX));
+    cr_expect_not(gk_safetensors_has(st, NULL));
+    cr_expect_null(gk_safetensors_meta_key(st, gk_safetensors_meta_count(st)));
+    cr_expect_null(gk_safetensors_meta(st, NULL));
+    cr_expect_eq(gk_safetensors_info(st, NULL, &ti, &err), GK_ERR_INVALID_ARG);
+    cr_expect_eq(gk_safetensors_info(st, "model.norm.weight", NULL, &err), GK_OK, "out may be NULL");
+    cr_expect_eq(gk_safetensors_bytes(st, NULL, NULL, NULL, &err), GK_ERR_INVALID_ARG);
+    cr_expect_eq(gk_safetensors_read_f32(st, NULL, f, TINY_EMBD, &err), GK_ERR_INVALID_ARG);
+    cr_expect_eq(gk_safetensors_read_f32(st, "model.norm.weight", NULL, TINY_EMBD, &err), GK_ERR_INVALID_ARG);
+    cr_expect_eq(gk_safetensors_read_f32(st, "model.norm.weight", f, SIZE_MAX, &err), GK_ERR_INVALID_ARG);
+    cr_expect_eq(gk_safetensors_read_i64(st, NULL, i64, TINY_EMBD, &err), GK_ERR_INVALID_ARG);
+    cr_expect_eq(gk_safetensors_read_i64(st, "model.norm.weight", NULL, TINY_EMBD, &err), GK_ERR_INVALID_ARG);
+    gk_safetensors_close(st);
+
+    /* config and dtypes */
+    gk_config cfg;
+    cr_expect_eq(gk_config_load(NULL, &cfg, &err), GK_ERR_INVALID_ARG);
+    cr_expect_eq(gk_config_load(dir, NULL, &err), GK_ERR_INVALID_ARG);
+    cr_expect_eq(gk_config_parse(NULL, NULL, &cfg, &err), GK_ERR_INVALID_ARG);
+    cr_expect_eq(gk_config_parse("{}", NULL, NULL, &err), GK_ERR_INVALID_ARG);
+    cr_expect_null(gk_dtype_name(GK_DTYPE_COUNT));
+    cr_expect_null(gk_dtype_name((gk_dtype)-1));
+    cr_expect_eq(gk_dtype_size(GK_DTYPE_COUNT), 0);
+    cr_expect_not(gk_dtype_parse(NULL, NULL));
+    cr_expect(gk_dtype_parse("F16", NULL));
+    cr_expect_not_null(gk_status_str((gk_status)999));
+
+    /* the model is still good */
+    truncate_ok(m, 0);
+    forward_ok(m, ids, n);
+    logits_ok(m, got);
+    double e = max_abs_diff(got, want, (size_t)(n * nv));
+    cr_expect_leq(e, TOL_GOLDEN, "after the refused calls: max|err| %g", e);
+    free(got);
+    free(want);
+    free(ids);
+    gk_safetensors_close(g);
     gk_model_destroy(m);
     gk_runtime_destroy(rt);
 }
@@ -1032,5 +1302,30 @@ Test(model_errors, out_of_memory_is_refused_before_upload_with_the_sizes)
     /* 2 layers x K,V x 1e9 rows x 32 floats: 512 GB */
     cr_expect_eq(load_fails(rt, dir, "f32", 1000000000, &err), GK_ERR_NOMEM, "%s", err.msg);
     cr_expect(strstr(err.msg, "needs 512.00 GB") && strstr(err.msg, "GB is free"), "%s", err.msg);
+    gk_runtime_destroy(rt);
+}
+
+/* A context whose KV cache size does not fit 64 bits is refused at load,
+ * naming n_ctx, instead of wrapping to a tiny cache; a negative one too. A
+ * huge one that fits the arithmetic keeps the out-of-memory refusal. */
+Test(model_errors, context_whose_cache_size_overflows_is_invalid_arg_naming_n_ctx)
+{
+    gk_runtime *rt = runtime();
+    gk_err err;
+    char dir[1024], num[32];
+    model_dir("llama-tiny", dir, sizeof dir);
+    /* 2 layers x K,V x 32 floats x 4 bytes = 512 bytes a position: 2^57 positions are 2^66 bytes */
+    const int64_t huge[] = {(int64_t)1 << 57, (int64_t)1 << 62, INT64_MAX};
+    for (size_t i = 0; i < sizeof huge / sizeof huge[0]; i++) {
+        cr_expect_eq(load_fails(rt, dir, "f32", huge[i], &err), GK_ERR_INVALID_ARG, "n_ctx %lld: %s",
+                     (long long)huge[i], err.msg);
+        snprintf(num, sizeof num, "%lld", (long long)huge[i]);
+        cr_expect(strstr(err.msg, "n_ctx") && strstr(err.msg, num), "n_ctx %s: %s", num, err.msg);
+    }
+    cr_expect_eq(load_fails(rt, dir, "f32", -5, &err), GK_ERR_INVALID_ARG, "%s", err.msg);
+    cr_expect(strstr(err.msg, "n_ctx") && strstr(err.msg, "-5"), "%s", err.msg);
+    /* 2^40 positions: 512 TiB, representable, more than any machine has free */
+    cr_expect_eq(load_fails(rt, dir, "f32", (int64_t)1 << 40, &err), GK_ERR_NOMEM, "%s", err.msg);
+    cr_expect(strstr(err.msg, "needs 562949.95 GB") && strstr(err.msg, "n_ctx"), "%s", err.msg);
     gk_runtime_destroy(rt);
 }

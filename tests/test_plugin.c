@@ -3,11 +3,14 @@
  * Each loader failure is provoked by a deliberately broken plugin built from
  * tests/plugins/broken.c, and must give its own message. */
 #include <criterion/criterion.h>
-#include <gk/gk.h>
+#include <gk/gk_plugin.h>
 
+#include <malloc.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 static char tmpdir[256];
@@ -38,17 +41,19 @@ static void rm_tmp(void)
     (void)!system(cmd);
 }
 
-/* Write an INI file into the temp dir; returns its path (static buffer). */
-static const char *write_ini(const char *text)
+/* Write n bytes of INI into the temp dir; returns its path (static buffer). */
+static const char *write_ini_bytes(const char *text, size_t n)
 {
     static char path[512];
     snprintf(path, sizeof path, "%s/gk.ini", tmpdir);
-    FILE *f = fopen(path, "w");
+    FILE *f = fopen(path, "wb");
     cr_assert(f);
-    fputs(text, f);
+    cr_assert_eq(fwrite(text, 1, n, f), n);
     fclose(f);
     return path;
 }
+
+static const char *write_ini(const char *text) { return write_ini_bytes(text, strlen(text)); }
 
 /* INI loading the broken-plugin folder with the given lists. */
 static const char *broken_ini(const char *arch, const char *backends)
@@ -138,7 +143,46 @@ Test(plugin, abi_mismatch_names_both_versions)
 {
     gk_err err = {0};
     cr_assert_eq(create_expect_fail(broken_ini("badabi", "cpu_ref"), &err), GK_ERR_ABI);
-    cr_expect(strstr(err.msg, "plugin built for 99.7, core is 1.0"), "%s", err.msg);
+    char want[64];
+    snprintf(want, sizeof want, "plugin built for 99.7, core is %d.%d", GK_ABI_MAJOR, GK_ABI_MINOR);
+    cr_expect(strstr(err.msg, want), "%s", err.msg);
+}
+
+/* A data object exported under the entry's name is refused, not called. */
+Test(plugin, entry_symbol_that_is_data_is_refused)
+{
+    gk_err err = {0};
+    cr_assert_eq(create_expect_fail(broken_ini("llama", "dataentry"), &err), GK_ERR_PLUGIN);
+    cr_expect(strstr(err.msg, "libgk-backend-dataentry.so is not a gk plugin: entry symbol 'gk_plugin_entry' "
+                              "is not a function (a data object)"), "%s", err.msg);
+}
+
+/* Each kind's ops table says what it is; a descriptor pointing at the other
+ * kind's table, or at a table without the magic, is refused naming the file. */
+Test(plugin, ops_table_of_the_wrong_kind_is_refused)
+{
+    gk_err err = {0};
+    cr_assert_eq(create_expect_fail(broken_ini("backendops", "cpu_ref"), &err), GK_ERR_PLUGIN);
+    cr_expect(strstr(err.msg, "libgk-arch-backendops.so: architecture plugin 'backendops' has a backend ops table"),
+              "%s", err.msg);
+    cr_assert_eq(create_expect_fail(broken_ini("llama", "archops"), &err), GK_ERR_PLUGIN);
+    cr_expect(strstr(err.msg, "libgk-backend-archops.so: backend plugin 'archops' has an architecture ops table"),
+              "%s", err.msg);
+    cr_assert_eq(create_expect_fail(broken_ini("nomagic", "cpu_ref"), &err), GK_ERR_PLUGIN);
+    cr_expect(strstr(err.msg, "libgk-arch-nomagic.so: architecture plugin 'nomagic': ops table has magic "
+                              "0x00000000, expected 0x676b4152 (GK_ARCH_OPS_MAGIC)"), "%s", err.msg);
+}
+
+/* Tables from before the magic existed (ABI 1.0: zero there) still load. */
+Test(plugin, plugin_built_for_abi_1_0_still_loads)
+{
+    gk_runtime *rt;
+    gk_err err = {0};
+    cr_assert_eq(gk_runtime_create(broken_ini("oldabi", "cpu_ref"), &rt, &err), GK_OK, "%s", err.msg);
+    const gk_model_spec *s = gk_runtime_find_arch(rt, "oldabi");
+    cr_assert(s);
+    cr_expect_str_eq(s->name, "oldabi");
+    gk_runtime_destroy(rt);
 }
 
 Test(plugin, init_failure_carries_the_plugins_message)
@@ -188,6 +232,97 @@ Test(plugin, ini_errors_name_the_line)
     cr_expect(strstr(err.msg, "backend = tpu, but no such backend is loaded"), "%s", err.msg);
     cr_assert_eq(create_expect_fail("/nonexistent/gk.ini", &err), GK_ERR_IO);
     cr_expect(strstr(err.msg, "/nonexistent/gk.ini"), "%s", err.msg);
+}
+
+/* inih takes at most 197 bytes a line (its 200-byte buffer less "\r\n" and the
+ * NUL) and would read the rest of a longer line as a new line. */
+Test(plugin, ini_line_longer_than_inih_takes_is_refused_with_its_line)
+{
+    gk_err err = {0};
+    char text[1024], comment[256];
+    /* 197 bytes: taken whole, so the comment's tail is no setting. */
+    snprintf(comment, sizeof comment, "; %0182dbackend = tpu", 0);
+    cr_assert_eq(strlen(comment), 197);
+    snprintf(text, sizeof text, "[plugins]\narch = llama\nbackends = cpu_ref\n[runtime]\n%s\r\n", comment);
+    gk_runtime *rt;
+    cr_assert_eq(gk_runtime_create(write_ini(text), &rt, &err), GK_OK, "%s", err.msg);
+    cr_expect_str_eq(gk_runtime_default_backend(rt), "auto");
+    gk_runtime_destroy(rt);
+    /* 198 bytes, with or without a final newline: refused, naming the line. */
+    snprintf(text, sizeof text, "[plugins]\narch = llama\nbackends = cpu_ref\n[runtime]\n%s;\n", comment);
+    cr_assert_eq(create_expect_fail(write_ini(text), &err), GK_ERR_CONFIG);
+    cr_expect(strstr(err.msg, "gk.ini:5: line longer than 197 bytes"), "%s", err.msg);
+    snprintf(text, sizeof text, "[runtime]\n%s;", comment);
+    cr_assert_eq(create_expect_fail(write_ini(text), &err), GK_ERR_CONFIG);
+    cr_expect(strstr(err.msg, "gk.ini:2: line longer than 197 bytes"), "%s", err.msg);
+}
+
+Test(plugin, ini_nul_byte_is_refused_with_its_line)
+{
+    gk_err err = {0};
+    static const char text[] = "[plugins]\narch = llama\nbackends = cpu_ref\0backends = nosuch\n";
+    cr_assert_eq(create_expect_fail(write_ini_bytes(text, sizeof text - 1), &err), GK_ERR_CONFIG);
+    cr_expect(strstr(err.msg, "gk.ini:3: NUL byte in the line"), "%s", err.msg);
+}
+
+/* A folder or a FIFO named as the INI file: refused at once (no hang). */
+Test(plugin, ini_that_is_not_a_regular_file_is_refused, .timeout = 20)
+{
+    gk_err err = {0};
+    char path[512];
+    snprintf(path, sizeof path, "%s/folder.ini", tmpdir);
+    cr_assert_eq(mkdir(path, 0700), 0);
+    cr_assert_eq(create_expect_fail(path, &err), GK_ERR_IO);
+    cr_expect(strstr(err.msg, "folder.ini: not a regular file (a folder)"), "%s", err.msg);
+    snprintf(path, sizeof path, "%s/fifo.ini", tmpdir);
+    cr_assert_eq(mkfifo(path, 0600), 0);
+    cr_assert_eq(create_expect_fail(path, &err), GK_ERR_IO);
+    cr_expect(strstr(err.msg, "fifo.ini: not a regular file (a FIFO)"), "%s", err.msg);
+}
+
+/* LeakSanitizer's on-demand check; linked in sanitizer builds only. */
+extern int __lsan_do_recoverable_leak_check(void) __attribute__((weak));
+
+/* The limit on path folders counts every `path =` line, and the folders read
+ * before the refusal are freed. */
+Test(plugin, too_many_path_folders_are_refused)
+{
+    gk_err err = {0};
+    const char *many = write_ini("[plugins]\npath = a,b,c,d,e,f,g,h,i,j,k,l,m,n,o,p,q\narch = llama\n");
+    cr_assert_eq(create_expect_fail(many, &err), GK_ERR_CONFIG);
+    cr_expect(strstr(err.msg, "gk.ini:2: too many entries in 'path' (at most 16)"), "%s", err.msg);
+    if (__lsan_do_recoverable_leak_check) {
+        cr_expect_eq(__lsan_do_recoverable_leak_check(), 0, "leaked (LeakSanitizer's report above)");
+    } else {
+        /* glibc's count of heap bytes in use may not grow over 200 more. */
+        size_t before = mallinfo2().uordblks;
+        for (int i = 0; i < 200; i++)
+            (void)gk_runtime_create(many, &(gk_runtime *){NULL}, NULL);
+        size_t after = mallinfo2().uordblks;
+        cr_expect_lt(after > before ? after - before : 0, 4096, "heap in use grew by %zu bytes", after - before);
+    }
+    cr_assert_eq(create_expect_fail(write_ini("[plugins]\npath = a,b,c,d,e,f,g,h\npath = i,j,k,l,m,n,o,p\n"
+                                              "path = q\narch = llama\n"), &err), GK_ERR_CONFIG);
+    cr_expect(strstr(err.msg, "gk.ini:4: too many entries in 'path' (at most 16)"), "%s", err.msg);
+    /* Exactly 16 over several lines is fine (the folders need not exist). */
+    gk_runtime *rt;
+    char text[512];
+    snprintf(text, sizeof text, "[plugins]\npath = a,b,c,d,e,f,g,h\npath = i,j,k,l,m,n,o\npath = %s/tests/plugins\n"
+             "arch = oldabi\nbackends = cpu_ref\n", build_root());
+    cr_assert_eq(gk_runtime_create(write_ini(text), &rt, &err), GK_OK, "%s", err.msg);
+    gk_runtime_destroy(rt);
+}
+
+/* The first bad line is the one named, with its own message. */
+Test(plugin, ini_error_message_belongs_to_the_line_named)
+{
+    gk_err err = {0};
+    cr_assert_eq(create_expect_fail(write_ini("[plugins]\nbackend = x\ncolour = y\n"), &err), GK_ERR_CONFIG);
+    cr_expect(strstr(err.msg, "gk.ini:2: unknown key 'backend' in section [plugins]"), "%s", err.msg);
+    cr_assert_eq(create_expect_fail(write_ini("[plugins\narch = llama\ncolour = y\n"), &err), GK_ERR_CONFIG);
+    cr_expect(strstr(err.msg, "gk.ini:1: syntax error"), "%s", err.msg);
+    cr_assert_eq(create_expect_fail(write_ini("[runtime]\nbackend = \x1b[31mred\n"), &err), GK_ERR_CONFIG);
+    cr_expect(strstr(err.msg, "backend = \\x1b[31mred, but no such backend"), "%s", err.msg);
 }
 
 /* ------------------------------------------------------------ registry */
@@ -263,4 +398,43 @@ Test(registry, unknown_architecture_is_named)
     cr_expect(strstr(err.msg, "unknown architecture 'MambaForCausalLM'"), "%s", err.msg);
     cr_expect(strstr(err.msg, "llama") && strstr(err.msg, "gpt2") && strstr(err.msg, "qwen3"), "%s", err.msg);
     gk_runtime_destroy(rt);
+}
+
+/* NULL and out-of-range arguments: a status or the neutral value, no crash. */
+Test(registry, null_and_out_of_range_arguments)
+{
+    gk_err err = {0};
+    cr_assert_eq(gk_runtime_create(NULL, NULL, &err), GK_ERR_INVALID_ARG);
+    cr_expect(strstr(err.msg, "gk_runtime_create: out is NULL"), "%s", err.msg);
+    cr_expect_eq(gk_runtime_create(NULL, NULL, NULL), GK_ERR_INVALID_ARG);
+    gk_runtime_destroy(NULL);
+
+    cr_expect_eq(gk_runtime_arch_count(NULL), 0);
+    cr_expect_null(gk_runtime_arch_name(NULL, 0));
+    cr_expect_eq(gk_runtime_backend_count(NULL), 0);
+    cr_expect_null(gk_runtime_backend_name(NULL, 0));
+    cr_expect_null(gk_runtime_default_backend(NULL));
+    cr_expect_null(gk_runtime_find_arch(NULL, "llama"));
+
+    gk_runtime *rt = defaults();
+    cr_expect_null(gk_runtime_arch_name(rt, gk_runtime_arch_count(rt)));
+    cr_expect_null(gk_runtime_arch_name(rt, SIZE_MAX));
+    cr_expect_null(gk_runtime_backend_name(rt, gk_runtime_backend_count(rt)));
+    cr_expect_null(gk_runtime_backend_name(rt, SIZE_MAX));
+    cr_expect_null(gk_runtime_find_arch(rt, NULL));
+
+    const gk_model_spec *s = (const gk_model_spec *)0x1;
+    cr_expect_eq(gk_runtime_detect_arch(NULL, NULL, NULL, &s, &err), GK_ERR_INVALID_ARG);
+    cr_expect(strstr(err.msg, "gk_runtime_detect_arch: rt is NULL"), "%s", err.msg);
+    cr_expect_eq(gk_runtime_detect_arch(rt, NULL, NULL, NULL, &err), GK_ERR_INVALID_ARG);
+    cr_expect(strstr(err.msg, "gk_runtime_detect_arch: out is NULL"), "%s", err.msg);
+    gk_runtime_destroy(rt);
+
+    /* A model needs a runtime. */
+    char dir[1024];
+    snprintf(dir, sizeof dir, "%s/models/llama-tiny", data_dir());
+    gk_model *m = (gk_model *)0x1;
+    cr_expect_eq(gk_model_load(NULL, dir, NULL, &m, &err), GK_ERR_INVALID_ARG);
+    cr_expect(strstr(err.msg, "rt is NULL"), "%s", err.msg);
+    cr_expect_null(m);
 }

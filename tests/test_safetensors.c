@@ -12,6 +12,7 @@
 #include "safetensors_impl.h"
 
 #include <cjson/cJSON.h>
+#include <errno.h>
 #include <ftw.h>
 #include <math.h>
 #include <stdio.h>
@@ -989,4 +990,196 @@ Test(folder, opens_the_index_or_the_single_file)
     cr_expect_null(st);
     cr_expect(strstr(err.msg, tmp) && strstr(err.msg, "no model.safetensors"), "%s", err.msg);
     rmdir(tmp);
+}
+
+/* A model.safetensors (or index) that is there but unusable is reported as
+ * what it is, naming it, not as "no model.safetensors in this folder": a
+ * symlink loop with the system's reason, a folder as not a regular file. The
+ * index's name takes precedence as when it is a good file. */
+Test(folder, unusable_weights_file_is_named_with_its_cause, .init = tmp_setup, .fini = tmp_teardown)
+{
+    static const char *const names[] = {"model.safetensors", "model.safetensors.index.json"};
+    for (int i = 0; i < 2; i++) {
+        for (int kind = 0; kind < 2; kind++) {
+            char sub[32];
+            snprintf(sub, sizeof sub, "m%d%d", i, kind);
+            char *dir = tmp_path(sub);
+            cr_assert_eq(mkdir(dir, 0755), 0);
+            size_t n = strlen(dir) + strlen(names[i]) + 2;
+            char *p = malloc(n);
+            cr_assert(p);
+            snprintf(p, n, "%s/%s", dir, names[i]);
+            if (kind == 0)
+                cr_assert_eq(symlink(names[i], p), 0, "symlink %s", p); /* points at itself */
+            else
+                cr_assert_eq(mkdir(p, 0755), 0);
+            gk_safetensors *st = (gk_safetensors *)&st;
+            gk_err err = {0};
+            cr_expect_eq(gk_safetensors_open(dir, &st, &err), GK_ERR_IO, "%s: %s", p, err.msg);
+            cr_expect_null(st);
+            char want[1200];
+            if (kind == 0)
+                snprintf(want, sizeof want, "%s: %s", p, strerror(ELOOP));
+            else
+                snprintf(want, sizeof want, "%s: not a regular file (a folder)", p);
+            cr_expect(strstr(err.msg, want), "want '%s' in: %s", want, err.msg);
+            free(p);
+            free(dir);
+        }
+    }
+}
+
+/* Opening a FIFO named like a checkpoint does not wait for a writer. */
+Test(folder, fifo_is_not_a_regular_file_and_does_not_block, .init = tmp_setup, .fini = tmp_teardown, .timeout = 60)
+{
+    char *p = tmp_path("model.safetensors");
+    cr_assert_eq(mkfifo(p, 0644), 0);
+    gk_safetensors *st = (gk_safetensors *)&st;
+    gk_err err = {0};
+    cr_expect_eq(gk_safetensors_open(p, &st, &err), GK_ERR_IO, "%s", err.msg);
+    cr_expect_null(st);
+    cr_expect(strstr(err.msg, "model.safetensors") && strstr(err.msg, "not a regular file (a FIFO)"), "%s",
+              err.msg);
+    cr_expect_eq(gk_safetensors_open(tmp_root, &st, &err), GK_ERR_IO, "the folder holding it: %s", err.msg);
+    free(p);
+}
+
+/* Many tensors in a few shards: each distinct file name is one shard, in the
+ * order of first appearance, and every tensor reads from the file named for it
+ * (oracle: the index text and the shards written here). */
+Test(sharded, many_tensors_in_few_shards_make_one_shard_per_distinct_file, .init = tmp_setup, .fini = tmp_teardown)
+{
+    enum { N_SHARDS = 3, PER_SHARD = 400 };
+    /* shard s holds tensors t<k> with k % N_SHARDS == s, one U8 each holding k % 251 */
+    for (int sh = 0; sh < N_SHARDS; sh++) {
+        cJSON *h = cJSON_CreateObject();
+        unsigned char data[PER_SHARD];
+        for (int j = 0; j < PER_SHARD; j++) {
+            int k = j * N_SHARDS + sh;
+            char name[32];
+            snprintf(name, sizeof name, "t%d", k);
+            cJSON *e = cJSON_AddObjectToObject(h, name);
+            cJSON_AddStringToObject(e, "dtype", "U8");
+            cJSON *shape = cJSON_AddArrayToObject(e, "shape");
+            cJSON_AddItemToArray(shape, cJSON_CreateNumber(1));
+            cJSON *off = cJSON_AddArrayToObject(e, "data_offsets");
+            cJSON_AddItemToArray(off, cJSON_CreateNumber(j));
+            cJSON_AddItemToArray(off, cJSON_CreateNumber(j + 1));
+            data[j] = (unsigned char)(k % 251);
+        }
+        char *text = cJSON_PrintUnformatted(h);
+        size_t hl = strlen(text), n = 8 + hl + PER_SHARD;
+        unsigned char *b = malloc(n);
+        cr_assert(b);
+        for (int i = 0; i < 8; i++)
+            b[i] = (unsigned char)((uint64_t)hl >> (8 * i));
+        memcpy(b + 8, text, hl);
+        memcpy(b + 8 + hl, data, PER_SHARD);
+        char fname[64];
+        snprintf(fname, sizeof fname, "part-%d.safetensors", sh);
+        char *path = tmp_path(fname);
+        write_file(path, b, n);
+        free(path);
+        free(b);
+        free(text);
+        cJSON_Delete(h);
+    }
+    /* the index lists the tensors interleaved across the shards, shard 2 first */
+    cJSON *idx = cJSON_CreateObject(), *wm = cJSON_AddObjectToObject(idx, "weight_map");
+    for (int k = 0; k < N_SHARDS * PER_SHARD; k++) {
+        int kk = (k + 2) % (N_SHARDS * PER_SHARD);
+        char name[32], fname[64];
+        snprintf(name, sizeof name, "t%d", kk);
+        snprintf(fname, sizeof fname, "part-%d.safetensors", kk % N_SHARDS);
+        cJSON_AddStringToObject(wm, name, fname);
+    }
+    char *text = cJSON_PrintUnformatted(idx);
+    char *ip = tmp_path("model.safetensors.index.json");
+    write_file(ip, text, strlen(text));
+
+    gk_safetensors *st = NULL;
+    gk_err err = {0};
+    cr_assert_eq(gk_safetensors_open(ip, &st, &err), GK_OK, "%s", err.msg);
+    cr_expect_eq(gk_safetensors_shard_count(st), N_SHARDS);
+    cr_expect_eq(gk_safetensors_count(st), N_SHARDS * PER_SHARD);
+    cr_expect_eq(gk_safetensors_shards_open(st), 0);
+    for (int k = 0; k < N_SHARDS * PER_SHARD; k++) {
+        char name[32];
+        snprintf(name, sizeof name, "t%d", k);
+        gk_tensor_info ti;
+        cr_assert_eq(gk_safetensors_info(st, name, &ti, &err), GK_OK, "%s", err.msg);
+        /* first appearances: t2 (part-2), t3 (part-0), t4 (part-1) */
+        cr_assert_eq(ti.shard, (k % N_SHARDS + 1) % N_SHARDS, "%s: shard %d", name, ti.shard);
+        const void *d;
+        uint64_t nb;
+        cr_assert_eq(gk_safetensors_bytes(st, name, &d, &nb, &err), GK_OK, "%s", err.msg);
+        cr_assert_eq(nb, 1);
+        cr_assert_eq(*(const unsigned char *)d, k % 251, "%s", name);
+    }
+    cr_expect_eq(gk_safetensors_shards_open(st), N_SHARDS);
+    gk_safetensors_close(st);
+    free(ip);
+    free(text);
+    cJSON_Delete(idx);
+}
+
+/* An index naming tens of thousands of distinct, absent shards fails with the
+ * first one it cannot open. */
+Test(sharded, index_of_many_distinct_missing_shards_fails_naming_the_first, .init = tmp_setup, .fini = tmp_teardown)
+{
+    enum { N = 40000 };
+    size_t cap = (size_t)N * 64 + 64, len = 0;
+    char *text = malloc(cap);
+    cr_assert(text);
+    len += (size_t)snprintf(text + len, cap - len, "{\"weight_map\": {");
+    for (int i = 0; i < N; i++)
+        len += (size_t)snprintf(text + len, cap - len, "%s\"t%d\": \"model-%06d-of-%06d.safetensors\"",
+                                i ? ", " : "", i, i, N);
+    len += (size_t)snprintf(text + len, cap - len, "}}");
+    char *ip = tmp_path("model.safetensors.index.json");
+    write_file(ip, text, len);
+    gk_safetensors *st = (gk_safetensors *)&st;
+    gk_err err = {0};
+    cr_expect_eq(gk_safetensors_open(ip, &st, &err), GK_ERR_IO, "%s", err.msg);
+    cr_expect_null(st);
+    cr_expect(strstr(err.msg, "model-000000-of-040000.safetensors") && strstr(err.msg, "cannot open shard"), "%s",
+              err.msg);
+    free(ip);
+    free(text);
+}
+
+/* Names read from a file are quoted in messages with control characters
+ * escaped, so a crafted name cannot forge a line or reach the terminal. */
+Test(crafted, names_from_the_file_are_escaped_in_messages, .init = tmp_setup, .fini = tmp_teardown)
+{
+    static const struct { const char *file, *header, *want; } cases[] = {
+        {"dup.safetensors",
+         "{\"a\\nFAKE\\u001b[31m\":{\"dtype\":\"U8\",\"shape\":[1],\"data_offsets\":[0,1]},"
+         "\"a\\nFAKE\\u001b[31m\":{\"dtype\":\"U8\",\"shape\":[1],\"data_offsets\":[1,2]}}",
+         "tensor 'a\\nFAKE\\x1b[31m' appears twice"},
+        {"dtype.safetensors", "{\"b\\r\":{\"dtype\":\"F\\u001b32\",\"shape\":[1],\"data_offsets\":[0,4]}}",
+         "tensor 'b\\x0d': unknown dtype 'F\\x1b32'"},
+        {"overlap.safetensors",
+         "{\"x\\ty\":{\"dtype\":\"U8\",\"shape\":[2],\"data_offsets\":[0,2]},"
+         "\"q'\":{\"dtype\":\"U8\",\"shape\":[2],\"data_offsets\":[1,3]}}",
+         "overlaps tensor"},
+        {"meta.safetensors", "{\"__metadata__\":{\"k\\n\":1}}", "__metadata__ value 'k\\n'"},
+        {"shard.index.json", "{\"weight_map\":{\"w\\n\":\"../\\u001bx\"}}", "tensor 'w\\n': shard file '../\\x1bx'"},
+        {"missing.index.json", "{\"weight_map\":{\"w\":\"gone\\n.safetensors\"}}", "gone\\n.safetensors"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        char *path = tmp_path(cases[i].file);
+        if (strstr(cases[i].file, ".json"))
+            write_file(path, cases[i].header, strlen(cases[i].header));
+        else
+            write_st(path, cases[i].header, 4);
+        gk_safetensors *st = NULL;
+        gk_err err = {0};
+        cr_expect_neq(gk_safetensors_open(path, &st, &err), GK_OK, "%s", cases[i].file);
+        cr_expect(strstr(err.msg, cases[i].want), "%s: want \"%s\" in: %s", cases[i].file, cases[i].want, err.msg);
+        for (const char *c = err.msg; *c; c++)
+            cr_expect((unsigned char)*c >= 0x20 && *c != 0x7f, "%s: control byte 0x%02x in: %s", cases[i].file,
+                      (unsigned char)*c, err.msg);
+        free(path);
+    }
 }

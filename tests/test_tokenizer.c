@@ -11,9 +11,12 @@
  *     byte-level files on random Unicode (NFC(x) for Qwen3), text around added
  *     tokens encodes independently, word-by-word concatenation, cache and thread
  *     independence; Unicode's "maximal subpart" rule for invalid decoded bytes;
- *   - error statuses and messages naming the thing at fault.
+ *   - error statuses and messages naming the thing at fault (escaped when they
+ *     quote the file), for hostile files too (huge ids, NUL characters);
+ *   - gkrun's tokenize, detokenize and verify, run as processes.
  * Fixtures: GK_TEST_TOKENIZERS holds NAME-tokenizer.json (unpacked at build time),
- * GK_TEST_DATA/tokenizers/NAME the golden.json and tokenizer_config.json.
+ * GK_TEST_DATA/tokenizers/NAME the golden.json and tokenizer_config.json,
+ * GK_TEST_BUILD_ROOT/tools/gkrun the command-line tool.
  * Not covered here: texts that only HF on the GPU machine can judge
  * (tools/tokenizer_extra_texts.json with tools/make_tokenizer_golden.py).
  */
@@ -23,9 +26,11 @@
 
 #include <cjson/cJSON.h>
 #include <pthread.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 /* ------------------------------------------------------------ helpers */
@@ -1053,4 +1058,369 @@ Test(errors, decode_ids_outside_the_vocabulary)
     cr_expect_eq(len, 0);
     free(s);
     gk_tokenizer_destroy(t);
+}
+
+/* ------------------------------------------------------------ limits */
+
+/* HF numbers an added token that is not in the vocabulary after the largest id so
+ * far: after a vocabulary id of 2^31 - 2 the second such token would need 2^31. */
+Test(limits, added_token_ids_past_int32_are_refused_by_name)
+{
+    expect_load_error("{\"version\":\"1.0\",\"model\":{\"type\":\"BPE\",\"vocab\":{\"b\":2147483646},\"merges\":[]},"
+                      "\"added_tokens\":[{\"id\":0,\"content\":\"b\",\"special\":true},"
+                      "{\"id\":1,\"content\":\"zz\",\"special\":true},{\"id\":2,\"content\":\"yy\",\"special\":true}]}",
+                      GK_ERR_FORMAT, "added token 'yy' would get id 2147483648, past the largest supported id");
+}
+
+/* Id tables are sized by the largest id: one far past the number of tokens is
+ * refused with the id, the token and the file; a sparse but bounded one loads. */
+Test(limits, ids_far_past_the_token_count_are_refused)
+{
+    const char *json = "{\"model\":{\"type\":\"BPE\",\"vocab\":{\"a\":0,\"b\":2147483646},\"merges\":[]}}";
+    char *path = write_tmp(json);
+    gk_tokenizer *t = NULL;
+    gk_err err = {0};
+    gk_status st = gk_tokenizer_load(path, &t, &err);
+    cr_expect_eq(st, GK_ERR_FORMAT, "%s (%s)", gk_status_str(st), err.msg);
+    cr_expect_null(t);
+    cr_expect_not_null(strstr(err.msg, "token 'b' has id 2147483646"), "%s", err.msg);
+    cr_expect_not_null(strstr(err.msg, path), "\"%s\" does not name %s", err.msg, path);
+    rm_tmp(path);
+    gk_tokenizer_destroy(t);
+
+    /* 2^20 spare ids: a hole of a million still loads, and the ids around it work */
+    t = load_synth("[]", "null", "null", "null", "null",
+                   "{\"type\":\"BPE\",\"vocab\":{\"a\":0,\"b\":1000000},\"merges\":[]}");
+    cr_expect_eq(gk_tokenizer_vocab_size(t), 1000001);
+    cr_expect_str_eq(gk_tokenizer_token(t, 1000000), "b");
+    cr_expect_null(gk_tokenizer_token(t, 999999));
+    int32_t *ids;
+    size_t n = enc(t, "ba", 2, false, &ids);
+    expect_ids(ids, n, (int32_t[]){1000000, 0}, 2, "ba");
+    free(ids);
+    gk_tokenizer_destroy(t);
+}
+
+/* A JSON array of n special added tokens "<t0000000>"... with ids from first_id
+ * (the ids written are HF's; HF numbers them itself), then extra (JSON, may be ""). */
+static char *many_added(size_t n, int first_id, const char *extra)
+{
+    size_t cap = n * 64 + strlen(extra) + 16, k = 0;
+    char *s = malloc(cap);
+    cr_assert_not_null(s);
+    s[k++] = '[';
+    for (size_t i = 0; i < n; i++)
+        k += (size_t)snprintf(s + k, cap - k, "%s{\"id\":%zu,\"content\":\"<t%07zu>\",\"special\":true}",
+                              i ? "," : "", first_id + i, i);
+    k += (size_t)snprintf(s + k, cap - k, "%s%s]", *extra ? "," : "", extra);
+    return s;
+}
+
+/* 200,000 added tokens load (in linear time; the test asserts only results) and
+ * keep HF's numbering: each new content takes the next id after the vocabulary,
+ * a repeated content keeps its first id and takes no new one, while its flags
+ * follow the repeat ("special" stays once set, as HF's special-token set). */
+Test(limits, many_added_tokens_keep_hf_numbering)
+{
+    enum { N = 200000 };
+    char *added = many_added(N, 27,
+                             "{\"id\":0,\"content\":\"<d>\",\"special\":false},"
+                             "{\"id\":0,\"content\":\"<t0000007>\",\"special\":false},"
+                             "{\"id\":0,\"content\":\"<d>\",\"special\":true},"
+                             "{\"id\":0,\"content\":\"<e>\",\"special\":false}");
+    gk_tokenizer *t = load_synth(added, "null", "null", "null", "null", bpe_model("", "", ""));
+    free(added);
+    const int32_t base = 27; /* CHARS_VOCAB holds ids 0..26 */
+    cr_expect_eq(gk_tokenizer_vocab_size(t), base + N + 2);
+    cr_expect_eq(gk_tokenizer_token_id(t, "<t0000000>"), base);
+    cr_expect_eq(gk_tokenizer_token_id(t, "<t0123456>"), base + 123456);
+    cr_expect_eq(gk_tokenizer_token_id(t, "<t0199999>"), base + N - 1);
+    cr_expect_eq(gk_tokenizer_token_id(t, "<d>"), base + N);
+    cr_expect_eq(gk_tokenizer_token_id(t, "<e>"), base + N + 1);
+    cr_expect_str_eq(gk_tokenizer_token(t, base + 54321), "<t0054321>");
+    /* encoding finds an added token in text, among its 200,001 companions */
+    int32_t *ids;
+    size_t n = enc(t, "ab<t0123456>c<d>", 16, false, &ids);
+    expect_ids(ids, n, (int32_t[]){1, 2, base + 123456, 3, base + N}, 5, "ab<t0123456>c<d>");
+    /* "<d>" became special on its repeat: skip_special drops it; "<t0000007>"
+     * stays special although repeated as not special (no decoder: HF joins with " ") */
+    int32_t ds[] = {1, base + N, base + 7, base + N + 1};
+    char *s = dec(t, ds, 4, true, NULL);
+    cr_expect_str_eq(s, "a <e>");
+    free(s);
+    free(ids);
+    gk_tokenizer_destroy(t);
+}
+
+/* HF's BPE drops a character it has no token for when there is no unk_token: a
+ * word of such characters gives no ids at all, cached or not. */
+Test(limits, word_of_dropped_characters_gives_no_ids)
+{
+    gk_tokenizer *t = load_synth("[]", "null", "null", "null", "null",
+                                 "{\"type\":\"BPE\",\"vocab\":{\"a\":0},\"merges\":[]}");
+    for (int pass = 0; pass < 2; pass++) { /* the second pass hits the word cache */
+        int32_t *ids;
+        size_t n = enc(t, "b", 1, false, &ids);
+        cr_expect_eq(n, 0, "pass %d", pass);
+        free(ids);
+        n = enc(t, "bab", 3, false, &ids);
+        expect_ids(ids, n, (int32_t[]){0}, 1, "bab");
+        free(ids);
+    }
+    gk_tokenizer_destroy(t);
+}
+
+/* ------------------------------------------------------------ NUL characters */
+
+/* "\u0000" inside an added token's content is part of it: the token matches only
+ * the whole content, and decodes to it. */
+Test(nul, added_token_content_holding_nul_matches_whole)
+{
+    gk_tokenizer *t = load_synth("[{\"id\":0,\"content\":\"<x\\u0000>\",\"special\":true}]", "null", "null",
+                                 "null", "null",
+                                 "{\"type\":\"BPE\",\"vocab\":{\"a\":0,\"b\":1,\"<\":2,\"x\":3,\">\":4},\"merges\":[]}");
+    int32_t *ids;
+    size_t n = enc(t, "a<x\0>b", 6, false, &ids);
+    expect_ids(ids, n, (int32_t[]){0, 5, 1}, 3, "a<x\\0>b");
+    free(ids);
+    n = enc(t, "a<x>", 4, false, &ids);
+    expect_ids(ids, n, (int32_t[]){0, 2, 3, 4}, 4, "a<x>");
+    free(ids);
+    size_t len;
+    char *s = dec(t, (int32_t[]){5}, 1, false, &len);
+    cr_expect(len == 4 && !memcmp(s, "<x\0>", 4), "decoded %zu bytes", len);
+    free(s);
+    gk_tokenizer_destroy(t);
+}
+
+/* tokenizer_config.json's bos_token / eos_token are matched whole, NULs included. */
+Test(nul, config_tokens_holding_nul_are_matched_whole)
+{
+    char *path = synth("[{\"id\":0,\"content\":\"<s>\",\"special\":true},"
+                       "{\"id\":0,\"content\":\"<s>\\u0000\",\"special\":true}]",
+                       "null", "null", "null", "null", "{\"type\":\"BPE\",\"vocab\":{\"a\":0},\"merges\":[]}");
+    char cfg[1100];
+    snprintf(cfg, sizeof cfg, "%s", path);
+    strcpy(strrchr(cfg, '/') + 1, "tokenizer_config.json");
+    FILE *f = fopen(cfg, "wb");
+    cr_assert_not_null(f);
+    fputs("{\"bos_token\": \"<s>\\u0000\", \"eos_token\": {\"content\": \"<s>\"}}", f);
+    fclose(f);
+    gk_tokenizer *t = load(path);
+    unlink(cfg);
+    rm_tmp(path);
+    cr_expect_eq(gk_tokenizer_token_id(t, "<s>"), 1);
+    cr_expect_eq(gk_tokenizer_bos_id(t), 2);
+    cr_expect_eq(gk_tokenizer_eos_id(t), 1);
+    gk_tokenizer_destroy(t);
+}
+
+/* Where a NUL cannot be kept (object keys, so vocabulary tokens; merges, which
+ * name vocabulary tokens; type names, patterns) the file is refused, never cut. */
+Test(nul, nul_where_it_cannot_be_kept_is_refused_by_name)
+{
+    const char *key_nul = TOKJSON("null", "null", "null",
+                                  "{\"type\":\"BPE\",\"vocab\":{\"a\":0,\"a\\u0000b\":1},\"merges\":[]}");
+    char want[128];
+    snprintf(want, sizeof want, "key at byte %zu ('a\\\\u0000b') holds a NUL character",
+             (size_t)(strstr(key_nul, "\"a\\u0000b\"") - key_nul));
+    expect_load_error(key_nul, GK_ERR_FORMAT, want);
+    expect_load_error(TOKJSON("null", "null", "null",
+                              "{\"type\":\"BPE\",\"vocab\":{\"a\":0,\"b\":1,\"ab\":2},\"merges\":[[\"a\\u0000\",\"b\"]]}"),
+                      GK_ERR_FORMAT, "merge 0 holds a NUL character");
+    expect_load_error(TOKJSON("null", "null", "null",
+                              "{\"type\":\"BPE\\u0000x\",\"vocab\":{\"a\":0},\"merges\":[]}"),
+                      GK_ERR_FORMAT, "model \"type\" holds a NUL character");
+    expect_load_error(TOKJSON("null", "{\"type\":\"Split\",\"pattern\":{\"String\":\"a\\u0000\"},\"behavior\":\"Isolated\"}",
+                              "null", MIN_MODEL),
+                      GK_ERR_FORMAT, "Split pre_tokenizer \"pattern\" holds a NUL character");
+}
+
+/* ------------------------------------------------------------ names in messages */
+
+/* Names read from the file reach messages escaped: a newline or an escape
+ * sequence in a type, token or regex cannot forge a line or drive a terminal. */
+Test(errors, names_from_the_file_are_escaped)
+{
+    static const struct { const char *json; const char *want; } cases[] = {
+        {TOKJSON("null", "{\"type\":\"Evil\\nFAKE\\u001b[31m\"}", "null", MIN_MODEL),
+         "pre_tokenizer type 'Evil\\nFAKE\\x1b[31m'"},
+        {TOKJSON("null", "null", "null", "{\"type\":\"BPE\",\"vocab\":{\"a\":0},\"merges\":[\"a z\\r\\u0007\"]}"),
+         "token 'z\\x0d\\x07' is not in the vocabulary"},
+        {TOKJSON("null", "null", "null", "{\"type\":\"BPE\",\"vocab\":{\"a\\tb\\n\":-1},\"merges\":[]}"),
+         "vocab entry 'a\\tb\\n' has no valid id"},
+        {TOKJSON("null", "{\"type\":\"Split\",\"pattern\":{\"Regex\":\"(\\n\"},\"behavior\":\"Isolated\"}",
+                 "null", MIN_MODEL),
+         "regex '(\\n' does not compile"},
+        {"{\"version\":\"2.0\\u001b]0;x\\u0007\",\"model\":" MIN_MODEL "}", "version '2.0\\x1b]0;x\\x07'"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+        char *path = write_tmp(cases[i].json);
+        gk_tokenizer *t = NULL;
+        gk_err err = {0};
+        cr_expect_neq(gk_tokenizer_load(path, &t, &err), GK_OK, "case %zu", i);
+        rm_tmp(path);
+        cr_expect_not_null(strstr(err.msg, cases[i].want), "case %zu: \"%s\" lacks \"%s\"", i, err.msg,
+                           cases[i].want);
+        for (const char *p = err.msg; *p; p++)
+            cr_expect((unsigned char)*p >= 0x20 && *p != 0x7f, "case %zu: control byte 0x%02x in \"%s\"", i,
+                      (unsigned char)*p, err.msg);
+    }
+}
+
+/* ------------------------------------------------------------ gkrun's tokenizer commands */
+
+/* Exit status of `sh -c "gkrun ARGS 2>&1"`, its output in *out (caller frees). */
+static int gkrun(char **out, const char *fmt, ...)
+{
+    char cmd[4096];
+    va_list ap;
+    va_start(ap, fmt);
+    int n = snprintf(cmd, sizeof cmd, "%s/tools/gkrun ", env_or("GK_TEST_BUILD_ROOT", "../build"));
+    vsnprintf(cmd + n, sizeof cmd - (size_t)n, fmt, ap);
+    va_end(ap);
+    strncat(cmd, " 2>&1", sizeof cmd - strlen(cmd) - 1);
+    FILE *p = popen(cmd, "r");
+    cr_assert_not_null(p, "cannot run %s", cmd);
+    size_t cap = 1 << 16, len = 0;
+    char *buf = malloc(cap);
+    for (size_t r; (r = fread(buf + len, 1, cap - len - 1, p)) > 0;) {
+        len += r;
+        if (len + 1 == cap)
+            cr_assert_not_null(buf = realloc(buf, cap *= 2));
+    }
+    buf[len] = '\0';
+    int status = pclose(p);
+    *out = buf;
+    return WIFEXITED(status) ? WEXITSTATUS(status) : 128;
+}
+
+/* A vocabulary id of gpt2's tokenizer.json read with cJSON, not with gk. */
+static int vocab_id(const cJSON *vocab, const char *token)
+{
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(vocab, token);
+    cr_assert(cJSON_IsNumber(v), "test bug: '%s' is not in gpt2's vocabulary", token);
+    return v->valueint;
+}
+
+static void write_file(const char *path, const char *text)
+{
+    FILE *f = fopen(path, "wb");
+    cr_assert_not_null(f, "%s", path);
+    fputs(text, f);
+    fclose(f);
+}
+
+/* `gkrun verify` encodes a golden text holding "\u0000" with its NUL and compares
+ * decoded texts in full. Oracle: GPT-2's byte-level alphabet maps byte 0 to U+0100
+ * (byte_char) and its regex cuts "a", "\0", "b" apart, so the ids are those of the
+ * three one-character tokens, looked up in the vocabulary with cJSON. */
+Test(gkrun_tools, verify_compares_golden_texts_with_nul_in_full)
+{
+    char *json = slurp(tok_file("gpt2"), NULL);
+    cJSON *root = cJSON_Parse(json);
+    free(json);
+    const cJSON *vocab = cJSON_GetObjectItemCaseSensitive(cJSON_GetObjectItemCaseSensitive(root, "model"), "vocab");
+    char nul_char[5] = {0};
+    put_cp(nul_char, byte_char(0));
+    int a = vocab_id(vocab, "a"), z = vocab_id(vocab, nul_char), b = vocab_id(vocab, "b");
+    cJSON_Delete(root);
+
+    /* the library itself, given the length */
+    gk_tokenizer *t = load_named("gpt2");
+    int32_t *ids;
+    size_t n = enc(t, "a\0b", 3, false, &ids);
+    expect_ids(ids, n, (int32_t[]){a, z, b}, 3, "a\\0b");
+    free(ids);
+    gk_tokenizer_destroy(t);
+
+    char dir[] = "/tmp/gk-tokvn-XXXXXX", tok[64], golden[64], text[512], *out;
+    cr_assert_not_null(mkdtemp(dir));
+    snprintf(tok, sizeof tok, "%s/tokenizer.json", dir);
+    snprintf(golden, sizeof golden, "%s/golden.json", dir);
+    cr_assert_eq(symlink(tok_file("gpt2"), tok), 0);
+    snprintf(text, sizeof text,
+             "{\"cases\": [{\"text\": \"a\\u0000b\", \"ids\": [%d, %d, %d], \"ids_with_special\": [%d, %d, %d], "
+             "\"decoded\": \"a\\u0000b\"}, {\"text\": \"\\u0000\", \"ids\": [%d], \"decoded\": \"\\u0000\"}]}",
+             a, z, b, a, z, b, z);
+    write_file(golden, text);
+    cr_expect_eq(gkrun(&out, "verify %s", dir), 0, "%s", out);
+    cr_expect_not_null(strstr(out, "ids 2/2, ids_with_special 1/1, decodes 2/2"), "%s", out);
+    cr_expect_not_null(strstr(out, "summary: 2 passed, 0 failed: PASS"), "%s", out);
+    free(out);
+    /* what the text cut at its NUL would give must fail: ids, then the decoded text */
+    snprintf(text, sizeof text, "{\"cases\": [{\"text\": \"a\\u0000b\", \"ids\": [%d]}]}", a);
+    write_file(golden, text);
+    cr_expect_eq(gkrun(&out, "verify %s", dir), 1, "%s", out);
+    cr_expect_not_null(strstr(out, "case 0: text \"a\\x00b\""), "%s", out);
+    free(out);
+    snprintf(text, sizeof text, "{\"cases\": [{\"text\": \"a\\u0000b\", \"ids\": [%d, %d, %d], \"decoded\": \"a\"}]}",
+             a, z, b);
+    write_file(golden, text);
+    cr_expect_eq(gkrun(&out, "verify %s", dir), 1, "%s", out);
+    cr_expect_not_null(strstr(out, "decoded differs: got \"a\\x00b\", want \"a\""), "%s", out);
+    free(out);
+    unlink(golden);
+    unlink(tok);
+    rmdir(dir);
+}
+
+/* A stdin that cannot be read is named as such, with the system's reason. */
+Test(gkrun_tools, stdin_read_errors_are_named)
+{
+    char *out;
+    cr_expect_eq(gkrun(&out, "tokenize --tokenizer %s - <&-", tok_file("gpt2")), 1, "%s", out);
+    cr_expect_not_null(strstr(out, "cannot read stdin: Bad file descriptor"), "%s", out);
+    free(out);
+    cr_expect_eq(gkrun(&out, "tokenize --tokenizer %s - < /", tok_file("gpt2")), 1, "%s", out);
+    cr_expect_not_null(strstr(out, "cannot read stdin: Is a directory"), "%s", out);
+    free(out);
+    cr_expect_eq(gkrun(&out, "detokenize --tokenizer %s < /", tok_file("gpt2")), 1, "%s", out);
+    cr_expect_not_null(strstr(out, "cannot read stdin: Is a directory"), "%s", out);
+    free(out);
+}
+
+/* detokenize takes whole decimal ids in [0, 2^31 - 1] only, from arguments or
+ * stdin (where a NUL byte is not taken for the end), and names what it refuses. */
+Test(gkrun_tools, detokenize_refuses_what_is_not_an_id)
+{
+    static const struct { const char *args; const char *want; } cases[] = {
+        {"12abc", "'12abc' is not an integer"},
+        {"-1", "-1 is out of range (0 to 2147483647)"},
+        {"2147483648", "2147483648 is out of range (0 to 2147483647)"},
+        {"99999999999999999999999999", "is not a token id"},
+        {"%d,", NULL}, /* a separator at the end is fine */
+    };
+    char *json = slurp(tok_file("gpt2"), NULL);
+    cJSON *root = cJSON_Parse(json);
+    free(json);
+    int hello = vocab_id(cJSON_GetObjectItemCaseSensitive(cJSON_GetObjectItemCaseSensitive(root, "model"), "vocab"),
+                         "Hello");
+    cJSON_Delete(root);
+    char *out, args[32];
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+        snprintf(args, sizeof args, cases[i].args, hello);
+        int rc = gkrun(&out, "detokenize --tokenizer %s %s", tok_file("gpt2"), args);
+        if (cases[i].want) {
+            cr_expect_eq(rc, 2, "%s: %s", args, out);
+            cr_expect_not_null(strstr(out, cases[i].want), "%s: %s", args, out);
+        } else {
+            cr_expect_eq(rc, 0, "%s: %s", args, out);
+            cr_expect_str_eq(out, "Hello\n", "%s", args);
+        }
+        free(out);
+    }
+    char path[] = "/tmp/gk-tokids-XXXXXX";
+    int fd = mkstemp(path);
+    cr_assert_geq(fd, 0);
+    char ids[32];
+    int n = snprintf(ids, sizeof ids, "%d %c %d", hello, '\0', hello);
+    cr_assert_eq(write(fd, ids, (size_t)n), n);
+    close(fd);
+    char want[64];
+    snprintf(want, sizeof want, "a NUL byte (at byte %zu of the input)", strlen(ids));
+    cr_expect_eq(gkrun(&out, "detokenize --tokenizer %s < %s", tok_file("gpt2"), path), 2, "%s", out);
+    cr_expect_not_null(strstr(out, want), "%s", out);
+    free(out);
+    unlink(path);
 }

@@ -25,4 +25,11 @@ int gkrun_fail(const gk_err *err);
 /* Runtime from --config (or the built-in defaults); NULL after printing why. */
 gk_runtime *gkrun_runtime(const gkrun_common *c);
 
+/* Write len bytes of text read from a file or stdin so that it stays on one
+ * line and cannot drive the terminal: control characters (C0, DEL, C1) and
+ * bytes that are not UTF-8 are escaped (\n, \t, \r, \0, \xHH, \u0085),
+ * a backslash is doubled, valid UTF-8 passes through. Returns the bytes
+ * written (for padding a table column). */
+size_t gkrun_put_escaped(FILE *f, const char *s, size_t len);
+
 #endif

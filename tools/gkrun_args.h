@@ -17,5 +17,7 @@ bool gkrun_arg_i64(const char *flag, const char *s, int64_t lo, int64_t hi, int6
 bool gkrun_arg_u64(const char *flag, const char *s, uint64_t *out);
 /* A finite number in [lo, hi] (NaN and infinities are refused). */
 bool gkrun_arg_f64(const char *flag, const char *s, double lo, double hi, double *out);
+/* A finite number in (0, hi]; hi may be INFINITY (then: any finite number > 0). */
+bool gkrun_arg_f64_pos(const char *flag, const char *s, double hi, double *out);
 
 #endif

@@ -102,41 +102,92 @@ static void put(sbuf *b, const char *fmt, ...)
     b->len += (size_t)n;
 }
 
-char *gkrun_chat_render(chat_kind kind, const chat_msg *msgs, size_t n, const char *bos)
+/* Append n bytes as they are (NUL bytes included). */
+static void put_n(sbuf *b, const char *s, size_t n)
+{
+    size_t need;
+    if (b->oom)
+        return;
+    if (!gk_size_add(b->len, n, &need) || !gk_size_add(need, 1, &need)) {
+        b->oom = true;
+        return;
+    }
+    if (need > b->cap) {
+        size_t cap;
+        if (!gk_size_mul(need, 2, &cap))
+            cap = need;
+        char *p = realloc(b->s, cap);
+        if (!p) {
+            b->oom = true;
+            return;
+        }
+        b->s = p;
+        b->cap = cap;
+    }
+    memcpy(b->s + b->len, s, n);
+    b->len += n;
+    b->s[b->len] = '\0';
+}
+
+static size_t content_len(const chat_msg *msgs, const size_t *lens, size_t i)
+{
+    return lens ? lens[i] : strlen(msgs[i].content);
+}
+
+char *gkrun_chat_render_len(chat_kind kind, const chat_msg *msgs, const size_t *lens, size_t n, const char *bos,
+                            size_t *len)
 {
     sbuf b = {0};
     put(&b, "%s", "");
     switch (kind) {
     case CHAT_CHATML:
-        for (size_t i = 0; i < n; i++)
-            put(&b, "<|im_start|>%s\n%s<|im_end|>\n", msgs[i].role, msgs[i].content);
+        for (size_t i = 0; i < n; i++) {
+            put(&b, "<|im_start|>%s\n", msgs[i].role);
+            put_n(&b, msgs[i].content, content_len(msgs, lens, i));
+            put(&b, "<|im_end|>\n");
+        }
         put(&b, "<|im_start|>assistant\n");
         break;
     case CHAT_LLAMA3: /* the template trims each message */
         put(&b, "%s", bos ? bos : "<|begin_of_text|>");
         for (size_t i = 0; i < n; i++) {
-            const char *c = msgs[i].content, *e = c + strlen(c);
-            while (*c && isspace((unsigned char)*c))
+            const char *c = msgs[i].content, *e = c + content_len(msgs, lens, i);
+            while (c < e && isspace((unsigned char)*c))
                 c++;
             while (e > c && isspace((unsigned char)e[-1]))
                 e--;
-            put(&b, "<|start_header_id|>%s<|end_header_id|>\n\n%.*s<|eot_id|>", msgs[i].role, (int)(e - c), c);
+            put(&b, "<|start_header_id|>%s<|end_header_id|>\n\n", msgs[i].role);
+            put_n(&b, c, (size_t)(e - c));
+            put(&b, "<|eot_id|>");
         }
         put(&b, "<|start_header_id|>assistant<|end_header_id|>\n\n");
         break;
     case CHAT_ZEPHYR:
-        for (size_t i = 0; i < n; i++)
-            put(&b, "<|%s|>\n%s</s>\n", msgs[i].role, msgs[i].content);
+        for (size_t i = 0; i < n; i++) {
+            put(&b, "<|%s|>\n", msgs[i].role);
+            put_n(&b, msgs[i].content, content_len(msgs, lens, i));
+            put(&b, "</s>\n");
+        }
         put(&b, "<|assistant|>\n");
         break;
     case CHAT_NONE:
-        for (size_t i = 0; i < n; i++)
-            put(&b, "%s%s", i ? "\n" : "", msgs[i].content);
+        for (size_t i = 0; i < n; i++) {
+            if (i)
+                put_n(&b, "\n", 1);
+            put_n(&b, msgs[i].content, content_len(msgs, lens, i));
+        }
         break;
     }
     if (b.oom) {
         free(b.s);
         return NULL;
     }
+    if (len)
+        *len = b.len;
     return b.s;
+}
+
+char *gkrun_chat_render(chat_kind kind, const chat_msg *msgs, size_t n, const char *bos)
+{
+    return gkrun_chat_render_len(kind, msgs, NULL, n, bos, NULL);
 }

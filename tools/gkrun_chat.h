@@ -20,5 +20,10 @@ typedef struct chat_msg {
  * would (heap string; NULL when out of memory). bos is the tokenizer's BOS
  * token text (Llama 3 writes it), may be NULL. */
 char *gkrun_chat_render(chat_kind kind, const chat_msg *msgs, size_t n, const char *bos);
+/* The same for contents that may hold NUL bytes: lens[i] is the length of
+ * msgs[i].content (lens NULL: strlen of each), *len receives the length of the
+ * result. */
+char *gkrun_chat_render_len(chat_kind kind, const chat_msg *msgs, const size_t *lens, size_t n, const char *bos,
+                            size_t *len);
 
 #endif

@@ -10,36 +10,51 @@
  * one with "<-- first".
  */
 #include "gkrun.h"
+#include "gkrun_args.h"
 
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
+/* --ids 1,2,3: each id a whole integer in [0, INT32_MAX] (the model checks it
+ * against its vocabulary). 0, or 2 after the message (1 when out of memory). */
 static int parse_ids(const char *s, int32_t **out, int64_t *n)
 {
-    int64_t cap = 16, k = 0;
-    int32_t *ids = malloc((size_t)cap * sizeof *ids);
-    for (const char *p = s; ids && *p;) {
-        char *end;
-        long v = strtol(p, &end, 10);
-        if (end == p || v < 0 || v > INT32_MAX) {
-            free(ids);
-            return -1;
-        }
-        if (k == cap)
-            ids = realloc(ids, (size_t)(cap *= 2) * sizeof *ids);
-        ids[k++] = (int32_t)v;
-        p = *end == ',' ? end + 1 : end;
+    size_t count = 1, bytes;
+    for (const char *p = s; *p; p++)
+        count += *p == ',';
+    char *copy = strdup(s);
+    int32_t *ids = gk_size_mul(count, sizeof *ids, &bytes) ? malloc(bytes) : NULL;
+    if (!copy || !ids) {
+        free(copy);
+        free(ids);
+        fprintf(stderr, "gkrun compare: out of memory: %zu ids\n", count);
+        return 1;
     }
+    char *item = copy;
+    for (size_t k = 0; k < count; k++) {
+        char *comma = strchr(item, ',');
+        if (comma)
+            *comma = '\0';
+        int64_t v;
+        if (!gkrun_arg_i64("--ids", item, 0, INT32_MAX, &v)) {
+            free(copy);
+            free(ids);
+            return 2;
+        }
+        ids[k] = (int32_t)v;
+        item = comma ? comma + 1 : item + strlen(item);
+    }
+    free(copy);
     *out = ids;
-    *n = k;
-    return ids && k > 0 ? 0 : -1;
+    *n = (int64_t)count;
+    return 0;
 }
 
 int gkrun_compare(int argc, char **argv, const gkrun_common *common)
 {
     const char *dir = NULL, *backend = "cuda", *reference = "cpu_ref", *dtype = NULL, *ids_s = NULL;
-    double tol = -1;
+    double tol = 0; /* 0: the default for the dtype */
     bool all = false;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "-m") && i + 1 < argc)
@@ -52,8 +67,10 @@ int gkrun_compare(int argc, char **argv, const gkrun_common *common)
             dtype = argv[++i];
         else if (!strcmp(argv[i], "--ids") && i + 1 < argc)
             ids_s = argv[++i];
-        else if (!strcmp(argv[i], "--tol") && i + 1 < argc)
-            tol = atof(argv[++i]);
+        else if (!strcmp(argv[i], "--tol") && i + 1 < argc) {
+            if (!gkrun_arg_f64_pos("--tol", argv[++i], INFINITY, &tol))
+                return 2;
+        }
         else if (!strcmp(argv[i], "--all"))
             all = true;
         else {
@@ -66,37 +83,39 @@ int gkrun_compare(int argc, char **argv, const gkrun_common *common)
                         "[--ids 1,2,3] [--tol X] [--all]\n");
         return 2;
     }
+    int32_t *ids = NULL;
+    int64_t n = 0;
+    int rc = ids_s ? parse_ids(ids_s, &ids, &n) : 0; /* before the slow part */
+    if (rc != 0)
+        return rc;
     gk_runtime *rt = gkrun_runtime(common);
-    if (!rt)
+    if (!rt) {
+        free(ids);
         return 1;
-    int rc = 1;
+    }
+    rc = 1;
     gk_err err = {0};
     gk_model *a = NULL, *b = NULL;
-    int32_t *ids = NULL;
     float *xa = NULL, *xb = NULL;
-    int64_t n = 0;
     gk_model_opts oa = {.backend = backend, .dtype = dtype}, ob = {.backend = reference, .dtype = dtype};
     if (gk_model_load(rt, dir, &oa, &a, &err) != GK_OK || gk_model_load(rt, dir, &ob, &b, &err) != GK_OK) {
         rc = gkrun_fail(&err);
         goto out;
     }
     const gk_config *cfg = gk_model_config(a);
-    if (ids_s) {
-        if (parse_ids(ids_s, &ids, &n) != 0) {
-            fprintf(stderr, "gkrun compare: --ids wants comma-separated token ids, got '%s'\n", ids_s);
-            rc = 2;
-            goto out;
-        }
-    } else {
+    if (!ids_s) {
         /* a fixed spread of ids over the vocabulary */
         n = 8;
         ids = malloc((size_t)n * sizeof *ids);
         for (int64_t i = 0; ids && i < n; i++)
             ids[i] = (int32_t)((i * 7919 + 17) % cfg->n_vocab);
     }
-    size_t logits_n = (size_t)(n * cfg->n_vocab);
-    xa = malloc(logits_n * sizeof *xa);
-    xb = malloc(logits_n * sizeof *xb);
+    size_t logits_bytes;
+    if (ids && gk_size_mul((size_t)n, (size_t)cfg->n_vocab, &logits_bytes) &&
+        gk_size_mul(logits_bytes, sizeof *xa, &logits_bytes)) {
+        xa = malloc(logits_bytes);
+        xb = malloc(logits_bytes);
+    }
     if (!ids || !xa || !xb) {
         fprintf(stderr, "gkrun compare: out of memory\n");
         goto out;
@@ -124,8 +143,12 @@ int gkrun_compare(int argc, char **argv, const gkrun_common *common)
         int layer;
         int64_t rows, cols;
         gk_model_node_info(a, i, &name, &layer, &rows, &cols);
-        size_t len = (size_t)(rows * cols);
-        float *na = malloc(len * sizeof *na), *nb = malloc(len * sizeof *nb);
+        size_t len, bytes;
+        float *na = NULL, *nb = NULL;
+        if (gk_size_mul((size_t)rows, (size_t)cols, &len) && gk_size_mul(len, sizeof *na, &bytes)) {
+            na = malloc(bytes);
+            nb = malloc(bytes);
+        }
         if (!na || !nb || gk_model_node_read(a, i, na, &err) != GK_OK || gk_model_node_read(b, i, nb, &err) != GK_OK) {
             free(na);
             free(nb);

@@ -4,24 +4,32 @@
  *         [--backend NAME] [--dtype D] [--ctx N] [--json] [--prompt-file F]
  *   gkrun -m DIR --chat        (or -i): multi-turn chat with the model's template
  *
- * Without -p or --prompt-file the prompt is read from stdin. Decoded text is
- * printed as tokens arrive; a UTF-8 character split over tokens is held back
- * until complete. Generation stops at any EOS id of generation_config.json,
- * config.json or the tokenizer. Statistics go to stderr (--json: one object on
- * stdout instead). Not here: the chat templates themselves (gkrun_chat.c).
+ * Without -p or --prompt-file the prompt is read from stdin; every byte read
+ * is encoded, NUL bytes included. -n -1 generates until the context is full.
+ * Decoded text is printed as tokens arrive; a UTF-8 character split over
+ * tokens is held back until complete. Generation stops at any EOS id of
+ * generation_config.json, config.json or the tokenizer. Statistics go to
+ * stderr (--json: one object on stdout instead). Not here: the chat templates
+ * themselves (gkrun_chat.c).
  */
 #include "gkrun.h"
+#include "gkrun_args.h"
 #include "gkrun_chat.h"
 
 #include <cjson/cJSON.h>
+#include <errno.h>
+#include <float.h>
+#include <limits.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
 typedef struct gen_args {
     const char *dir, *prompt, *prompt_file, *backend, *dtype;
-    int64_t n_new, n_ctx;
+    int64_t n_new;           /* -1: until the context is full */
+    int64_t n_ctx;           /* 0: the library's default */
     float temp, top_p;
     int top_k;
     uint64_t seed;
@@ -39,8 +47,10 @@ typedef struct streamer {
     size_t n, cap;
     size_t printed;          /* bytes of the decoded text already printed */
     bool echo;               /* print to stdout as tokens come */
-    bool failed;
-    char *text;              /* last full decode */
+    bool failed;             /* err says why */
+    gk_err err;
+    char *text;              /* last full decode, len bytes (NUL bytes possible) */
+    size_t len;
 } streamer;
 
 static bool ends_with_replacement(const char *s, size_t len)
@@ -53,9 +63,13 @@ static bool on_token(int32_t token, void *user)
 {
     streamer *s = user;
     if (s->n == s->cap) {
-        size_t cap = s->cap ? 2 * s->cap : 256;
-        int32_t *p = realloc(s->ids, cap * sizeof *p);
+        size_t cap, bytes;
+        int32_t *p = NULL;
+        if (gk_size_mul(s->cap ? s->cap : 128, 2, &cap) && gk_size_mul(cap, sizeof *p, &bytes))
+            p = realloc(s->ids, bytes);
         if (!p) {
+            s->err.code = GK_ERR_NOMEM;
+            snprintf(s->err.msg, sizeof s->err.msg, "cannot keep more than %zu generated tokens", s->n);
             s->failed = true;
             return false;
         }
@@ -65,12 +79,13 @@ static bool on_token(int32_t token, void *user)
     s->ids[s->n++] = token;
     char *text;
     size_t len;
-    if (gk_tokenizer_decode(s->tok, s->ids, s->n, true, &text, &len, NULL) != GK_OK) {
+    if (gk_tokenizer_decode(s->tok, s->ids, s->n, true, &text, &len, &s->err) != GK_OK) {
         s->failed = true;
         return false;
     }
     free(s->text);
     s->text = text;
+    s->len = len;
     /* a replacement character at the end may be half a character: wait */
     size_t ready = ends_with_replacement(text, len) ? len - 3 : len;
     if (s->echo && ready > s->printed) {
@@ -84,9 +99,8 @@ static bool on_token(int32_t token, void *user)
 static void streamer_finish(streamer *s)
 {
     if (s->echo && s->text) {
-        size_t len = strlen(s->text);
-        if (len > s->printed)
-            fwrite(s->text + s->printed, 1, len - s->printed, stdout);
+        if (s->len > s->printed)
+            fwrite(s->text + s->printed, 1, s->len - s->printed, stdout);
         fflush(stdout);
     }
 }
@@ -97,6 +111,7 @@ static void streamer_reset(streamer *s)
     s->printed = 0;
     free(s->text);
     s->text = NULL;
+    s->len = 0;
 }
 
 /* ------------------------------------------------------------ progress */
@@ -120,24 +135,101 @@ static void progress(uint64_t done, uint64_t total, void *user)
 
 /* ---------------------------------------------------------------- misc */
 
-static char *read_stream(FILE *f)
+/* All of f in a heap buffer, NUL-terminated; NUL bytes read are kept and
+ * counted in *len. Returns 0, ENOMEM, or the errno of the failed read. */
+static int read_stream(FILE *f, char **out, size_t *len)
 {
-    size_t cap = 4096, len = 0;
+    size_t cap = 4096, n = 0;
     char *buf = malloc(cap);
-    for (size_t r; buf && (r = fread(buf + len, 1, cap - len - 1, f)) > 0;) {
-        len += r;
-        if (len + 1 == cap) {
-            char *p = realloc(buf, cap *= 2);
+    if (!buf)
+        return ENOMEM;
+    for (;;) {
+        errno = 0;
+        size_t r = fread(buf + n, 1, cap - n - 1, f);
+        n += r;
+        if (r == 0)
+            break;
+        if (n + 1 == cap) {
+            size_t grown;
+            char *p = gk_size_mul(cap, 2, &grown) ? realloc(buf, grown) : NULL;
             if (!p) {
                 free(buf);
-                return NULL;
+                return ENOMEM;
             }
             buf = p;
+            cap = grown;
         }
     }
-    if (buf)
-        buf[len] = '\0';
-    return buf;
+    if (ferror(f)) {
+        int e = errno ? errno : EIO;
+        free(buf);
+        return e;
+    }
+    buf[n] = '\0';
+    *out = buf;
+    *len = n;
+    return 0;
+}
+
+/* The prompt from --prompt-file (path) or stdin (path NULL). A FIFO the user
+ * names is read like a file; a folder or a failed read is an error naming it.
+ * Returns 0, or 1 after the message. */
+static int read_prompt(const char *path, char **text, size_t *len)
+{
+    FILE *f = stdin;
+    if (path) {
+        f = fopen(path, "rb");
+        if (!f) {
+            fprintf(stderr, "gkrun: cannot open the prompt file %s: %s\n", path, strerror(errno));
+            return 1;
+        }
+        struct stat sb;
+        if (fstat(fileno(f), &sb) == 0 && S_ISDIR(sb.st_mode)) {
+            fprintf(stderr, "gkrun: cannot read the prompt file %s: %s\n", path, strerror(EISDIR));
+            fclose(f);
+            return 1;
+        }
+    }
+    int e = read_stream(f, text, len);
+    if (f != stdin)
+        fclose(f);
+    if (e == ENOMEM)
+        fprintf(stderr, "gkrun: out of memory reading the prompt %s%s\n", path ? "file " : "from stdin",
+                path ? path : "");
+    else if (e && path)
+        fprintf(stderr, "gkrun: cannot read the prompt file %s: %s\n", path, strerror(e));
+    else if (e)
+        fprintf(stderr, "gkrun: cannot read the prompt from stdin: %s\n", strerror(e));
+    return e ? 1 : 0;
+}
+
+/* A JSON string literal of len bytes, NUL bytes as \u0000 (which a cJSON
+ * string cannot hold). Heap; NULL when out of memory. */
+static char *json_quote(const char *s, size_t len)
+{
+    size_t cap;
+    if (!gk_size_mul(len, 6, &cap) || !gk_size_add(cap, 3, &cap))
+        return NULL;
+    char *q = malloc(cap), *o = q;
+    if (!q)
+        return NULL;
+    *o++ = '"';
+    for (size_t i = 0; i < len; i++) {
+        unsigned char c = (unsigned char)s[i];
+        const char *esc = c == '"' ? "\\\"" : c == '\\' ? "\\\\" : c == '\n' ? "\\n" : c == '\r' ? "\\r"
+                        : c == '\t' ? "\\t" : c == '\b' ? "\\b" : c == '\f' ? "\\f" : NULL;
+        if (esc) {
+            memcpy(o, esc, 2);
+            o += 2;
+        } else if (c < 0x20) {
+            o += sprintf(o, "\\u%04x", c);
+        } else {
+            *o++ = (char)c;
+        }
+    }
+    *o++ = '"';
+    *o = '\0';
+    return q;
 }
 
 /* EOS ids: the model config's, then the tokenizer's when not already there. */
@@ -200,36 +292,45 @@ static cJSON *stats_json(gk_model *m, const gk_gen_stats *st, double t_load)
 
 /* ------------------------------------------------------------- one turn */
 
-/* Encode text, generate, stream. Returns 0 or 1 (message printed). */
-static int complete(gk_model *m, const gk_tokenizer *tok, const char *text, bool add_special, const gen_args *a,
-                    const int64_t *eos, int n_eos, streamer *s, gk_gen_stats *st)
+/* Encode len bytes of text (NUL bytes included), check that it fits the
+ * context, echo it to stdout when asked, then generate and stream. Nothing
+ * is echoed for a prompt that is refused. Returns 0 or 1 (message printed). */
+static int complete(gk_model *m, const gk_tokenizer *tok, const char *text, size_t len, bool add_special,
+                    bool echo_prompt, const gen_args *a, const int64_t *eos, int n_eos, streamer *s,
+                    gk_gen_stats *st)
 {
     gk_err err = {0};
     int32_t *ids = NULL;
     size_t n_ids = 0;
-    if (gk_tokenizer_encode(tok, text, strlen(text), add_special, &ids, &n_ids, &err) != GK_OK)
+    if (gk_tokenizer_encode(tok, text, len, add_special, &ids, &n_ids, &err) != GK_OK)
         return gkrun_fail(&err);
     if (verbose_prompt) {
-        fprintf(stderr, "prompt text: \"%s\"\nprompt ids (%zu):", text, n_ids);
+        fputs("prompt text: \"", stderr);
+        gkrun_put_escaped(stderr, text, len);
+        fprintf(stderr, "\"\nprompt ids (%zu):", n_ids);
         for (size_t i = 0; i < n_ids; i++)
             fprintf(stderr, " %d", ids[i]);
         fprintf(stderr, "\n");
     }
     if (n_ids == 0) {
         free(ids);
-        fprintf(stderr, "gkrun: the prompt encodes to no tokens\n");
+        fprintf(stderr, "gkrun: %s\n", len ? "the prompt encodes to no tokens" : "the prompt is empty");
         return 1;
     }
     int64_t n_ctx = gk_model_n_ctx(m);
-    if ((int64_t)n_ids > n_ctx) {
+    if (n_ids > (uint64_t)n_ctx) {
         fprintf(stderr, "gkrun: invalid argument: the prompt is %zu tokens, longer than the context of %lld (--ctx)\n",
                 n_ids, (long long)n_ctx);
         free(ids);
         return 1;
     }
-    int64_t n_new = a->n_new;
-    if ((int64_t)n_ids + n_new - 1 > n_ctx) {
-        n_new = n_ctx + 1 - (int64_t)n_ids;
+    /* the last new token is never fed back, so it needs no cache row;
+     * compared without adding, so a huge -n cannot overflow */
+    int64_t room = n_ctx + 1 - (int64_t)n_ids, n_new = a->n_new;
+    if (n_new < 0) {
+        n_new = room;
+    } else if (n_new > room) {
+        n_new = room;
         fprintf(stderr, "gkrun: note: %lld new tokens fit in the context of %lld; generating that many\n",
                 (long long)n_new, (long long)n_ctx);
     }
@@ -243,18 +344,25 @@ static int complete(gk_model *m, const gk_tokenizer *tok, const char *text, bool
     o.n_eos = n_eos;
     o.on_token = on_token;
     o.user = s;
-    int32_t *out = malloc((size_t)(n_new > 0 ? n_new : 1) * sizeof *out);
+    size_t out_bytes;
+    int32_t *out = NULL;
+    if (gk_size_mul((size_t)(n_new > 0 ? n_new : 1), sizeof *out, &out_bytes))
+        out = malloc(out_bytes);
     int64_t n_out = 0;
     int rc = 0;
     if (!out) {
-        fprintf(stderr, "gkrun: out of memory\n");
-        rc = 1;
-    } else if (gk_model_generate(m, ids, (int64_t)n_ids, &o, out, &n_out, st, &err) != GK_OK) {
-        rc = gkrun_fail(&err);
-    } else if (s->failed) {
-        fprintf(stderr, "gkrun: could not decode the generated tokens\n");
-        rc = 1;
+        fprintf(stderr, "gkrun: out of memory: room for %lld new tokens\n", (long long)n_new);
+        free(ids);
+        return 1;
     }
+    if (echo_prompt) {
+        fwrite(text, 1, len, stdout);
+        fflush(stdout);
+    }
+    if (gk_model_generate(m, ids, (int64_t)n_ids, &o, out, &n_out, st, &err) != GK_OK)
+        rc = gkrun_fail(&err);
+    else if (s->failed) /* the tokenizer's reason, e.g. an id outside its vocabulary */
+        rc = gkrun_fail(&s->err);
     streamer_finish(s);
     free(out);
     free(ids);
@@ -278,24 +386,38 @@ static int parse(int argc, char **argv, gen_args *a)
             a->prompt = argv[++i];
         else if ((!strcmp(o, "-f") || !strcmp(o, "--prompt-file")) && has)
             a->prompt_file = argv[++i];
-        else if ((!strcmp(o, "-n") || !strcmp(o, "--n-predict")) && has)
-            a->n_new = atoll(argv[++i]);
-        else if (!strcmp(o, "--temp") && has)
-            a->temp = strtof(argv[++i], NULL);
-        else if (!strcmp(o, "--top-k") && has)
-            a->top_k = atoi(argv[++i]);
-        else if (!strcmp(o, "--top-p") && has)
-            a->top_p = strtof(argv[++i], NULL);
-        else if (!strcmp(o, "--seed") && has) {
-            a->seed = strtoull(argv[++i], NULL, 10);
+        else if ((!strcmp(o, "-n") || !strcmp(o, "--n-predict")) && has) {
+            if (!gkrun_arg_i64(o, argv[++i], -1, INT64_MAX, &a->n_new))
+                return 2;
+        } else if (!strcmp(o, "--temp") && has) {
+            double v;
+            if (!gkrun_arg_f64(o, argv[++i], 0, FLT_MAX, &v))
+                return 2;
+            a->temp = (float)v;
+        } else if (!strcmp(o, "--top-k") && has) {
+            int64_t v;
+            if (!gkrun_arg_i64(o, argv[++i], 0, INT_MAX, &v))
+                return 2;
+            a->top_k = (int)v;
+        } else if (!strcmp(o, "--top-p") && has) {
+            double v;
+            if (!gkrun_arg_f64_pos(o, argv[++i], 1, &v))
+                return 2;
+            /* below float's range a P still keeps only the most likely token */
+            a->top_p = v < FLT_MIN ? FLT_MIN : (float)v;
+        } else if (!strcmp(o, "--seed") && has) {
+            if (!gkrun_arg_u64(o, argv[++i], &a->seed))
+                return 2;
             a->seed_set = true;
         } else if (!strcmp(o, "--backend") && has)
             a->backend = argv[++i];
         else if (!strcmp(o, "--dtype") && has)
             a->dtype = argv[++i];
-        else if ((!strcmp(o, "--ctx") || !strcmp(o, "-c")) && has)
-            a->n_ctx = atoll(argv[++i]);
-        else if (!strcmp(o, "--json"))
+        else if ((!strcmp(o, "--ctx") || !strcmp(o, "-c")) && has) {
+            /* the library checks the KV cache against the device's memory */
+            if (!gkrun_arg_i64(o, argv[++i], 1, INT32_MAX, &a->n_ctx))
+                return 2;
+        } else if (!strcmp(o, "--json"))
             a->json = true;
         else if (!strcmp(o, "--chat") || !strcmp(o, "-i") || !strcmp(o, "--interactive"))
             a->chat = true;
@@ -308,10 +430,6 @@ static int parse(int argc, char **argv, gen_args *a)
     }
     if (!a->dir) {
         fprintf(stderr, "gkrun: no model: use -m DIR (a folder with config.json, weights and tokenizer.json)\n");
-        return 2;
-    }
-    if (a->n_new < 0 || a->temp < 0 || a->top_k < 0 || !(a->top_p > 0 && a->top_p <= 1)) {
-        fprintf(stderr, "gkrun: -n, --temp and --top-k must not be negative; --top-p must be in (0, 1]\n");
         return 2;
     }
     if (!a->seed_set)
@@ -330,23 +448,22 @@ int gkrun_generate(int argc, char **argv, const gkrun_common *common)
     gk_model *m = NULL;
     gk_tokenizer *tok = NULL;
     char *prompt = NULL;
+    size_t prompt_len = 0;
     streamer s = {0};
     rc = 1;
 
-    if (!a.chat && !a.prompt) {
-        FILE *f = a.prompt_file ? fopen(a.prompt_file, "rb") : stdin;
-        if (!f) {
-            fprintf(stderr, "gkrun: cannot open prompt file %s\n", a.prompt_file);
-            return 1;
-        }
-        prompt = read_stream(f);
-        if (f != stdin)
-            fclose(f);
-        if (!prompt) {
-            fprintf(stderr, "gkrun: cannot read the prompt\n");
+    /* stdin closed or a folder: say so now, before loading the model (and
+     * before a file opened later takes a closed descriptor 0) */
+    if (a.chat || (!a.prompt && !a.prompt_file)) {
+        struct stat sb;
+        int e = fstat(STDIN_FILENO, &sb) != 0 ? errno : S_ISDIR(sb.st_mode) ? EISDIR : 0;
+        if (e) {
+            fprintf(stderr, "gkrun: cannot read the %s from stdin: %s\n", a.chat ? "chat" : "prompt", strerror(e));
             return 1;
         }
     }
+    if (!a.chat && !a.prompt && read_prompt(a.prompt_file, &prompt, &prompt_len) != 0)
+        return 1;
     if (gk_tokenizer_load(a.dir, &tok, &err) != GK_OK) {
         rc = gkrun_fail(&err);
         goto out;
@@ -378,24 +495,31 @@ int gkrun_generate(int argc, char **argv, const gkrun_common *common)
         goto out;
     }
     const char *text = a.prompt ? a.prompt : prompt;
+    size_t text_len = a.prompt ? strlen(a.prompt) : prompt_len;
     gk_gen_stats stats = {0};
     s.echo = !a.json;
-    if (s.echo) {
-        fputs(text, stdout);
-        fflush(stdout);
-    }
-    rc = complete(m, tok, text, true, &a, eos, n_eos, &s, &stats);
+    rc = complete(m, tok, text, text_len, true, s.echo, &a, eos, n_eos, &s, &stats);
     if (rc == 0 && a.json) {
         cJSON *o = cJSON_CreateObject();
-        cJSON_AddStringToObject(o, "prompt", text);
-        cJSON_AddStringToObject(o, "text", s.text ? s.text : "");
+        /* raw literals: a prompt or text holding NUL bytes is printed whole */
+        char *qp = json_quote(text, text_len), *qt = json_quote(s.text ? s.text : "", s.len);
+        if (qp && qt) {
+            cJSON_AddRawToObject(o, "prompt", qp);
+            cJSON_AddRawToObject(o, "text", qt);
+        }
+        free(qp);
+        free(qt);
         cJSON *ids = cJSON_AddArrayToObject(o, "tokens");
         for (size_t i = 0; i < s.n; i++)
             cJSON_AddItemToArray(ids, cJSON_CreateNumber(s.ids[i]));
         cJSON_AddItemToObject(o, "stats", stats_json(m, &stats, t_load));
         char *j = cJSON_PrintUnformatted(o);
-        if (j)
+        if (j && cJSON_GetObjectItem(o, "text")) {
             puts(j);
+        } else {
+            fprintf(stderr, "gkrun: out of memory printing the JSON result\n");
+            rc = 1;
+        }
         free(j);
         cJSON_Delete(o);
     } else if (rc == 0) {
@@ -413,34 +537,49 @@ out:
 
 /* ----------------------------------------------------- shared for chat */
 
-static int generate_turn(gk_model *m, const gk_tokenizer *tok, const char *text, float temp, int top_k, float top_p,
-                        uint64_t seed, int64_t n_new, const int64_t *eos, int n_eos, char **reply)
+/* One assistant turn; *reply (heap, *reply_len bytes) is what was generated. */
+static int generate_turn(gk_model *m, const gk_tokenizer *tok, const char *text, size_t len, float temp, int top_k,
+                         float top_p, uint64_t seed, int64_t n_new, const int64_t *eos, int n_eos, char **reply,
+                         size_t *reply_len)
 {
     gen_args a = {.n_new = n_new, .temp = temp, .top_k = top_k, .top_p = top_p, .seed = seed};
     streamer s = {.tok = tok, .echo = true};
     gk_gen_stats st;
     /* the template already holds any BOS */
-    int rc = complete(m, tok, text, false, &a, eos, n_eos, &s, &st);
+    int rc = complete(m, tok, text, len, false, false, &a, eos, n_eos, &s, &st);
+    *reply_len = s.text ? s.len : 0;
     *reply = s.text ? s.text : strdup("");
     s.text = NULL;
     free(s.ids);
     streamer_reset(&s);
+    if (!*reply && rc == 0) {
+        fprintf(stderr, "gkrun: out of memory\n");
+        rc = 1;
+    }
     return rc;
 }
 
 /* ------------------------------------------------------------ chat loop */
 
-static char *read_line(void)
+/* One line of stdin without its line end, *len bytes (NUL bytes kept). NULL
+ * at the end of input, or on a read error (*failed set, message printed). */
+static char *read_line(size_t *len, bool *failed)
 {
     size_t cap = 0;
     char *line = NULL;
+    errno = 0;
     ssize_t n = getline(&line, &cap, stdin);
     if (n < 0) {
         free(line);
+        if (ferror(stdin)) {
+            fprintf(stderr, "gkrun: cannot read the chat from stdin: %s\n", strerror(errno ? errno : EIO));
+            *failed = true;
+        }
         return NULL;
     }
     while (n > 0 && (line[n - 1] == '\n' || line[n - 1] == '\r'))
         line[--n] = '\0';
+    *len = (size_t)n;
     return line;
 }
 
@@ -461,33 +600,49 @@ static int chat_loop(gk_model *m, const gk_tokenizer *tok, float temp, int top_k
 
     chat_msg *msgs = NULL;
     char **owned = NULL;
+    size_t *lens = NULL; /* of each content: a line may hold NUL bytes */
     size_t n = 0;
     int rc = 0;
     bool tty = isatty(STDIN_FILENO);
     for (;;) {
         if (tty)
             fprintf(stderr, "\n> ");
-        char *line = read_line();
-        if (!line || !strcmp(line, "/exit")) {
+        size_t line_len = 0;
+        bool failed = false;
+        char *line = read_line(&line_len, &failed);
+        if (failed)
+            rc = 1;
+        if (!line || (line_len == 5 && !memcmp(line, "/exit", 5))) {
             free(line);
             break;
         }
         chat_msg *mp = realloc(msgs, (n + 2) * sizeof *mp);
-        char **op = realloc(owned, (n + 2) * sizeof *op);
-        if (!mp || !op) {
-            free(mp ? mp : msgs);
-            free(op ? op : owned);
+        if (mp)
+            msgs = mp;
+        char **op = mp ? realloc(owned, (n + 2) * sizeof *op) : NULL;
+        if (op)
+            owned = op;
+        size_t *lp = op ? realloc(lens, (n + 2) * sizeof *lp) : NULL;
+        if (lp)
+            lens = lp;
+        if (!lp) {
             free(line);
             fprintf(stderr, "gkrun: out of memory\n");
-            return 1;
+            rc = 1;
+            break;
         }
-        msgs = mp;
-        owned = op;
         owned[n] = line;
+        lens[n] = line_len;
         msgs[n++] = (chat_msg){.role = "user", .content = line};
-        char *text = gkrun_chat_render(kind, msgs, n, bos);
+        size_t text_len = 0;
+        char *text = gkrun_chat_render_len(kind, msgs, lens, n, bos, &text_len);
         char *reply = NULL;
-        rc = text ? generate_turn(m, tok, text, temp, top_k, top_p, seed++, n_new, eos, n_eos, &reply) : 1;
+        size_t reply_len = 0;
+        if (!text)
+            fprintf(stderr, "gkrun: out of memory rendering the chat\n");
+        rc = text ? generate_turn(m, tok, text, text_len, temp, top_k, top_p, seed++, n_new, eos, n_eos, &reply,
+                                  &reply_len)
+                  : 1;
         free(text);
         if (rc != 0) {
             free(reply);
@@ -496,11 +651,13 @@ static int chat_loop(gk_model *m, const gk_tokenizer *tok, float temp, int top_k
         fputc('\n', stdout);
         fflush(stdout);
         owned[n] = reply;
+        lens[n] = reply_len;
         msgs[n++] = (chat_msg){.role = "assistant", .content = reply};
     }
     for (size_t i = 0; i < n; i++)
         free(owned[i]);
     free(owned);
+    free(lens);
     free(msgs);
     return rc;
 }

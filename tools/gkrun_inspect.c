@@ -1,4 +1,8 @@
-/* gkrun inspect - what a checkpoint holds, without loading its data. */
+/* gkrun inspect - what a checkpoint holds, without loading its data.
+ *
+ * Names and strings read from the files are printed escaped (control
+ * characters cannot split the table or reach the terminal); --json leaves the
+ * escaping to JSON. */
 #include "gkrun.h"
 
 #include <cjson/cJSON.h>
@@ -14,6 +18,15 @@ static void shape_str(const gk_tensor_info *ti, char *buf, size_t len)
         used += (size_t)snprintf(buf + used, len - used, "%s%lld", d ? ", " : "", (long long)ti->shape[d]);
     if (used < len)
         snprintf(buf + used, len - used, "]");
+}
+
+/* Text read from a file, escaped, then padded with spaces to width bytes. */
+static void put_text(const char *s, size_t width)
+{
+    if (!s)
+        s = "";
+    for (size_t w = gkrun_put_escaped(stdout, s, strlen(s)); w < width; w++)
+        putchar(' ');
 }
 
 static const char *norm_name(gk_norm n) { return n == GK_NORM_LAYER ? "layernorm" : "rmsnorm"; }
@@ -55,7 +68,11 @@ static cJSON *config_json(const gk_config *c)
 
 static void print_config(const gk_config *c)
 {
-    printf("config: %s (%s)\n", c->model_type[0] ? c->model_type : "?", c->architecture[0] ? c->architecture : "?");
+    fputs("config: ", stdout);
+    put_text(c->model_type[0] ? c->model_type : "?", 0);
+    fputs(" (", stdout);
+    put_text(c->architecture[0] ? c->architecture : "?", 0);
+    fputs(")\n", stdout);
     printf("  vocab %lld, hidden %lld, layers %lld, heads %lld (kv %lld), head_dim %lld, ff %lld\n",
            (long long)c->n_vocab, (long long)c->n_embd, (long long)c->n_layer, (long long)c->n_head,
            (long long)c->n_head_kv, (long long)c->head_dim, (long long)c->n_ff);
@@ -168,7 +185,11 @@ int gkrun_inspect(int argc, char **argv, const gkrun_common *common)
             printf("config: no config.json beside the weights\n");
         for (size_t i = 0; i < gk_safetensors_meta_count(st); i++) {
             const char *k = gk_safetensors_meta_key(st, i);
-            printf("metadata: %s = %s\n", k, gk_safetensors_meta(st, k));
+            fputs("metadata: ", stdout);
+            put_text(k, 0);
+            fputs(" = ", stdout);
+            put_text(gk_safetensors_meta(st, k), 0);
+            putchar('\n');
         }
         printf("\n%-60s %-5s %-20s %10s\n", "name", "dtype", "shape", "MB");
         for (size_t i = 0; i < n; i++) {
@@ -179,7 +200,8 @@ int gkrun_inspect(int argc, char **argv, const gkrun_common *common)
             }
             char shape[96];
             shape_str(&ti, shape, sizeof shape);
-            printf("%-60s %-5s %-20s %10.3f\n", ti.name, gk_dtype_name(ti.dtype), shape, ti.nbytes / 1e6);
+            put_text(ti.name, 60);
+            printf(" %-5s %-20s %10.3f\n", gk_dtype_name(ti.dtype), shape, ti.nbytes / 1e6);
         }
     }
     rc = 0;

@@ -6,8 +6,11 @@
  * What it is not: a tokenizer (core/tokenizer*.c) or a chat-template renderer.
  */
 #include "gkrun_tokenize.h"
+#include "gkrun_args.h"
 
 #include <gk/gk.h>
+
+#include "gk_json.h"
 
 #include <cjson/cJSON.h>
 #include <errno.h>
@@ -27,13 +30,15 @@ static int nomem(void)
     return 1;
 }
 
-/* All of stdin; NULL when out of memory or unreadable. */
-static char *read_stdin(size_t *len)
+/* All of f, NUL-terminated (it may hold more NULs: use *len). NULL with *why = 0
+ * when out of memory, else with the errno of the failed read. */
+static char *read_all(FILE *f, size_t *len, int *why)
 {
     size_t cap = 1 << 16, n = 0;
     char *buf = malloc(cap);
+    *why = 0;
     while (buf) {
-        size_t got = fread(buf + n, 1, cap - n - 1, stdin);
+        size_t got = fread(buf + n, 1, cap - n - 1, f);
         n += got;
         if (got == 0)
             break;
@@ -47,12 +52,27 @@ static char *read_stdin(size_t *len)
             cap *= 2;
         }
     }
-    if (!buf || ferror(stdin)) {
+    if (buf && ferror(f)) {
+        *why = errno ? errno : EIO;
         free(buf);
         return NULL;
     }
+    if (!buf)
+        return NULL;
     buf[n] = '\0';
     *len = n;
+    return buf;
+}
+
+/* All of stdin; NULL after printing why (exit status 1). */
+static char *read_stdin(size_t *len)
+{
+    int why;
+    char *buf = read_all(stdin, len, &why);
+    if (!buf && why)
+        fprintf(stderr, "gkrun: %s: cannot read stdin: %s\n", gk_status_str(GK_ERR_IO), strerror(why));
+    else if (!buf)
+        nomem();
     return buf;
 }
 
@@ -94,7 +114,7 @@ int gkrun_tokenize(int argc, char **argv)
     size_t len = strlen(text);
     if (!strcmp(text, "-")) {
         if (!(in = read_stdin(&len)))
-            return nomem();
+            return 1;
         text = in;
     }
     gk_err err = {0};
@@ -118,27 +138,41 @@ out:
     return rc;
 }
 
-/* Append the ids in s (separated by spaces, commas or newlines); false after
- * printing what is not an id. */
-static bool parse_ids(const char *s, int32_t **ids, size_t *n, size_t *cap)
+static bool id_sep(char c)
 {
-    while (*s) {
-        while (*s == ' ' || *s == ',' || *s == '\n' || *s == '\t' || *s == '\r')
-            s++;
-        if (!*s)
-            break;
-        char *end;
-        errno = 0;
-        long v = strtol(s, &end, 10);
-        if (end == s || errno || v < -2147483647L - 1 || v > 2147483647L ||
-            (*end && !strchr(" ,\n\t\r", *end))) {
-            int w = 0;
-            while (s[w] && !strchr(" ,\n\t\r", s[w]))
-                w++;
-            fprintf(stderr, "gkrun detokenize: '%.*s' is not a token id\n", w, s);
+    return c == ' ' || c == ',' || c == '\n' || c == '\t' || c == '\r';
+}
+
+/* Append the ids in s[0..n) (separated by spaces, commas or newlines); false
+ * after printing what is not an id in [0, 2^31 - 1]. */
+static bool parse_ids(const char *s, size_t n, int32_t **ids, size_t *n_ids, size_t *cap)
+{
+    for (size_t i = 0; i < n;) {
+        if (id_sep(s[i])) {
+            i++;
+            continue;
+        }
+        size_t w = 0;
+        while (i + w < n && !id_sep(s[i + w]))
+            w++;
+        const char *nul = memchr(s + i, '\0', w);
+        if (nul) {
+            fprintf(stderr, "gkrun: token id: a NUL byte (at byte %zu of the input) is not a token id\n",
+                    (size_t)(nul - s));
             return false;
         }
-        if (*n == *cap) {
+        char word[24]; /* room for any id; a longer word is refused as such */
+        size_t k = w < sizeof word ? w : sizeof word - 1;
+        memcpy(word, s + i, k);
+        word[k] = '\0';
+        int64_t v;
+        if (w >= sizeof word) {
+            fprintf(stderr, "gkrun: token id: '%s...' is not a token id (0 to %d)\n", word, INT32_MAX);
+            return false;
+        }
+        if (!gkrun_arg_i64("token id", word, 0, INT32_MAX, &v))
+            return false;
+        if (*n_ids == *cap) {
             *cap = *cap ? *cap * 2 : 64;
             int32_t *p = realloc(*ids, *cap * sizeof *p);
             if (!p) {
@@ -147,8 +181,8 @@ static bool parse_ids(const char *s, int32_t **ids, size_t *n, size_t *cap)
             }
             *ids = p;
         }
-        (*ids)[(*n)++] = (int32_t)v;
-        s = end;
+        (*ids)[(*n_ids)++] = (int32_t)v;
+        i += w;
     }
     return true;
 }
@@ -171,7 +205,7 @@ int gkrun_detokenize(int argc, char **argv)
             goto out;
         } else {
             any_id = true;
-            if (!parse_ids(argv[i], &ids, &n, &cap))
+            if (!parse_ids(argv[i], strlen(argv[i]), &ids, &n, &cap))
                 goto out;
         }
     }
@@ -184,10 +218,10 @@ int gkrun_detokenize(int argc, char **argv)
         size_t len;
         char *in = read_stdin(&len);
         if (!in) {
-            rc = nomem();
+            rc = 1;
             goto out;
         }
-        bool ok = parse_ids(in, &ids, &n, &cap);
+        bool ok = parse_ids(in, len, &ids, &n, &cap);
         free(in);
         if (!ok)
             goto out;
@@ -212,6 +246,20 @@ out:
 }
 
 /* ------------------------------------------------------------------ verify */
+
+/* n bytes of a text on one line: control characters (NUL included) as \xNN. */
+static void put_text(const char *s, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        unsigned char c = (unsigned char)s[i];
+        if (c == '\\')
+            fputs("\\\\", stdout);
+        else if (c < 0x20 || c == 0x7f)
+            printf("\\x%02x", c);
+        else
+            putchar(c);
+    }
+}
 
 /* Compare ids with a JSON array; prints the first difference. */
 static bool same_ids(int idx, const char *what, const int32_t *got, size_t n, const cJSON *want)
@@ -249,26 +297,25 @@ int gkrun_verify_tokenizer(const char *dir)
         fprintf(stderr, "gkrun: %s: %s: %s\n", gk_status_str(GK_ERR_IO), golden_path, strerror(errno));
         goto out;
     }
-    size_t len = 0, cap = 1 << 16;
-    json = malloc(cap);
-    for (size_t got; json && (got = fread(json + len, 1, cap - len - 1, f)) > 0;) {
-        len += got;
-        if (len + 1 == cap) {
-            char *p = realloc(json, cap *= 2);
-            if (!p) {
-                free(json);
-                json = NULL;
-            }
-            json = p;
-        }
-    }
+    size_t len = 0;
+    int why;
+    json = read_all(f, &len, &why);
     fclose(f);
+    if (!json && why) {
+        fprintf(stderr, "gkrun: %s: cannot read %s: %s\n", gk_status_str(GK_ERR_IO), golden_path, strerror(why));
+        goto out;
+    }
     if (!json) {
         rc = nomem();
         goto out;
     }
-    json[len] = '\0';
-    root = cJSON_Parse(json);
+    /* gk_json_parse keeps "\u0000" in texts: lengths come from gk_json_strlen */
+    gk_json_error je;
+    if (!(root = gk_json_parse(json, len, &je))) {
+        fprintf(stderr, "gkrun: %s: %s: %s near byte %zu\n", gk_status_str(GK_ERR_FORMAT), golden_path,
+                je.why, je.at);
+        goto out;
+    }
     const cJSON *cases = cJSON_GetObjectItemCaseSensitive(root, "cases");
     if (!cJSON_IsArray(cases)) {
         fprintf(stderr, "gkrun: %s: %s: no \"cases\" array\n", gk_status_str(GK_ERR_FORMAT), golden_path);
@@ -295,7 +342,8 @@ int gkrun_verify_tokenizer(const char *dir)
         int32_t *got = NULL;
         size_t n = 0;
         const char *s = text->valuestring;
-        if (gk_tokenizer_encode(tok, s, strlen(s), false, &got, &n, &err) != GK_OK) {
+        size_t slen = gk_json_strlen(text);
+        if (gk_tokenizer_encode(tok, s, slen, false, &got, &n, &err) != GK_OK) {
             printf("case %d: encode failed: %s\n", idx, err.msg);
             ok = false;
         } else {
@@ -314,9 +362,12 @@ int gkrun_verify_tokenizer(const char *dir)
             if (gk_tokenizer_decode(tok, got, n, skip, &out, &olen, &err) != GK_OK) {
                 printf("case %d: decode failed: %s\n", idx, err.msg);
                 ok = false;
-            } else if (olen != strlen(want->valuestring) || memcmp(out, want->valuestring, olen)) {
-                printf("case %d: %s differs: got \"%.*s\", want \"%s\"\n", idx,
-                       skip ? "decoded_skip_special" : "decoded", (int)olen, out, want->valuestring);
+            } else if (olen != gk_json_strlen(want) || memcmp(out, want->valuestring, olen)) {
+                printf("case %d: %s differs: got \"", idx, skip ? "decoded_skip_special" : "decoded");
+                put_text(out, olen);
+                printf("\", want \"");
+                put_text(want->valuestring, gk_json_strlen(want));
+                printf("\"\n");
                 ok = false;
             } else {
                 ok_dec++;
@@ -327,7 +378,7 @@ int gkrun_verify_tokenizer(const char *dir)
         got = NULL;
         if (cJSON_IsArray(ids_sp)) {
             n_sp++;
-            if (gk_tokenizer_encode(tok, s, strlen(s), true, &got, &n, &err) != GK_OK) {
+            if (gk_tokenizer_encode(tok, s, slen, true, &got, &n, &err) != GK_OK) {
                 printf("case %d: encode with special tokens failed: %s\n", idx, err.msg);
                 ok = false;
             } else {
@@ -337,8 +388,11 @@ int gkrun_verify_tokenizer(const char *dir)
             }
             free(got);
         }
-        if (!ok)
-            printf("case %d: text \"%.60s%s\"\n", idx, s, strlen(s) > 60 ? "..." : "");
+        if (!ok) {
+            printf("case %d: text \"", idx);
+            put_text(s, slen < 60 ? slen : 60);
+            printf("%s\"\n", slen > 60 ? "..." : "");
+        }
         ok ? passed++ : failed++;
     }
     printf("tokenizer %s: %d cases; ids %d/%d, ids_with_special %d/%d, decodes %d/%d\n", dir, idx,

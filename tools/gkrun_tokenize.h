@@ -17,7 +17,8 @@ int gkrun_tokenize(int argc, char **argv);
  * are given (separated by spaces, commas or newlines), followed by a newline. */
 int gkrun_detokenize(int argc, char **argv);
 /* Checks every case of dir/golden.json against dir/tokenizer.json: ids,
- * ids_with_special, decoded and (when present) decoded_skip_special. Prints one
+ * ids_with_special, decoded and (when present) decoded_skip_special, with texts
+ * taken whole ("\u0000" included; failing texts are printed escaped). Prints one
  * line per failing check, per-check counts and "summary: N passed, M failed:
  * PASS|FAIL"; returns 0 only when every case matches. */
 int gkrun_verify_tokenizer(const char *dir);

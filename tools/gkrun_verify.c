@@ -10,6 +10,7 @@
  * correct low-precision model may take the other branch at a near tie.
  */
 #include "gkrun.h"
+#include "gkrun_args.h"
 #include "gkrun_tokenize.h"
 
 #include <math.h>
@@ -258,15 +259,16 @@ static void check_greedy(verify *v, const char *ids_name, int64_t n_prompt)
 int gkrun_verify(int argc, char **argv, const gkrun_common *common)
 {
     const char *dir = NULL, *backend = NULL, *dtype = NULL;
-    double tol = -1;
+    double tol = 0; /* 0: the default for the dtype */
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--backend") && i + 1 < argc)
             backend = argv[++i];
         else if (!strcmp(argv[i], "--dtype") && i + 1 < argc)
             dtype = argv[++i];
-        else if (!strcmp(argv[i], "--tol") && i + 1 < argc)
-            tol = atof(argv[++i]);
-        else if (argv[i][0] == '-') {
+        else if (!strcmp(argv[i], "--tol") && i + 1 < argc) {
+            if (!gkrun_arg_f64_pos("--tol", argv[++i], INFINITY, &tol))
+                return 2;
+        } else if (argv[i][0] == '-') {
             fprintf(stderr, "gkrun verify: unknown option '%s'\n", argv[i]);
             return 2;
         } else

@@ -106,6 +106,7 @@ static gk_status build(gk_builder *b, gk_tensor **out, gk_err *err)
 
 static const gk_arch_ops ops = {
     .struct_size = sizeof(gk_arch_ops),
+    .magic = GK_ARCH_OPS_MAGIC,
     .spec = &spec,
     .tensors = tensors,
     .name_prefixes = prefixes,

@@ -13,6 +13,7 @@
 
 #define L GK_TF_LAYER
 #define OPT GK_TF_OPTIONAL
+#define MLP_B GK_TF_COND_MLP_BIAS
 
 static const gk_tensor_entry tensors[] = {
     {GK_W_TOK_EMBD, "model.embed_tokens.weight", {GK_DIM_VOCAB, GK_DIM_EMBD}, 0, 0, 0},
@@ -30,9 +31,10 @@ static const gk_tensor_entry tensors[] = {
     {GK_W_GATE, "model.layers.%d.mlp.gate_proj.weight", {GK_DIM_FF, GK_DIM_EMBD}, L, 0, 0},
     {GK_W_UP, "model.layers.%d.mlp.up_proj.weight", {GK_DIM_FF, GK_DIM_EMBD}, L, 0, 0},
     {GK_W_DOWN, "model.layers.%d.mlp.down_proj.weight", {GK_DIM_EMBD, GK_DIM_FF}, L, 0, 0},
-    {GK_W_GATE_B, "model.layers.%d.mlp.gate_proj.bias", {GK_DIM_FF, GK_DIM_NONE}, L | OPT, 0, 0},
-    {GK_W_UP_B, "model.layers.%d.mlp.up_proj.bias", {GK_DIM_FF, GK_DIM_NONE}, L | OPT, 0, 0},
-    {GK_W_DOWN_B, "model.layers.%d.mlp.down_proj.bias", {GK_DIM_EMBD, GK_DIM_NONE}, L | OPT, 0, 0},
+    /* LlamaMLP: bias=config.mlp_bias on all three */
+    {GK_W_GATE_B, "model.layers.%d.mlp.gate_proj.bias", {GK_DIM_FF, GK_DIM_NONE}, L | MLP_B, 0, 0},
+    {GK_W_UP_B, "model.layers.%d.mlp.up_proj.bias", {GK_DIM_FF, GK_DIM_NONE}, L | MLP_B, 0, 0},
+    {GK_W_DOWN_B, "model.layers.%d.mlp.down_proj.bias", {GK_DIM_EMBD, GK_DIM_NONE}, L | MLP_B, 0, 0},
     {GK_W_OUT_NORM, "model.norm.weight", {GK_DIM_EMBD, GK_DIM_NONE}, 0, 0, 0},
     {GK_W_LM_HEAD, "lm_head.weight", {GK_DIM_VOCAB, GK_DIM_EMBD}, OPT, 0, 0},
     /* Old checkpoints store the rotary table; we compute it. */
@@ -103,6 +105,7 @@ static gk_status build(gk_builder *b, gk_tensor **out, gk_err *err)
 
 static const gk_arch_ops ops = {
     .struct_size = sizeof(gk_arch_ops),
+    .magic = GK_ARCH_OPS_MAGIC,
     .spec = &spec,
     .tensors = tensors,
     .name_prefixes = prefixes,

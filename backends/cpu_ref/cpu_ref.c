@@ -516,6 +516,7 @@ static gk_status cpu_graph_compute(void *state, const gk_graph *g, gk_err *err)
 
 static const gk_backend_ops cpu_ops = {
     .struct_size = sizeof(gk_backend_ops),
+    .magic = GK_BACKEND_OPS_MAGIC,
     .available = cpu_available,
     .device_props = cpu_device_props,
     .buffer_alloc = cpu_buffer_alloc,

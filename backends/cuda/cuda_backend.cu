@@ -653,6 +653,7 @@ static gk_status cuda_sample(void *state, const gk_tensor *logits, const gk_samp
 
 static const gk_backend_ops ops = {
     .struct_size = sizeof(gk_backend_ops),
+    .magic = GK_BACKEND_OPS_MAGIC,
     .available = cuda_available,
     .device_props = cuda_props,
     .buffer_alloc = cuda_alloc,

@@ -38,9 +38,10 @@ static __device__ __forceinline__ best better(best a, best b)
     return (b.v > a.v || (b.v == a.v && b.i < a.i)) ? b : a;
 }
 
+template <int THREADS>
 static __device__ __forceinline__ best block_best(best b)
 {
-    __shared__ best red[ARGMAX_THREADS / 32];
+    __shared__ best red[THREADS / 32];
 #pragma unroll
     for (int o = 16; o > 0; o >>= 1) {
         best x = {__shfl_xor_sync(0xffffffffu, b.v, o), __shfl_xor_sync(0xffffffffu, b.i, o)};
@@ -51,7 +52,7 @@ static __device__ __forceinline__ best block_best(best b)
         red[warp] = b;
     __syncthreads();
     if (warp == 0) {
-        b = lane < ARGMAX_THREADS / 32 ? red[lane] : best{-INFINITY, 0x7fffffff};
+        b = lane < THREADS / 32 ? red[lane] : best{-INFINITY, 0x7fffffff};
 #pragma unroll
         for (int o = 16; o > 0; o >>= 1) {
             best x = {__shfl_xor_sync(0xffffffffu, b.v, o), __shfl_xor_sync(0xffffffffu, b.i, o)};
@@ -71,7 +72,7 @@ __global__ void __launch_bounds__(ARGMAX_THREADS) argmax_partial_kernel(const fl
         if (!isnan(v))
             b = better(b, best{v, i});
     }
-    b = block_best(b);
+    b = block_best<ARGMAX_THREADS>(b);
     if (threadIdx.x == 0)
         part[blockIdx.x] = b;
 }
@@ -82,7 +83,7 @@ __global__ void __launch_bounds__(ARGMAX_THREADS) argmax_final_kernel(const best
     best b = {-INFINITY, 0x7fffffff};
     for (int i = threadIdx.x; i < n_part; i += blockDim.x)
         b = better(b, part[i]);
-    b = block_best(b);
+    b = block_best<ARGMAX_THREADS>(b);
     if (threadIdx.x == 0)
         *id = b.i == 0x7fffffff ? 0 : b.i; /* all NaN: id 0, as the host's argmax */
 }
@@ -93,7 +94,9 @@ __global__ void keys_kernel(const float *__restrict__ logits, int n, float tempe
                             int32_t *__restrict__ ids)
 {
     for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += gridDim.x * blockDim.x) {
-        keys[i] = logits[i] / temperature + 0.0f; /* + 0: -0 sorts with +0, as the host compares */
+        /* + 0: -0 sorts with +0, as the host compares; a NaN logit is never drawn */
+        float l = logits[i];
+        keys[i] = isnan(l) ? -INFINITY : l / temperature + 0.0f;
         ids[i] = i;
     }
 }
@@ -137,9 +140,24 @@ static __device__ int first_crossing(int n, F f, double target, bool ge, double 
 
 /* keys/ids sorted descending (ties by id ascending); one block. */
 __global__ void __launch_bounds__(PICK_THREADS)
-    pick_kernel(const float *__restrict__ keys, const int32_t *__restrict__ ids, int n, int top_k, float top_p,
-                double u, int32_t *__restrict__ id)
+    pick_kernel(const float *__restrict__ logits, const float *__restrict__ keys, const int32_t *__restrict__ ids,
+                int n, int top_k, float top_p, double u, int32_t *__restrict__ id)
 {
+    if (!isfinite(keys[0])) {
+        /* No finite best score: a temperature so small that logit / T overflows,
+         * or no finite logit at all. The softmax's limit as T -> 0 is the
+         * argmax, which is what the host does too. Uniform over the block. */
+        best b = {-INFINITY, 0x7fffffff};
+        for (int i = threadIdx.x; i < n; i += PICK_THREADS) {
+            float v = logits[i];
+            if (!isnan(v))
+                b = better(b, best{v, i});
+        }
+        b = block_best<PICK_THREADS>(b);
+        if (threadIdx.x == 0)
+            *id = b.i == 0x7fffffff ? 0 : b.i;
+        return;
+    }
     __shared__ union {
         pick_reduce::TempStorage reduce;
         pick_scan::TempStorage scan;
@@ -296,7 +314,7 @@ gk_status cu_sample(cu_ctx *c, cu_sample_buf *buf, const gk_tensor *logits, cons
                                                       32, c->stream);
         if (e != cudaSuccess)
             return gk_err_set(err, GK_ERR_DEVICE, "cuda: sample: sort: %s", cudaGetErrorString(e));
-        pick_kernel<<<1, PICK_THREADS, 0, c->stream>>>(keys_sorted, ids_sorted, n, p->top_k, p->top_p, p->u, d_id);
+        pick_kernel<<<1, PICK_THREADS, 0, c->stream>>>(x, keys_sorted, ids_sorted, n, p->top_k, p->top_p, p->u, d_id);
         if ((s = check("pick", err)) != GK_OK)
             return s;
     }

@@ -89,7 +89,8 @@ typedef enum gk_dtype {
 GK_API const char *gk_dtype_name(gk_dtype t);
 /* Bytes per element (0 for an out-of-range value). */
 GK_API size_t gk_dtype_size(gk_dtype t);
-/* Parse the safetensors spelling; false when unknown. */
+/* Parse the safetensors spelling; false when unknown or name is NULL (out
+ * untouched then; out may be NULL to only test the name). */
 GK_API bool gk_dtype_parse(const char *name, gk_dtype *out);
 
 /* Scalar conversions used by every loader and backend (round to nearest even). */
@@ -116,36 +117,52 @@ typedef struct gk_tensor_info {
 /* Open a .safetensors file, a model.safetensors.index.json (shards are opened
  * lazily, on first access to one of their tensors), or a model folder holding
  * either (the index first). Only headers are read; data
- * is mmap'd and never copied. Errors: GK_ERR_IO, GK_ERR_FORMAT (message names the
- * file and, where there is one, the tensor). Close with gk_safetensors_close. */
+ * is mmap'd and never copied. Errors: GK_ERR_IO (missing, unreadable, not a
+ * regular file, a symlink loop: the system's reason), GK_ERR_FORMAT (message
+ * names the file and, where there is one, the tensor; names read from the
+ * file are quoted with control characters escaped), GK_ERR_NOT_FOUND (a
+ * folder with neither file), GK_ERR_INVALID_ARG (path or out NULL). Sizes that
+ * overflow 64 bits are GK_ERR_FORMAT. Close with gk_safetensors_close. */
 GK_API gk_status gk_safetensors_open(const char *path, gk_safetensors **out, gk_err *err);
 GK_API void gk_safetensors_close(gk_safetensors *st);
 
+/* The getters below accept NULL st (and an out-of-range i or a NULL name or
+ * key): they answer 0, NULL or false, never crash. */
 GK_API size_t gk_safetensors_count(const gk_safetensors *st);
-/* Names in the order of the header (index order for a sharded checkpoint). */
+/* Names in the order of the header (index order for a sharded checkpoint);
+ * NULL for i >= count. */
 GK_API const char *gk_safetensors_name(const gk_safetensors *st, size_t i);
 /* Total size in bytes of every file making up the checkpoint (index excluded). */
 GK_API uint64_t gk_safetensors_file_size(const gk_safetensors *st);
+/* Distinct files of the checkpoint (1 for a single file). */
 GK_API size_t gk_safetensors_shard_count(const gk_safetensors *st);
 GK_API bool gk_safetensors_has(const gk_safetensors *st, const char *name);
-/* GK_ERR_NOT_FOUND when absent. Shapes come from the header (sharded: the shard's
- * header is opened to answer). */
+/* The tensor lookups (info, bytes, read_*): GK_ERR_INVALID_ARG for a NULL st
+ * or name, GK_ERR_NOT_FOUND when absent, and a shard's own error (GK_ERR_IO,
+ * GK_ERR_FORMAT) when its file must be opened to answer and cannot be. */
+/* Shapes come from the header (sharded: the shard's header is opened to
+ * answer). out may be NULL (only checks the tensor). */
 GK_API gk_status gk_safetensors_info(gk_safetensors *st, const char *name,
                                      gk_tensor_info *out, gk_err *err);
-/* Zero-copy view of the raw bytes; *data valid until close. */
+/* Zero-copy view of the raw bytes; *data valid until close. data and nbytes
+ * may each be NULL. */
 GK_API gk_status gk_safetensors_bytes(gk_safetensors *st, const char *name,
                                       const void **data, uint64_t *nbytes, gk_err *err);
 /* Copy the values as float32 (from F32, F16, BF16, F64, I64, I32) into dst, which
- * holds `count` floats; count must equal the element count. */
+ * holds `count` floats; count must equal the element count (else
+ * GK_ERR_INVALID_ARG, as for dst NULL with count > 0); another dtype is
+ * GK_ERR_UNSUPPORTED. */
 GK_API gk_status gk_safetensors_read_f32(gk_safetensors *st, const char *name,
                                          float *dst, size_t count, gk_err *err);
-/* Copy integer values (I64, I32) as int64 into dst of `count` elements. */
+/* Copy integer values (I64, I32) as int64 into dst of `count` elements; the
+ * same rules as read_f32. */
 GK_API gk_status gk_safetensors_read_i64(gk_safetensors *st, const char *name,
                                          int64_t *dst, size_t count, gk_err *err);
 /* __metadata__ string values (first file, or the index's "metadata"). */
 GK_API size_t gk_safetensors_meta_count(const gk_safetensors *st);
+/* NULL for i >= meta_count. */
 GK_API const char *gk_safetensors_meta_key(const gk_safetensors *st, size_t i);
-/* NULL when absent. */
+/* NULL when absent (or st or key NULL). */
 GK_API const char *gk_safetensors_meta(const gk_safetensors *st, const char *key);
 
 /* ------------------------------------------------------------------ config */
@@ -193,10 +210,14 @@ typedef struct gk_config {
 } gk_config;
 
 /* Parse config.json at `path` (a file, or a folder holding config.json), then
- * generation_config.json beside it when present. Errors name the key:
- * GK_ERR_CONFIG for bad values, GK_ERR_FORMAT for broken JSON, GK_ERR_IO. */
+ * generation_config.json beside it when present (present but unreadable, e.g.
+ * a folder or a symlink loop, is GK_ERR_IO). Errors name the key:
+ * GK_ERR_CONFIG for bad values (integers must lie in [0, 2^31), so products of
+ * two fit int64), GK_ERR_FORMAT for broken JSON, GK_ERR_IO,
+ * GK_ERR_INVALID_ARG for path or out NULL. *out is zeroed on failure. */
 GK_API gk_status gk_config_load(const char *path, gk_config *out, gk_err *err);
-/* The same from JSON text already in memory (generation config may be NULL). */
+/* The same from NUL-terminated JSON text already in memory (gen_json may be
+ * NULL: no generation config; config_json or out NULL is GK_ERR_INVALID_ARG). */
 GK_API gk_status gk_config_parse(const char *config_json, const char *gen_json,
                                  gk_config *out, gk_err *err);
 
@@ -205,18 +226,23 @@ GK_API gk_status gk_config_parse(const char *config_json, const char *gen_json,
 typedef struct gk_runtime gk_runtime;
 
 /* Load plugins. ini_path may be NULL: then the built-in defaults load every
- * plugin found next to libgk (build tree or install tree). Errors: GK_ERR_CONFIG
- * (bad INI, with its line), GK_ERR_NOT_FOUND (plugin file, listing the folders
- * searched), GK_ERR_PLUGIN (not a plugin, init failed), GK_ERR_ABI. */
+ * plugin found next to libgk (build tree or install tree). Errors: GK_ERR_IO
+ * (the INI cannot be read or is not a regular file), GK_ERR_CONFIG (bad INI,
+ * with its line: a line longer than 197 bytes or holding a NUL byte is refused,
+ * not split), GK_ERR_NOT_FOUND (plugin file, listing the folders searched),
+ * GK_ERR_PLUGIN (not a plugin, init failed), GK_ERR_ABI; GK_ERR_INVALID_ARG
+ * when out is NULL. */
 GK_API gk_status gk_runtime_create(const char *ini_path, gk_runtime **out, gk_err *err);
+/* Unloads the plugins; NULL is a no-op. */
 GK_API void gk_runtime_destroy(gk_runtime *rt);
 
-/* Registered plugins of each kind, for listing. Names valid until destroy. */
+/* Registered plugins of each kind, for listing. Names valid until destroy.
+ * Counts are 0 for a NULL rt; names are NULL for a NULL rt or i >= count. */
 GK_API size_t gk_runtime_arch_count(const gk_runtime *rt);
 GK_API const char *gk_runtime_arch_name(const gk_runtime *rt, size_t i);
 GK_API size_t gk_runtime_backend_count(const gk_runtime *rt);
 GK_API const char *gk_runtime_backend_name(const gk_runtime *rt, size_t i);
-/* The INI's [runtime] backend ("auto" unless set). */
+/* The INI's [runtime] backend ("auto" unless set); NULL for a NULL rt. */
 GK_API const char *gk_runtime_default_backend(const gk_runtime *rt);
 
 /* Architecture facts, the original's ModelSpec. */
@@ -232,11 +258,12 @@ typedef struct gk_model_spec {
     bool use_pos_embed;             /* learned absolute positions (GPT-2) */
 } gk_model_spec;
 
-/* Look up by name or alias; NULL when unknown. */
+/* Look up by name or alias; NULL when unknown or when rt or name is NULL. */
 GK_API const gk_model_spec *gk_runtime_find_arch(const gk_runtime *rt, const char *name);
 /* Pick the architecture of a checkpoint from its config (architectures,
- * model_type; cfg may be NULL) and tensor names. GK_ERR_NOT_FOUND names what was
- * seen and lists the registered architectures. */
+ * model_type; cfg may be NULL) and tensor names (st may be NULL: config only).
+ * GK_ERR_NOT_FOUND names what was seen and lists the registered architectures;
+ * GK_ERR_INVALID_ARG when rt or out is NULL. */
 GK_API gk_status gk_runtime_detect_arch(const gk_runtime *rt, gk_safetensors *st,
                                         const gk_config *cfg, const gk_model_spec **out,
                                         gk_err *err);
@@ -249,7 +276,7 @@ typedef struct gk_model_opts {
     const char *backend;   /* backend plugin name, "auto" or NULL (the runtime default) */
     const char *dtype;     /* "f32", "f16", "bf16", "auto" or NULL (= the checkpoint's) */
     const char *arch;      /* architecture name/alias, or NULL to detect */
-    int64_t n_ctx;         /* KV-cache length; 0 = min(max positions, 4096) */
+    int64_t n_ctx;         /* KV-cache length; 0 = min(max positions, 4096); see gk_model_load */
     /* (optional) called as weights upload: bytes done of total. */
     void (*progress)(uint64_t done, uint64_t total, void *user);
     void *progress_user;
@@ -257,11 +284,19 @@ typedef struct gk_model_opts {
 
 /* Load a model folder (config.json + safetensors), a .safetensors file or an
  * index file. Weights are checked against the architecture's tensor table (a
- * missing tensor, wrong shape or unknown name is GK_ERR_FORMAT naming it). */
+ * missing tensor, wrong shape or unknown name is GK_ERR_FORMAT naming it; so
+ * is a bias tensor the config's attention_bias / mlp_bias does not announce).
+ * opts may be NULL (all defaults); rt, path or out NULL is GK_ERR_INVALID_ARG.
+ * The context is checked before anything is uploaded, in this order: n_ctx < 0
+ * is GK_ERR_INVALID_ARG; a KV cache whose size overflows 64 bits is
+ * GK_ERR_INVALID_ARG naming n_ctx; weights plus cache beyond the device's free
+ * memory is GK_ERR_NOMEM giving both sizes; more than 2^31 - 1 positions is
+ * GK_ERR_INVALID_ARG. */
 GK_API gk_status gk_model_load(gk_runtime *rt, const char *path, const gk_model_opts *opts,
                                gk_model **out, gk_err *err);
 GK_API void gk_model_destroy(gk_model *m);
 
+/* Getters: a NULL model gives NULL (pointers), GK_DTYPE_COUNT (dtype) or 0. */
 GK_API const gk_config *gk_model_config(const gk_model *m);
 GK_API const gk_model_spec *gk_model_spec_of(const gk_model *m);
 GK_API const char *gk_model_backend_name(const gk_model *m);
@@ -277,7 +312,8 @@ typedef struct gk_device_props {
     double peak_bw_gbs;      /* memory bandwidth, 0 when unknown */
     bool is_gpu;
 } gk_device_props;
-/* The model's backend device, with its memory now. */
+/* The model's backend device, with its memory now. m or out NULL:
+ * GK_ERR_INVALID_ARG. */
 GK_API gk_status gk_model_device(const gk_model *m, gk_device_props *out, gk_err *err);
 /* Bytes of weights held by the backend. */
 GK_API uint64_t gk_model_weight_bytes(const gk_model *m);
@@ -287,21 +323,27 @@ GK_API uint64_t gk_model_mem_peak(const gk_model *m);
 
 /* Run n tokens at positions n_past .. n_past+n-1 through the model, appending
  * their keys and values to the cache. hidden (may be NULL) receives the final
- * normed hidden states [n][n_embd]. GK_ERR_INVALID_ARG when the cache would
- * overflow or an id is outside the vocabulary. */
+ * normed hidden states [n][n_embd]. GK_ERR_INVALID_ARG when m or ids is NULL,
+ * n < 1, the cache would overflow (any n > n_ctx - n_past) or an id is outside
+ * the vocabulary; the model is unchanged then. */
 GK_API gk_status gk_model_forward(gk_model *m, const int32_t *ids, int64_t n,
                                   float *hidden, gk_err *err);
-/* Logits [n][n_vocab] of the last forward call (rows selected: all of them). */
+/* Logits [n][n_vocab] of the last forward call (rows selected: all of them).
+ * GK_ERR_INVALID_ARG when m or logits is NULL or no forward call ran yet. */
 GK_API gk_status gk_model_logits(gk_model *m, float *logits, gk_err *err);
-/* Drop cached positions >= n_keep (0 clears the cache). */
+/* Drop cached positions >= n_keep (0 clears the cache). GK_ERR_INVALID_ARG
+ * when m is NULL or n_keep is outside [0, n_past] (nothing changes). */
 GK_API gk_status gk_model_truncate(gk_model *m, int64_t n_keep, gk_err *err);
 
 /* Graph nodes of the last forward call, for comparing backends node by node.
- * Names are valid until the next forward call. */
+ * Names are valid until the next forward call. Before any forward call, or
+ * for a NULL model, there are none: count 0, and info/read of any i (as of
+ * i >= count) are GK_ERR_INVALID_ARG. name, layer, rows and cols may each be
+ * NULL. */
 GK_API size_t gk_model_node_count(const gk_model *m);
 GK_API gk_status gk_model_node_info(const gk_model *m, size_t i, const char **name,
                                     int *layer, int64_t *rows, int64_t *cols);
-/* Copy node i's output (rows*cols floats) to dst. */
+/* Copy node i's output (rows*cols floats) to dst (NULL: GK_ERR_INVALID_ARG). */
 GK_API gk_status gk_model_node_read(gk_model *m, size_t i, float *dst, gk_err *err);
 
 /* ---------------------------------------------------------------- generate */
@@ -310,13 +352,15 @@ GK_API gk_status gk_model_node_read(gk_model *m, size_t i, float *dst, gk_err *e
 typedef bool (*gk_token_cb)(int32_t token, void *user);
 
 typedef struct gk_gen_opts {
-    int64_t max_new_tokens;  /* 0 generates nothing */
-    float temperature;       /* 0 = greedy */
-    int top_k;               /* 0 = off */
-    float top_p;             /* 1 = off; (0, 1] */
+    int64_t max_new_tokens;  /* 0 generates nothing; >= 0 */
+    float temperature;       /* 0 = greedy; finite, >= 0. One so small that
+                                logit / temperature overflows is greedy too */
+    int top_k;               /* 0 = off; >= 0 */
+    float top_p;             /* 1 = off; (0, 1] (NaN is out of range) */
     uint64_t seed;
-    int n_eos;
-    const int64_t *eos_ids;  /* stop after emitting any of these */
+    int n_eos;               /* >= 0 */
+    const int64_t *eos_ids;  /* [n_eos], stop after emitting any of these;
+                                may be NULL only when n_eos is 0 */
     bool use_cache;          /* false: recompute the whole sequence each step */
     gk_token_cb on_token;    /* may be NULL */
     void *user;
@@ -331,14 +375,24 @@ typedef struct gk_gen_stats {
 } gk_gen_stats;
 
 /* Clear the cache, run the prompt, then sample up to max_new_tokens. out receives
- * the new tokens (capacity max_new_tokens); *n_out their count. stats may be NULL. */
+ * the new tokens (capacity max_new_tokens); *n_out their count. stats may be NULL.
+ * GK_ERR_INVALID_ARG (nothing generated, *n_out 0 when n_out is given) when m,
+ * prompt, opts, out or n_out is NULL, n_prompt < 1, a prompt id is outside the
+ * vocabulary, an option is outside the range given in gk_gen_opts ("temperature
+ * must be a finite number >= 0", ...), or prompt plus new tokens exceed the
+ * context (compared without overflow, so any max_new_tokens is safe). */
 GK_API gk_status gk_model_generate(gk_model *m, const int32_t *prompt, int64_t n_prompt,
                                    const gk_gen_opts *opts, int32_t *out, int64_t *n_out,
                                    gk_gen_stats *stats, gk_err *err);
 
-/* Pick a token from one row of logits as generate does (rng state advanced).
- * Exposed so tests can check the sampling rules against an oracle. */
+/* Pick a token from one row of logits as generate does (rng state advanced,
+ * except when greedy). Exposed so tests can check the sampling rules against an
+ * oracle. A NaN logit is never picked unless all are (then 0). Returns -1 when
+ * logits or opts is NULL, n_vocab is outside [1, 2^31 - 1], an option is
+ * outside the range given in gk_gen_opts, rng is NULL while not greedy, or
+ * memory runs out. */
 typedef struct gk_rng { uint64_t s; } gk_rng;
+/* r NULL: nothing happens. */
 GK_API void gk_rng_seed(gk_rng *r, uint64_t seed);
 GK_API int32_t gk_sample(const float *logits, int64_t n_vocab, const gk_gen_opts *opts,
                          gk_rng *rng);
@@ -350,26 +404,33 @@ typedef struct gk_tokenizer gk_tokenizer;
 /* Load a HuggingFace tokenizer.json (path to the file, or a folder holding it;
  * tokenizer_config.json beside it is read for bos/eos when present). A feature
  * of the file we do not implement is GK_ERR_UNSUPPORTED naming it, never
- * silently different ids. Destroy with gk_tokenizer_destroy. */
+ * silently different ids. path or out NULL is GK_ERR_INVALID_ARG. Destroy with
+ * gk_tokenizer_destroy. */
 GK_API gk_status gk_tokenizer_load(const char *path, gk_tokenizer **out, gk_err *err);
 GK_API void gk_tokenizer_destroy(gk_tokenizer *t);
+/* The getters accept a NULL tokenizer: vocab_size 0, ids -1, token NULL. */
 /* Vocabulary size including added tokens (highest id + 1). */
 GK_API int64_t gk_tokenizer_vocab_size(const gk_tokenizer *t);
 /* -1 when the tokenizer has none. */
 GK_API int32_t gk_tokenizer_bos_id(const gk_tokenizer *t);
 GK_API int32_t gk_tokenizer_eos_id(const gk_tokenizer *t);
-/* The token's string as stored in the vocabulary (NULL for an unknown id), and
- * the id of a token string (-1 when absent). */
+/* The token's string as stored in the vocabulary (NULL for an unknown or
+ * out-of-range id), and the id of a token string (-1 when absent or token is
+ * NULL). */
 GK_API const char *gk_tokenizer_token(const gk_tokenizer *t, int32_t id);
 GK_API int32_t gk_tokenizer_token_id(const gk_tokenizer *t, const char *token);
 /* Encode len bytes of UTF-8 text (invalid UTF-8 is GK_ERR_INVALID_ARG naming
  * the byte offset). add_special applies the post-processor (e.g. BOS), as
- * transformers' add_special_tokens=True. *ids is malloc'd: the caller frees it. */
+ * transformers' add_special_tokens=True. *ids is malloc'd: the caller frees it.
+ * text may be NULL only when len is 0; t, ids or n_ids NULL is
+ * GK_ERR_INVALID_ARG (*ids NULL and *n_ids 0 on any failure, where given). */
 GK_API gk_status gk_tokenizer_encode(const gk_tokenizer *t, const char *text, size_t len,
                                      bool add_special, int32_t **ids, size_t *n_ids, gk_err *err);
 /* Decode ids to UTF-8 (NUL-terminated, malloc'd: the caller frees it). skip_special
  * drops special tokens, as transformers' skip_special_tokens. An id outside the
- * vocabulary is GK_ERR_INVALID_ARG. */
+ * vocabulary is GK_ERR_INVALID_ARG naming its position. ids may be NULL only
+ * when n_ids is 0; len may be NULL; t or text NULL is GK_ERR_INVALID_ARG
+ * (*text NULL on any failure, where given). */
 GK_API gk_status gk_tokenizer_decode(const gk_tokenizer *t, const int32_t *ids, size_t n_ids,
                                      bool skip_special, char **text, size_t *len, gk_err *err);
 

@@ -17,7 +17,7 @@ extern "C" {
 #endif
 
 #define GK_ABI_MAJOR 1
-#define GK_ABI_MINOR 0
+#define GK_ABI_MINOR 1   /* 1.1: ops tables carry a magic naming their kind */
 #define GK_PLUGIN_ENTRY_NAME "gk_plugin_entry"
 
 /* ----------------------------------------------------------------- tensors */
@@ -35,7 +35,9 @@ typedef struct gk_tensor {
 
 /* Element and byte counts. A shape whose count does not fit (or a negative
  * dimension) saturates to INT64_MAX / SIZE_MAX, which no allocation can
- * satisfy, so an oversized tensor fails to allocate instead of wrapping. */
+ * satisfy, so an oversized tensor fails to allocate instead of wrapping; code
+ * adding such sizes must check for these values (gk_size_add). An
+ * out-of-range dtype has 0 bytes (gk_dtype_size). t must not be NULL. */
 static inline int64_t gk_tensor_nelem(const gk_tensor *t)
 {
     int64_t n;
@@ -107,10 +109,17 @@ typedef struct gk_sample_params {
     double u;
 } gk_sample_params;
 
+/* Each ops table starts with its size and a magic saying which table it is
+ * (ABI 1.1), so that a descriptor pointing at the wrong kind of table is
+ * refused. The magic took what was padding in 1.0; plugins built for 1.0 have
+ * 0 there and are not checked. */
+#define GK_BACKEND_OPS_MAGIC 0x676b4245u  /* "gkBE" */
+
 /* One backend = this table + the state its plugin's init returned. Only the
  * core's wrappers call through it. Entries marked optional may be NULL. */
 typedef struct gk_backend_ops {
     uint32_t struct_size;    /* sizeof(gk_backend_ops) the plugin was built with */
+    uint32_t magic;          /* GK_BACKEND_OPS_MAGIC */
     /* Usable right now (a GPU backend says no without a GPU, with why). */
     bool (*available)(void *state, char *why, size_t why_len);
     gk_status (*device_props)(void *state, gk_device_props *out, gk_err *err);
@@ -165,6 +174,9 @@ typedef enum gk_dim {
 #define GK_TF_TRANSPOSE 0x04u  /* stored [in][out] (GPT-2 Conv1D): transposed at load */
 #define GK_TF_COND_BIAS 0x08u  /* required iff config.attention_bias */
 #define GK_TF_COND_QKN  0x10u  /* required iff the spec uses QK-norm */
+#define GK_TF_COND_MLP_BIAS 0x20u /* required iff config.mlp_bias (ABI 1.1) */
+/* A COND_BIAS or COND_MLP_BIAS tensor present while the config says false is
+ * an error naming it, as is any tensor the table does not claim. */
 
 /* One row of an architecture's tensor table: role <- HF name. When `part` is
  * set the stored tensor is the concatenation of n_parts equal row blocks (after
@@ -179,9 +191,12 @@ typedef struct gk_tensor_entry {
 
 typedef struct gk_builder gk_builder;
 
+#define GK_ARCH_OPS_MAGIC 0x676b4152u  /* "gkAR"; see GK_BACKEND_OPS_MAGIC */
+
 /* An architecture plugin's table. */
 typedef struct gk_arch_ops {
-    uint32_t struct_size;
+    uint32_t struct_size;    /* sizeof(gk_arch_ops) the plugin was built with */
+    uint32_t magic;          /* GK_ARCH_OPS_MAGIC */
     const gk_model_spec *spec;
     const gk_tensor_entry *tensors;   /* terminated by an entry with name NULL */
     /* Prefixes tried in front of every table name, in order; NULL-terminated.
@@ -198,14 +213,21 @@ typedef struct gk_arch_ops {
 } gk_arch_ops;
 
 /* --------------------------------------------------------- builder helpers */
-/* Each returns the new node's output tensor, or NULL when out of memory (the
- * builder remembers the failure; build() may check once at the end). Names
- * identify nodes across backends; il is the block index or -1. */
+/* Each returns the new node's output tensor, or NULL when out of memory or
+ * when an input tensor it needs is NULL (a missing weight); the builder
+ * remembers the failure, later helpers return NULL too, and the core fails
+ * the build after build() returns (build() may check once at the end). Bias
+ * arguments of linear and layer_norm may be NULL (no bias). A NULL builder
+ * gives NULL from every function here. Shapes are not checked here: the
+ * backend's supports_node refuses a node whose shapes disagree, an error
+ * naming the op and node. Names identify nodes across backends (cut to 47
+ * bytes; NULL becomes "?"); il is the block index or -1. */
 
 GK_API const gk_config *gk_builder_config(const gk_builder *b);
 GK_API gk_tensor *gk_builder_ids(gk_builder *b);  /* I32 [1][n] */
 GK_API gk_tensor *gk_builder_pos(gk_builder *b);  /* I32 [1][n] */
-/* The weight of a role (il ignored for non-layer roles); NULL when absent. */
+/* The weight of a role (il ignored for non-layer roles); NULL when absent, for
+ * a role outside gk_role or a layer il outside [0, n_layer). */
 GK_API gk_tensor *gk_builder_weight(gk_builder *b, gk_role role, int il);
 
 GK_API gk_tensor *gk_build_get_rows(gk_builder *b, gk_tensor *table, gk_tensor *ids,
@@ -224,7 +246,8 @@ GK_API gk_tensor *gk_build_linear(gk_builder *b, gk_tensor *x, gk_tensor *w,
                                   gk_tensor *bias, const char *name, int il);
 /* RoPE with the config's theta and scaling, on n_head heads of head_dim. */
 GK_API gk_tensor *gk_build_rope(gk_builder *b, gk_tensor *x, const char *name, int il);
-/* Causal attention through layer il's KV cache, with the config's head counts. */
+/* Causal attention through layer il's KV cache, with the config's head counts;
+ * il outside [0, n_layer) fails the build. */
 GK_API gk_tensor *gk_build_attn(gk_builder *b, gk_tensor *q, gk_tensor *k, gk_tensor *v,
                                 int il);
 GK_API gk_tensor *gk_build_gelu_tanh(gk_builder *b, gk_tensor *x, const char *name, int il);

@@ -991,6 +991,47 @@ Test(cuda_ops, sample_follows_the_core_rule)
     free(x);
 }
 
+/* A temperature so small that logit / T overflows must give the argmax (the
+ * softmax's limit, and what core/generate.c does), never the least likely
+ * candidate; a NaN logit is never drawn. The argmax is computed here. */
+Test(cuda_ops, sample_at_a_vanishing_temperature_is_the_argmax)
+{
+    start();
+    const int64_t V = 50000;
+    float *x = rnd_vec(V, 6.0, 0.0);
+    x[V / 3] = x[V / 2] = 9.0f; /* tied maximum: the lower id */
+    x[7] = NAN;
+    int64_t want = -1;
+    for (int64_t i = 0; i < V; i++)
+        if (!isnan(x[i]) && (want < 0 || x[i] > x[want]))
+            want = i;
+    cr_assert_eq(want, V / 3);
+    pt *lg = pair_f(GK_DTYPE_F32, 1, V, x, "logits");
+    const double us[3] = {0.0, 0.5, 0.999999};
+    const int32_t ks[2] = {0, 40};
+    const float ps[2] = {1.0f, 0.9f};
+    for (int ui = 0; ui < 3; ui++)
+        for (int ki = 0; ki < 2; ki++)
+            for (int pi = 0; pi < 2; pi++) {
+                gk_sample_params sp = {.temperature = 1e-38f, .top_k = ks[ki], .top_p = ps[pi], .u = us[ui]};
+                int32_t got = -1;
+                gk_err err = {0};
+                cr_assert_eq(be[CU].ops->sample(be[CU].state, &lg->t[CU], &sp, &got, &err), GK_OK, "%s", err.msg);
+                cr_assert_eq(got, (int32_t)want, "temperature 1e-38, top_k %d, top_p %g, u %g: got %d, argmax %lld",
+                             (int)ks[ki], (double)ps[pi], us[ui], (int)got, (long long)want);
+            }
+    /* every logit NaN: id 0, as the host's argmax */
+    for (int64_t i = 0; i < V; i++)
+        x[i] = NAN;
+    pt *nan = pair_f(GK_DTYPE_F32, 1, V, x, "logits_nan");
+    gk_sample_params sp = {.temperature = 0.8f, .top_k = 40, .top_p = 0.95f, .u = 0.5};
+    int32_t got = -1;
+    gk_err err = {0};
+    cr_assert_eq(be[CU].ops->sample(be[CU].state, &nan->t[CU], &sp, &got, &err), GK_OK, "%s", err.msg);
+    cr_assert_eq(got, 0);
+    free(x);
+}
+
 /* ------------------------------------------------------------ graph replay */
 
 /* A decode-shaped graph: embed, norm, q/k/v projections, RoPE, attention

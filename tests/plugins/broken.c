@@ -1,5 +1,6 @@
 /* broken.c - deliberately broken plugins for the loader's error tests. One
- * source, built once per defect (BROKEN_* selects which). */
+ * source, built once per defect (BROKEN_* selects which); OLD_ABI_1_0 is a
+ * sound plugin as built for ABI 1.0, which must still load. */
 #include <gk/gk_plugin.h>
 
 #include <stddef.h>
@@ -20,7 +21,8 @@ static const gk_model_spec spec = {.name = PLUGIN_NAME};
 #endif
 
 static const gk_arch_ops arch_ops = {
-    .struct_size = sizeof(gk_arch_ops), .spec = &spec, .tensors = no_tensors, .build = build,
+    .struct_size = sizeof(gk_arch_ops), .magic = GK_ARCH_OPS_MAGIC, .spec = &spec, .tensors = no_tensors,
+    .build = build,
 };
 
 static bool available(void *s, char *why, size_t n) { return true; }
@@ -33,7 +35,8 @@ static bool supports(void *s, const gk_node *n) { return false; }
 static gk_status compute(void *s, const gk_graph *g, gk_err *e) { return GK_OK; }
 
 static const gk_backend_ops backend_ops = {
-    .struct_size = sizeof(gk_backend_ops), .available = available, .device_props = props,
+    .struct_size = sizeof(gk_backend_ops), .magic = GK_BACKEND_OPS_MAGIC, .available = available,
+    .device_props = props,
     .buffer_alloc = balloc, .buffer_free = bfree, .buffer_write = bwrite, .buffer_read = bread,
     .supports_node = supports,
 #if !defined(BROKEN_MISSING_OP)
@@ -48,6 +51,9 @@ static gk_status init_fail(const gk_host *h, void **state, gk_err *err)
 
 #if defined(BROKEN_NO_ENTRY)
 __attribute__((visibility("default"))) int not_the_entry_symbol = 1;
+#elif defined(BROKEN_DATA_ENTRY)
+/* The entry's name on data: calling it would jump into .rodata. */
+__attribute__((visibility("default"))) const char gk_plugin_entry[16] = "not code";
 #elif defined(BROKEN_ABI)
 __attribute__((visibility("default"))) const gk_plugin_desc *gk_plugin_entry(void);
 const gk_plugin_desc *gk_plugin_entry(void)
@@ -68,4 +74,30 @@ GK_PLUGIN_DEFINE(GK_PLUGIN_KIND_BACKEND, PLUGIN_NAME, "a backend in an arch file
 GK_PLUGIN_DEFINE(GK_PLUGIN_KIND_ARCH, "somethingelse", "name differs from its file", NULL, NULL, &arch_ops)
 #elif defined(BROKEN_DUP)
 GK_PLUGIN_DEFINE(GK_PLUGIN_KIND_ARCH, PLUGIN_NAME, "claims llama's name", NULL, NULL, &arch_ops)
+#elif defined(BROKEN_ARCH_WITH_BACKEND_OPS)
+GK_PLUGIN_DEFINE(GK_PLUGIN_KIND_ARCH, PLUGIN_NAME, "an architecture with a backend's table", NULL, NULL,
+                 &backend_ops)
+#elif defined(BROKEN_BACKEND_WITH_ARCH_OPS)
+GK_PLUGIN_DEFINE(GK_PLUGIN_KIND_BACKEND, PLUGIN_NAME, "a backend with an architecture's table", NULL, NULL,
+                 &arch_ops)
+#elif defined(BROKEN_NO_MAGIC)
+static const gk_arch_ops untagged_ops = {
+    .struct_size = sizeof(gk_arch_ops), .spec = &spec, .tensors = no_tensors, .build = build,
+};
+GK_PLUGIN_DEFINE(GK_PLUGIN_KIND_ARCH, PLUGIN_NAME, "a 1.1 table without its magic", NULL, NULL, &untagged_ops)
+#elif defined(OLD_ABI_1_0)
+/* What a plugin built against ABI 1.0 looks like: no magic (0 in what was
+ * padding), minor 0. It must still load. */
+static const gk_arch_ops old_ops = {
+    .struct_size = sizeof(gk_arch_ops), .spec = &spec, .tensors = no_tensors, .build = build,
+};
+__attribute__((visibility("default"))) const gk_plugin_desc *gk_plugin_entry(void);
+const gk_plugin_desc *gk_plugin_entry(void)
+{
+    static const gk_plugin_desc d = {
+        .abi_major = 1, .abi_minor = 0, .struct_size = sizeof(gk_plugin_desc),
+        .kind = GK_PLUGIN_KIND_ARCH, .name = PLUGIN_NAME, .ops = &old_ops,
+    };
+    return &d;
+}
 #endif
