@@ -860,3 +860,58 @@ Test(gkrun, inspect_escapes_control_characters_in_names)
     free(out);
     remove_tree(tmp);
 }
+
+/* Output that cannot be written (a full device, a closed stdout) is an error
+ * naming stdout, never a silent exit 0. */
+Test(gkrun, unwritable_stdout_is_an_error)
+{
+    char *out;
+    const char *cases[] = {"> /dev/full", ">&-"};
+    for (int i = 0; i < 2; i++) {
+        /* stderr goes to the pipe first, then stdout is redirected */
+        cr_assert_eq(run(&out, "inspect %s 2>&1 %s; echo \"exit=$?\"", demo_dir(), cases[i]), 0, "%s", out);
+        cr_expect_not_null(strstr(out, "gkrun: cannot write to stdout:"), "%s: %s", cases[i], out);
+        cr_expect_not_null(strstr(out, "exit=1"), "%s: %s", cases[i], out);
+        free(out);
+    }
+    cr_assert_eq(run(&out, "-m %s --backend cpu_ref -p 'In the' -n 3 --seed 1 2>&1 > /dev/full; echo \"exit=$?\"",
+                     demo_dir()), 0, "%s", out);
+    cr_expect_not_null(strstr(out, "cannot write to stdout: No space left on device"), "%s", out);
+    cr_expect_not_null(strstr(out, "exit=1"), "%s", out);
+    free(out);
+}
+
+/* A golden file whose logits do not hold prompt-length rows of the vocabulary
+ * is reported by name; verify never reads past what the file holds. */
+Test(gkrun, verify_names_golden_logits_of_the_wrong_size)
+{
+    char dir[] = "/tmp/gk-verify-XXXXXX", p[512], *out;
+    cr_assert_not_null(mkdtemp(dir));
+    const char *files[] = {"config.json", "model.safetensors"};
+    for (int i = 0; i < 2; i++) {
+        char src[512];
+        snprintf(src, sizeof src, "%s/models/llama-tiny/%s", data_dir(), files[i]);
+        snprintf(p, sizeof p, "%s/%s", dir, files[i]);
+        cr_assert_eq(symlink(src, p), 0);
+    }
+    /* p0.ids = [1] (I64), p0.logits = 3 floats: far fewer than 1 x vocab */
+    const char *hdr = "{\"p0.ids\":{\"dtype\":\"I64\",\"shape\":[1],\"data_offsets\":[0,8]},"
+                      "\"p0.logits\":{\"dtype\":\"F32\",\"shape\":[1,3],\"data_offsets\":[8,20]}}";
+    uint64_t hl = strlen(hdr);
+    snprintf(p, sizeof p, "%s/golden.safetensors", dir);
+    FILE *f = fopen(p, "wb");
+    cr_assert(f);
+    int64_t id = 1;
+    float lg[3] = {0.5f, 1.5f, 2.5f};
+    fwrite(&hl, 8, 1, f);
+    fwrite(hdr, 1, hl, f);
+    fwrite(&id, 8, 1, f);
+    fwrite(lg, 4, 3, f);
+    fclose(f);
+    cr_assert_eq(run(&out, "verify %s --backend cpu_ref", dir), 1, "%s", out);
+    cr_expect_not_null(strstr(out, "golden 'p0.logits' holds 3 values, not 1 x "), "%s", out);
+    free(out);
+    char cmd[600];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
+    cr_assert_eq(system(cmd), 0);
+}

@@ -10,6 +10,7 @@
 #include "gkrun.h"
 #include "gkrun_tokenize.h"
 
+#include <errno.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -124,7 +125,21 @@ gk_runtime *gkrun_runtime(const gkrun_common *c)
     return rt;
 }
 
+static int dispatch(int argc, char **argv);
+
+/* Whatever a command printed must have reached stdout: a closed or full
+ * stdout is an error, not a silent exit 0. */
 int main(int argc, char **argv)
+{
+    int rc = dispatch(argc, argv);
+    if (fflush(stdout) != 0 || ferror(stdout)) {
+        fprintf(stderr, "gkrun: cannot write to stdout: %s\n", strerror(errno ? errno : EIO));
+        return rc ? rc : 1;
+    }
+    return rc;
+}
+
+static int dispatch(int argc, char **argv)
 {
     gkrun_common c = {0};
     int i = 1;

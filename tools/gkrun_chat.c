@@ -9,6 +9,8 @@
  * (gkrun_generate.c).
  */
 #include "gkrun_chat.h"
+#include "gkrun_file.h"
+#include "gk_json.h"
 
 #include <cjson/cJSON.h>
 #include <ctype.h>
@@ -34,39 +36,31 @@ char *gkrun_chat_template(const char *dir)
 {
     char path[4096];
     snprintf(path, sizeof path, "%s/tokenizer_config.json", dir);
-    FILE *f = fopen(path, "rb");
-    if (!f)
-        return NULL;
-    fseek(f, 0, SEEK_END);
-    long n = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    char *buf = n > 0 ? malloc((size_t)n + 1) : NULL;
-    if (buf && fread(buf, 1, (size_t)n, f) == (size_t)n)
-        buf[n] = '\0';
-    else {
-        free(buf);
-        buf = NULL;
-    }
-    fclose(f);
+    size_t n = 0;
+    const char *why = NULL;
+    char *buf = gkrun_read_regular(path, &n, &why);
     if (!buf)
         return NULL;
-    cJSON *j = cJSON_Parse(buf);
+    cJSON *j = gk_json_parse(buf, n, NULL);
     free(buf);
-    char *out = NULL;
-    const cJSON *t = cJSON_GetObjectItemCaseSensitive(j, "chat_template");
+    /* A template holding a NUL character is not used (a cut one would render wrongly). */
+    const cJSON *t = cJSON_GetObjectItemCaseSensitive(j, "chat_template"), *pick = NULL;
     if (cJSON_IsString(t)) {
-        out = strdup(t->valuestring);
+        pick = t;
     } else if (cJSON_IsArray(t)) { /* [{"name": "default", "template": ...}, ...] */
         const cJSON *e;
         cJSON_ArrayForEach(e, t) {
             const cJSON *name = cJSON_GetObjectItemCaseSensitive(e, "name");
             const cJSON *tt = cJSON_GetObjectItemCaseSensitive(e, "template");
-            if (cJSON_IsString(tt) && (!out || (cJSON_IsString(name) && !strcmp(name->valuestring, "default")))) {
-                free(out);
-                out = strdup(tt->valuestring);
-            }
+            if (cJSON_IsString(tt) && (!pick || (cJSON_IsString(name) && !strcmp(name->valuestring, "default"))))
+                pick = tt;
         }
     }
+    char *out = NULL;
+    if (pick && gk_json_strlen(pick) == strlen(pick->valuestring))
+        out = strdup(pick->valuestring);
+    else if (pick)
+        fprintf(stderr, "gkrun: %s: chat_template holds a NUL character; not used\n", path);
     cJSON_Delete(j);
     return out;
 }

@@ -13,6 +13,7 @@
  * themselves (gkrun_chat.c).
  */
 #include "gkrun.h"
+#include "gkrun_file.h"
 #include "gkrun_args.h"
 #include "gkrun_chat.h"
 
@@ -135,42 +136,6 @@ static void progress(uint64_t done, uint64_t total, void *user)
 
 /* ---------------------------------------------------------------- misc */
 
-/* All of f in a heap buffer, NUL-terminated; NUL bytes read are kept and
- * counted in *len. Returns 0, ENOMEM, or the errno of the failed read. */
-static int read_stream(FILE *f, char **out, size_t *len)
-{
-    size_t cap = 4096, n = 0;
-    char *buf = malloc(cap);
-    if (!buf)
-        return ENOMEM;
-    for (;;) {
-        errno = 0;
-        size_t r = fread(buf + n, 1, cap - n - 1, f);
-        n += r;
-        if (r == 0)
-            break;
-        if (n + 1 == cap) {
-            size_t grown;
-            char *p = gk_size_mul(cap, 2, &grown) ? realloc(buf, grown) : NULL;
-            if (!p) {
-                free(buf);
-                return ENOMEM;
-            }
-            buf = p;
-            cap = grown;
-        }
-    }
-    if (ferror(f)) {
-        int e = errno ? errno : EIO;
-        free(buf);
-        return e;
-    }
-    buf[n] = '\0';
-    *out = buf;
-    *len = n;
-    return 0;
-}
-
 /* The prompt from --prompt-file (path) or stdin (path NULL). A FIFO the user
  * names is read like a file; a folder or a failed read is an error naming it.
  * Returns 0, or 1 after the message. */
@@ -190,7 +155,7 @@ static int read_prompt(const char *path, char **text, size_t *len)
             return 1;
         }
     }
-    int e = read_stream(f, text, len);
+    int e = gkrun_read_stream(f, text, len);
     if (f != stdin)
         fclose(f);
     if (e == ENOMEM)

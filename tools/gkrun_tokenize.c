@@ -6,6 +6,7 @@
  * What it is not: a tokenizer (core/tokenizer*.c) or a chat-template renderer.
  */
 #include "gkrun_tokenize.h"
+#include "gkrun_file.h"
 #include "gkrun_args.h"
 
 #include <gk/gk.h>
@@ -32,48 +33,17 @@ static int nomem(void)
 
 /* All of f, NUL-terminated (it may hold more NULs: use *len). NULL with *why = 0
  * when out of memory, else with the errno of the failed read. */
-static char *read_all(FILE *f, size_t *len, int *why)
-{
-    size_t cap = 1 << 16, n = 0;
-    char *buf = malloc(cap);
-    *why = 0;
-    while (buf) {
-        size_t got = fread(buf + n, 1, cap - n - 1, f);
-        n += got;
-        if (got == 0)
-            break;
-        if (n + 1 == cap) {
-            char *p = realloc(buf, cap * 2);
-            if (!p) {
-                free(buf);
-                return NULL;
-            }
-            buf = p;
-            cap *= 2;
-        }
-    }
-    if (buf && ferror(f)) {
-        *why = errno ? errno : EIO;
-        free(buf);
-        return NULL;
-    }
-    if (!buf)
-        return NULL;
-    buf[n] = '\0';
-    *len = n;
-    return buf;
-}
-
 /* All of stdin; NULL after printing why (exit status 1). */
 static char *read_stdin(size_t *len)
 {
     int why;
-    char *buf = read_all(stdin, len, &why);
-    if (!buf && why)
-        fprintf(stderr, "gkrun: %s: cannot read stdin: %s\n", gk_status_str(GK_ERR_IO), strerror(why));
-    else if (!buf)
+    char *buf = NULL;
+    why = gkrun_read_stream(stdin, &buf, len);
+    if (why == ENOMEM)
         nomem();
-    return buf;
+    else if (why)
+        fprintf(stderr, "gkrun: %s: cannot read stdin: %s\n", gk_status_str(GK_ERR_IO), strerror(why));
+    return why ? NULL : buf;
 }
 
 /* -m DIR / --tokenizer FILE; returns the number of argv entries consumed (0 if none). */
@@ -292,21 +262,10 @@ int gkrun_verify_tokenizer(const char *dir)
     cJSON *root = NULL;
     char *json = NULL;
     int rc = 1;
-    FILE *f = fopen(golden_path, "rb");
-    if (!f) {
-        fprintf(stderr, "gkrun: %s: %s: %s\n", gk_status_str(GK_ERR_IO), golden_path, strerror(errno));
-        goto out;
-    }
     size_t len = 0;
-    int why;
-    json = read_all(f, &len, &why);
-    fclose(f);
-    if (!json && why) {
-        fprintf(stderr, "gkrun: %s: cannot read %s: %s\n", gk_status_str(GK_ERR_IO), golden_path, strerror(why));
-        goto out;
-    }
-    if (!json) {
-        rc = nomem();
+    const char *why = NULL;
+    if (!(json = gkrun_read_regular(golden_path, &len, &why))) {
+        fprintf(stderr, "gkrun: %s: %s: %s\n", gk_status_str(GK_ERR_IO), golden_path, why);
         goto out;
     }
     /* gk_json_parse keeps "\u0000" in texts: lengths come from gk_json_strlen */

@@ -27,6 +27,27 @@ typedef struct verify {
     int n_pass, n_fail;
 } verify;
 
+/* n x cols floats, or NULL when that does not fit or cannot be had. */
+static float *alloc_rows(int64_t n, int64_t cols)
+{
+    size_t k;
+    if (n < 0 || cols < 0 || !gk_size_mul((size_t)n, (size_t)cols, &k) || !gk_size_mul(k ? k : 1, sizeof(float), &k))
+        return NULL;
+    return malloc(k);
+}
+
+/* The golden logits must hold n rows of the vocabulary; else NULL after saying so. */
+static float *check_rows(float *want, size_t cnt, const char *name, int64_t n, int64_t cols)
+{
+    if (want && cnt != (size_t)n * (size_t)cols) {
+        fprintf(stderr, "gkrun: %s: golden '%s' holds %zu values, not %lld x %lld\n", gk_status_str(GK_ERR_FORMAT),
+                name, cnt, (long long)n, (long long)cols);
+        free(want);
+        return NULL;
+    }
+    return want;
+}
+
 /* Load a golden tensor as floats (or ids). NULL after printing why. */
 static float *golden_f32(verify *v, const char *name, size_t *count)
 {
@@ -36,10 +57,15 @@ static float *golden_f32(verify *v, const char *name, size_t *count)
         gkrun_fail(&err);
         return NULL;
     }
-    size_t n = 1;
+    size_t n = 1, bytes;
     for (int d = 0; d < ti.n_dims; d++)
-        n *= (size_t)ti.shape[d];
-    float *x = malloc((n ? n : 1) * sizeof *x);
+        if (ti.shape[d] < 0 || !gk_size_mul(n, (size_t)ti.shape[d], &n))
+            n = SIZE_MAX;
+    if (n == SIZE_MAX || !gk_size_mul(n ? n : 1, sizeof(float), &bytes)) {
+        fprintf(stderr, "gkrun: %s: golden tensor '%s' is too large\n", gk_status_str(GK_ERR_FORMAT), name);
+        return NULL;
+    }
+    float *x = malloc(bytes);
     if (x && gk_safetensors_read_f32(v->golden, name, x, n, &err) != GK_OK) {
         gkrun_fail(&err);
         free(x);
@@ -58,7 +84,12 @@ static int32_t *golden_ids(verify *v, const char *name, int64_t *count)
         return NULL;
     }
     int64_t n = ti.n_dims ? ti.shape[0] : 1;
-    int64_t *tmp = malloc((size_t)n * sizeof *tmp);
+    size_t bytes;
+    if (ti.n_dims > 1 || n < 1 || !gk_size_mul((size_t)n, sizeof(int64_t), &bytes)) {
+        fprintf(stderr, "gkrun: %s: golden tensor '%s' is not a list of ids\n", gk_status_str(GK_ERR_FORMAT), name);
+        return NULL;
+    }
+    int64_t *tmp = malloc(bytes);
     int32_t *ids = malloc((size_t)n * sizeof *ids);
     if (!tmp || !ids || gk_safetensors_read_i64(v->golden, name, tmp, (size_t)n, &err) != GK_OK) {
         if (err.msg[0])
@@ -67,8 +98,16 @@ static int32_t *golden_ids(verify *v, const char *name, int64_t *count)
         free(ids);
         return NULL;
     }
-    for (int64_t i = 0; i < n; i++)
+    for (int64_t i = 0; i < n; i++) {
+        if (tmp[i] < 0 || tmp[i] > INT32_MAX) {
+            fprintf(stderr, "gkrun: %s: golden tensor '%s' holds id %lld, not a token id\n",
+                    gk_status_str(GK_ERR_FORMAT), name, (long long)tmp[i]);
+            free(tmp);
+            free(ids);
+            return NULL;
+        }
         ids[i] = (int32_t)tmp[i];
+    }
     free(tmp);
     *count = n;
     return ids;
@@ -133,11 +172,12 @@ static void check_prompt(verify *v, int k)
     snprintf(logits_name, sizeof logits_name, "p%d.logits", k);
     if (!gk_safetensors_has(v->golden, ids_name))
         return;
-    int64_t n;
-    size_t cnt;
+    int64_t n = 0;
+    size_t cnt = 0;
     int32_t *ids = golden_ids(v, ids_name, &n);
-    float *want = golden_f32(v, logits_name, &cnt);
-    float *got = malloc((size_t)(n * v->n_vocab) * sizeof *got);
+    float *want = ids ? golden_f32(v, logits_name, &cnt) : NULL;
+    want = check_rows(want, cnt, logits_name, n, v->n_vocab);
+    float *got = ids ? alloc_rows(n, v->n_vocab) : NULL;
     gk_err err = {0};
     snprintf(what, sizeof what, "prompt p%d logits (%lld tokens)", k, (long long)n);
     if (!ids || !want || !got) {
@@ -156,7 +196,7 @@ static void check_prompt(verify *v, int k)
 /* Hidden states of p1 after each block (read from the graph's named nodes). */
 static void check_hidden(verify *v)
 {
-    int64_t n;
+    int64_t n = 0;
     int32_t *ids = golden_ids(v, "p1.ids", &n);
     gk_err err = {0};
     if (!ids || gk_model_truncate(v->m, 0, &err) != GK_OK || gk_model_forward(v->m, ids, n, NULL, &err) != GK_OK) {
@@ -166,7 +206,7 @@ static void check_hidden(verify *v)
     }
     free(ids);
     int64_t n_layer = gk_model_config(v->m)->n_layer;
-    float *got = malloc((size_t)(n * v->n_embd) * sizeof *got);
+    float *got = alloc_rows(n, v->n_embd);
     for (int64_t L = 0; got && L <= n_layer; L++) {
         const char *want_node = L == 0 ? "embd" : L == n_layer ? "out_norm" : "l_out";
         int want_layer = L == 0 || L == n_layer ? -1 : (int)(L - 1);
@@ -201,11 +241,12 @@ static void check_teacher_forced(verify *v, const char *ids_name, const char *lo
 {
     if (!gk_safetensors_has(v->golden, ids_name))
         return;
-    int64_t n;
-    size_t cnt;
+    int64_t n = 0;
+    size_t cnt = 0;
     int32_t *ids = golden_ids(v, ids_name, &n);
-    float *want = golden_f32(v, logits_name, &cnt);
-    float *got = malloc((size_t)(n * v->n_vocab) * sizeof *got);
+    float *want = ids ? golden_f32(v, logits_name, &cnt) : NULL;
+    want = check_rows(want, cnt, logits_name, n, v->n_vocab);
+    float *got = ids ? alloc_rows(n, v->n_vocab) : NULL;
     char what[64];
     snprintf(what, sizeof what, "%s one at a time (%lld steps)", ids_name, (long long)n);
     gk_err err = {0};
@@ -227,12 +268,14 @@ static void check_greedy(verify *v, const char *ids_name, int64_t n_prompt)
 {
     if (!gk_safetensors_has(v->golden, ids_name))
         return;
-    int64_t n;
+    int64_t n = 0;
     int32_t *ids = golden_ids(v, ids_name, &n);
     char what[64];
     snprintf(what, sizeof what, "greedy from %s[:%lld]", ids_name, (long long)n_prompt);
-    if (!ids)
+    if (!ids) {
+        v->n_fail++;
         return;
+    }
     int64_t n_new = n - n_prompt, n_out = 0;
     int32_t *out = malloc((size_t)(n_new > 0 ? n_new : 1) * sizeof *out);
     gk_gen_opts o = gk_gen_opts_default();
