@@ -324,7 +324,13 @@ static int complete(gk_model *m, const gk_tokenizer *tok, const char *text, size
         fwrite(text, 1, len, stdout);
         fflush(stdout);
     }
-    if (gk_model_generate(m, ids, (int64_t)n_ids, &o, out, &n_out, st, &err) != GK_OK)
+    gk_status gs = gk_model_generate(m, ids, (int64_t)n_ids, &o, out, &n_out, st, &err);
+    if ((gs != GK_OK || s->failed) && s->echo && (echo_prompt || s->printed)) {
+        /* end the streamed line, so the message starts a line of its own */
+        fputc('\n', stdout);
+        fflush(stdout);
+    }
+    if (gs != GK_OK)
         rc = gkrun_fail(&err);
     else if (s->failed) /* the tokenizer's reason, e.g. an id outside its vocabulary */
         rc = gkrun_fail(&s->err);
