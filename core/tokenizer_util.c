@@ -176,6 +176,14 @@ static size_t nul_key_at(const char *s, size_t len)
 
 gk_status tk_json_load(const char *file, const char *text, size_t len, cJSON **out, gk_err *err)
 {
+    /* HF reads these files as UTF-8 text (serde_json over a String) and refuses
+     * anything else; so does gk, which also lets every string taken from the
+     * file be decoded as UTF-8 without bounds checks. */
+    size_t valid = tk_utf8_valid_prefix(text, len);
+    *out = NULL;
+    if (valid != len)
+        return gk_err_set(err, GK_ERR_FORMAT, "%s: not UTF-8 text: byte 0x%02x at offset %zu starts no valid UTF-8 "
+                          "sequence", file, (unsigned char)text[valid], valid);
     gk_json_error e;
     *out = gk_json_parse(text, len, &e);
     if (*out)

@@ -1454,3 +1454,18 @@ Test(gkrun_tools, detokenize_refuses_what_is_not_an_id)
     free(out);
     unlink(path);
 }
+
+/* tokenizer.json must be UTF-8 text, as HF requires: a token whose bytes are
+ * not UTF-8 (here a lone lead byte at the end of a vocab key, then a stray
+ * continuation byte) is refused with its offset, never decoded past its end. */
+Test(errors, tokenizer_json_that_is_not_utf8_is_refused_with_the_offset)
+{
+    const char *bad[2] = {"{\"model\":{\"type\":\"BPE\",\"vocab\":{\"a\":0,\"b\xf0\":1},\"merges\":[]}}",
+                          "{\"model\":{\"type\":\"BPE\",\"vocab\":{\"\x80\":0},\"merges\":[]}}"};
+    for (int i = 0; i < 2; i++) {
+        size_t at = strcspn(bad[i], "\x80\xf0");
+        char want[64];
+        snprintf(want, sizeof want, "not UTF-8 text: byte 0x%02x at offset %zu", (unsigned char)bad[i][at], at);
+        expect_load_error(bad[i], GK_ERR_FORMAT, want);
+    }
+}
