@@ -61,6 +61,9 @@ static const char *entry_not_code(void *addr)
 static gk_status check_magic(const gk_plugin_desc *d, const char *path, gk_err *err)
 {
     bool arch = d->kind == GK_PLUGIN_KIND_ARCH;
+    if (*(const uint32_t *)d->ops < 2 * sizeof(uint32_t)) /* struct_size: too small to hold a magic */
+        return gk_err_set(err, GK_ERR_PLUGIN, "%s: plugin '%s': ops table of %u bytes is too small", path, d->name,
+                          *(const uint32_t *)d->ops);
     uint32_t magic = arch ? ((const gk_arch_ops *)d->ops)->magic : ((const gk_backend_ops *)d->ops)->magic;
     uint32_t want = arch ? GK_ARCH_OPS_MAGIC : GK_BACKEND_OPS_MAGIC;
     uint32_t other = arch ? GK_BACKEND_OPS_MAGIC : GK_ARCH_OPS_MAGIC;
