@@ -631,7 +631,7 @@ Test(gkrun_bench, sizes_beyond_the_context_are_refused)
     free(out);
     /* -n 1 measures no decode step and says so without dividing by zero */
     cr_expect_eq(run(&out, "bench -m %s --backend cpu_ref --reps 1 -p 3 -n 1", demo_dir()), 0, "%s", out);
-    cr_expect(strstr(out, "prefill: 3 tokens") && strstr(out, "(0.000 ms/token)"), "%s", out);
+    cr_expect(strstr(out, "prefill: 3 tokens") && strstr(out, "(0.000 ms/token;"), "%s", out);
     free(out);
 }
 
@@ -914,4 +914,39 @@ Test(gkrun, verify_names_golden_logits_of_the_wrong_size)
     char cmd[600];
     snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
     cr_assert_eq(system(cmd), 0);
+}
+
+/* bench --json: one object whose counts are the run asked for (-d tokens of
+ * context before the -p prompt, -n new tokens, --reps measured runs) and
+ * whose rates are a median inside their own spread; -d leaving no room for a
+ * prompt is refused. The fields are read with cJSON. */
+Test(gkrun_bench, json_reports_median_and_spread_at_a_depth)
+{
+    char *out;
+    cr_assert_eq(run(&out, "bench -m %s --backend cpu_ref -d 40 -p 5 -n 7 --reps 3 --json", demo_dir()), 0, "%s", out);
+    cJSON *j = cJSON_Parse(out);
+    cr_assert_not_null(j, "%s", out);
+    cr_expect_eq(cJSON_GetObjectItem(j, "depth")->valueint, 40);
+    cr_expect_eq(cJSON_GetObjectItem(j, "n_prompt")->valueint, 5);
+    cr_expect_eq(cJSON_GetObjectItem(j, "n_prefill")->valueint, 45);
+    cr_expect_eq(cJSON_GetObjectItem(j, "n_gen")->valueint, 7);
+    cr_expect_eq(cJSON_GetObjectItem(j, "reps")->valueint, 3);
+    cr_expect_str_eq(cJSON_GetObjectItem(j, "backend")->valuestring, "cpu_ref");
+    const char *rates[2] = {"prefill_tokens_per_s", "decode_tokens_per_s"};
+    for (int k = 0; k < 2; k++) {
+        const cJSON *r = cJSON_GetObjectItem(j, rates[k]);
+        cr_assert_not_null(r, "%s", rates[k]);
+        double med = cJSON_GetObjectItem(r, "median")->valuedouble, lo = cJSON_GetObjectItem(r, "min")->valuedouble,
+               hi = cJSON_GetObjectItem(r, "max")->valuedouble;
+        cr_expect(lo > 0 && lo <= med && med <= hi, "%s: %g %g %g", rates[k], lo, med, hi);
+    }
+    cJSON_Delete(j);
+    free(out);
+    cr_expect_eq(run(&out, "bench -m %s --backend cpu_ref -d 4 -p 3 -n 2 --reps 1", demo_dir()), 0, "%s", out);
+    cr_expect(strstr(out, "context: 4 tokens of depth before the 3-token prompt") && strstr(out, "prefill: 7 tokens"),
+              "%s", out);
+    free(out);
+    cr_expect_eq(run(&out, "bench -m %s --backend cpu_ref -d 100000", demo_dir()), 2, "%s", out);
+    cr_expect(strstr(out, "gkrun bench: -d 100000 leaves no room for a prompt"), "%s", out);
+    free(out);
 }

@@ -1,18 +1,24 @@
 /* gkrun bench - batch-1 generation speed of a model, beside the memory-bandwidth
  * roofline of its device.
  *
- *   gkrun bench -m DIR [--backend NAME] [--dtype D] [-p PROMPT_TOKENS] [-n NEW_TOKENS] [--reps R]
+ *   gkrun bench -m DIR [--backend NAME] [--dtype D] [-p PROMPT_TOKENS] [-n NEW_TOKENS]
+ *               [-d DEPTH] [--reps R] [--json]
  *
  * Prompt ids are a fixed spread over the vocabulary; decoding is greedy and
- * never stops at EOS. Decode reads every weight once per token, so the roofline
- * is peak bandwidth / weight bytes; "achieved" counts weight bytes only (the KV
- * cache read is small at these lengths). The best of R runs is printed.
- * Prompt plus new tokens must fit the model's max_position_embeddings: a
- * longer run would time attention the model was never trained for.
+ * never stops at EOS. With -d, DEPTH tokens of context come before the prompt
+ * (as llama-bench's -d): decode then runs over a cache of DEPTH + PROMPT
+ * tokens, and the prefill figure covers all DEPTH + PROMPT tokens. Decode
+ * reads every weight once per token, so the roofline is peak bandwidth /
+ * weight bytes; "streamed" counts weight bytes only (not the KV cache). One
+ * warm-up run, then R measured runs: the median is printed with the spread
+ * (min..max). Context plus new tokens must fit the model's
+ * max_position_embeddings: a longer run would time attention the model was
+ * never trained for.
  */
 #include "gkrun.h"
 #include "gkrun_args.h"
 
+#include <cjson/cJSON.h>
 #include <libgen.h>
 #include <stdlib.h>
 #include <string.h>
@@ -51,10 +57,29 @@ static int32_t *alloc_ids(int64_t n, const char *what)
     return p;
 }
 
+static int cmp_double(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+/* Median, min and max of n values (sorts v). */
+typedef struct spread {
+    double median, min, max;
+} spread;
+
+static spread spread_of(double *v, int64_t n)
+{
+    qsort(v, (size_t)n, sizeof *v, cmp_double);
+    double med = n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+    return (spread){med, v[0], v[n - 1]};
+}
+
 int gkrun_bench(int argc, char **argv, const gkrun_common *common)
 {
     const char *dir = NULL, *backend = NULL, *dtype = NULL;
-    int64_t n_prompt = 32, n_new = 128, reps = 3;
+    int64_t n_prompt = 32, n_new = 128, reps = 3, depth = 0;
+    bool json = false;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "-m") && i + 1 < argc)
             dir = argv[++i];
@@ -69,15 +94,21 @@ int gkrun_bench(int argc, char **argv, const gkrun_common *common)
             if (!gkrun_arg_i64("-n", argv[++i], 1, INT64_MAX, &n_new))
                 return 2;
         } else if (!strcmp(argv[i], "--reps") && i + 1 < argc) {
-            if (!gkrun_arg_i64("--reps", argv[++i], 1, INT32_MAX, &reps))
+            if (!gkrun_arg_i64("--reps", argv[++i], 1, 100000, &reps))
                 return 2;
+        } else if (!strcmp(argv[i], "-d") && i + 1 < argc) {
+            if (!gkrun_arg_i64("-d", argv[++i], 0, INT32_MAX, &depth))
+                return 2;
+        } else if (!strcmp(argv[i], "--json")) {
+            json = true;
         } else {
             fprintf(stderr, "gkrun bench: unknown argument '%s'\n", argv[i]);
             return 2;
         }
     }
     if (!dir) {
-        fprintf(stderr, "usage: gkrun bench -m DIR [--backend NAME] [--dtype D] [-p N] [-n N] [--reps R]\n");
+        fprintf(stderr, "usage: gkrun bench -m DIR [--backend NAME] [--dtype D] [-p N] [-n N] [-d DEPTH] [--reps R] "
+                        "[--json]\n");
         return 2;
     }
     /* Checked before loading, so the KV cache is never sized from them. The
@@ -85,15 +116,22 @@ int gkrun_bench(int argc, char **argv, const gkrun_common *common)
     int64_t n_pos = model_positions(dir);
     if (n_pos == 0)
         return 1;
+    if (depth > n_pos - 1) {
+        fprintf(stderr, "gkrun bench: -d %lld leaves no room for a prompt in the model's context of %lld tokens\n",
+                (long long)depth, (long long)n_pos);
+        return 2;
+    }
+    n_pos -= depth; /* what the prompt and new tokens may use */
     if (n_prompt > n_pos) {
-        fprintf(stderr, "gkrun bench: -p %lld is longer than the model's context of %lld tokens\n",
-                (long long)n_prompt, (long long)n_pos);
+        fprintf(stderr, "gkrun bench: -p %lld is longer than the model's context of %lld tokens%s\n",
+                (long long)n_prompt, (long long)n_pos, depth ? " left after -d" : "");
         return 2;
     }
     if (n_new - 1 > n_pos - n_prompt) {
-        fprintf(stderr, "gkrun bench: -p %lld with -n %lld does not fit the model's context of %lld tokens "
+        fprintf(stderr, "gkrun bench: -p %lld with -n %lld does not fit the model's context of %lld tokens%s "
                         "(at most -n %lld after that prompt)\n",
-                (long long)n_prompt, (long long)n_new, (long long)n_pos, (long long)(n_pos - n_prompt + 1));
+                (long long)n_prompt, (long long)n_new, (long long)n_pos, depth ? " left after -d" : "",
+                (long long)(n_pos - n_prompt + 1));
         return 2;
     }
     gk_runtime *rt = gkrun_runtime(common);
@@ -103,58 +141,102 @@ int gkrun_bench(int argc, char **argv, const gkrun_common *common)
     gk_err err = {0};
     gk_model *m = NULL;
     int32_t *prompt = NULL, *out = NULL;
-    gk_model_opts mo = {.backend = backend, .dtype = dtype, .n_ctx = n_prompt + n_new - 1};
+    int64_t n_ctx_ids = depth + n_prompt; /* the prompt generate sees */
+    double *dec_v = NULL, *pre_v = NULL;
+    gk_model_opts mo = {.backend = backend, .dtype = dtype, .n_ctx = n_ctx_ids + n_new - 1};
     if (gk_model_load(rt, dir, &mo, &m, &err) != GK_OK) {
         rc = gkrun_fail(&err);
         goto out;
     }
     const gk_config *cfg = gk_model_config(m);
-    prompt = alloc_ids(n_prompt, "prompt");
+    prompt = alloc_ids(n_ctx_ids, "prompt");
     out = prompt ? alloc_ids(n_new, "output") : NULL;
-    if (!out)
+    dec_v = out ? calloc((size_t)reps, sizeof *dec_v) : NULL;
+    pre_v = dec_v ? calloc((size_t)reps, sizeof *pre_v) : NULL;
+    if (!pre_v) {
+        if (out)
+            fprintf(stderr, "gkrun bench: out of memory for %lld results\n", (long long)reps);
         goto out;
-    for (int64_t i = 0; i < n_prompt; i++)
+    }
+    for (int64_t i = 0; i < n_ctx_ids; i++)
         prompt[i] = (int32_t)((i * 7919 + 17) % cfg->n_vocab);
     gk_gen_opts o = gk_gen_opts_default();
     o.max_new_tokens = n_new;
-    gk_gen_stats best = {0};
-    double best_decode = 0, best_prefill = 0;
+    gk_gen_stats last = {0};
     for (int64_t r = 0; r <= reps; r++) { /* the first run warms up */
         gk_gen_stats st;
         int64_t n_out;
-        if (gk_model_generate(m, prompt, n_prompt, &o, out, &n_out, &st, &err) != GK_OK) {
+        if (gk_model_generate(m, prompt, n_ctx_ids, &o, out, &n_out, &st, &err) != GK_OK) {
             rc = gkrun_fail(&err);
             goto out;
         }
-        double dec = st.n_gen > 1 && st.t_decode_s > 0 ? (double)(st.n_gen - 1) / st.t_decode_s : 0;
-        double pre = st.t_prefill_s > 0 ? (double)st.n_prompt / st.t_prefill_s : 0;
-        if (r == 1)
-            best = st; /* -n 1 measures no decode step */
-        if (r > 0 && dec > best_decode) {
-            best_decode = dec;
-            best = st;
-        }
-        if (r > 0 && pre > best_prefill)
-            best_prefill = pre;
+        if (r == 0)
+            continue;
+        /* -n 1 measures no decode step: its rate is 0 */
+        dec_v[r - 1] = st.n_gen > 1 && st.t_decode_s > 0 ? (double)(st.n_gen - 1) / st.t_decode_s : 0;
+        pre_v[r - 1] = st.t_prefill_s > 0 ? (double)st.n_prompt / st.t_prefill_s : 0;
+        last = st;
     }
+    spread dec = spread_of(dec_v, reps), pre = spread_of(pre_v, reps);
     gk_device_props dev;
     if (gk_model_device(m, &dev, &err) != GK_OK) {
         rc = gkrun_fail(&err);
         goto out;
     }
     double wbytes = (double)gk_model_weight_bytes(m);
-    double achieved = best_decode * wbytes / 1e9;
-    printf("bench %s: %s, %s weights (%.2f GB), %s on %s\n", dir, gk_model_spec_of(m)->name,
-           gk_dtype_name(gk_model_dtype(m)), wbytes / 1e9, gk_model_backend_name(m), dev.name);
-    printf("prefill: %lld tokens at %.1f tokens/s\n", (long long)best.n_prompt, best_prefill);
-    printf("decode:  %lld tokens at %.1f tokens/s (%.3f ms/token), weights streamed at %.1f GB/s\n",
-           (long long)best.n_gen, best_decode, best_decode > 0 ? 1e3 / best_decode : 0.0, achieved);
-    if (dev.peak_bw_gbs > 0)
-        printf("roofline: %.1f GB/s peak -> %.1f tokens/s; decode at %.1f%% of it\n", dev.peak_bw_gbs,
-               dev.peak_bw_gbs * 1e9 / wbytes, 100.0 * achieved / dev.peak_bw_gbs);
-    printf("peak memory on the backend: %.2f GB\n", gk_model_mem_peak(m) / 1e9);
+    double achieved = dec.median * wbytes / 1e9;
+    double roof = dev.peak_bw_gbs > 0 ? dev.peak_bw_gbs * 1e9 / wbytes : 0;
+    if (json) {
+        cJSON *j = cJSON_CreateObject();
+        cJSON_AddStringToObject(j, "model", dir);
+        cJSON_AddStringToObject(j, "arch", gk_model_spec_of(m)->name);
+        cJSON_AddStringToObject(j, "dtype", gk_dtype_name(gk_model_dtype(m)));
+        cJSON_AddStringToObject(j, "backend", gk_model_backend_name(m));
+        cJSON_AddStringToObject(j, "device", dev.name);
+        cJSON_AddNumberToObject(j, "weight_bytes", wbytes);
+        cJSON_AddNumberToObject(j, "depth", (double)depth);
+        cJSON_AddNumberToObject(j, "n_prompt", (double)n_prompt);
+        cJSON_AddNumberToObject(j, "n_prefill", (double)last.n_prompt); /* depth + prompt */
+        cJSON_AddNumberToObject(j, "n_gen", (double)last.n_gen);
+        cJSON_AddNumberToObject(j, "reps", (double)reps);
+        const spread *sp[2] = {&pre, &dec};
+        const char *names[2] = {"prefill_tokens_per_s", "decode_tokens_per_s"};
+        for (int k = 0; k < 2; k++) {
+            cJSON *o2 = cJSON_AddObjectToObject(j, names[k]);
+            cJSON_AddNumberToObject(o2, "median", sp[k]->median);
+            cJSON_AddNumberToObject(o2, "min", sp[k]->min);
+            cJSON_AddNumberToObject(o2, "max", sp[k]->max);
+        }
+        cJSON_AddNumberToObject(j, "weights_gb_per_s", achieved);
+        cJSON_AddNumberToObject(j, "peak_gb_per_s", dev.peak_bw_gbs);
+        cJSON_AddNumberToObject(j, "roofline_tokens_per_s", roof);
+        cJSON_AddNumberToObject(j, "mem_peak_bytes", (double)gk_model_mem_peak(m));
+        char *txt = cJSON_PrintUnformatted(j);
+        if (txt)
+            puts(txt);
+        free(txt);
+        cJSON_Delete(j);
+    } else {
+        printf("bench %s: %s, %s weights (%.2f GB), %s on %s\n", dir, gk_model_spec_of(m)->name,
+               gk_dtype_name(gk_model_dtype(m)), wbytes / 1e9, gk_model_backend_name(m), dev.name);
+        if (depth)
+            printf("context: %lld tokens of depth before the %lld-token prompt\n", (long long)depth,
+                   (long long)n_prompt);
+        printf("prefill: %lld tokens at %.1f tokens/s (median of %lld; %.1f..%.1f)\n", (long long)last.n_prompt,
+               pre.median, (long long)reps, pre.min, pre.max);
+        printf("decode:  %lld tokens at %.1f tokens/s (%.3f ms/token; median of %lld, %.1f..%.1f), weights "
+               "streamed at %.1f GB/s\n",
+               (long long)last.n_gen, dec.median, dec.median > 0 ? 1e3 / dec.median : 0.0, (long long)reps, dec.min,
+               dec.max, achieved);
+        if (roof > 0)
+            printf("roofline: %.1f GB/s peak -> %.1f tokens/s; decode at %.1f%% of it\n", dev.peak_bw_gbs, roof,
+                   100.0 * achieved / dev.peak_bw_gbs);
+        printf("peak memory on the backend: %.2f GB\n", gk_model_mem_peak(m) / 1e9);
+    }
     rc = 0;
 out:
+    free(dec_v);
+    free(pre_v);
     free(prompt);
     free(out);
     gk_model_destroy(m);
