@@ -72,24 +72,39 @@ typedef struct sbuf {
     bool oom;
 } sbuf;
 
+/* Room for n more bytes and a NUL; false (and b->oom) when there is none. */
+static bool reserve(sbuf *b, size_t n)
+{
+    size_t need;
+    if (b->oom)
+        return false;
+    if (!gk_size_add(b->len, n, &need) || !gk_size_add(need, 1, &need)) {
+        b->oom = true;
+        return false;
+    }
+    if (need > b->cap) {
+        size_t cap;
+        if (!gk_size_mul(need, 2, &cap))
+            cap = need;
+        char *p = realloc(b->s, cap);
+        if (!p) {
+            b->oom = true;
+            return false;
+        }
+        b->s = p;
+        b->cap = cap;
+    }
+    return true;
+}
+
 static void put(sbuf *b, const char *fmt, ...)
 {
     va_list ap;
     va_start(ap, fmt);
     int n = vsnprintf(NULL, 0, fmt, ap);
     va_end(ap);
-    if (n < 0 || b->oom)
+    if (n < 0 || !reserve(b, (size_t)n))
         return;
-    if (b->len + (size_t)n + 1 > b->cap) {
-        size_t cap = (b->len + (size_t)n + 1) * 2;
-        char *p = realloc(b->s, cap);
-        if (!p) {
-            b->oom = true;
-            return;
-        }
-        b->s = p;
-        b->cap = cap;
-    }
     va_start(ap, fmt);
     vsnprintf(b->s + b->len, b->cap - b->len, fmt, ap);
     va_end(ap);
@@ -99,25 +114,8 @@ static void put(sbuf *b, const char *fmt, ...)
 /* Append n bytes as they are (NUL bytes included). */
 static void put_n(sbuf *b, const char *s, size_t n)
 {
-    size_t need;
-    if (b->oom)
+    if (!reserve(b, n))
         return;
-    if (!gk_size_add(b->len, n, &need) || !gk_size_add(need, 1, &need)) {
-        b->oom = true;
-        return;
-    }
-    if (need > b->cap) {
-        size_t cap;
-        if (!gk_size_mul(need, 2, &cap))
-            cap = need;
-        char *p = realloc(b->s, cap);
-        if (!p) {
-            b->oom = true;
-            return;
-        }
-        b->s = p;
-        b->cap = cap;
-    }
     memcpy(b->s + b->len, s, n);
     b->len += n;
     b->s[b->len] = '\0';
