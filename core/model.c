@@ -308,7 +308,8 @@ static void rope_freqs(const gk_config *c, float *inv, int64_t half)
 
 /* ---------------------------------------------------------------- load */
 
-static gk_status parse_dtype(const char *s, gk_dtype stored, gk_dtype *out, gk_err *err)
+/* what names the option in the error: "dtype", "KV-cache dtype". */
+static gk_status parse_dtype(const char *what, const char *s, gk_dtype stored, gk_dtype *out, gk_err *err)
 {
     if (!s || !strcmp(s, "auto")) {
         *out = stored;
@@ -321,7 +322,7 @@ static gk_status parse_dtype(const char *s, gk_dtype stored, gk_dtype *out, gk_e
     else if (!strcmp(s, "bf16") || !strcmp(s, "bfloat16"))
         *out = GK_DTYPE_BF16;
     else
-        return gk_err_set(err, GK_ERR_INVALID_ARG, "unknown dtype '%s' (use f32, f16, bf16 or auto)", s);
+        return gk_err_set(err, GK_ERR_INVALID_ARG, "unknown %s '%s' (use f32, f16, bf16 or auto)", what, s);
     return GK_OK;
 }
 
@@ -353,9 +354,9 @@ static gk_status alloc_caches(gk_model *m, gk_err *err)
         s = gk_err_set(err, GK_ERR_NOMEM, "out of memory");
     int64_t kv = c->n_head_kv * c->head_dim;
     for (int64_t l = 0; l < c->n_layer && s == GK_OK; l++) {
-        s = gk_model_tensor_new(m, GK_DTYPE_F32, m->n_ctx, kv, "k_cache", (int)l, &m->k_cache[l], err);
+        s = gk_model_tensor_new(m, m->kv_dtype, m->n_ctx, kv, "k_cache", (int)l, &m->k_cache[l], err);
         if (s == GK_OK)
-            s = gk_model_tensor_new(m, GK_DTYPE_F32, m->n_ctx, kv, "v_cache", (int)l, &m->v_cache[l], err);
+            s = gk_model_tensor_new(m, m->kv_dtype, m->n_ctx, kv, "v_cache", (int)l, &m->v_cache[l], err);
     }
     if (s == GK_OK)
         m->host_logits = malloc((size_t)c->n_vocab * sizeof(float));
@@ -364,13 +365,14 @@ static gk_status alloc_caches(gk_model *m, gk_err *err)
     return s;
 }
 
-/* Bytes of the K and V caches, F32 [n_layer][n_ctx][Hkv*hd] each; false when
- * that does not fit 64 bits. */
+/* Bytes of the K and V caches, kv_dtype [n_layer][n_ctx][Hkv*hd] each; false
+ * when that does not fit 64 bits. */
 static bool kv_cache_bytes(const gk_model *m, uint64_t *out)
 {
     int64_t n;
     if (!gk_i64_mul(m->cfg.n_head_kv, m->cfg.head_dim, &n) || !gk_i64_mul(n, m->n_ctx, &n) ||
-        !gk_i64_mul(n, m->cfg.n_layer, &n) || !gk_i64_mul(n, 2 * (int64_t)sizeof(float), &n) || n < 0)
+        !gk_i64_mul(n, m->cfg.n_layer, &n) || !gk_i64_mul(n, 2 * (int64_t)gk_dtype_size(m->kv_dtype), &n) ||
+        n < 0)
         return false;
     *out = (uint64_t)n;
     return true;
@@ -460,7 +462,9 @@ gk_status gk_model_load(gk_runtime *rt, const char *path, const gk_model_opts *o
             break;
         }
     }
-    s = parse_dtype(opts->dtype, stored, &m->dtype, err);
+    s = parse_dtype("dtype", opts->dtype, stored, &m->dtype, err);
+    if (s == GK_OK)
+        s = parse_dtype("KV-cache dtype (kv_dtype, gkrun --kv-dtype)", opts->kv_dtype, m->dtype, &m->kv_dtype, err);
     if (s != GK_OK)
         goto fail;
     int64_t train_ctx = m->cfg.n_ctx_train > 0 ? m->cfg.n_ctx_train : 4096;
@@ -564,6 +568,7 @@ const gk_model_spec *gk_model_spec_of(const gk_model *m) { return m ? m->arch->s
 const char *gk_model_backend_name(const gk_model *m) { return m ? m->be.name : NULL; }
 gk_dtype gk_model_dtype(const gk_model *m) { return m ? m->dtype : GK_DTYPE_COUNT; }
 int64_t gk_model_n_ctx(const gk_model *m) { return m ? m->n_ctx : 0; }
+gk_dtype gk_model_kv_dtype(const gk_model *m) { return m ? m->kv_dtype : GK_DTYPE_COUNT; }
 int64_t gk_model_n_past(const gk_model *m) { return m ? m->n_past : 0; }
 uint64_t gk_model_weight_bytes(const gk_model *m) { return m ? m->weight_bytes : 0; }
 uint64_t gk_model_mem_peak(const gk_model *m) { return m ? m->mem_peak : 0; }

@@ -35,7 +35,8 @@ struct gk_model {
     gk_tensor *w[GK_W_COUNT];     /* non-layer weights */
     gk_tensor **lw[GK_W_COUNT];   /* [n_layer] per-layer weights, NULL when absent */
     gk_tensor *inv_freq;          /* F32 [1][head_dim/2], RoPE frequencies after scaling */
-    gk_tensor **k_cache, **v_cache; /* [n_layer] each F32 [n_ctx][Hkv*hd] */
+    gk_dtype kv_dtype;            /* of the caches: F32, F16 or BF16 */
+    gk_tensor **k_cache, **v_cache; /* [n_layer] each kv_dtype [n_ctx][Hkv*hd] */
     uint64_t weight_bytes;
     uint64_t mem_bytes;           /* everything allocated on the backend now */
     uint64_t mem_peak;            /* the most mem_bytes has been */

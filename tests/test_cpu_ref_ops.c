@@ -648,6 +648,82 @@ Test(cpu_ref, attn_is_causal_softmax_attention_with_gqa)
             }
 }
 
+/* Round-to-nearest-even encoders, independent of libgk: the compiler's
+ * _Float16 conversion, and the bf16 bit rule (finite values). */
+static uint16_t rne_f16(float f)
+{
+    _Float16 h = (_Float16)f;
+    uint16_t u;
+    memcpy(&u, &h, 2);
+    return u;
+}
+
+static double f16_val(uint16_t u)
+{
+    _Float16 h;
+    memcpy(&h, &u, 2);
+    return (double)h;
+}
+
+static uint16_t rne_bf16(float f)
+{
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    return (uint16_t)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
+}
+
+/* A 16-bit cache stores k and v rounded to nearest even and attends over the
+ * stored values: the float64 formula on the rounded k and v, and the cache
+ * rows hold exactly the rounded bits. */
+Test(cpu_ref, attn_over_a_16_bit_cache_uses_the_rounded_values)
+{
+    const gk_dtype dts[2] = {GK_DTYPE_F16, GK_DTYPE_BF16};
+    for (int d = 0; d < 2; d++) {
+        int64_t hd = 64, Hkv = 2, H = 4, n = 17, kvw = Hkv * hd;
+        attn_case a = {H, Hkv, hd, 24, tensor(dts[d], 24, kvw, "cache_k"), tensor(dts[d], 24, kvw, "cache_v")};
+        double *q = rnd_vec(n * H * hd, 2.0, 0.0), *kk = rnd_vec(n * kvw, 2.0, 0.0), *v = rnd_vec(n * kvw, 1.0, 0.0);
+        int32_t p[17];
+        for (int64_t t = 0; t < n; t++)
+            p[t] = (int32_t)t;
+        gk_tensor *dst = tensor(GK_DTYPE_F32, n, H * hd, "attn");
+        gk_node nd = attn_node(&a, act(n, H * hd, q, "q"), act(n, kvw, kk, "k"), act(n, kvw, v, "v"),
+                               ints(n, p, "pos"), dst);
+        run_ok(&nd, "attn 16-bit cache");
+        /* what the cache must hold: each float input rounded once */
+        double *kr = malloc((size_t)(n * kvw) * sizeof *kr), *vr = malloc((size_t)(n * kvw) * sizeof *vr);
+        const uint16_t *kc = a.kc->data, *vc = a.vc->data;
+        for (int64_t e = 0; e < n * kvw; e++) {
+            /* kk and v hold the floats the tensors got (act rounds them) */
+            uint16_t kb = dts[d] == GK_DTYPE_F16 ? rne_f16((float)kk[e]) : rne_bf16((float)kk[e]);
+            uint16_t vb = dts[d] == GK_DTYPE_F16 ? rne_f16((float)v[e]) : rne_bf16((float)v[e]);
+            cr_assert_eq(kc[e], kb, "%s: k cache element %lld", gk_dtype_name(dts[d]), (long long)e);
+            cr_assert_eq(vc[e], vb, "%s: v cache element %lld", gk_dtype_name(dts[d]), (long long)e);
+            kr[e] = dts[d] == GK_DTYPE_F16 ? f16_val(kb) : dec_bf16(kb);
+            vr[e] = dts[d] == GK_DTYPE_F16 ? f16_val(vb) : dec_bf16(vb);
+        }
+        double *want = malloc((size_t)(n * H * hd) * sizeof *want);
+        attn_oracle(q, kr, vr, n, H, Hkv, hd, want);
+        expect_close(dst, want, NULL, 1e-5, 1e-5, gk_dtype_name(dts[d]));
+        /* the unrounded formula is farther off than rounding noise allows */
+        double *plain = malloc((size_t)(n * H * hd) * sizeof *plain);
+        attn_oracle(q, kk, v, n, H, Hkv, hd, plain);
+        float *got = download(dst);
+        double worst = 0.0;
+        for (int64_t e = 0; e < n * H * hd; e++)
+            worst = fmax(worst, fabs((double)got[e] - plain[e]));
+        cr_assert(worst > 1e-5, "%s: the output ignores the cache rounding (max diff %g)", gk_dtype_name(dts[d]),
+                  worst);
+        free(got);
+        free(plain);
+        free(want);
+        free(kr);
+        free(vr);
+        free(q);
+        free(kk);
+        free(v);
+    }
+}
+
 /* Rows [r0, r0+n) of a [*][cols] double matrix as an F32 tensor. */
 static gk_tensor *slice(const double *m, int64_t r0, int64_t n, int64_t cols, const char *name)
 {

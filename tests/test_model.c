@@ -1261,6 +1261,59 @@ Test(model_dtype, unknown_dtype_is_invalid_arg_naming_it)
     gk_runtime_destroy(rt);
 }
 
+/* The KV cache follows the model dtype unless kv_dtype says otherwise; an
+ * f16 model with an f32 cache computes something else than with its f16
+ * cache, and both stay within the f16 bound of golden. */
+Test(model_dtype, kv_cache_dtype_follows_the_model_or_the_option)
+{
+    gk_runtime *rt = runtime();
+    char dir[1024];
+    model_dir("llama-tiny", dir, sizeof dir);
+    struct { const char *dtype, *kv; gk_dtype want; } cases[] = {
+        {NULL, NULL, GK_DTYPE_F32}, {"f16", NULL, GK_DTYPE_F16}, {"bf16", "auto", GK_DTYPE_BF16},
+        {"f16", "f32", GK_DTYPE_F32}, {NULL, "bf16", GK_DTYPE_BF16},
+    };
+    gk_safetensors *g = golden_open("llama-tiny");
+    int64_t n, rows, nv;
+    int32_t *ids = golden_ids(g, "gen.ids", &n);
+    float *want = golden_f32(g, "gen.logits", &rows, &nv);
+    float *got[2];
+    for (int k = 0; k < 2; k++) {
+        got[k] = malloc((size_t)(n * nv) * sizeof *got[k]);
+        cr_assert(got[k]);
+    }
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        gk_model_opts o = {.backend = "cpu_ref", .dtype = cases[i].dtype, .kv_dtype = cases[i].kv};
+        gk_model *m = NULL;
+        gk_err err = {0};
+        cr_assert_eq(gk_model_load(rt, dir, &o, &m, &err), GK_OK, "%s", err.msg);
+        cr_expect_eq(gk_model_kv_dtype(m), cases[i].want, "dtype %s, kv_dtype %s: got %s",
+                     cases[i].dtype ? cases[i].dtype : "NULL", cases[i].kv ? cases[i].kv : "NULL",
+                     gk_dtype_name(gk_model_kv_dtype(m)));
+        if (i == 1 || i == 3) { /* f16 weights with an f16, then an f32 cache */
+            float *l = got[i == 3];
+            forward_ok(m, ids, n);
+            logits_ok(m, l);
+            double e = max_abs_diff(l, want, (size_t)(n * nv)), bound = 1e-2 * max_abs(want, (size_t)(n * nv));
+            cr_expect_leq(e, bound, "kv %s: max|err| %g, bound %g", cases[i].kv ? cases[i].kv : "auto", e, bound);
+        }
+        gk_model_destroy(m);
+    }
+    cr_expect_gt(max_abs_diff(got[0], got[1], (size_t)(n * nv)), 0.0, "an f16 cache changed nothing");
+    gk_model_opts bad = {.backend = "cpu_ref", .kv_dtype = "int4"};
+    gk_model *m = NULL;
+    gk_err err = {0};
+    cr_expect_eq(gk_model_load(rt, dir, &bad, &m, &err), GK_ERR_INVALID_ARG, "%s", err.msg);
+    cr_expect(m == NULL);
+    cr_expect(strstr(err.msg, "KV-cache dtype") && strstr(err.msg, "int4"), "%s", err.msg);
+    free(got[0]);
+    free(got[1]);
+    free(want);
+    free(ids);
+    gk_safetensors_close(g);
+    gk_runtime_destroy(rt);
+}
+
 static void window_64(cJSON *cfg) { set_int(cfg, "sliding_window", 64); }
 
 /* Sliding-window attention is not implemented: a context longer than the

@@ -1,7 +1,7 @@
 /* gkrun bench - batch-1 generation speed of a model, beside the memory-bandwidth
  * roofline of its device.
  *
- *   gkrun bench -m DIR [--backend NAME] [--dtype D] [-p PROMPT_TOKENS] [-n NEW_TOKENS]
+ *   gkrun bench -m DIR [--backend NAME] [--dtype D] [--kv-dtype D] [-p PROMPT_TOKENS] [-n NEW_TOKENS]
  *               [-d DEPTH] [--reps R] [--json]
  *
  * Prompt ids are a fixed spread over the vocabulary; decoding is greedy and
@@ -77,7 +77,7 @@ static spread spread_of(double *v, int64_t n)
 
 int gkrun_bench(int argc, char **argv, const gkrun_common *common)
 {
-    const char *dir = NULL, *backend = NULL, *dtype = NULL;
+    const char *dir = NULL, *backend = NULL, *dtype = NULL, *kv_dtype = NULL;
     int64_t n_prompt = 32, n_new = 128, reps = 3, depth = 0;
     bool json = false;
     for (int i = 1; i < argc; i++) {
@@ -87,6 +87,8 @@ int gkrun_bench(int argc, char **argv, const gkrun_common *common)
             backend = argv[++i];
         else if (!strcmp(argv[i], "--dtype") && i + 1 < argc)
             dtype = argv[++i];
+        else if (!strcmp(argv[i], "--kv-dtype") && i + 1 < argc)
+            kv_dtype = argv[++i];
         else if (!strcmp(argv[i], "-p") && i + 1 < argc) {
             if (!gkrun_arg_i64("-p", argv[++i], 1, INT64_MAX, &n_prompt))
                 return 2;
@@ -107,7 +109,7 @@ int gkrun_bench(int argc, char **argv, const gkrun_common *common)
         }
     }
     if (!dir) {
-        fprintf(stderr, "usage: gkrun bench -m DIR [--backend NAME] [--dtype D] [-p N] [-n N] [-d DEPTH] [--reps R] "
+        fprintf(stderr, "usage: gkrun bench -m DIR [--backend NAME] [--dtype D] [--kv-dtype D] [-p N] [-n N] [-d DEPTH] [--reps R] "
                         "[--json]\n");
         return 2;
     }
@@ -143,7 +145,7 @@ int gkrun_bench(int argc, char **argv, const gkrun_common *common)
     int32_t *prompt = NULL, *out = NULL;
     int64_t n_ctx_ids = depth + n_prompt; /* the prompt generate sees */
     double *dec_v = NULL, *pre_v = NULL;
-    gk_model_opts mo = {.backend = backend, .dtype = dtype, .n_ctx = n_ctx_ids + n_new - 1};
+    gk_model_opts mo = {.backend = backend, .dtype = dtype, .n_ctx = n_ctx_ids + n_new - 1, .kv_dtype = kv_dtype};
     if (gk_model_load(rt, dir, &mo, &m, &err) != GK_OK) {
         rc = gkrun_fail(&err);
         goto out;
@@ -191,6 +193,7 @@ int gkrun_bench(int argc, char **argv, const gkrun_common *common)
         cJSON_AddStringToObject(j, "model", dir);
         cJSON_AddStringToObject(j, "arch", gk_model_spec_of(m)->name);
         cJSON_AddStringToObject(j, "dtype", gk_dtype_name(gk_model_dtype(m)));
+        cJSON_AddStringToObject(j, "kv_dtype", gk_dtype_name(gk_model_kv_dtype(m)));
         cJSON_AddStringToObject(j, "backend", gk_model_backend_name(m));
         cJSON_AddStringToObject(j, "device", dev.name);
         cJSON_AddNumberToObject(j, "weight_bytes", wbytes);
@@ -217,8 +220,9 @@ int gkrun_bench(int argc, char **argv, const gkrun_common *common)
         free(txt);
         cJSON_Delete(j);
     } else {
-        printf("bench %s: %s, %s weights (%.2f GB), %s on %s\n", dir, gk_model_spec_of(m)->name,
-               gk_dtype_name(gk_model_dtype(m)), wbytes / 1e9, gk_model_backend_name(m), dev.name);
+        printf("bench %s: %s, %s weights (%.2f GB), %s KV cache, %s on %s\n", dir, gk_model_spec_of(m)->name,
+               gk_dtype_name(gk_model_dtype(m)), wbytes / 1e9, gk_dtype_name(gk_model_kv_dtype(m)),
+               gk_model_backend_name(m), dev.name);
         if (depth)
             printf("context: %lld tokens of depth before the %lld-token prompt\n", (long long)depth,
                    (long long)n_prompt);

@@ -53,7 +53,7 @@ static int parse_ids(const char *s, int32_t **out, int64_t *n)
 
 int gkrun_compare(int argc, char **argv, const gkrun_common *common)
 {
-    const char *dir = NULL, *backend = "cuda", *reference = "cpu_ref", *dtype = NULL, *ids_s = NULL;
+    const char *dir = NULL, *backend = "cuda", *reference = "cpu_ref", *dtype = NULL, *kv_dtype = NULL, *ids_s = NULL;
     double tol = 0; /* 0: the default for the dtype */
     bool all = false;
     for (int i = 1; i < argc; i++) {
@@ -65,6 +65,8 @@ int gkrun_compare(int argc, char **argv, const gkrun_common *common)
             reference = argv[++i];
         else if (!strcmp(argv[i], "--dtype") && i + 1 < argc)
             dtype = argv[++i];
+        else if (!strcmp(argv[i], "--kv-dtype") && i + 1 < argc)
+            kv_dtype = argv[++i];
         else if (!strcmp(argv[i], "--ids") && i + 1 < argc)
             ids_s = argv[++i];
         else if (!strcmp(argv[i], "--tol") && i + 1 < argc) {
@@ -97,7 +99,8 @@ int gkrun_compare(int argc, char **argv, const gkrun_common *common)
     gk_err err = {0};
     gk_model *a = NULL, *b = NULL;
     float *xa = NULL, *xb = NULL;
-    gk_model_opts oa = {.backend = backend, .dtype = dtype}, ob = {.backend = reference, .dtype = dtype};
+    gk_model_opts oa = {.backend = backend, .dtype = dtype, .kv_dtype = kv_dtype},
+                  ob = {.backend = reference, .dtype = dtype, .kv_dtype = kv_dtype};
     if (gk_model_load(rt, dir, &oa, &a, &err) != GK_OK || gk_model_load(rt, dir, &ob, &b, &err) != GK_OK) {
         rc = gkrun_fail(&err);
         goto out;

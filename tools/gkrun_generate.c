@@ -28,7 +28,7 @@
 #include <unistd.h>
 
 typedef struct gen_args {
-    const char *dir, *prompt, *prompt_file, *backend, *dtype;
+    const char *dir, *prompt, *prompt_file, *backend, *dtype, *kv_dtype;
     int64_t n_new;           /* -1: until the context is full */
     int64_t n_ctx;           /* 0: the library's default */
     float temp, top_p;
@@ -384,6 +384,8 @@ static int parse(int argc, char **argv, gen_args *a)
             a->backend = argv[++i];
         else if (!strcmp(o, "--dtype") && has)
             a->dtype = argv[++i];
+        else if (!strcmp(o, "--kv-dtype") && has)
+            a->kv_dtype = argv[++i];
         else if ((!strcmp(o, "--ctx") || !strcmp(o, "-c")) && has) {
             /* the library checks the KV cache against the device's memory */
             if (!gkrun_arg_i64(o, argv[++i], 1, INT32_MAX, &a->n_ctx))
@@ -443,7 +445,7 @@ int gkrun_generate(int argc, char **argv, const gkrun_common *common)
     if (!rt)
         goto out;
     int last_pct = -1;
-    gk_model_opts mo = {.backend = a.backend, .dtype = a.dtype, .n_ctx = a.n_ctx};
+    gk_model_opts mo = {.backend = a.backend, .dtype = a.dtype, .n_ctx = a.n_ctx, .kv_dtype = a.kv_dtype};
     if (isatty(STDERR_FILENO) && !a.json) {
         mo.progress = progress;
         mo.progress_user = &last_pct;

@@ -301,13 +301,15 @@ static void check_greedy(verify *v, const char *ids_name, int64_t n_prompt)
 
 int gkrun_verify(int argc, char **argv, const gkrun_common *common)
 {
-    const char *dir = NULL, *backend = NULL, *dtype = NULL;
+    const char *dir = NULL, *backend = NULL, *dtype = NULL, *kv_dtype = NULL;
     double tol = 0; /* 0: the default for the dtype */
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--backend") && i + 1 < argc)
             backend = argv[++i];
         else if (!strcmp(argv[i], "--dtype") && i + 1 < argc)
             dtype = argv[++i];
+        else if (!strcmp(argv[i], "--kv-dtype") && i + 1 < argc)
+            kv_dtype = argv[++i];
         else if (!strcmp(argv[i], "--tol") && i + 1 < argc) {
             if (!gkrun_arg_f64_pos("--tol", argv[++i], INFINITY, &tol))
                 return 2;
@@ -318,7 +320,7 @@ int gkrun_verify(int argc, char **argv, const gkrun_common *common)
             dir = argv[i];
     }
     if (!dir) {
-        fprintf(stderr, "usage: gkrun verify DIR [--backend NAME] [--dtype f32|f16|bf16] [--tol X]\n");
+        fprintf(stderr, "usage: gkrun verify DIR [--backend NAME] [--dtype f32|f16|bf16] [--kv-dtype D] [--tol X]\n");
         return 2;
     }
     char golden_path[4096], tok_golden[4096];
@@ -337,7 +339,7 @@ int gkrun_verify(int argc, char **argv, const gkrun_common *common)
         rc = gkrun_fail(&err);
         goto out;
     }
-    gk_model_opts mo = {.backend = backend, .dtype = dtype};
+    gk_model_opts mo = {.backend = backend, .dtype = dtype, .kv_dtype = kv_dtype};
     if (gk_model_load(rt, dir, &mo, &v.m, &err) != GK_OK) {
         rc = gkrun_fail(&err);
         goto out;

@@ -176,8 +176,23 @@ static gk_status op_rope(const cpu_state *cs, const gk_node *nd, gk_err *err)
     return GK_OK;
 }
 
-/* Store k, v at cache rows pos[t]; then each query head attends causally to
- * cache rows 0..pos[t] of its kv head (GQA: H/Hkv query heads share one). */
+/* n floats into cache c (F32, F16 or BF16) from element off on, rounded to
+ * nearest even as the cache dtype; a GPU backend's stores round the same way. */
+static void cache_store(const gk_tensor *c, int64_t off, const float *x, int64_t n)
+{
+    if (c->dtype == GK_DTYPE_F32) {
+        memcpy((float *)c->data + off, x, (size_t)n * sizeof(float));
+        return;
+    }
+    uint16_t *d = (uint16_t *)c->data + off;
+    for (int64_t i = 0; i < n; i++)
+        d[i] = c->dtype == GK_DTYPE_F16 ? gk_f32_to_f16(x[i]) : gk_f32_to_bf16(x[i]);
+}
+
+/* Store k, v at cache rows pos[t] (in the caches' dtype: F32, or F16/BF16 as
+ * the model's KV cache is kept); then each query head attends causally to
+ * cache rows 0..pos[t] of its kv head (GQA: H/Hkv query heads share one),
+ * reading the stored values. */
 static gk_status op_attn(const cpu_state *cs, const gk_node *nd, gk_err *err)
 {
     const gk_tensor *q = nd->src[0], *k = nd->src[1], *v = nd->src[2], *pos = nd->src[3];
@@ -201,8 +216,8 @@ static gk_status op_attn(const cpu_state *cs, const gk_node *nd, gk_err *err)
 
     for (int64_t t = 0; t < n; t++) {
         int64_t p = i32(pos)[t];
-        memcpy(f32(kc) + p * kvw, f32(k) + t * kvw, (size_t)kvw * sizeof(float));
-        memcpy(f32(vc) + p * kvw, f32(v) + t * kvw, (size_t)kvw * sizeof(float));
+        cache_store(kc, p * kvw, f32(k) + t * kvw, kvw);
+        cache_store(vc, p * kvw, f32(v) + t * kvw, kvw);
     }
     for (int64_t t = 0; t < n; t++) {
         int64_t p = i32(pos)[t];
@@ -213,10 +228,10 @@ static gk_status op_attn(const cpu_state *cs, const gk_node *nd, gk_err *err)
 
             float max = -INFINITY;
             for (int64_t j = 0; j <= p; j++) {
-                const float *kr = f32(kc) + j * kvw + kvh * hd;
+                int64_t kr = j * kvw + kvh * hd;
                 float s = 0.0f;
                 for (int64_t e = 0; e < hd; e++)
-                    s += qr[e] * kr[e];
+                    s += qr[e] * weight_at(cs, kc, kr + e);
                 prob[j] = s * scale;
                 if (prob[j] > max)
                     max = prob[j];
@@ -232,9 +247,9 @@ static gk_status op_attn(const cpu_state *cs, const gk_node *nd, gk_err *err)
             for (int64_t e = 0; e < hd; e++)
                 out[e] = 0.0f;
             for (int64_t j = 0; j <= p; j++) {
-                const float *vr = f32(vc) + j * kvw + kvh * hd;
+                int64_t vr = j * kvw + kvh * hd;
                 for (int64_t e = 0; e < hd; e++)
-                    out[e] += prob[j] * vr[e];
+                    out[e] += prob[j] * weight_at(cs, vc, vr + e);
             }
         }
     }
@@ -395,8 +410,8 @@ static gk_status check_node(const gk_node *nd, bool run, gk_err *err)
             (s = need(nd, 1, "k", DT_ACT, x->rows, nkv * hd, run, err)) ||
             (s = need(nd, 2, "v", DT_ACT, x->rows, nkv * hd, run, err)) ||
             (s = need(nd, 3, "pos", DT_INT, 1, x->rows, run, err)) ||
-            (s = need(nd, 4, "k cache", DT_ACT, ANY, nkv * hd, run, err)) ||
-            (s = need(nd, 5, "v cache", DT_ACT, nd->src[4]->rows, nkv * hd, run, err)) ||
+            (s = need(nd, 4, "k cache", DT_WEIGHT, ANY, nkv * hd, run, err)) ||
+            (s = need(nd, 5, "v cache", DT(nd->src[4]->dtype), nd->src[4]->rows, nkv * hd, run, err)) ||
             (s = need(nd, -1, "dst", DT_ACT, x->rows, nh * hd, run, err)))
             return s;
         break;

@@ -2,42 +2,57 @@
  * softmax attention of every query head over its kv head's cache rows
  * 0..pos[t] (GQA: query head h reads kv head h / (H / Hkv)).
  *
- * Three kernels after kv_store_kernel, chosen per node on the host:
- *  - attn_split_kernel (decode, n <= DEC_MAX_TOKENS, head dim a multiple of
- *    4): flash-decoding. The grid is (KV split, kv head x query-head tile,
- *    token); a block streams its split's cache rows in tiles through shared
- *    memory with an online softmax, for up to GT query heads of one kv head at
- *    once (each K/V row is read once per group, not once per head). With more
- *    than one split, attn_combine_kernel merges the partial (max, sum, acc).
- *    The split count is fixed by the cache size and the grid, never by the
- *    position, which the kernels read on the device: splits past pos[t] return
- *    at once, and a captured graph replays at any position.
- *  - attn_tiled_kernel (prefill, or any head dim): flash-attention style,
+ * The caches are F32, F16 or BF16 (the model's KV dtype); kv_store_kernel
+ * rounds k and v into them to nearest even, as cpu_ref does, and every
+ * kernel reads the stored values. After the store, one of three kernels,
+ * chosen per node on the host:
+ *  - attn_decode_kernel (n <= DEC_MAX_TOKENS, head dim 64, 128 or 256):
+ *    flash-decoding with a grid sized to the device: about DEC_BLOCKS_PER_SM
+ *    blocks per multiprocessor once the cache holds DEC_MIN_ROWS rows per
+ *    split (below that, fewer splits of DEC_MIN_ROWS). The grid is (split,
+ *    kv head x query-head tile, token); each block derives on the device,
+ *    from pos[t], which rows 0..pos[t] are its split, so one captured graph
+ *    replays at every length. Lanes read whole cache rows in 16-byte loads,
+ *    several rows in flight per warp, with an online softmax in registers
+ *    for up to GT query heads of one kv head (each K/V row is read once per
+ *    group). With several splits, each block leaves its (max, sum, acc) in
+ *    scratch and the last block to finish (a ticket counter) merges them in
+ *    split order, so results do not depend on scheduling.
+ *  - cu_attn_flash (attn_flash.cu; prefill with F16/BF16 caches, head dim 64
+ *    or 128): tensor cores.
+ *  - attn_tiled_kernel (the rest): flash-attention style on CUDA cores,
  *    BQ queries x 32 keys per step in shared memory, online softmax in
- *    registers, no n x n matrix anywhere; keys up to the largest position of
- *    the block's queries, masked per query by its own position.
- * All math is float; exp is the precise expf. Scores are (q . k) * scale, as
- * in cpu_ref. Positions outside the cache are noted in the error word by
- * kv_store_kernel and clamped by the others, so nothing reads out of bounds.
- * Not here: sliding windows, ALiBi, paged caches, tensor-core attention.
+ *    registers; keys up to the largest position of the block's queries,
+ *    masked per query by its own position.
+ * All softmax math is float with the precise expf. Scores are (q . k) *
+ * scale, as in cpu_ref. Positions outside the cache are noted in the error
+ * word by kv_store_kernel and clamped by the others, so nothing reads out of
+ * bounds. Every kernel is PDL-ready (cuda_common.cuh).
+ * Not here: sliding windows, ALiBi, paged caches.
  */
 #include "cuda_common.cuh"
 
 #include <math.h>
 
 #define ATT_THREADS 128
+#define DEC_WARPS (ATT_THREADS / 32)
 #define DEC_MAX_TOKENS 8
-#define DEC_MAX_SPLITS 128
+#define DEC_MAX_SPLITS 256
 #define DEC_MAX_GT 8
+#define DEC_BLOCKS_PER_SM 4
+#define DEC_MIN_ROWS 32 /* rows a split is worth: fewer, and merging costs more than it saves */
 
 /* -------------------------------------------------------------- kv store */
 
-/* Cache rows pos[t] = k[t], v[t]; grid (n). */
-template <bool V4>
+/* Cache rows pos[t] = k[t], v[t], rounded to T; grid (n). V4: kvw % 4 == 0
+ * and k, v 16-byte aligned. */
+template <typename T, bool V4>
 __global__ void kv_store_kernel(const float *__restrict__ k, const float *__restrict__ v,
-                                const int32_t *__restrict__ pos, float *__restrict__ kc,
-                                float *__restrict__ vc, int kvw, int n_ctx, int *ew)
+                                const int32_t *__restrict__ pos, T *__restrict__ kc, T *__restrict__ vc, int kvw,
+                                int n_ctx, int *ew)
 {
+    cu_pdl_wait();
+    cu_pdl_trigger();
     int t = blockIdx.x, p = pos[t];
     if (p < 0 || p >= n_ctx) {
         if (threadIdx.x == 0)
@@ -47,217 +62,269 @@ __global__ void kv_store_kernel(const float *__restrict__ k, const float *__rest
     size_t src = (size_t)t * kvw, dst = (size_t)p * kvw;
     if (V4) {
         for (int i = threadIdx.x; i < kvw / 4; i += blockDim.x) {
-            reinterpret_cast<float4 *>(kc + dst)[i] = reinterpret_cast<const float4 *>(k + src)[i];
-            reinterpret_cast<float4 *>(vc + dst)[i] = reinterpret_cast<const float4 *>(v + src)[i];
+            float4 a = reinterpret_cast<const float4 *>(k + src)[i], b = reinterpret_cast<const float4 *>(v + src)[i];
+            T *kd = kc + dst + 4 * i, *vd = vc + dst + 4 * i;
+            kd[0] = cu_from_f32<T>(a.x), kd[1] = cu_from_f32<T>(a.y), kd[2] = cu_from_f32<T>(a.z);
+            kd[3] = cu_from_f32<T>(a.w);
+            vd[0] = cu_from_f32<T>(b.x), vd[1] = cu_from_f32<T>(b.y), vd[2] = cu_from_f32<T>(b.z);
+            vd[3] = cu_from_f32<T>(b.w);
         }
     } else {
         for (int i = threadIdx.x; i < kvw; i += blockDim.x) {
-            kc[dst + i] = k[src + i];
-            vc[dst + i] = v[src + i];
+            kc[dst + i] = cu_from_f32<T>(k[src + i]);
+            vc[dst + i] = cu_from_f32<T>(v[src + i]);
         }
     }
 }
 
 static __device__ __forceinline__ int clamp_pos(int p, int n_ctx) { return min(max(p, 0), n_ctx - 1); }
 
-/* ------------------------------------------------------- split-KV decode */
+/* ------------------------------------------------------- decode (splits) */
 
-/* Shared floats of attn_split_kernel: q [GT][hd], a K tile [rows][hd + 4]
- * (reused at the end for the row groups' partial outputs), probabilities
- * [GT][rows]. */
-static int split_rows_tile(int hd) { return hd <= 64 ? 128 : hd <= 128 ? 64 : 32; }
-static int split_ks_floats(int hd, int gt, int rows)
+/* grid (max_splits, Hkv * tiles of GT query heads, n). Lane li of row group
+ * grp owns 16-byte vectors j * LPR + li of its rows (LPR lanes per row, RPW
+ * rows per warp step, U steps in flight). part holds, per (t, h, split), HD
+ * accumulators then max and sum. */
+template <typename T, int HD, int GT>
+__global__ void __launch_bounds__(ATT_THREADS)
+    attn_decode_kernel(const float *__restrict__ q, const T *__restrict__ kc, const T *__restrict__ vc,
+                       const int32_t *__restrict__ pos, float *__restrict__ out, float *__restrict__ part,
+                       unsigned *__restrict__ tickets, int H, int Hkv, int n_ctx, int max_splits, float scale)
 {
-    int kt = rows * (hd + 4), rg = ATT_THREADS / (hd / 4);
-    return kt > rg * gt * hd ? kt : rg * gt * hd;
-}
-static size_t split_smem(int hd, int gt, int rows)
-{
-    return (size_t)(gt * hd + split_ks_floats(hd, gt, rows) + gt * rows) * sizeof(float);
-}
+    constexpr int VB = HD * (int)sizeof(T) / 16; /* vectors in a head's row */
+    constexpr int LPR = VB < 32 ? VB : 32;
+    constexpr int VPL = VB / LPR;
+    constexpr int EPV = 16 / (int)sizeof(T);
+    constexpr int EPL = VPL * EPV;
+    constexpr int RPW = 32 / LPR;
+    constexpr int U = GT >= 8 ? 2 : 4;
+    constexpr int STEP = DEC_WARPS * RPW * U;
+    __shared__ float s_acc[DEC_WARPS][GT][HD];
+    __shared__ float s_m[DEC_WARPS][GT], s_l[DEC_WARPS][GT];
+    __shared__ float s_w[GT][DEC_MAX_SPLITS];
+    __shared__ float s_L[GT];
+    __shared__ bool s_last;
 
-/* grid (n_split, Hkv * tiles of GT query heads, n). Block: ROWS cache rows per
- * tile; thread (row, slice) scores one row for HPT heads; thread (column
- * quad, row group) accumulates p V for all GT heads. part holds, per (t, h,
- * split), hd accumulators then max and sum; with one split the block writes
- * the normalized output itself. */
-template <int GT, int ROWS>
-__global__ void __launch_bounds__(ATT_THREADS, 4)
-    attn_split_kernel(const float *__restrict__ q, const float *__restrict__ kc, const float *__restrict__ vc,
-                      const int32_t *__restrict__ pos, float *__restrict__ out, float *__restrict__ part, int H,
-                      int Hkv, int hd, int n_ctx, int split_rows, int n_split, int ks_floats, float scale)
-{
-    constexpr int HS = ATT_THREADS / ROWS;      /* head slices in the score phase */
-    constexpr int HPT = GT >= HS ? GT / HS : 1; /* heads per thread there */
-    extern __shared__ float4 smem4[];
-    __shared__ float s_m[GT], s_l[GT], s_corr[GT];
-    float *qs = reinterpret_cast<float *>(smem4);
-    float *ks = qs + GT * hd;
-    float *ps = ks + ks_floats;
-
-    const int tid = threadIdx.x, t = blockIdx.z, split = blockIdx.x;
+    cu_pdl_wait(); /* q and the rows just stored come from earlier kernels */
+    cu_pdl_trigger();
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    const int grp = lane / LPR, li = lane % LPR;
+    const int t = blockIdx.z, split = blockIdx.x;
     const int G = H / Hkv, n_gt = (G + GT - 1) / GT;
     const int kvh = blockIdx.y / n_gt, g0 = (blockIdx.y % n_gt) * GT;
-    const int kvw = Hkv * hd, hd4 = hd / 4;
-    const int p = clamp_pos(pos[t], n_ctx);
-    const int r_begin = split * split_rows, r_end = min(r_begin + split_rows, p + 1);
-    if (r_begin >= r_end)
-        return; /* past this token's position: the combine skips it */
+    /* this token's rows 0..p, cut into at most max_splits chunks */
+    const int rows = clamp_pos(pos[t], n_ctx) + 1;
+    const int chunk = max((rows + max_splits - 1) / max_splits, DEC_MIN_ROWS);
+    const int used = (rows + chunk - 1) / chunk;
+    if (split >= used)
+        return;
+    const int r_begin = split * chunk, r_end = min(rows, r_begin + chunk);
+    const size_t kvw = (size_t)Hkv * HD;
 
-    for (int i = tid; i < GT * hd; i += ATT_THREADS) {
-        int g = i / hd, e = i % hd;
-        qs[i] = g0 + g < G ? q[(size_t)t * H * hd + (size_t)(kvh * G + g0 + g) * hd + e] : 0.0f;
+    float qv[GT][EPL], m[GT], l[GT], acc[GT][EPL];
+#pragma unroll
+    for (int g = 0; g < GT; g++) {
+        const bool on = g0 + g < G;
+        const float *qh = q + (size_t)t * H * HD + (size_t)(kvh * G + g0 + g) * HD;
+#pragma unroll
+        for (int j = 0; j < VPL; j++)
+#pragma unroll
+            for (int e = 0; e < EPV; e++) {
+                qv[g][j * EPV + e] = on ? qh[(j * LPR + li) * EPV + e] : 0.0f;
+                acc[g][j * EPV + e] = 0.0f;
+            }
+        m[g] = -INFINITY;
+        l[g] = 0.0f;
     }
-    if (tid < GT) {
-        s_m[tid] = -INFINITY;
-        s_l[tid] = 0.0f;
-    }
-    const int pv_c = tid % hd4, pv_rg = tid / hd4, RG = ATT_THREADS / hd4;
-    const bool pv_on = pv_rg < RG;
-    const int sc_r = tid % ROWS, sc_s = tid / ROWS;
-    const float *kb = kc + (size_t)kvh * hd, *vb = vc + (size_t)kvh * hd;
-    float acc[GT][4];
-#pragma unroll
-    for (int g = 0; g < GT; g++)
-        acc[g][0] = acc[g][1] = acc[g][2] = acc[g][3] = 0.0f;
+    const T *kb = kc + (size_t)kvh * HD, *vb = vc + (size_t)kvh * HD;
 
-    for (int r0 = r_begin; r0 < r_end; r0 += ROWS) {
-        const int nr = min(ROWS, r_end - r0);
-        __syncthreads(); /* the last tile's readers are done (and q is in) */
-        for (int i = tid; i < nr * hd4; i += ATT_THREADS) {
-            int r = i / hd4, c4 = i % hd4;
-            reinterpret_cast<float4 *>(ks + r * (hd + 4))[c4] =
-                reinterpret_cast<const float4 *>(kb + (size_t)(r0 + r) * kvw)[c4];
-        }
-        __syncthreads();
-
-        /* scores: one row per thread, HPT heads from q in shared memory */
-        if (sc_s * HPT < GT) {
-            float s[HPT];
+    for (int base = r_begin + warp * RPW * U; base < r_end; base += STEP) {
+        uint4 kr[U][VPL], vr[U][VPL];
 #pragma unroll
-            for (int j = 0; j < HPT; j++)
-                s[j] = 0.0f;
-            if (sc_r < nr) {
-                const float4 *kr = reinterpret_cast<const float4 *>(ks + sc_r * (hd + 4));
-                const float4 *qr = reinterpret_cast<const float4 *>(qs + sc_s * HPT * hd);
-                for (int c4 = 0; c4 < hd4; c4++) {
-                    float4 kv = kr[c4];
+        for (int u = 0; u < U; u++) {
+            const size_t row = (size_t)min(base + u * RPW + grp, r_end - 1); /* past the end: masked */
 #pragma unroll
-                    for (int j = 0; j < HPT; j++) {
-                        float4 qv = qr[j * hd4 + c4];
-                        s[j] += qv.x * kv.x + qv.y * kv.y + qv.z * kv.z + qv.w * kv.w;
-                    }
-                }
-            }
-#pragma unroll
-            for (int j = 0; j < HPT; j++)
-                ps[(sc_s * HPT + j) * ROWS + sc_r] = sc_r < nr ? s[j] * scale : -INFINITY;
-        }
-        __syncthreads();
-
-        /* online softmax, one warp per head */
-        const int warp = tid / 32, lane = tid % 32;
-        for (int g = warp; g < GT; g += ATT_THREADS / 32) {
-            float *pr = ps + g * ROWS;
-            float mx = -INFINITY;
-            for (int r = lane; r < nr; r += 32)
-                mx = fmaxf(mx, pr[r]);
-            mx = cu_warp_max(mx);
-            float m_old = s_m[g], m_new = fmaxf(m_old, mx), sum = 0.0f;
-            for (int r = lane; r < nr; r += 32) {
-                float e = expf(pr[r] - m_new);
-                pr[r] = e;
-                sum += e;
-            }
-            sum = cu_warp_sum(sum);
-            if (lane == 0) {
-                float corr = expf(m_old - m_new); /* 0 on the first tile */
-                s_corr[g] = corr;
-                s_l[g] = s_l[g] * corr + sum;
-                s_m[g] = m_new;
+            for (int j = 0; j < VPL; j++) {
+                kr[u][j] = cu_ld_nc16(kb + row * kvw + (j * LPR + li) * EPV);
+                vr[u][j] = cu_ld_nc16(vb + row * kvw + (j * LPR + li) * EPV);
             }
         }
-        __syncthreads();
-
-        /* acc = acc * corr + p V, V rows straight from the cache */
-        if (pv_on) {
+        float s[U][GT];
+#pragma unroll
+        for (int u = 0; u < U; u++) {
+            float kf[EPL];
+#pragma unroll
+            for (int j = 0; j < VPL; j++) {
+                float f[EPV];
+                cu_unpack16(kr[u][j], f, T());
+#pragma unroll
+                for (int e = 0; e < EPV; e++)
+                    kf[j * EPV + e] = f[e];
+            }
+            const bool in = base + u * RPW + grp < r_end;
 #pragma unroll
             for (int g = 0; g < GT; g++) {
-                float cr = s_corr[g];
-                acc[g][0] *= cr;
-                acc[g][1] *= cr;
-                acc[g][2] *= cr;
-                acc[g][3] *= cr;
-            }
-            for (int r = pv_rg; r < nr; r += RG) {
-                float4 v = reinterpret_cast<const float4 *>(vb + (size_t)(r0 + r) * kvw)[pv_c];
+                float d = 0.0f;
 #pragma unroll
-                for (int g = 0; g < GT; g++) {
-                    float pg = ps[g * ROWS + r];
-                    acc[g][0] += pg * v.x;
-                    acc[g][1] += pg * v.y;
-                    acc[g][2] += pg * v.z;
-                    acc[g][3] += pg * v.w;
-                }
+                for (int e = 0; e < EPL; e++)
+                    d = fmaf(qv[g][e], kf[e], d);
+#pragma unroll
+                for (int o = LPR / 2; o >= 1; o >>= 1)
+                    d += __shfl_xor_sync(0xffffffffu, d, o);
+                s[u][g] = in ? d * scale : -INFINITY;
             }
+        }
+        float vf[U][EPL];
+#pragma unroll
+        for (int u = 0; u < U; u++)
+#pragma unroll
+            for (int j = 0; j < VPL; j++) {
+                float f[EPV];
+                cu_unpack16(vr[u][j], f, T());
+#pragma unroll
+                for (int e = 0; e < EPV; e++)
+                    vf[u][j * EPV + e] = f[e];
+            }
+#pragma unroll
+        for (int g = 0; g < GT; g++) {
+            float mx = s[0][g];
+#pragma unroll
+            for (int u = 1; u < U; u++)
+                mx = fmaxf(mx, s[u][g]);
+            const float m_new = fmaxf(m[g], mx);
+            if (m_new == -INFINITY)
+                continue; /* no visible row in this group yet */
+            const float corr = expf(m[g] - m_new); /* 0 on the first visible rows */
+            l[g] *= corr;
+#pragma unroll
+            for (int e = 0; e < EPL; e++)
+                acc[g][e] *= corr;
+#pragma unroll
+            for (int u = 0; u < U; u++) {
+                const float p = expf(s[u][g] - m_new);
+                l[g] += p;
+#pragma unroll
+                for (int e = 0; e < EPL; e++)
+                    acc[g][e] = fmaf(p, vf[u][e], acc[g][e]);
+            }
+            m[g] = m_new;
         }
     }
 
-    /* the row groups' partial sums meet in shared memory [RG][GT][hd] */
-    __syncthreads();
-    float *red = ks;
-    if (pv_on) {
+    /* the warp's row groups merge (the same sums on both lanes of a pair) */
 #pragma unroll
-        for (int g = 0; g < GT; g++)
-            reinterpret_cast<float4 *>(red + (pv_rg * GT + g) * hd)[pv_c] =
-                make_float4(acc[g][0], acc[g][1], acc[g][2], acc[g][3]);
+    for (int o = LPR; o < 32; o <<= 1) {
+#pragma unroll
+        for (int g = 0; g < GT; g++) {
+            const float mo = __shfl_xor_sync(0xffffffffu, m[g], o), lo = __shfl_xor_sync(0xffffffffu, l[g], o);
+            const float M = fmaxf(m[g], mo);
+            const float c1 = m[g] == -INFINITY ? 0.0f : expf(m[g] - M);
+            const float c2 = mo == -INFINITY ? 0.0f : expf(mo - M);
+            l[g] = l[g] * c1 + lo * c2;
+#pragma unroll
+            for (int e = 0; e < EPL; e++) {
+                const float ao = __shfl_xor_sync(0xffffffffu, acc[g][e], o);
+                acc[g][e] = acc[g][e] * c1 + ao * c2;
+            }
+            m[g] = M;
+        }
+    }
+    if (grp == 0) {
+#pragma unroll
+        for (int g = 0; g < GT; g++) {
+#pragma unroll
+            for (int j = 0; j < VPL; j++)
+#pragma unroll
+                for (int e = 0; e < EPV; e++)
+                    s_acc[warp][g][(j * LPR + li) * EPV + e] = acc[g][j * EPV + e];
+            if (li == 0) {
+                s_m[warp][g] = m[g];
+                s_l[warp][g] = l[g];
+            }
+        }
     }
     __syncthreads();
-    for (int i = tid; i < GT * hd; i += ATT_THREADS) {
-        int g = i / hd, e = i % hd;
+
+    /* the warps merge, in warp order; warp 0 always has rows */
+    for (int i = tid; i < GT * HD; i += ATT_THREADS) {
+        const int g = i / HD, e = i % HD;
         if (g0 + g >= G)
             continue;
-        float sum = 0.0f;
-        for (int rg = 0; rg < RG; rg++)
-            sum += red[(rg * GT + g) * hd + e];
-        int h = kvh * G + g0 + g;
-        if (n_split == 1) {
-            out[(size_t)t * H * hd + (size_t)h * hd + e] = sum / s_l[g];
+        float M = s_m[0][g];
+        for (int w = 1; w < DEC_WARPS; w++)
+            M = fmaxf(M, s_m[w][g]);
+        float L = 0.0f, A = 0.0f;
+        for (int w = 0; w < DEC_WARPS; w++) {
+            const float c = s_m[w][g] == -INFINITY ? 0.0f : expf(s_m[w][g] - M);
+            L += s_l[w][g] * c;
+            A += s_acc[w][g][e] * c;
+        }
+        const int h = kvh * G + g0 + g;
+        if (used == 1) {
+            out[(size_t)t * H * HD + (size_t)h * HD + e] = A / L;
         } else {
-            float *pp = part + (((size_t)t * H + h) * n_split + split) * (hd + 2);
-            pp[e] = sum;
+            float *pp = part + (((size_t)t * H + h) * max_splits + split) * (HD + 2);
+            pp[e] = A;
             if (e == 0) {
-                pp[hd] = s_m[g];
-                pp[hd + 1] = s_l[g];
+                pp[HD] = M;
+                pp[HD + 1] = L;
             }
         }
     }
-}
+    if (used == 1)
+        return;
 
-/* out[t][h] = sum_s acc_s e^(m_s - M) / sum_s l_s e^(m_s - M) over the splits
- * that reached pos[t]; grid (H, n). */
-__global__ void __launch_bounds__(ATT_THREADS)
-    attn_combine_kernel(const float *__restrict__ part, const int32_t *__restrict__ pos, float *__restrict__ out,
-                        int H, int hd, int n_ctx, int split_rows, int n_split)
-{
-    __shared__ float w[DEC_MAX_SPLITS];
-    const int h = blockIdx.x, t = blockIdx.y;
-    const int used = clamp_pos(pos[t], n_ctx) / split_rows + 1;
-    const float *pp = part + ((size_t)t * H + h) * n_split * (hd + 2);
-    float M = -INFINITY, L = 0.0f;
-    for (int s = 0; s < used; s++)
-        M = fmaxf(M, pp[s * (hd + 2) + hd]);
-    for (int s = 0; s < used; s++)
-        L += pp[s * (hd + 2) + hd + 1] * expf(pp[s * (hd + 2) + hd] - M);
-    for (int s = threadIdx.x; s < used; s += blockDim.x)
-        w[s] = expf(pp[s * (hd + 2) + hd] - M);
+    /* the last block of this (token, head tile) to finish merges the splits */
+    __threadfence();
     __syncthreads();
-    for (int e = threadIdx.x; e < hd; e += blockDim.x) {
-        float o = 0.0f;
-        for (int s = 0; s < used; s++)
-            o += pp[s * (hd + 2) + e] * w[s];
-        out[(size_t)t * H * hd + (size_t)h * hd + e] = o / L;
+    unsigned *ticket = tickets + (size_t)t * gridDim.y + blockIdx.y;
+    if (tid == 0)
+        s_last = atomicAdd(ticket, 1u) == (unsigned)used - 1;
+    __syncthreads();
+    if (!s_last)
+        return;
+    __threadfence();
+    for (int g = warp; g < GT; g += DEC_WARPS) {
+        if (g0 + g >= G)
+            continue;
+        const float *pp = part + ((size_t)t * H + kvh * G + g0 + g) * max_splits * (HD + 2);
+        float M = -INFINITY;
+        for (int sp = lane; sp < used; sp += 32)
+            M = fmaxf(M, __ldcg(pp + (size_t)sp * (HD + 2) + HD));
+        M = cu_warp_max(M);
+        float L = 0.0f;
+        for (int sp = lane; sp < used; sp += 32) {
+            const float w = expf(__ldcg(pp + (size_t)sp * (HD + 2) + HD) - M);
+            s_w[g][sp] = w;
+            L += __ldcg(pp + (size_t)sp * (HD + 2) + HD + 1) * w;
+        }
+        L = cu_warp_sum(L);
+        if (lane == 0)
+            s_L[g] = L;
     }
+    __syncthreads();
+    for (int i = tid; i < GT * HD; i += ATT_THREADS) {
+        const int g = i / HD, e = i % HD;
+        if (g0 + g >= G)
+            continue;
+        const int h = kvh * G + g0 + g;
+        const float *pp = part + ((size_t)t * H + h) * max_splits * (HD + 2);
+        float A = 0.0f;
+        int sp = 0;
+        for (; sp + 4 <= used; sp += 4) { /* four loads in flight, summed in split order */
+            const float a0 = __ldcg(pp + (size_t)sp * (HD + 2) + e), a1 = __ldcg(pp + (size_t)(sp + 1) * (HD + 2) + e);
+            const float a2 = __ldcg(pp + (size_t)(sp + 2) * (HD + 2) + e), a3 = __ldcg(pp + (size_t)(sp + 3) * (HD + 2) + e);
+            A += a0 * s_w[g][sp];
+            A += a1 * s_w[g][sp + 1];
+            A += a2 * s_w[g][sp + 2];
+            A += a3 * s_w[g][sp + 3];
+        }
+        for (; sp < used; sp++)
+            A += __ldcg(pp + (size_t)sp * (HD + 2) + e) * s_w[g][sp];
+        out[(size_t)t * H * HD + (size_t)h * HD + e] = A / s_L[g];
+    }
+    if (tid == 0)
+        *ticket = 0; /* ready for the next launch */
 }
 
 /* -------------------------------------------------------- tiled prefill */
@@ -273,9 +340,9 @@ static size_t tiled_smem(int hd, int bq)
 /* grid (query tiles of BQ, H). Thread (ty 0..15, tx 0..7) owns query rows
  * ty*RQ.., keys tx + 8c of each tile and output columns tx + 8c; the 8
  * threads of a row are adjacent lanes, so row max and sum are 3 shuffles. */
-template <int HDP, int BQ>
+template <typename T, int HDP, int BQ>
 __global__ void __launch_bounds__(ATT_THREADS)
-    attn_tiled_kernel(const float *__restrict__ q, const float *__restrict__ kc, const float *__restrict__ vc,
+    attn_tiled_kernel(const float *__restrict__ q, const T *__restrict__ kc, const T *__restrict__ vc,
                       const int32_t *__restrict__ pos, float *__restrict__ out, int n, int H, int Hkv, int hd,
                       int n_ctx, float scale)
 {
@@ -288,6 +355,8 @@ __global__ void __launch_bounds__(ATT_THREADS)
     float *Vs = Ks + TILE_BK * ld;                /* [BK][hd] */
     float *Ps = Vs + TILE_BK * hd;                /* [BQ][BK + 1] */
 
+    cu_pdl_wait();
+    cu_pdl_trigger();
     const int tid = threadIdx.x, tx = tid % 8, ty = tid / 8;
     const int t0 = blockIdx.x * BQ, h = blockIdx.y, kvh = h / (H / Hkv);
     const size_t qw = (size_t)H * hd, kvw = (size_t)Hkv * hd;
@@ -321,8 +390,8 @@ __global__ void __launch_bounds__(ATT_THREADS)
             int r = i / hd, e = i % hd, j = j0 + r;
             bool in = j <= kmax;
             size_t off = (size_t)j * kvw + (size_t)kvh * hd + e;
-            Ks[r * ld + e] = in ? kc[off] : 0.0f;
-            Vs[r * hd + e] = in ? vc[off] : 0.0f;
+            Ks[r * ld + e] = in ? cu_to_f32(kc[off]) : 0.0f;
+            Vs[r * hd + e] = in ? cu_to_f32(vc[off]) : 0.0f;
         }
         __syncthreads();
 
@@ -423,9 +492,9 @@ __global__ void __launch_bounds__(ATT_THREADS)
 
 typedef struct attn_shape {
     int n, H, Hkv, hd, n_ctx;
-    bool split;            /* the decode path */
-    int gt, rows;          /* query heads per block, cache rows per tile */
-    int split_rows, n_split;
+    bool decode;           /* attn_decode_kernel takes it */
+    int gt;                /* query heads per block there */
+    int max_splits;
 } attn_shape;
 
 static int pow2_at_least(int g)
@@ -444,69 +513,85 @@ static attn_shape plan(const cu_ctx *c, const gk_node *nd)
     a.Hkv = nd->i[1];
     a.hd = nd->i[2];
     a.n_ctx = (int)nd->src[4]->rows;
-    a.split = a.n <= DEC_MAX_TOKENS && a.hd % 4 == 0 && cu_aligned16(nd->src[4]->data) &&
-              cu_aligned16(nd->src[5]->data);
     a.gt = pow2_at_least(a.H / a.Hkv);
-    a.rows = split_rows_tile(a.hd);
-    /* splits enough for ~4 blocks per SM at a full cache, each a whole number
-     * of tiles */
-    int per_split = a.Hkv * (int)cu_div_up(a.H / a.Hkv, a.gt) * a.n;
-    int tiles = (int)cu_div_up(a.n_ctx, a.rows);
-    int want = (int)cu_div_up(4 * c->n_sm, per_split);
-    if (want > tiles)
-        want = tiles;
-    if (want > DEC_MAX_SPLITS)
-        want = DEC_MAX_SPLITS;
-    if (want < 1)
-        want = 1;
-    a.split_rows = (int)cu_div_up(tiles, want) * a.rows;
-    a.n_split = (int)cu_div_up(a.n_ctx, a.split_rows);
+    int tiles_y = a.Hkv * (int)cu_div_up(a.H / a.Hkv, a.gt);
+    a.decode = a.n <= DEC_MAX_TOKENS && (a.hd == 64 || a.hd == 128 || a.hd == 256) &&
+               cu_aligned16(nd->src[4]->data) && cu_aligned16(nd->src[5]->data) &&
+               (int64_t)a.n * tiles_y <= CU_TICKETS;
+    /* enough splits for DEC_BLOCKS_PER_SM blocks per SM once the cache has
+     * that many rows; each block finds its rows from the position */
+    int want = (int)cu_div_up((int64_t)DEC_BLOCKS_PER_SM * c->n_sm, (int64_t)tiles_y * a.n);
+    a.max_splits = want < 1 ? 1 : want > DEC_MAX_SPLITS ? DEC_MAX_SPLITS : want > a.n_ctx ? a.n_ctx : want;
     return a;
 }
 
 size_t cu_attn_scratch(const cu_ctx *c, const gk_node *nd)
 {
     attn_shape a = plan(c, nd);
-    if (!a.split || a.n_split == 1)
+    if (!a.decode || a.max_splits == 1)
         return 0;
-    return (size_t)a.n * a.H * a.n_split * (a.hd + 2) * sizeof(float);
+    return (size_t)a.n * a.H * a.max_splits * (a.hd + 2) * sizeof(float);
 }
 
-template <int GT>
-static void split_launch(cu_ctx *c, const attn_shape &a, const gk_node *nd, float *part)
+template <typename T, int HD, int GT>
+static cudaError_t decode_launch(cu_ctx *c, const attn_shape &a, const gk_node *nd)
 {
-    dim3 grid(a.n_split, a.Hkv * cu_div_up(a.H / a.Hkv, GT), a.n);
-    int ksf = split_ks_floats(a.hd, GT, a.rows);
-    size_t smem = split_smem(a.hd, GT, a.rows);
-    const float *q = (const float *)nd->src[0]->data;
-    const float *kc = (const float *)nd->src[4]->data, *vc = (const float *)nd->src[5]->data;
-    const int32_t *pos = (const int32_t *)nd->src[3]->data;
-    float *out = (float *)nd->dst->data;
-#define SPLIT_ARGS q, kc, vc, pos, out, part, a.H, a.Hkv, a.hd, a.n_ctx, a.split_rows, a.n_split, ksf, nd->f[0]
-    if (a.rows == 128)
-        attn_split_kernel<GT, 128><<<grid, ATT_THREADS, smem, c->stream>>>(SPLIT_ARGS);
-    else if (a.rows == 64)
-        attn_split_kernel<GT, 64><<<grid, ATT_THREADS, smem, c->stream>>>(SPLIT_ARGS);
-    else
-        attn_split_kernel<GT, 32><<<grid, ATT_THREADS, smem, c->stream>>>(SPLIT_ARGS);
-#undef SPLIT_ARGS
+    dim3 grid(a.max_splits, a.Hkv * cu_div_up(a.H / a.Hkv, GT), a.n);
+    return cu_launch(c, attn_decode_kernel<T, HD, GT>, grid, dim3(ATT_THREADS), 0, (const float *)nd->src[0]->data,
+                     (const T *)nd->src[4]->data, (const T *)nd->src[5]->data, (const int32_t *)nd->src[3]->data,
+                     (float *)nd->dst->data, a.max_splits > 1 ? (float *)c->scratch : nullptr, c->tickets, a.H,
+                     a.Hkv, a.n_ctx, a.max_splits, nd->f[0]);
 }
 
-template <int HDP>
-static void tiled_launch(cu_ctx *c, const attn_shape &a, const gk_node *nd)
+template <typename T, int HD>
+static cudaError_t decode_gt(cu_ctx *c, const attn_shape &a, const gk_node *nd)
+{
+    switch (a.gt) {
+    case 1: return decode_launch<T, HD, 1>(c, a, nd);
+    case 2: return decode_launch<T, HD, 2>(c, a, nd);
+    case 4: return decode_launch<T, HD, 4>(c, a, nd);
+    default: return decode_launch<T, HD, 8>(c, a, nd);
+    }
+}
+
+template <typename T>
+static cudaError_t decode_run(cu_ctx *c, const attn_shape &a, const gk_node *nd)
+{
+    switch (a.hd) {
+    case 64: return decode_gt<T, 64>(c, a, nd);
+    case 128: return decode_gt<T, 128>(c, a, nd);
+    default: return decode_gt<T, 256>(c, a, nd);
+    }
+}
+
+template <typename T, int HDP>
+static cudaError_t tiled_launch(cu_ctx *c, const attn_shape &a, const gk_node *nd)
 {
     constexpr int BQ = tiled_bq(HDP);
     dim3 grid(cu_div_up(a.n, BQ), a.H);
-    attn_tiled_kernel<HDP, BQ><<<grid, ATT_THREADS, tiled_smem(a.hd, BQ), c->stream>>>(
-        (const float *)nd->src[0]->data, (const float *)nd->src[4]->data, (const float *)nd->src[5]->data,
-        (const int32_t *)nd->src[3]->data, (float *)nd->dst->data, a.n, a.H, a.Hkv, a.hd, a.n_ctx, nd->f[0]);
+    return cu_launch(c, attn_tiled_kernel<T, HDP, BQ>, grid, dim3(ATT_THREADS), tiled_smem(a.hd, BQ),
+                     (const float *)nd->src[0]->data, (const T *)nd->src[4]->data, (const T *)nd->src[5]->data,
+                     (const int32_t *)nd->src[3]->data, (float *)nd->dst->data, a.n, a.H, a.Hkv, a.hd, a.n_ctx,
+                     nd->f[0]);
 }
 
-template <int HDP>
+template <typename T>
+static cudaError_t tiled_run(cu_ctx *c, const attn_shape &a, const gk_node *nd)
+{
+    if (a.hd <= 32)
+        return tiled_launch<T, 32>(c, a, nd);
+    if (a.hd <= 64)
+        return tiled_launch<T, 64>(c, a, nd);
+    if (a.hd <= 128)
+        return tiled_launch<T, 128>(c, a, nd);
+    return tiled_launch<T, 256>(c, a, nd);
+}
+
+template <typename T, int HDP>
 static gk_status tiled_setup(gk_err *err)
 {
     constexpr int BQ = tiled_bq(HDP);
-    cudaError_t e = cudaFuncSetAttribute(attn_tiled_kernel<HDP, BQ>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+    cudaError_t e = cudaFuncSetAttribute(attn_tiled_kernel<T, HDP, BQ>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                          (int)tiled_smem(HDP, BQ));
     if (e != cudaSuccess)
         return gk_err_set(err, GK_ERR_DEVICE, "cuda: attention kernel for head dim %d needs %zu bytes of shared memory: %s",
@@ -514,58 +599,64 @@ static gk_status tiled_setup(gk_err *err)
     return GK_OK;
 }
 
+template <typename T>
+static gk_status tiled_setup_all(gk_err *err)
+{
+    gk_status s = tiled_setup<T, 32>(err);
+    if (s == GK_OK)
+        s = tiled_setup<T, 64>(err);
+    if (s == GK_OK)
+        s = tiled_setup<T, 128>(err);
+    if (s == GK_OK)
+        s = tiled_setup<T, 256>(err);
+    return s;
+}
+
 gk_status cu_attn_setup(cu_ctx *c, gk_err *err)
 {
-    gk_status s = tiled_setup<32>(err);
+    gk_status s = tiled_setup_all<float>(err);
     if (s == GK_OK)
-        s = tiled_setup<64>(err);
+        s = tiled_setup_all<__half>(err);
     if (s == GK_OK)
-        s = tiled_setup<128>(err);
-    if (s == GK_OK)
-        s = tiled_setup<256>(err);
+        s = tiled_setup_all<__nv_bfloat16>(err);
     return s;
+}
+
+gk_status cu_attn_store(cu_ctx *c, const gk_node *nd, gk_err *err)
+{
+    const gk_tensor *k = nd->src[1], *v = nd->src[2];
+    int kvw = (int)k->cols, n_ctx = (int)nd->src[4]->rows;
+    bool v4 = kvw % 4 == 0 && cu_aligned16(k->data) && cu_aligned16(v->data);
+    cudaError_t e;
+    CU_WEIGHT_SWITCH(nd->src[4]->dtype, T, {
+        if (v4)
+            e = cu_launch(c, kv_store_kernel<T, true>, dim3((unsigned)k->rows), dim3(ATT_THREADS), 0,
+                          (const float *)k->data, (const float *)v->data, (const int32_t *)nd->src[3]->data,
+                          (T *)nd->src[4]->data, (T *)nd->src[5]->data, kvw, n_ctx, c->err_dev);
+        else
+            e = cu_launch(c, kv_store_kernel<T, false>, dim3((unsigned)k->rows), dim3(ATT_THREADS), 0,
+                          (const float *)k->data, (const float *)v->data, (const int32_t *)nd->src[3]->data,
+                          (T *)nd->src[4]->data, (T *)nd->src[5]->data, kvw, n_ctx, c->err_dev);
+    });
+    return cu_launch_result(e, nd, "kv_store_kernel", err);
+}
+
+gk_status cu_attn_stored(cu_ctx *c, const gk_node *nd, gk_err *err)
+{
+    attn_shape a = plan(c, nd);
+    cudaError_t e;
+    if (a.decode) {
+        CU_WEIGHT_SWITCH(nd->src[4]->dtype, T, { e = decode_run<T>(c, a, nd); });
+        return cu_launch_result(e, nd, "attn_decode_kernel", err);
+    }
+    if (cu_attn_flash_ok(c, nd))
+        return cu_attn_flash(c, nd, err);
+    CU_WEIGHT_SWITCH(nd->src[4]->dtype, T, { e = tiled_run<T>(c, a, nd); });
+    return cu_launch_result(e, nd, "attn_tiled_kernel", err);
 }
 
 gk_status cu_attn(cu_ctx *c, const gk_node *nd, gk_err *err)
 {
-    const gk_tensor *k = nd->src[1], *v = nd->src[2];
-    attn_shape a = plan(c, nd);
-    int kvw = a.Hkv * a.hd;
-    bool v4 = kvw % 4 == 0 && cu_aligned16(k->data) && cu_aligned16(v->data) && cu_aligned16(nd->src[4]->data) &&
-              cu_aligned16(nd->src[5]->data);
-#define STORE_ARGS (const float *)k->data, (const float *)v->data, (const int32_t *)nd->src[3]->data, \
-                   (float *)nd->src[4]->data, (float *)nd->src[5]->data, kvw, a.n_ctx, c->err_dev
-    if (v4)
-        kv_store_kernel<true><<<a.n, ATT_THREADS, 0, c->stream>>>(STORE_ARGS);
-    else
-        kv_store_kernel<false><<<a.n, ATT_THREADS, 0, c->stream>>>(STORE_ARGS);
-#undef STORE_ARGS
-    gk_status s = cu_launch_check(nd, "kv_store_kernel", err);
-    if (s != GK_OK)
-        return s;
-
-    if (!a.split) {
-        if (a.hd <= 32)
-            tiled_launch<32>(c, a, nd);
-        else if (a.hd <= 64)
-            tiled_launch<64>(c, a, nd);
-        else if (a.hd <= 128)
-            tiled_launch<128>(c, a, nd);
-        else
-            tiled_launch<256>(c, a, nd);
-        return cu_launch_check(nd, "attn_tiled_kernel", err);
-    }
-    float *part = a.n_split > 1 ? (float *)c->scratch : nullptr;
-    switch (a.gt) {
-    case 1: split_launch<1>(c, a, nd, part); break;
-    case 2: split_launch<2>(c, a, nd, part); break;
-    case 4: split_launch<4>(c, a, nd, part); break;
-    default: split_launch<8>(c, a, nd, part); break;
-    }
-    if ((s = cu_launch_check(nd, "attn_split_kernel", err)) != GK_OK || a.n_split == 1)
-        return s;
-    attn_combine_kernel<<<dim3(a.H, a.n), ATT_THREADS, 0, c->stream>>>(
-        part, (const int32_t *)nd->src[3]->data, (float *)nd->dst->data, a.H, a.hd, a.n_ctx, a.split_rows,
-        a.n_split);
-    return cu_launch_check(nd, "attn_combine_kernel", err);
+    gk_status s = cu_attn_store(c, nd, err);
+    return s == GK_OK ? cu_attn_stored(c, nd, err) : s;
 }

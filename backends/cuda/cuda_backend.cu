@@ -138,6 +138,7 @@ static void cuda_fini(void *state)
                 cudaEventDestroy(s->stage_done[i]);
         }
         cudaFree(s->ctx.scratch);
+        cudaFree(s->ctx.tickets);
         cudaFree(s->blas_ws);
         cublasDestroy(s->ctx.blas);
         cudaFreeHost(s->err_host);
@@ -162,6 +163,8 @@ static gk_status ready(cuda_state *s, gk_err *err)
         return st;
     c->device = s->device;
     c->n_sm = s->prop.multiProcessorCount;
+    const char *pdl = getenv("GK_CUDA_PDL");
+    c->pdl = s->prop.major >= 9 && !(pdl && !strcmp(pdl, "0"));
     st = CUDA_TRY(cudaHostAlloc((void **)&s->err_host, CU_EW_COUNT * sizeof(int), cudaHostAllocMapped), err,
                   "cudaHostAlloc (error word)");
     if (st == GK_OK) {
@@ -183,8 +186,13 @@ static gk_status ready(cuda_state *s, gk_err *err)
             st = gk_err_set(err, GK_ERR_DEVICE, "cuda: cuBLAS setup: %s", cublasGetStatusString(b));
     }
     if (st == GK_OK)
+        st = CUDA_TRY(cudaMalloc((void **)&c->tickets, CU_TICKETS * sizeof(unsigned)), err, "cudaMalloc (tickets)");
+    if (st == GK_OK)
+        st = CUDA_TRY(cudaMemsetAsync(c->tickets, 0, CU_TICKETS * sizeof(unsigned), c->stream), err, "cudaMemset");
+    if (st == GK_OK)
         st = cu_attn_setup(c, err);
     if (st != GK_OK) {
+        cudaFree(c->tickets);
         /* leave nothing half made: the next call tries again */
         if (c->blas)
             cublasDestroy(c->blas);
@@ -345,8 +353,8 @@ static bool fits(const gk_tensor *t, unsigned dtypes, int64_t rows, int64_t cols
            (cols == ANY || t->cols == cols);
 }
 
-/* What the kernels take: cpu_ref's shape rules, plus head dim <= 256 and
- * biases of the weight's dtype. */
+/* What the kernels take: cpu_ref's shape rules (caches F32, F16 or BF16),
+ * plus head dim <= 256 and biases of the weight's dtype. */
 static bool cu_node_ok(const gk_node *nd)
 {
     const gk_tensor *x = nd->src[0], *y = nd->src[1], *d = nd->dst;
@@ -385,7 +393,8 @@ static bool cu_node_ok(const gk_node *nd)
             return false;
         return fits(x, DT_ACT, ANY, nh * hd) && fits(y, DT_ACT, x->rows, nkv * hd) &&
                fits(nd->src[2], DT_ACT, x->rows, nkv * hd) && fits(nd->src[3], DT_INT, 1, x->rows) &&
-               fits(nd->src[4], DT_ACT, ANY, nkv * hd) && fits(nd->src[5], DT_ACT, nd->src[4]->rows, nkv * hd) &&
+               fits(nd->src[4], DT_WEIGHT, ANY, nkv * hd) &&
+               fits(nd->src[5], DT(nd->src[4]->dtype), nd->src[4]->rows, nkv * hd) &&
                fits(d, DT_ACT, x->rows, nh * hd);
     }
     default:
@@ -429,8 +438,12 @@ static gk_status launch_all(cu_ctx *c, const gk_graph *g, gk_err *err)
     for (size_t i = 0; i < g->n_nodes; i++) {
         gk_status st;
         /* a residual add and the norm of its result: one kernel, both outputs */
-        int group;
-        if (i + 1 < g->n_nodes && cu_can_fuse_add_norm(&g->nodes[i], &g->nodes[i + 1])) {
+        int group, rs;
+        if ((rs = cu_rope_store_match(&g->nodes[i], g->n_nodes - i)) > 0) {
+            /* [QK-norm,] RoPE and the cache store in one launch, then attention */
+            st = cu_rope_store(c, &g->nodes[i], rs, err);
+            i += (size_t)rs - 1;
+        } else if (i + 1 < g->n_nodes && cu_can_fuse_add_norm(&g->nodes[i], &g->nodes[i + 1])) {
             st = cu_add_norm(c, &g->nodes[i], &g->nodes[i + 1], err);
             i++;
         } else if (i + 1 < g->n_nodes && cu_rope_pairs(&g->nodes[i], &g->nodes[i + 1])) {

@@ -33,7 +33,57 @@ typedef struct cu_ctx {
     void *scratch;            /* [scratch_bytes] temporary memory of the node running */
     size_t scratch_bytes;
     int *err_dev;             /* device view of the error word (mapped host memory) */
+    bool pdl;                 /* launches carry programmatic dependent launch (sm_90+) */
+    unsigned *tickets;        /* [CU_TICKETS] zero between kernels: a grid's blocks count
+                                 themselves here so its last block can finish the work */
 } cu_ctx;
+#define CU_TICKETS 4096
+
+/* ------------------------------------------- programmatic dependent launch */
+
+/* With PDL (Hopper and newer) a kernel may start while the one before it on
+ * the stream is still finishing, so its prologue (loading weights, which no
+ * kernel writes) overlaps the other's tail. The contract every kernel launched
+ * through cu_launch keeps: cu_pdl_wait() comes before its first read of
+ * anything an earlier kernel wrote and before its first write of anything an
+ * earlier kernel reads or writes (the wait returns once the previous grid has
+ * completed and its memory is visible; that grid waited for its own
+ * predecessor, so the order is transitive). cu_pdl_trigger() lets the next
+ * kernel be scheduled; a kernel that never calls it triggers at its end.
+ * Without PDL (older GPUs, GK_CUDA_PDL=0) both are no-ops. */
+static __device__ __forceinline__ void cu_pdl_wait(void)
+{
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+
+static __device__ __forceinline__ void cu_pdl_trigger(void)
+{
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+
+/* kernel<<<grid, block, smem, c->stream>>>(args...), with the PDL attribute
+ * when the context has it. The arguments convert to the kernel's parameter
+ * types as in a plain launch. */
+template <typename... P, typename... A>
+static inline cudaError_t cu_launch(const cu_ctx *c, void (*kernel)(P...), dim3 grid, dim3 block, size_t smem,
+                                    A... args)
+{
+    cudaLaunchConfig_t cfg = {};
+    cfg.gridDim = grid;
+    cfg.blockDim = block;
+    cfg.dynamicSmemBytes = smem;
+    cfg.stream = c->stream;
+    cudaLaunchAttribute at[1];
+    at[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    at[0].val.programmaticStreamSerializationAllowed = 1;
+    cfg.attrs = at;
+    cfg.numAttrs = c->pdl ? 1 : 0;
+    return cudaLaunchKernelEx(&cfg, kernel, ((P)args)...);
+}
 
 /* The device-side error word: kernels that meet bad input (an id outside the
  * table, a position outside the cache) cannot return a status, so they leave
@@ -81,8 +131,73 @@ gk_status cu_rope_n(cu_ctx *c, const gk_node *const *nds, int count, gk_err *err
 bool cu_can_fuse_add_norm(const gk_node *add, const gk_node *norm);
 gk_status cu_add_norm(cu_ctx *c, const gk_node *add, const gk_node *norm, gk_err *err);
 gk_status cu_rope(cu_ctx *c, const gk_node *nd, gk_err *err);
+/* The attention inputs of a block in one launch (rope.cu): nodes [RMS_NORM q,
+ * RMS_NORM k (QK-norm),] ROPE q, ROPE k, ATTN; the norms and rotations write
+ * their outputs, k and v go straight into the caches, then the attention
+ * runs (cu_attn_stored). match returns the node count covered (3 or 5), or 0. */
+int cu_rope_store_match(const gk_node *nodes, size_t count);
+gk_status cu_rope_store(cu_ctx *c, const gk_node *nodes, int count, gk_err *err);
 gk_status cu_linear(cu_ctx *c, const gk_node *nd, gk_err *err);
 gk_status cu_attn(cu_ctx *c, const gk_node *nd, gk_err *err);
+/* The two halves of cu_attn: store the node's k, v rows into its caches;
+ * then attend over the stored caches (a fused launcher that stored them
+ * itself calls only the second). */
+gk_status cu_attn_store(cu_ctx *c, const gk_node *nd, gk_err *err);
+gk_status cu_attn_stored(cu_ctx *c, const gk_node *nd, gk_err *err);
+
+/* ---------------------------------------------------- fused decode GEMV */
+
+/* One launch (gemv.cu) for the decode-sized LINEAR nodes (n <= CU_GEMV_MAX_TOKENS
+ * tokens) of a block together with what sits around them: up to
+ * CU_GEMV_MAX_MATS matrices reading one input, the norm that makes that input
+ * (prologue) and the residual add or activation that reads the outputs
+ * (epilogue). Every intermediate a node of the graph names is still written,
+ * so verify and compare see all nodes. Results equal the unfused ops up to
+ * the order of the dot products' float sums, which is fixed (no atomics):
+ * the same inputs give the same bits on every run. */
+#define CU_GEMV_MAX_TOKENS 8
+#define CU_GEMV_MAX_MATS 3
+typedef enum cu_gemv_pro { CU_PRO_NONE = 0, CU_PRO_RMS, CU_PRO_LAYER } cu_gemv_pro;
+typedef enum cu_gemv_epi {
+    CU_EPI_NONE = 0,
+    CU_EPI_RESIDUAL, /* count 1: res_out = res + y[0] */
+    CU_EPI_SWIGLU,   /* count 2, out[0] == out[1]: act_out = silu(y[0]) * y[1] */
+    CU_EPI_GELU,     /* count 1: act_out = gelu_tanh(y[0]) */
+} cu_gemv_epi;
+typedef struct cu_gemv_desc {
+    gk_dtype wtype;            /* dtype of every matrix and bias (F32, F16, BF16) */
+    int n, in;                 /* tokens, input width */
+    const float *x;            /* [n][in]: the input, or the norm's input */
+    /* prologue: h = norm(x) as RMS_NORM (whole rows) / LAYER_NORM compute it,
+     * written to norm_out [n][in] when that is not NULL; the matrices read h */
+    cu_gemv_pro pro;
+    gk_dtype norm_type;        /* dtype of norm_w / norm_b */
+    const void *norm_w, *norm_b; /* [in]; norm_b may be NULL */
+    float eps;
+    float *norm_out;
+    int count;                 /* matrices, 1..CU_GEMV_MAX_MATS */
+    const void *W[CU_GEMV_MAX_MATS];    /* [out[k]][in] */
+    const void *bias[CU_GEMV_MAX_MATS]; /* [out[k]] or NULL */
+    float *y[CU_GEMV_MAX_MATS];         /* [n][out[k]]: y = h W^T + b, always written */
+    int out[CU_GEMV_MAX_MATS];
+    cu_gemv_epi epi;
+    const float *res;          /* RESIDUAL: [n][out[0]] */
+    float *res_out;            /* RESIDUAL: [n][out[0]] (may alias neither x nor y) */
+    float *act_out;            /* SWIGLU, GELU: [n][out[0]] */
+} cu_gemv_desc;
+/* Whether cu_gemv takes d (shapes, alignment, dtypes). */
+bool cu_gemv_ok(const cu_gemv_desc *d);
+/* Queue d on c->stream (through cu_launch, PDL-ready); nd names the node in
+ * an error. */
+gk_status cu_gemv(cu_ctx *c, const cu_gemv_desc *d, const gk_node *nd, gk_err *err);
+
+/* ------------------------------------------- tensor-core prefill attention */
+
+/* attn_flash.cu: the attention of an ATTN node with F16 or BF16 caches over
+ * many tokens, on tensor cores. Runs after the node's k and v were stored in
+ * the caches; reads q, the caches and pos, writes dst. */
+bool cu_attn_flash_ok(const cu_ctx *c, const gk_node *nd);
+gk_status cu_attn_flash(cu_ctx *c, const gk_node *nd, gk_err *err);
 
 size_t cu_linear_scratch(const cu_ctx *c, const gk_node *nd);
 size_t cu_attn_scratch(const cu_ctx *c, const gk_node *nd);
@@ -117,6 +232,20 @@ static inline gk_status cu_launch_check(const gk_node *nd, const char *kernel, g
                       cudaGetErrorString(e));
 }
 
+/* The same for a launch whose error came back from cu_launch. */
+static inline gk_status cu_launch_result(cudaError_t e, const gk_node *nd, const char *kernel, gk_err *err)
+{
+    if (e == cudaSuccess)
+        e = cudaGetLastError();
+    else
+        cudaGetLastError(); /* clear it */
+    if (e == cudaSuccess)
+        return GK_OK;
+    return gk_err_set(err, GK_ERR_DEVICE, "cuda: %s -> '%.48s': launching %s: %s",
+                      gk_op_name(nd->op), nd->dst ? nd->dst->name : "", kernel,
+                      cudaGetErrorString(e));
+}
+
 static inline bool cu_aligned16(const void *p) { return ((uintptr_t)p & 15u) == 0; }
 
 static inline unsigned cu_div_up(int64_t a, int64_t b) { return (unsigned)((a + b - 1) / b); }
@@ -126,6 +255,55 @@ static inline unsigned cu_div_up(int64_t a, int64_t b) { return (unsigned)((a + 
 static __device__ __forceinline__ float cu_to_f32(float v) { return v; }
 static __device__ __forceinline__ float cu_to_f32(__half v) { return __half2float(v); }
 static __device__ __forceinline__ float cu_to_f32(__nv_bfloat16 v) { return __bfloat162float(v); }
+
+template <typename T> static __device__ __forceinline__ T cu_from_f32(float v);
+template <> __device__ __forceinline__ float cu_from_f32<float>(float v) { return v; }
+/* round to nearest even, as libgk's gk_f32_to_f16 / gk_f32_to_bf16 */
+template <> __device__ __forceinline__ __half cu_from_f32<__half>(float v) { return __float2half_rn(v); }
+template <> __device__ __forceinline__ __nv_bfloat16 cu_from_f32<__nv_bfloat16>(float v)
+{
+    return __float2bfloat16_rn(v);
+}
+
+/* 16 bytes that no kernel writes while this one runs (weights, cache rows
+ * stored by an earlier kernel): the read-only path, no L1 allocation. */
+static __device__ __forceinline__ uint4 cu_ld_nc16(const void *p)
+{
+    uint4 r;
+    asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];"
+                 : "=r"(r.x), "=r"(r.y), "=r"(r.z), "=r"(r.w)
+                 : "l"(p));
+    return r;
+}
+
+/* The 16 / sizeof(T) floats in 16 bytes of T (element 0 in the low bits). */
+static __device__ __forceinline__ void cu_unpack16(uint4 u, float (&f)[4], float)
+{
+    f[0] = __uint_as_float(u.x);
+    f[1] = __uint_as_float(u.y);
+    f[2] = __uint_as_float(u.z);
+    f[3] = __uint_as_float(u.w);
+}
+
+static __device__ __forceinline__ void cu_unpack16(uint4 u, float (&f)[8], __half)
+{
+    const unsigned w[4] = {u.x, u.y, u.z, u.w};
+#pragma unroll
+    for (int i = 0; i < 4; i++) {
+        float2 a = __half22float2(*reinterpret_cast<const __half2 *>(&w[i]));
+        f[2 * i] = a.x;
+        f[2 * i + 1] = a.y;
+    }
+}
+
+/* BF16 is the top half of an F32: widening is a shift. */
+static __device__ __forceinline__ void cu_unpack16(uint4 u, float (&f)[8], __nv_bfloat16)
+{
+    f[0] = __uint_as_float(u.x << 16), f[1] = __uint_as_float(u.x & 0xffff0000u);
+    f[2] = __uint_as_float(u.y << 16), f[3] = __uint_as_float(u.y & 0xffff0000u);
+    f[4] = __uint_as_float(u.z << 16), f[5] = __uint_as_float(u.z & 0xffff0000u);
+    f[6] = __uint_as_float(u.w << 16), f[7] = __uint_as_float(u.w & 0xffff0000u);
+}
 
 static __device__ __forceinline__ float cu_warp_sum(float v)
 {

@@ -16,6 +16,8 @@ template <typename T>
 __global__ void get_rows_kernel(const T *__restrict__ table, const int32_t *__restrict__ ids,
                                 float *__restrict__ dst, int64_t n_rows, int d, int *ew)
 {
+    cu_pdl_wait();
+    cu_pdl_trigger();
     int t = blockIdx.x;
     int32_t id = ids[t];
     float *out = dst + (size_t)t * d;
@@ -37,8 +39,7 @@ gk_status cu_get_rows(cu_ctx *c, const gk_node *nd, gk_err *err)
     int n = (int)ids->cols, d = (int)table->cols;
     dim3 grid(n, cu_div_up(d, 256) < 8 ? cu_div_up(d, 256) : 8);
     CU_WEIGHT_SWITCH(table->dtype, T, {
-        get_rows_kernel<T><<<grid, 256, 0, c->stream>>>(
-            (const T *)table->data, (const int32_t *)ids->data, (float *)nd->dst->data,
+        cu_launch(c, get_rows_kernel<T>, dim3(grid), dim3(256), 0, (const T *)table->data, (const int32_t *)ids->data, (float *)nd->dst->data,
             table->rows, d, c->err_dev);
     });
     return cu_launch_check(nd, "get_rows_kernel", err);
@@ -64,6 +65,8 @@ template <int OP>
 __global__ void ew_vec4_kernel(const float4 *__restrict__ a, const float4 *__restrict__ b,
                                float4 *__restrict__ dst, int64_t n4)
 {
+    cu_pdl_wait();
+    cu_pdl_trigger();
     for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n4;
          i += (int64_t)gridDim.x * blockDim.x) {
         float4 x = a[i], y = OP == EW_GELU_TANH ? x : b[i], r;
@@ -79,6 +82,8 @@ template <int OP>
 __global__ void ew_scalar_kernel(const float *__restrict__ a, const float *__restrict__ b,
                                  float *__restrict__ dst, int64_t ne)
 {
+    cu_pdl_wait();
+    cu_pdl_trigger();
     for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < ne;
          i += (int64_t)gridDim.x * blockDim.x)
         dst[i] = ew_apply<OP>(a[i], OP == EW_GELU_TANH ? 0.0f : b[i]);
@@ -95,12 +100,11 @@ static gk_status ew_launch(cu_ctx *c, const gk_node *nd, gk_err *err)
     int64_t cap = 8LL * c->n_sm;
     if (ne % 4 == 0 && cu_aligned16(a) && cu_aligned16(b) && cu_aligned16(dst)) {
         int64_t blocks = (ne / 4 + 255) / 256;
-        ew_vec4_kernel<OP><<<(unsigned)(blocks < cap ? blocks : cap), 256, 0, c->stream>>>(
-            (const float4 *)a, (const float4 *)b, (float4 *)dst, ne / 4);
+        cu_launch(c, ew_vec4_kernel<OP>, dim3((unsigned)(blocks < cap ? blocks : cap)), dim3(256), 0, (const float4 *)a, (const float4 *)b, (float4 *)dst, ne / 4);
         return cu_launch_check(nd, "ew_vec4_kernel", err);
     }
     int64_t blocks = (ne + 255) / 256;
-    ew_scalar_kernel<OP><<<(unsigned)(blocks < cap ? blocks : cap), 256, 0, c->stream>>>(a, b, dst, ne);
+    cu_launch(c, ew_scalar_kernel<OP>, dim3((unsigned)(blocks < cap ? blocks : cap)), dim3(256), 0, a, b, dst, ne);
     return cu_launch_check(nd, "ew_scalar_kernel", err);
 }
 

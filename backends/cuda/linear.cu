@@ -104,6 +104,8 @@ template <typename T, int NT, int R>
 __global__ void __launch_bounds__(GEMV_WARPS * 32, 4)
     gemv_vec_kernel(const gemv_group<T> grp, const float *__restrict__ x, int in)
 {
+    cu_pdl_wait();
+    cu_pdl_trigger();
     constexpr int VEC = 16 / sizeof(T);
     constexpr int U = gemv_unroll<NT>::value;
     /* which matrix: selects on constant indices, so the parameters stay in
@@ -193,6 +195,8 @@ __global__ void __launch_bounds__(GEMV_WARPS * 32)
     gemv_scalar_kernel(const T *__restrict__ W, const float *__restrict__ x, const T *__restrict__ bias,
                        float *__restrict__ y, int n, int in, int out)
 {
+    cu_pdl_wait();
+    cu_pdl_trigger();
     const int lane = threadIdx.x & 31;
     const int row = blockIdx.x * GEMV_WARPS + (threadIdx.x >> 5);
     if (row >= out)
@@ -226,9 +230,9 @@ static void gemv_vec_launch(cu_ctx *c, int n, int rows_per_warp, const gemv_grou
 {
     if (n == NT) {
         if (rows_per_warp == 2)
-            gemv_vec_kernel<T, NT, 2><<<blocks, GEMV_WARPS * 32, 0, c->stream>>>(g, x, in);
+            cu_launch(c, gemv_vec_kernel<T, NT, 2>, dim3(blocks), dim3(GEMV_WARPS * 32), 0, g, x, in);
         else
-            gemv_vec_kernel<T, NT, 1><<<blocks, GEMV_WARPS * 32, 0, c->stream>>>(g, x, in);
+            cu_launch(c, gemv_vec_kernel<T, NT, 1>, dim3(blocks), dim3(GEMV_WARPS * 32), 0, g, x, in);
     } else if constexpr (NT < GEMV_MAX_TOKENS) {
         gemv_vec_launch<T, NT + 1>(c, n, rows_per_warp, g, blocks, x, in);
     }
@@ -273,8 +277,7 @@ static gk_status gemv(cu_ctx *c, const gk_node *nd, gk_err *err)
         return gemv_group_launch<T>(c, &nd, 1, err);
     const gk_tensor *x = nd->src[0], *w = nd->src[1], *b = nd->src[2];
     int n = (int)x->rows, in = (int)x->cols, out = (int)w->rows;
-    gemv_scalar_kernel<T><<<cu_div_up(out, GEMV_WARPS), GEMV_WARPS * 32, 0, c->stream>>>(
-        (const T *)w->data, (const float *)x->data, b ? (const T *)b->data : nullptr, (float *)nd->dst->data, n,
+    cu_launch(c, gemv_scalar_kernel<T>, dim3(cu_div_up(out, GEMV_WARPS)), dim3(GEMV_WARPS * 32), 0, (const T *)w->data, (const float *)x->data, b ? (const T *)b->data : nullptr, (float *)nd->dst->data, n,
         in, out);
     return cu_launch_check(nd, "gemv_scalar_kernel", err);
 }
@@ -284,6 +287,8 @@ static gk_status gemv(cu_ctx *c, const gk_node *nd, gk_err *err)
 template <typename T>
 __global__ void to_dtype_kernel(const float *__restrict__ x, T *__restrict__ dst, int64_t ne)
 {
+    cu_pdl_wait();
+    cu_pdl_trigger();
     for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < ne; i += (int64_t)gridDim.x * blockDim.x)
         dst[i] = from_f32<T>(x[i]);
 }
@@ -291,6 +296,8 @@ __global__ void to_dtype_kernel(const float *__restrict__ x, T *__restrict__ dst
 template <typename T>
 __global__ void add_bias_kernel(float *__restrict__ y, const T *__restrict__ bias, int64_t ne, int out)
 {
+    cu_pdl_wait();
+    cu_pdl_trigger();
     for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < ne; i += (int64_t)gridDim.x * blockDim.x)
         y[i] += cu_to_f32(bias[i % out]);
 }
@@ -318,7 +325,7 @@ static gk_status gemm(cu_ctx *c, const gk_node *nd, gk_err *err)
     const void *B = x->data;
     cudaDataType_t ab = CUDA_R_32F;
     if (sizeof(T) == 2) {
-        to_dtype_kernel<T><<<grid_for(c, nx), 256, 0, c->stream>>>((const float *)x->data, (T *)c->scratch, nx);
+        cu_launch(c, to_dtype_kernel<T>, dim3(grid_for(c, nx)), dim3(256), 0, (const float *)x->data, (T *)c->scratch, nx);
         gk_status s = cu_launch_check(nd, "to_dtype_kernel", err);
         if (s != GK_OK)
             return s;
@@ -332,7 +339,7 @@ static gk_status gemm(cu_ctx *c, const gk_node *nd, gk_err *err)
                              nd, err);
     if (s != GK_OK || !b)
         return s;
-    add_bias_kernel<T><<<grid_for(c, ny), 256, 0, c->stream>>>((float *)nd->dst->data, (const T *)b->data, ny,
+    cu_launch(c, add_bias_kernel<T>, dim3(grid_for(c, ny)), dim3(256), 0, (float *)nd->dst->data, (const T *)b->data, ny,
                                                                out);
     return cu_launch_check(nd, "add_bias_kernel", err);
 }

@@ -23,6 +23,8 @@ template <typename T>
 __global__ void rms_norm_kernel(const float *__restrict__ x, const T *__restrict__ w,
                                 float *__restrict__ dst, int g, float eps)
 {
+    cu_pdl_wait();
+    cu_pdl_trigger();
     __shared__ float red[32];
     const float *xr = x + (size_t)blockIdx.x * g;
     float *yr = dst + (size_t)blockIdx.x * g;
@@ -42,8 +44,7 @@ gk_status cu_rms_norm(cu_ctx *c, const gk_node *nd, gk_err *err)
     /* groups tile each row, and rows follow each other: block b is group b */
     unsigned blocks = (unsigned)(x->rows * (d / g));
     CU_WEIGHT_SWITCH(w->dtype, T, {
-        rms_norm_kernel<T><<<blocks, norm_threads(g), 0, c->stream>>>(
-            (const float *)x->data, (const T *)w->data, (float *)nd->dst->data, (int)g, nd->f[0]);
+        cu_launch(c, rms_norm_kernel<T>, dim3(blocks), dim3(norm_threads(g)), 0, (const float *)x->data, (const T *)w->data, (float *)nd->dst->data, (int)g, nd->f[0]);
     });
     return cu_launch_check(nd, "rms_norm_kernel", err);
 }
@@ -54,6 +55,8 @@ template <typename T>
 __global__ void layer_norm_kernel(const float *__restrict__ x, const T *__restrict__ w,
                                   const T *__restrict__ b, float *__restrict__ dst, int d, float eps)
 {
+    cu_pdl_wait();
+    cu_pdl_trigger();
     __shared__ float red[32];
     const float *xr = x + (size_t)blockIdx.x * d;
     float *yr = dst + (size_t)blockIdx.x * d;
@@ -76,8 +79,7 @@ gk_status cu_layer_norm(cu_ctx *c, const gk_node *nd, gk_err *err)
     const gk_tensor *x = nd->src[0], *w = nd->src[1], *b = nd->src[2];
     /* the bias has the weight's dtype (cu_node_ok checks it) */
     CU_WEIGHT_SWITCH(w->dtype, T, {
-        layer_norm_kernel<T><<<(unsigned)x->rows, norm_threads(x->cols), 0, c->stream>>>(
-            (const float *)x->data, (const T *)w->data, b ? (const T *)b->data : (const T *)nullptr,
+        cu_launch(c, layer_norm_kernel<T>, dim3((unsigned)x->rows), dim3(norm_threads(x->cols)), 0, (const float *)x->data, (const T *)w->data, b ? (const T *)b->data : (const T *)nullptr,
             (float *)nd->dst->data, (int)x->cols, nd->f[0]);
     });
     return cu_launch_check(nd, "layer_norm_kernel", err);
@@ -92,6 +94,8 @@ __global__ void add_rms_norm_kernel(const float *__restrict__ a, const float *__
                                     float *__restrict__ sum, const T *__restrict__ w,
                                     float *__restrict__ dst, int d, float eps)
 {
+    cu_pdl_wait();
+    cu_pdl_trigger();
     __shared__ float red[32];
     size_t off = (size_t)blockIdx.x * d;
     float sq = 0.0f;
@@ -111,6 +115,8 @@ __global__ void add_layer_norm_kernel(const float *__restrict__ a, const float *
                                       float *__restrict__ sum, const T *__restrict__ w,
                                       const T *__restrict__ bias, float *__restrict__ dst, int d, float eps)
 {
+    cu_pdl_wait();
+    cu_pdl_trigger();
     __shared__ float red[32];
     size_t off = (size_t)blockIdx.x * d;
     float s = 0.0f;
@@ -146,14 +152,13 @@ gk_status cu_add_norm(cu_ctx *c, const gk_node *add, const gk_node *nd, gk_err *
     unsigned rows = (unsigned)x->rows, threads = norm_threads(x->cols);
     if (nd->op == GK_OP_RMS_NORM) {
         CU_WEIGHT_SWITCH(w->dtype, T, {
-            add_rms_norm_kernel<T><<<rows, threads, 0, c->stream>>>(a, b, (float *)x->data, (const T *)w->data,
+            cu_launch(c, add_rms_norm_kernel<T>, dim3(rows), dim3(threads), 0, a, b, (float *)x->data, (const T *)w->data,
                                                                      (float *)nd->dst->data, (int)x->cols, nd->f[0]);
         });
         return cu_launch_check(nd, "add_rms_norm_kernel", err);
     }
     CU_WEIGHT_SWITCH(w->dtype, T, {
-        add_layer_norm_kernel<T><<<rows, threads, 0, c->stream>>>(
-            a, b, (float *)x->data, (const T *)w->data, bias ? (const T *)bias->data : (const T *)nullptr,
+        cu_launch(c, add_layer_norm_kernel<T>, dim3(rows), dim3(threads), 0, a, b, (float *)x->data, (const T *)w->data, bias ? (const T *)bias->data : (const T *)nullptr,
             (float *)nd->dst->data, (int)x->cols, nd->f[0]);
     });
     return cu_launch_check(nd, "add_layer_norm_kernel", err);

@@ -27,6 +27,8 @@ struct rope_pair {
 __global__ void rope_kernel(const rope_pair rp, const int32_t *__restrict__ pos,
                             const float *__restrict__ inv_freq, int hd, float scale)
 {
+    cu_pdl_wait();
+    cu_pdl_trigger();
     const bool second = blockIdx.y >= rp.split_y;
     const float *__restrict__ x = second ? rp.x[1] : rp.x[0];
     float *__restrict__ dst = second ? rp.dst[1] : rp.dst[0];
@@ -81,7 +83,7 @@ gk_status cu_rope_n(cu_ctx *c, const gk_node *const *nds, int count, gk_err *err
     if (threads > 128)
         threads = 128;
     dim3 grid((unsigned)nd->src[0]->rows, blocks_y);
-    rope_kernel<<<grid, threads, 0, c->stream>>>(rp, (const int32_t *)nd->src[1]->data,
+    cu_launch(c, rope_kernel, dim3(grid), dim3(threads), 0, rp, (const int32_t *)nd->src[1]->data,
                                                  (const float *)nd->src[2]->data, hd, nd->f[0]);
     return cu_launch_check(nd, "rope_kernel", err);
 }
@@ -89,4 +91,153 @@ gk_status cu_rope_n(cu_ctx *c, const gk_node *const *nds, int count, gk_err *err
 gk_status cu_rope(cu_ctx *c, const gk_node *nd, gk_err *err)
 {
     return cu_rope_n(c, &nd, 1, err);
+}
+
+/* ---------------------------------------- QK-norm + RoPE + KV-cache store */
+
+/* What one rope_store launch does for a block's attention inputs. */
+struct rope_store_args {
+    const float *q, *k, *v;      /* [n][H*hd], [n][Hkv*hd] x2: the projections */
+    const void *qn_w, *kn_w;     /* QK-norm weights [hd] (norm_type), or NULL: no norm */
+    float *q_norm, *k_norm;      /* the norms' outputs (written when normed) */
+    float *q_rope, *k_rope;      /* the rotations' outputs */
+    void *kc, *vc;               /* caches [n_ctx][Hkv*hd] */
+    const int32_t *pos;
+    const float *inv_freq;       /* [hd/2] */
+    int H, Hkv, hd, n_ctx;
+    float eps, scale;
+    int *ew;
+};
+
+/* grid (n, H + 2 Hkv): block y < H rotates query head y, then Hkv key heads
+ * (rotated, and stored at cache row pos[t]), then Hkv value heads (stored).
+ * Each step is the separate kernels' arithmetic: rms_norm_kernel's group
+ * norm, rope_kernel's rotation, kv_store_kernel's rounding. */
+template <typename NT, typename CT>
+__global__ void rope_store_kernel(const rope_store_args a)
+{
+    __shared__ float red[32];
+    __shared__ float xs[CU_ATTN_MAX_HEAD_DIM];
+    cu_pdl_wait();
+    cu_pdl_trigger();
+    const int t = blockIdx.x, y = blockIdx.y, hd = a.hd, half = hd / 2;
+    const int kvw = a.Hkv * hd;
+    const int p = a.pos[t];
+    const bool p_ok = p >= 0 && p < a.n_ctx;
+    if (y == 0 && threadIdx.x == 0 && !p_ok)
+        cu_note(a.ew, CU_ERR_BAD_POS, p, t, a.n_ctx);
+    if (y >= a.H + a.Hkv) { /* a value head: into the cache */
+        const int h = y - a.H - a.Hkv;
+        const float *src = a.v + (size_t)t * kvw + (size_t)h * hd;
+        if (p_ok)
+            for (int j = threadIdx.x; j < hd; j += blockDim.x)
+                ((CT *)a.vc)[(size_t)p * kvw + (size_t)h * hd + j] = cu_from_f32<CT>(src[j]);
+        return;
+    }
+    const bool is_q = y < a.H;
+    const int h = is_q ? y : y - a.H, w = is_q ? a.H * hd : kvw;
+    const float *src = (is_q ? a.q : a.k) + (size_t)t * w + (size_t)h * hd;
+    const NT *nw = (const NT *)(is_q ? a.qn_w : a.kn_w);
+    for (int j = threadIdx.x; j < hd; j += blockDim.x)
+        xs[j] = src[j];
+    if (nw) {
+        float sq = 0.0f;
+        for (int j = threadIdx.x; j < hd; j += blockDim.x)
+            sq += xs[j] * xs[j];
+        sq = cu_block_sum(sq, red); /* also orders the xs writes before the reads */
+        const float r = 1.0f / sqrtf(sq / (float)hd + a.eps);
+        float *no = (is_q ? a.q_norm : a.k_norm) + (size_t)t * w + (size_t)h * hd;
+        for (int j = threadIdx.x; j < hd; j += blockDim.x) {
+            float v = cu_to_f32(nw[j]) * (xs[j] * r);
+            no[j] = v;
+            xs[j] = v; /* each thread rewrites only its own j */
+        }
+    }
+    __syncthreads();
+    float *dst = (is_q ? a.q_rope : a.k_rope) + (size_t)t * w + (size_t)h * hd;
+    CT *cache = (CT *)a.kc + (size_t)p * kvw + (size_t)h * hd;
+    const float pf = (float)p;
+    for (int i = threadIdx.x; i < half; i += blockDim.x) {
+        float angle = pf * a.inv_freq[i], s, c;
+        sincosf(angle, &s, &c);
+        c *= a.scale;
+        s *= a.scale;
+        const float x1 = xs[i], x2 = xs[i + half];
+        const float y1 = x1 * c - x2 * s, y2 = x2 * c + x1 * s;
+        dst[i] = y1;
+        dst[i + half] = y2;
+        if (!is_q && p_ok) {
+            cache[i] = cu_from_f32<CT>(y1);
+            cache[i + half] = cu_from_f32<CT>(y2);
+        }
+    }
+}
+
+/* nodes[0..count) from a query-side node on: [RMS_NORM q, RMS_NORM k,] ROPE q,
+ * ROPE k, ATTN reading both rotations (and v straight from its projection).
+ * Returns how many nodes one rope_store launch plus the attention cover
+ * (4 or 6), or 0. */
+int cu_rope_store_match(const gk_node *nodes, size_t count)
+{
+    size_t o = 0;
+    const gk_node *qn = NULL, *kn = NULL;
+    if (count >= 5 && nodes[0].op == GK_OP_RMS_NORM) {
+        qn = &nodes[0];
+        kn = &nodes[1];
+        o = 2;
+    }
+    if (count < o + 3)
+        return 0;
+    const gk_node *rq = &nodes[o], *rk = &nodes[o + 1], *at = &nodes[o + 2];
+    if (rq->op != GK_OP_ROPE || !cu_rope_pairs(rq, rk) || at->op != GK_OP_ATTN || at->src[0] != rq->dst ||
+        at->src[1] != rk->dst || at->src[3] != rq->src[1] || rq->i[0] != at->i[2] ||
+        rq->src[0]->cols != (int64_t)at->i[0] * at->i[2] || at->i[2] > CU_ATTN_MAX_HEAD_DIM ||
+        at->src[2]->rows != rq->src[0]->rows)
+        return 0;
+    if (qn) {
+        const int64_t hd = at->i[2];
+        if (kn->op != GK_OP_RMS_NORM || qn->i[0] != hd || kn->i[0] != hd || rq->src[0] != qn->dst ||
+            rk->src[0] != kn->dst || qn->src[1]->dtype != kn->src[1]->dtype || qn->f[0] != kn->f[0])
+            return 0;
+    }
+    return (int)o + 3;
+}
+
+gk_status cu_rope_store(cu_ctx *c, const gk_node *nodes, int count, gk_err *err)
+{
+    const bool normed = count == 5;
+    const gk_node *rq = &nodes[normed ? 2 : 0], *rk = &nodes[normed ? 3 : 1], *at = &nodes[normed ? 4 : 2];
+    rope_store_args a = {};
+    a.q = (const float *)(normed ? nodes[0].src[0] : rq->src[0])->data;
+    a.k = (const float *)(normed ? nodes[1].src[0] : rk->src[0])->data;
+    a.v = (const float *)at->src[2]->data;
+    if (normed) {
+        a.qn_w = nodes[0].src[1]->data;
+        a.kn_w = nodes[1].src[1]->data;
+        a.q_norm = (float *)nodes[0].dst->data;
+        a.k_norm = (float *)nodes[1].dst->data;
+        a.eps = nodes[0].f[0];
+    }
+    a.q_rope = (float *)rq->dst->data;
+    a.k_rope = (float *)rk->dst->data;
+    a.kc = at->src[4]->data;
+    a.vc = at->src[5]->data;
+    a.pos = (const int32_t *)at->src[3]->data;
+    a.inv_freq = (const float *)rq->src[2]->data;
+    a.H = at->i[0];
+    a.Hkv = at->i[1];
+    a.hd = at->i[2];
+    a.n_ctx = (int)at->src[4]->rows;
+    a.scale = rq->f[0];
+    a.ew = c->err_dev;
+    unsigned threads = (unsigned)((a.hd / 2 + 31) / 32 * 32);
+    dim3 grid((unsigned)at->src[0]->rows, (unsigned)(a.H + 2 * a.Hkv));
+    gk_dtype nt = normed ? nodes[0].src[1]->dtype : GK_DTYPE_F32;
+    cudaError_t e = cudaSuccess;
+    CU_WEIGHT_SWITCH(nt, N, {
+        CU_WEIGHT_SWITCH(at->src[4]->dtype, C,
+                         { e = cu_launch(c, rope_store_kernel<N, C>, grid, dim3(threads), 0, a); });
+    });
+    gk_status s = cu_launch_result(e, at, "rope_store_kernel", err);
+    return s == GK_OK ? cu_attn_stored(c, at, err) : s;
 }

@@ -277,6 +277,9 @@ typedef struct gk_model_opts {
     const char *dtype;     /* "f32", "f16", "bf16", "auto" or NULL (= the checkpoint's) */
     const char *arch;      /* architecture name/alias, or NULL to detect */
     int64_t n_ctx;         /* KV-cache length; 0 = min(max positions, 4096); see gk_model_load */
+    /* KV-cache dtype: "f32", "f16", "bf16", "auto" or NULL (= the model dtype:
+     * a half-precision model keeps half the cache bytes; an f32 model keeps f32) */
+    const char *kv_dtype;
     /* (optional) called as weights upload: bytes done of total. */
     void (*progress)(uint64_t done, uint64_t total, void *user);
     void *progress_user;
@@ -302,6 +305,8 @@ GK_API const gk_model_spec *gk_model_spec_of(const gk_model *m);
 GK_API const char *gk_model_backend_name(const gk_model *m);
 GK_API gk_dtype gk_model_dtype(const gk_model *m);
 GK_API int64_t gk_model_n_ctx(const gk_model *m);
+/* The dtype the KV cache is stored in. */
+GK_API gk_dtype gk_model_kv_dtype(const gk_model *m);
 /* Tokens currently in the KV cache. */
 GK_API int64_t gk_model_n_past(const gk_model *m);
 /* What the backend runs on. */

@@ -70,9 +70,11 @@ typedef enum gk_op {
                            [1][hd/2]; i[0] hd; f[0] cos/sin scale. HF rotate-half. */
     GK_OP_ATTN,         /* src0 q [n][H*hd], src1 k [n][Hkv*hd], src2 v [n][Hkv*hd],
                            src3 pos I32 [1][n], src4 K cache [n_ctx][Hkv*hd],
-                           src5 V cache (caches F32); i[0] H, i[1] Hkv, i[2] hd; f[0] scale.
-                           Stores k,v at rows pos[t] of the caches, then token t
-                           attends causally to cache rows 0..pos[t]. -> [n][H*hd] */
+                           src5 V cache (caches F32, F16 or BF16, both alike); i[0] H,
+                           i[1] Hkv, i[2] hd; f[0] scale. Stores k,v at rows pos[t] of
+                           the caches (rounded to nearest even into a 16-bit cache),
+                           then token t attends causally to cache rows 0..pos[t] as
+                           stored. -> [n][H*hd] */
     GK_OP_GELU_TANH,    /* src0 -> 0.5x(1+tanh(sqrt(2/pi)(x+0.044715x^3))) */
     GK_OP_SILU_MUL,     /* src0 gate, src1 up -> silu(gate) * up */
     GK_OP_COUNT
