@@ -176,16 +176,19 @@ int32_t gk_sample(const float *logits, int64_t n_vocab, const gk_gen_opts *o, gk
 static gk_status next_token(gk_model *m, const gk_gen_opts *o, gk_rng *rng, int32_t *tok, gk_err *err)
 {
     double u = is_greedy(o) ? 0.0 : rng_uniform(rng);
-    if (m->be.ops->sample) {
+    gk_status (*sample)(void *, const gk_tensor *, const gk_sample_params *, int32_t *, gk_err *) =
+        GK_BACKEND_OP(m->be.ops, sample);
+    gk_status (*sync)(void *, gk_err *) = GK_BACKEND_OP(m->be.ops, synchronize);
+    if (sample) {
         gk_tensor *logits;
         gk_status s = gk_model_run_last_logits(m, &logits, err);
         if (s != GK_OK)
             return s;
         gk_sample_params p = {.temperature = o->temperature, .top_k = o->top_k, .top_p = o->top_p, .u = u};
-        s = m->be.ops->sample(m->be.state, logits, &p, tok, err);
+        s = sample(m->be.state, logits, &p, tok, err);
         /* the step's one wait, which also reports any fault of its kernels */
-        if (s == GK_OK && m->be.ops->synchronize)
-            s = m->be.ops->synchronize(m->be.state, err);
+        if (s == GK_OK && sync)
+            s = sync(m->be.state, err);
         return s;
     }
     gk_status s = gk_model_last_logits(m, err);
@@ -203,6 +206,84 @@ static bool is_eos(const gk_gen_opts *o, int32_t t)
         if (o->eos_ids[i] == t)
             return true;
     return false;
+}
+
+/* Steps of generate after the first token, with the host out of the loop:
+ * the step graph (forward, LM head, GK_OP_SAMPLE) writes the picked id into
+ * its own input and advances the position on the device, so a step is one
+ * graph launch. The next step is queued before this one's token is read
+ * (read_async), so the device never waits for the host; a step queued past
+ * an end (EOS, the callback saying stop) computes a token nobody sees and a
+ * cache row beyond n_past, which the next call overwrites. Without
+ * read_async the token is read after each step. */
+static gk_status decode_on_device(gk_model *m, const gk_gen_opts *o, int32_t *seq, int64_t *len,
+                                  int32_t *out, int64_t *n_out, gk_gen_stats *st, gk_err *err)
+{
+    gk_status s = GK_OK;
+    if (!m->step) {
+        s = gk_fgraph_build_step(m, &m->step, err);
+        if (s != GK_OK)
+            return s;
+    }
+    gk_fgraph *g = m->step;
+    gk_node *nd = &g->g.nodes[g->sample];
+    float temp = is_greedy(o) ? 0.0f : o->temperature;
+    if (nd->f[0] != temp || nd->i[0] != o->top_k || nd->f[1] != o->top_p) {
+        nd->f[0] = temp;
+        nd->i[0] = o->top_k;
+        nd->f[1] = o->top_p;
+        gk_fgraph_new_id(g); /* other parameters: a backend must not replay the old recording */
+    }
+    /* the generator after the draws taken so far (one per token sampled on
+     * the host); the device counts on from there */
+    uint64_t seed = o->seed;
+    int32_t draws = is_greedy(o) ? 0 : (int32_t)st->n_gen;
+    int32_t ctl[4] = {(int32_t)(uint32_t)seed, (int32_t)(uint32_t)(seed >> 32), draws, 0};
+    int32_t tok = seq[*len - 1], pos = (int32_t)(*len - 1);
+    const gk_backend_ops *ops = m->be.ops;
+    s = ops->buffer_write(m->be.state, g->ids->data, 0, &tok, sizeof tok, err);
+    if (s == GK_OK)
+        s = ops->buffer_write(m->be.state, g->pos->data, 0, &pos, sizeof pos, err);
+    if (s == GK_OK)
+        s = ops->buffer_write(m->be.state, g->ctl->data, 0, ctl, sizeof ctl, err);
+    if (s != GK_OK)
+        return s;
+    gk_status (*read_async)(void *, const void *, size_t, size_t, uint64_t *, gk_err *) =
+        GK_BACKEND_OP(ops, read_async);
+    gk_status (*read_wait)(void *, uint64_t, void *, size_t, gk_err *) = GK_BACKEND_OP(ops, read_wait);
+    const bool pipelined = read_async && read_wait;
+    const int64_t want = o->max_new_tokens - st->n_gen; /* steps to run */
+    uint64_t ticket[2] = {0, 0};
+    int64_t issued = 0, done = 0;
+    /* the caller's n_past counts the tokens fed and kept */
+    m->n_past = *len - 1;
+    while (done < want) {
+        while (issued < want && issued - done < (pipelined ? 2 : 1)) {
+            s = ops->graph_compute(m->be.state, &g->g, err);
+            if (s == GK_OK && pipelined)
+                s = read_async(m->be.state, g->ids->data, 0, sizeof(int32_t), &ticket[issued % 2], err);
+            if (s != GK_OK)
+                return s;
+            issued++;
+        }
+        int32_t t;
+        s = pipelined ? read_wait(m->be.state, ticket[done % 2], &t, sizeof t, err)
+                      : ops->buffer_read(m->be.state, g->ids->data, 0, &t, sizeof t, err);
+        if (s != GK_OK)
+            return s;
+        done++;
+        m->n_past++; /* the token this step fed is in the cache now */
+        if (t < 0 || t >= m->cfg.n_vocab)
+            return gk_err_set(err, GK_ERR_INTERNAL, "the backend's sampler gave token %d, outside the vocabulary "
+                              "of %lld", (int)t, (long long)m->cfg.n_vocab);
+        seq[(*len)++] = t;
+        out[(*n_out)++] = t;
+        st->n_gen++;
+        if ((o->on_token && !o->on_token(t, o->user)) || is_eos(o, t))
+            break;
+    }
+    m->ran = false; /* the step graph's nodes are not the model's current ones */
+    return GK_OK;
 }
 
 gk_status gk_model_generate(gk_model *m, const int32_t *prompt, int64_t n_prompt, const gk_gen_opts *o,
@@ -239,21 +320,21 @@ gk_status gk_model_generate(gk_model *m, const int32_t *prompt, int64_t n_prompt
     gk_rng rng;
     gk_rng_seed(&rng, o->seed);
     gk_gen_stats s0 = {.n_prompt = n_prompt};
+    bool stop = false;
     gk_status s = gk_model_truncate(m, 0, err);
 
     double t0 = gk_now();
     int64_t len = n_prompt;
+    /* Prefill (and, without a cache, every step): forward passes in chunks,
+     * so activations stay bounded however long the prompt, then the next
+     * token from the last row's logits. */
     for (int64_t step = 0; s == GK_OK && step < o->max_new_tokens; step++) {
-        if (step == 0 || !o->use_cache) {
-            /* prefill, or without a cache the whole sequence again; in chunks,
-             * so activations stay bounded however long the prompt */
-            s = gk_model_truncate(m, 0, err);
-            for (int64_t done = 0; s == GK_OK && done < len; done += PREFILL_CHUNK) {
-                int64_t n = len - done < PREFILL_CHUNK ? len - done : PREFILL_CHUNK;
-                s = gk_model_forward(m, seq + done, n, NULL, err);
-            }
-        } else {
-            s = gk_model_forward(m, &seq[len - 1], 1, NULL, err);
+        if (step > 0 && o->use_cache)
+            break; /* the rest runs on the device, below */
+        s = gk_model_truncate(m, 0, err);
+        for (int64_t done = 0; s == GK_OK && done < len; done += PREFILL_CHUNK) {
+            int64_t n = len - done < PREFILL_CHUNK ? len - done : PREFILL_CHUNK;
+            s = gk_model_forward(m, seq + done, n, NULL, err);
         }
         int32_t tok = -1;
         if (s == GK_OK)
@@ -267,11 +348,13 @@ gk_status gk_model_generate(gk_model *m, const int32_t *prompt, int64_t n_prompt
         seq[len++] = tok;
         out[(*n_out)++] = tok;
         s0.n_gen++;
-        if (o->on_token && !o->on_token(tok, o->user))
+        if ((o->on_token && !o->on_token(tok, o->user)) || is_eos(o, tok)) {
+            stop = true;
             break;
-        if (is_eos(o, tok))
-            break;
+        }
     }
+    if (s == GK_OK && !stop && o->use_cache && s0.n_gen > 0 && s0.n_gen < o->max_new_tokens)
+        s = decode_on_device(m, o, seq, &len, out, n_out, &s0, err);
     if (s0.n_gen > 0)
         s0.t_decode_s = gk_now() - t0;
     if (stats)

@@ -18,6 +18,7 @@ const char *gk_op_name(gk_op op)
         [GK_OP_GET_ROWS] = "get_rows", [GK_OP_ADD] = "add", [GK_OP_LAYER_NORM] = "layer_norm",
         [GK_OP_RMS_NORM] = "rms_norm", [GK_OP_LINEAR] = "linear", [GK_OP_ROPE] = "rope",
         [GK_OP_ATTN] = "attn", [GK_OP_GELU_TANH] = "gelu_tanh", [GK_OP_SILU_MUL] = "silu_mul",
+        [GK_OP_SAMPLE] = "sample",
     };
     return (unsigned)op < GK_OP_COUNT ? names[op] : "?";
 }
@@ -284,6 +285,8 @@ void gk_fgraph_destroy(gk_model *m, gk_fgraph *fg)
 {
     if (!fg)
         return;
+    gk_fgraph_destroy(m, fg->head);
+    gk_fgraph_destroy(m, fg->head_last);
     if (fg->arena) {
         m->be.ops->buffer_free(m->be.state, fg->arena);
         m->mem_bytes -= fg->arena_bytes;
@@ -313,6 +316,12 @@ gk_status gk_fgraph_check(gk_model *m, const gk_fgraph *fg, gk_err *err)
     return GK_OK;
 }
 
+void gk_fgraph_new_id(gk_fgraph *fg)
+{
+    static uint64_t last; /* ids are never reused, in any model of the process */
+    fg->g.id = __atomic_add_fetch(&last, 1, __ATOMIC_RELAXED);
+}
+
 static gk_status finish(gk_model *m, gk_builder *b, gk_status st, gk_fgraph **out, gk_err *err)
 {
     if (st == GK_OK && b->failed)
@@ -327,6 +336,7 @@ static gk_status finish(gk_model *m, gk_builder *b, gk_status st, gk_fgraph **ou
         gk_fgraph_destroy(m, b->fg);
         return st;
     }
+    gk_fgraph_new_id(b->fg);
     *out = b->fg;
     return GK_OK;
 }
@@ -359,4 +369,36 @@ gk_status gk_fgraph_build_head(gk_model *m, gk_tensor *hidden, gk_fgraph **out, 
     gk_tensor *head = m->w[GK_W_LM_HEAD] ? m->w[GK_W_LM_HEAD] : m->w[GK_W_TOK_EMBD];
     fg->out = gk_build_linear(&b, hidden, head, NULL, "logits", -1);
     return finish(m, &b, GK_OK, out, err);
+}
+
+gk_status gk_fgraph_build_step(gk_model *m, gk_fgraph **out, gk_err *err)
+{
+    *out = NULL;
+    gk_fgraph *fg = calloc(1, sizeof *fg);
+    if (!fg)
+        return gk_err_set(err, GK_ERR_NOMEM, "out of memory");
+    fg->g.n_tokens = 1;
+    gk_builder b = {.m = m, .fg = fg};
+    fg->ids = new_tensor(&b, GK_DTYPE_I32, 1, 1, "ids", -1);
+    fg->pos = new_tensor(&b, GK_DTYPE_I32, 1, 1, "pos", -1);
+    fg->ctl = new_tensor(&b, GK_DTYPE_I32, 1, 4, "sample_ctl", -1);
+    gk_tensor *hidden = NULL;
+    gk_status st = b.failed ? GK_ERR_NOMEM : m->arch->build(&b, &hidden, err);
+    if (st == GK_OK && !b.failed && (!hidden || hidden->rows != 1 || hidden->cols != m->cfg.n_embd))
+        st = gk_err_set(err, GK_ERR_INTERNAL, "architecture '%s' built no [1][%lld] output", m->arch->spec->name,
+                        (long long)m->cfg.n_embd);
+    if (st == GK_OK) {
+        gk_tensor *head = m->w[GK_W_LM_HEAD] ? m->w[GK_W_LM_HEAD] : m->w[GK_W_TOK_EMBD];
+        fg->out = gk_build_linear(&b, hidden, head, NULL, "logits", -1);
+        /* the sampled id becomes the next step's input */
+        gk_node *nd = new_node(&b, GK_OP_SAMPLE, fg->ids);
+        if (nd) {
+            nd->src[0] = fg->out;
+            nd->src[1] = fg->ctl;
+            nd->src[2] = fg->pos;
+            nd->f[1] = 1.0f;
+            fg->sample = fg->g.n_nodes - 1;
+        }
+    }
+    return finish(m, &b, st, out, err);
 }

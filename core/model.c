@@ -516,9 +516,10 @@ gk_status gk_model_load(gk_runtime *rt, const char *path, const gk_model_opts *o
     /* Build the decode graph now: an op the backend cannot run is an error at
      * load, naming the op, not at the first token. */
     if (s == GK_OK)
-        s = gk_fgraph_build_forward(m, 1, &m->fwd, err);
+        s = gk_fgraph_build_forward(m, 1, &m->g1, err);
     if (s != GK_OK)
         goto fail;
+    m->fwd = m->g1;
     gk_safetensors_close(st);
     free(dir);
     free(cfg_path);
@@ -538,9 +539,9 @@ void gk_model_destroy(gk_model *m)
     if (!m)
         return;
     if (m->be.ops) {
-        gk_fgraph_destroy(m, m->head_last);
-        gk_fgraph_destroy(m, m->head);
-        gk_fgraph_destroy(m, m->fwd);
+        gk_fgraph_destroy(m, m->step);
+        gk_fgraph_destroy(m, m->gn);
+        gk_fgraph_destroy(m, m->g1);
         for (int r = 0; r < GK_W_COUNT; r++) {
             gk_model_tensor_free(m, m->w[r]);
             for (int64_t l = 0; m->lw[r] && l < m->cfg.n_layer; l++)
@@ -605,15 +606,19 @@ gk_status gk_model_forward(gk_model *m, const int32_t *ids, int64_t n, float *hi
             return gk_err_set(err, GK_ERR_INVALID_ARG, "token id %d at index %lld is outside the vocabulary of %lld",
                               ids[i], (long long)i, (long long)m->cfg.n_vocab);
     gk_status s;
-    if (!m->fwd || m->fwd->g.n_tokens != n) {
-        gk_fgraph_destroy(m, m->head_last);
-        gk_fgraph_destroy(m, m->head);
-        gk_fgraph_destroy(m, m->fwd);
-        m->head_last = m->head = m->fwd = NULL;
-        s = gk_fgraph_build_forward(m, n, &m->fwd, err);
+    /* the graph of this size: the one-token graph, or the kept one of another
+     * size (rebuilt when the size changed) */
+    gk_fgraph **slot = n == 1 ? &m->g1 : &m->gn;
+    if (!*slot || (*slot)->g.n_tokens != n) {
+        if (m->fwd == *slot)
+            m->fwd = NULL, m->ran = false;
+        gk_fgraph_destroy(m, *slot);
+        *slot = NULL;
+        s = gk_fgraph_build_forward(m, n, slot, err);
         if (s != GK_OK)
             return s;
     }
+    m->fwd = *slot;
     /* positions: on the stack for decode-sized steps, no allocation per token */
     int32_t small[64];
     int32_t *pos = n <= 64 ? small : malloc((size_t)n * sizeof *pos);
@@ -645,13 +650,13 @@ gk_status gk_model_logits(gk_model *m, float *logits, gk_err *err)
     if (!m->ran)
         return gk_err_set(err, GK_ERR_INVALID_ARG, "logits asked before any forward call");
     gk_status s = GK_OK;
-    if (!m->head)
-        s = gk_fgraph_build_head(m, m->fwd->out, &m->head, err);
+    gk_fgraph *f = m->fwd;
+    if (!f->head)
+        s = gk_fgraph_build_head(m, f->out, &f->head, err);
     if (s == GK_OK)
-        s = run(m, m->head, err);
+        s = run(m, f->head, err);
     if (s == GK_OK)
-        s = m->be.ops->buffer_read(m->be.state, m->head->out->data, 0, logits,
-                                   gk_tensor_nbytes(m->head->out), err);
+        s = m->be.ops->buffer_read(m->be.state, f->head->out->data, 0, logits, gk_tensor_nbytes(f->head->out), err);
     return s;
 }
 
@@ -660,16 +665,16 @@ gk_status gk_model_run_last_logits(gk_model *m, gk_tensor **out, gk_err *err)
     if (!m->ran)
         return gk_err_set(err, GK_ERR_INVALID_ARG, "logits asked before any forward call");
     gk_status s = GK_OK;
-    if (!m->head_last) {
-        m->last_row = *m->fwd->out;
-        m->last_row.rows = 1;
-        m->last_row.data = (char *)m->fwd->out->data +
-                           (size_t)(m->fwd->out->rows - 1) * (size_t)m->fwd->out->cols * sizeof(float);
-        s = gk_fgraph_build_head(m, &m->last_row, &m->head_last, err);
+    gk_fgraph *f = m->fwd;
+    if (!f->head_last) {
+        f->last_row = *f->out;
+        f->last_row.rows = 1;
+        f->last_row.data = (char *)f->out->data + (size_t)(f->out->rows - 1) * (size_t)f->out->cols * sizeof(float);
+        s = gk_fgraph_build_head(m, &f->last_row, &f->head_last, err);
     }
     if (s == GK_OK)
-        s = run(m, m->head_last, err);
-    *out = s == GK_OK ? m->head_last->out : NULL;
+        s = run(m, f->head_last, err);
+    *out = s == GK_OK ? f->head_last->out : NULL;
     return s;
 }
 
@@ -704,8 +709,8 @@ static const gk_node *node_at(const gk_model *m, size_t i)
     if (i < nf)
         return &m->fwd->g.nodes[i];
     i -= nf;
-    if (m->head && i < m->head->g.n_nodes)
-        return &m->head->g.nodes[i];
+    if (m->fwd && m->fwd->head && i < m->fwd->head->g.n_nodes)
+        return &m->fwd->head->g.nodes[i];
     return NULL;
 }
 
@@ -713,7 +718,7 @@ size_t gk_model_node_count(const gk_model *m)
 {
     if (!m || !m->ran)
         return 0;
-    return (m->fwd ? m->fwd->g.n_nodes : 0) + (m->head ? m->head->g.n_nodes : 0);
+    return (m->fwd ? m->fwd->g.n_nodes : 0) + (m->fwd && m->fwd->head ? m->fwd->head->g.n_nodes : 0);
 }
 
 gk_status gk_model_node_info(const gk_model *m, size_t i, const char **name, int *layer, int64_t *rows,

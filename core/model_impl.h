@@ -16,7 +16,14 @@ typedef struct gk_fgraph {
     void *arena;                  /* backend buffer for all owned tensors */
     size_t arena_bytes;
     gk_tensor *ids, *pos;         /* I32 [1][n] inputs */
-    gk_tensor *out;               /* hidden [n][n_embd], or logits for a head graph */
+    gk_tensor *out;               /* hidden [n][n_embd], or logits for a head or step graph */
+    struct gk_fgraph *head;       /* (on demand) logits of every row of out */
+    struct gk_fgraph *head_last;  /* (on demand) logits of out's last row */
+    gk_tensor last_row;           /* view of out's last row, head_last's input */
+    /* a step graph: forward of one token, the LM head and GK_OP_SAMPLE, whose
+     * output is ids; ctl I32 [1][4] steers the sampler */
+    gk_tensor *ctl;
+    size_t sample;                /* index of the SAMPLE node */
 } gk_fgraph;
 
 struct gk_builder {
@@ -40,11 +47,12 @@ struct gk_model {
     uint64_t weight_bytes;
     uint64_t mem_bytes;           /* everything allocated on the backend now */
     uint64_t mem_peak;            /* the most mem_bytes has been */
-    gk_fgraph *fwd;               /* last forward graph (the decode graph after load) */
+    /* Forward graphs are kept for the next call of their size: one token
+     * (decode, built at load) and the last other count (prefill chunks). */
+    gk_fgraph *g1, *gn;
+    gk_fgraph *fwd;               /* the one run last (g1 or gn): the model's current nodes */
+    gk_fgraph *step;              /* generate's decode step (built on first use) */
     bool ran;                     /* a forward has run: logits and nodes are valid */
-    gk_fgraph *head;              /* logits of fwd->out */
-    gk_fgraph *head_last;         /* logits of the last row of fwd->out */
-    gk_tensor last_row;           /* view of fwd->out's last row, head_last's input */
     float *host_logits;           /* [n_vocab] scratch for generate */
 };
 
@@ -53,6 +61,12 @@ GK_INTERNAL gk_status gk_fgraph_build_forward(gk_model *m, int64_t n, gk_fgraph 
 /* A graph applying the LM head to `hidden` (an existing tensor, not owned). */
 GK_INTERNAL gk_status gk_fgraph_build_head(gk_model *m, gk_tensor *hidden, gk_fgraph **out,
                                            gk_err *err);
+/* Forward of one token, the LM head on it and GK_OP_SAMPLE writing the
+ * picked id into the graph's own ids input (generate's decode step). */
+GK_INTERNAL gk_status gk_fgraph_build_step(gk_model *m, gk_fgraph **out, gk_err *err);
+/* A fresh graph id, for a graph whose nodes changed (see gk_graph.id). */
+GK_INTERNAL void gk_fgraph_new_id(gk_fgraph *fg);
+/* Frees fg with its head graphs (NULL: nothing). */
 GK_INTERNAL void gk_fgraph_destroy(gk_model *m, gk_fgraph *fg);
 /* Check every node with the backend's supports_node; an unsupported op is an
  * error naming it (never a silent fallback). */

@@ -635,6 +635,23 @@ Test(gkrun_bench, sizes_beyond_the_context_are_refused)
     free(out);
 }
 
+/* --kv-dtype picks the KV cache's dtype (bench and --json say which); an
+ * unknown one exits 1 naming the option and the value. */
+Test(gkrun_bench, kv_dtype_is_chosen_and_reported)
+{
+    char *out;
+    cr_expect_eq(run(&out, "bench -m %s --backend cpu_ref --reps 1 -p 3 -n 2", demo_dir()), 0, "%s", out);
+    cr_expect(strstr(out, "F16 weights") && strstr(out, "F16 KV cache"), "the demo model's own dtype: %s", out);
+    free(out);
+    cr_expect_eq(run(&out, "bench -m %s --backend cpu_ref --reps 1 -p 3 -n 2 --kv-dtype bf16 --json", demo_dir()), 0,
+                 "%s", out);
+    cr_expect(strstr(out, "\"kv_dtype\":\"BF16\""), "%s", out);
+    free(out);
+    cr_expect_eq(run(&out, "bench -m %s --backend cpu_ref --reps 1 -p 3 -n 2 --kv-dtype q4", demo_dir()), 1, "%s", out);
+    cr_expect(strstr(out, "KV-cache dtype") && strstr(out, "'q4'"), "%s", out);
+    free(out);
+}
+
 /* ------------------------------------------------------------ prompt input */
 
 /* The ids after "prompt ids (N):" of --verbose-prompt, as "a b c" (heap). */

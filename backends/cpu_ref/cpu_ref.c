@@ -416,6 +416,20 @@ static gk_status check_node(const gk_node *nd, bool run, gk_err *err)
             return s;
         break;
     }
+    case GK_OP_SAMPLE: {
+        float temp = nd->f[0], top_p = nd->f[1];
+        if (!(temp >= 0.0f && isfinite(temp)) || !(top_p > 0.0f && top_p <= 1.0f) || nd->i[0] < 0)
+            return bad_param(nd, err, "temperature f[0] must be finite and >= 0, top_p f[1] in (0, 1] "
+                                      "and top_k i[0] >= 0");
+        if ((s = need(nd, 0, "logits", DT_ACT, 1, ANY, run, err)) ||
+            (s = need(nd, 1, "ctl", DT_INT, 1, 4, run, err)) ||
+            (nd->src[2] && (s = need(nd, 2, "pos", DT_INT, 1, 1, run, err))) ||
+            (s = need(nd, -1, "dst", DT_INT, 1, 1, run, err)))
+            return s;
+        if (x->cols > INT32_MAX)
+            return bad_param(nd, err, "more than 2^31 - 1 logits");
+        break;
+    }
     default:
         return gk_err_set(err, GK_ERR_UNSUPPORTED, "cpu_ref: unknown op %d", (int)nd->op);
     }
@@ -499,6 +513,29 @@ static gk_status cpu_buffer_read(void *state, const void *buf, size_t offset, vo
     return GK_OK;
 }
 
+/* The token gk_sample picks, with the generator after ctl[2] draws from the
+ * seed in ctl[0..1]; then the step and the position move on. */
+static gk_status op_sample(const cpu_state *cs, const gk_node *nd, gk_err *err)
+{
+    int32_t *ctl = (int32_t *)nd->src[1]->data;
+    uint64_t seed = (uint64_t)(uint32_t)ctl[0] | (uint64_t)(uint32_t)ctl[1] << 32;
+    gk_rng r;
+    gk_rng_seed(&r, seed);
+    r.s += (uint64_t)(uint32_t)ctl[2] * 0x9E3779B97F4A7C15ull; /* splitmix64's step per draw */
+    gk_gen_opts o = gk_gen_opts_default();
+    o.temperature = nd->f[0];
+    o.top_k = nd->i[0];
+    o.top_p = nd->f[1];
+    int32_t t = gk_sample(f32(nd->src[0]), nd->src[0]->cols, &o, &r);
+    if (t < 0)
+        return gk_err_set(err, GK_ERR_NOMEM, "cpu_ref: sample: out of memory");
+    *(int32_t *)nd->dst->data = t;
+    ctl[2]++;
+    if (nd->src[2])
+        (*(int32_t *)nd->src[2]->data)++;
+    return GK_OK;
+}
+
 static bool cpu_supports_node(void *state, const gk_node *node)
 {
     return node && check_node(node, false, NULL) == GK_OK;
@@ -511,7 +548,7 @@ static const op_fn op_table[GK_OP_COUNT] = {
     [GK_OP_LAYER_NORM] = op_layer_norm, [GK_OP_RMS_NORM] = op_rms_norm,
     [GK_OP_LINEAR] = op_linear,         [GK_OP_ROPE] = op_rope,
     [GK_OP_ATTN] = op_attn,             [GK_OP_GELU_TANH] = op_gelu_tanh,
-    [GK_OP_SILU_MUL] = op_silu_mul,
+    [GK_OP_SILU_MUL] = op_silu_mul,     [GK_OP_SAMPLE] = op_sample,
 };
 
 static gk_status cpu_graph_compute(void *state, const gk_graph *g, gk_err *err)

@@ -29,6 +29,7 @@
 /* One graph seen before: its signature (every pointer, shape and parameter
  * the launches depend on), and once captured, the executable graph. */
 typedef struct graph_entry {
+    uint64_t id;          /* the core's graph id, or 0: known by signature */
     uint64_t hash;
     uint64_t *sig;        /* [sig_len] */
     size_t sig_len;
@@ -55,6 +56,10 @@ typedef struct cuda_state {
     void *stage[2];       /* pinned [STAGE_CHUNK] each, for large writes */
     cudaEvent_t stage_done[2];
     cu_sample_buf sample;
+    /* read_async: pinned slots, each with the event its copy completes */
+    char *async_host;     /* [GK_READ_ASYNC_SLOTS][GK_READ_ASYNC_MAX] pinned */
+    cudaEvent_t async_done[GK_READ_ASYNC_SLOTS];
+    uint64_t async_next;  /* the next ticket; ticket t uses slot t % SLOTS */
 } cuda_state;
 
 #define CUDA_TRY(call, err, what)                                                            \
@@ -131,6 +136,11 @@ static void cuda_fini(void *state)
         cudaStreamSynchronize(s->ctx.stream);
         drop_graphs(s);
         cu_sample_free(&s->sample);
+        for (int i = 0; i < GK_READ_ASYNC_SLOTS; i++)
+            if (s->async_done[i])
+                cudaEventDestroy(s->async_done[i]);
+        if (s->async_host)
+            cudaFreeHost(s->async_host);
         for (int i = 0; i < 2; i++) {
             if (s->stage[i])
                 cudaFreeHost(s->stage[i]);
@@ -242,11 +252,9 @@ static gk_status cuda_props(void *state, gk_device_props *p, gk_err *err)
 
 /* Wait for the stream, then turn a kernel's note in the error word into a
  * status (and clear it). */
-static gk_status drain(cuda_state *s, const char *what, gk_err *err)
+/* A note a kernel left in the error word, as a status (then cleared). */
+static gk_status take_note(cuda_state *s, gk_err *err)
 {
-    gk_status st = CUDA_TRY(cudaStreamSynchronize(s->ctx.stream), err, what);
-    if (st != GK_OK)
-        return st;
     volatile int *ew = s->err_host;
     int code = ew[CU_EW_CODE];
     if (code == CU_ERR_NONE)
@@ -258,6 +266,12 @@ static gk_status drain(cuda_state *s, const char *what, gk_err *err)
                           value, index, limit);
     return gk_err_set(err, GK_ERR_INVALID_ARG, "cuda: attn: position %d at %d outside the %d rows of the KV cache",
                       value, index, limit);
+}
+
+static gk_status drain(cuda_state *s, const char *what, gk_err *err)
+{
+    gk_status st = CUDA_TRY(cudaStreamSynchronize(s->ctx.stream), err, what);
+    return st == GK_OK ? take_note(s, err) : st;
 }
 
 static gk_status cuda_alloc(void *state, size_t n, void **out, gk_err *err)
@@ -397,6 +411,12 @@ static bool cu_node_ok(const gk_node *nd)
                fits(nd->src[5], DT(nd->src[4]->dtype), nd->src[4]->rows, nkv * hd) &&
                fits(d, DT_ACT, x->rows, nh * hd);
     }
+    case GK_OP_SAMPLE: {
+        float temp = nd->f[0], top_p = nd->f[1];
+        return temp >= 0.0f && isfinite(temp) && top_p > 0.0f && top_p <= 1.0f && nd->i[0] >= 0 &&
+               fits(x, DT_ACT, 1, ANY) && fits(y, DT_INT, 1, 4) && (!nd->src[2] || fits(nd->src[2], DT_INT, 1, 1)) &&
+               fits(d, DT_INT, 1, 1);
+    }
     default:
         return false;
     }
@@ -412,6 +432,7 @@ static size_t node_scratch(const cu_ctx *c, const gk_node *nd)
     switch (nd->op) {
     case GK_OP_LINEAR: return cu_linear_scratch(c, nd);
     case GK_OP_ATTN: return cu_attn_scratch(c, nd);
+    case GK_OP_SAMPLE: return cu_sample_node_scratch(c, nd);
     default: return 0;
     }
 }
@@ -429,8 +450,78 @@ static gk_status launch_node(cu_ctx *c, const gk_node *nd, gk_err *err)
     case GK_OP_ATTN: return cu_attn(c, nd, err);
     case GK_OP_GELU_TANH: return cu_gelu_tanh(c, nd, err);
     case GK_OP_SILU_MUL: return cu_silu_mul(c, nd, err);
+    case GK_OP_SAMPLE: return cu_sample_node(c, nd, err);
     default: return gk_err_set(err, GK_ERR_UNSUPPORTED, "cuda: unknown op %d", (int)nd->op);
     }
+}
+
+/* A whole-row norm whose output only LINEAR nodes read next: the prologue. */
+static bool is_row_norm(const gk_node *nd)
+{
+    return (nd->op == GK_OP_RMS_NORM && (nd->i[0] == 0 || nd->i[0] == nd->src[0]->cols)) ||
+           nd->op == GK_OP_LAYER_NORM;
+}
+
+/* From nodes[0] on: [norm,] 1..CU_GEMV_MAX_MATS decode-sized LINEAR nodes
+ * reading one input, [SILU_MUL of two | GELU_TANH of one | ADD of one and
+ * another tensor] as one fused GEMV (gemv.cu). Fills d and returns the node
+ * count it covers, or 0 when the pattern is not there or cu_gemv declines. */
+static int plan_gemv(const gk_node *nodes, size_t n_nodes, cu_gemv_desc *d)
+{
+    memset(d, 0, sizeof *d);
+    size_t i = 0;
+    const gk_node *norm = NULL;
+    if (n_nodes >= 2 && is_row_norm(&nodes[0]) && nodes[1].op == GK_OP_LINEAR && nodes[1].src[0] == nodes[0].dst) {
+        norm = &nodes[0];
+        i = 1;
+    }
+    const gk_node *lin = &nodes[i];
+    if (i >= n_nodes || lin->op != GK_OP_LINEAR || lin->src[0]->rows > CU_GEMV_MAX_TOKENS)
+        return 0;
+    int count = 0;
+    while (i + count < n_nodes && count < CU_GEMV_MAX_MATS) {
+        const gk_node *l = &nodes[i + count];
+        if (l->op != GK_OP_LINEAR || l->src[0] != lin->src[0] || l->src[1]->dtype != lin->src[1]->dtype)
+            break;
+        d->W[count] = l->src[1]->data;
+        d->bias[count] = l->src[2] ? l->src[2]->data : NULL;
+        d->y[count] = (float *)l->dst->data;
+        d->out[count] = (int)l->src[1]->rows;
+        count++;
+    }
+    d->wtype = lin->src[1]->dtype;
+    d->n = (int)lin->src[0]->rows;
+    d->in = (int)lin->src[0]->cols;
+    d->count = count;
+    if (norm) {
+        d->x = (const float *)norm->src[0]->data;
+        d->pro = norm->op == GK_OP_RMS_NORM ? CU_PRO_RMS : CU_PRO_LAYER;
+        d->norm_type = norm->src[1]->dtype;
+        d->norm_w = norm->src[1]->data;
+        d->norm_b = norm->op == GK_OP_LAYER_NORM && norm->src[2] ? norm->src[2]->data : NULL;
+        d->eps = norm->f[0];
+        d->norm_out = (float *)norm->dst->data;
+    } else {
+        d->x = (const float *)lin->src[0]->data;
+    }
+    size_t used = i + (size_t)count;
+    const gk_node *e = used < n_nodes ? &nodes[used] : NULL;
+    const gk_node *l0 = &nodes[i], *l1 = count > 1 ? &nodes[i + 1] : NULL;
+    if (e && count == 2 && e->op == GK_OP_SILU_MUL && e->src[0] == l0->dst && e->src[1] == l1->dst) {
+        d->epi = CU_EPI_SWIGLU;
+        d->act_out = (float *)e->dst->data;
+        used++;
+    } else if (e && count == 1 && e->op == GK_OP_GELU_TANH && e->src[0] == l0->dst) {
+        d->epi = CU_EPI_GELU;
+        d->act_out = (float *)e->dst->data;
+        used++;
+    } else if (e && count == 1 && e->op == GK_OP_ADD && (e->src[0] == l0->dst) != (e->src[1] == l0->dst)) {
+        d->epi = CU_EPI_RESIDUAL;
+        d->res = (const float *)(e->src[0] == l0->dst ? e->src[1] : e->src[0])->data;
+        d->res_out = (float *)e->dst->data;
+        used++;
+    }
+    return cu_gemv_ok(d) ? (int)used : 0;
 }
 
 static gk_status launch_all(cu_ctx *c, const gk_graph *g, gk_err *err)
@@ -438,11 +529,16 @@ static gk_status launch_all(cu_ctx *c, const gk_graph *g, gk_err *err)
     for (size_t i = 0; i < g->n_nodes; i++) {
         gk_status st;
         /* a residual add and the norm of its result: one kernel, both outputs */
-        int group, rs;
+        int group, rs, fused;
+        cu_gemv_desc gd;
         if ((rs = cu_rope_store_match(&g->nodes[i], g->n_nodes - i)) > 0) {
             /* [QK-norm,] RoPE and the cache store in one launch, then attention */
             st = cu_rope_store(c, &g->nodes[i], rs, err);
             i += (size_t)rs - 1;
+        } else if ((fused = plan_gemv(&g->nodes[i], g->n_nodes - i, &gd)) > 0) {
+            /* [norm ->] projections sharing an input [-> activation or residual] */
+            st = cu_gemv(c, &gd, &g->nodes[i], err);
+            i += (size_t)fused - 1;
         } else if (i + 1 < g->n_nodes && cu_can_fuse_add_norm(&g->nodes[i], &g->nodes[i + 1])) {
             st = cu_add_norm(c, &g->nodes[i], &g->nodes[i + 1], err);
             i++;
@@ -549,25 +645,40 @@ static graph_entry *find_graph(cuda_state *s, uint64_t hash, size_t len)
 {
     for (int i = 0; i < GRAPH_CACHE; i++) {
         graph_entry *g = &s->graphs[i];
-        if (g->sig && g->hash == hash && g->sig_len == len && !memcmp(g->sig, s->sig, len * sizeof *s->sig))
+        if (!g->id && g->sig && g->hash == hash && g->sig_len == len && !memcmp(g->sig, s->sig, len * sizeof *s->sig))
             return g;
     }
     return NULL;
 }
 
+static graph_entry *find_id(cuda_state *s, uint64_t id)
+{
+    for (int i = 0; i < GRAPH_CACHE; i++)
+        if (s->graphs[i].id == id)
+            return &s->graphs[i];
+    return NULL;
+}
+
+/* The least recently used entry, emptied. */
+static graph_entry *victim(cuda_state *s)
+{
+    graph_entry *v = &s->graphs[0];
+    for (int i = 0; i < GRAPH_CACHE; i++) {
+        if (!s->graphs[i].sig && !s->graphs[i].id) {
+            v = &s->graphs[i];
+            break;
+        }
+        if (s->graphs[i].last_use < v->last_use)
+            v = &s->graphs[i];
+    }
+    drop_graph(v);
+    return v;
+}
+
 /* Remember the signature just built (evicting the least recently used). */
 static graph_entry *remember_graph(cuda_state *s, uint64_t hash, size_t len)
 {
-    graph_entry *victim = &s->graphs[0];
-    for (int i = 0; i < GRAPH_CACHE; i++) {
-        if (!s->graphs[i].sig) {
-            victim = &s->graphs[i];
-            break;
-        }
-        if (s->graphs[i].last_use < victim->last_use)
-            victim = &s->graphs[i];
-    }
-    drop_graph(victim);
+    graph_entry *victim = ::victim(s);
     victim->sig = (uint64_t *)malloc(len * sizeof *victim->sig);
     if (!victim->sig)
         return NULL; /* just not remembered */
@@ -612,12 +723,39 @@ static gk_status cuda_compute(void *state, const gk_graph *g, gk_err *err)
     if (!g || (g->n_nodes && !g->nodes))
         return gk_err_set(err, GK_ERR_INVALID_ARG, "cuda: graph_compute without nodes");
     gk_status st = ready(s, err);
-    if (st == GK_OK)
-        st = prepare(s, g, err);
+    if (st != GK_OK)
+        return st;
+    if (g->id && !s->no_graphs) {
+        /* replayed before and still captured: checked then, and a scratch
+         * that grew since would have dropped the capture */
+        graph_entry *ge = find_id(s, g->id);
+        if (ge && ge->exec) {
+            ge->last_use = ++s->use_clock;
+            return CUDA_TRY(cudaGraphLaunch(ge->exec, s->ctx.stream), err, "cudaGraphLaunch");
+        }
+    }
+    st = prepare(s, g, err);
     if (st != GK_OK || g->n_nodes == 0)
         return st;
     if (s->no_graphs)
         return launch_all(&s->ctx, g, err);
+
+    if (g->id) {
+        /* the core names the graph: no signature to build or compare */
+        graph_entry *ge = find_id(s, g->id);
+        if (!ge) {
+            ge = victim(s);
+            ge->id = g->id;
+            ge->last_use = ++s->use_clock;
+            return launch_all(&s->ctx, g, err);
+        }
+        ge->last_use = ++s->use_clock;
+        if (!ge->exec && !ge->no_capture && !capture(s, g, &ge->exec))
+            ge->no_capture = true;
+        if (!ge->exec)
+            return launch_all(&s->ctx, g, err);
+        return CUDA_TRY(cudaGraphLaunch(ge->exec, s->ctx.stream), err, "cudaGraphLaunch");
+    }
 
     size_t len = 0;
     uint64_t hash = 0;
@@ -664,6 +802,55 @@ static gk_status cuda_sample(void *state, const gk_tensor *logits, const gk_samp
     return st;
 }
 
+static gk_status cuda_read_async(void *state, const void *buf, size_t off, size_t n, uint64_t *ticket,
+                                 gk_err *err)
+{
+    cuda_state *s = (cuda_state *)state;
+    gk_status st = ready(s, err);
+    if (st != GK_OK)
+        return st;
+    if (n > GK_READ_ASYNC_MAX || !buf || !ticket)
+        return gk_err_set(err, GK_ERR_INVALID_ARG, "cuda: read_async of %zu bytes (at most %d, to a ticket)", n,
+                          GK_READ_ASYNC_MAX);
+    if (!s->async_host) {
+        st = CUDA_TRY(cudaHostAlloc((void **)&s->async_host, GK_READ_ASYNC_SLOTS * GK_READ_ASYNC_MAX,
+                                    cudaHostAllocDefault), err, "cudaHostAlloc (read_async)");
+        for (int i = 0; st == GK_OK && i < GK_READ_ASYNC_SLOTS; i++)
+            st = CUDA_TRY(cudaEventCreateWithFlags(&s->async_done[i], cudaEventDisableTiming), err, "cudaEventCreate");
+        if (st != GK_OK)
+            return st;
+    }
+    uint64_t t = s->async_next;
+    int k = (int)(t % GK_READ_ASYNC_SLOTS);
+    /* an earlier copy into this slot may still be queued: ordered on the stream before this one */
+    st = CUDA_TRY(cudaMemcpyAsync(s->async_host + k * GK_READ_ASYNC_MAX, (const char *)buf + off, n,
+                                  cudaMemcpyDeviceToHost, s->ctx.stream), err, "read_async");
+    if (st == GK_OK)
+        st = CUDA_TRY(cudaEventRecord(s->async_done[k], s->ctx.stream), err, "read_async");
+    if (st == GK_OK) {
+        *ticket = t;
+        s->async_next = t + 1;
+    }
+    return st;
+}
+
+static gk_status cuda_read_wait(void *state, uint64_t ticket, void *dst, size_t n, gk_err *err)
+{
+    cuda_state *s = (cuda_state *)state;
+    if (!s->async_host || ticket >= s->async_next || s->async_next - ticket > GK_READ_ASYNC_SLOTS ||
+        n > GK_READ_ASYNC_MAX || !dst)
+        return gk_err_set(err, GK_ERR_INVALID_ARG, "cuda: read_wait: ticket %llu is not one of the last %d",
+                          (unsigned long long)ticket, GK_READ_ASYNC_SLOTS);
+    int k = (int)(ticket % GK_READ_ASYNC_SLOTS);
+    /* the slot's event is the newest copy into it, which is this ticket's */
+    gk_status st = CUDA_TRY(cudaEventSynchronize(s->async_done[k]), err, "kernel execution");
+    if (st == GK_OK)
+        st = take_note(s, err);
+    if (st == GK_OK)
+        memcpy(dst, s->async_host + k * GK_READ_ASYNC_MAX, n);
+    return st;
+}
+
 static const gk_backend_ops ops = {
     .struct_size = sizeof(gk_backend_ops),
     .magic = GK_BACKEND_OPS_MAGIC,
@@ -677,6 +864,8 @@ static const gk_backend_ops ops = {
     .graph_compute = cuda_compute,
     .synchronize = cuda_sync,
     .sample = cuda_sample,
+    .read_async = cuda_read_async,
+    .read_wait = cuda_read_wait,
 };
 
 extern "C" {

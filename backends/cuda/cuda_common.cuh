@@ -218,6 +218,9 @@ typedef struct cu_sample_buf {
 gk_status cu_sample(cu_ctx *c, cu_sample_buf *buf, const gk_tensor *logits,
                     const gk_sample_params *p, int32_t *token, gk_err *err);
 void cu_sample_free(cu_sample_buf *buf);
+/* GK_OP_SAMPLE as a graph node (capturable: its temporaries are scratch). */
+size_t cu_sample_node_scratch(const cu_ctx *c, const gk_node *nd);
+gk_status cu_sample_node(cu_ctx *c, const gk_node *nd, gk_err *err);
 
 /* --------------------------------------------------------- error helpers */
 

@@ -77,15 +77,40 @@ __global__ void __launch_bounds__(ARGMAX_THREADS) argmax_partial_kernel(const fl
         part[blockIdx.x] = b;
 }
 
+/* After a GK_OP_SAMPLE pick: the step and the position move on (NULL: a
+ * plain sample call). Thread 0 of the picking block. */
+static __device__ __forceinline__ void advance(int32_t *ctl, int32_t *pos)
+{
+    if (ctl)
+        ctl[2]++;
+    if (pos)
+        (*pos)++;
+}
+
 __global__ void __launch_bounds__(ARGMAX_THREADS) argmax_final_kernel(const best *__restrict__ part, int n_part,
-                                                                      int32_t *__restrict__ id)
+                                                                      int32_t *__restrict__ id, int32_t *ctl,
+                                                                      int32_t *pos)
 {
     best b = {-INFINITY, 0x7fffffff};
     for (int i = threadIdx.x; i < n_part; i += blockDim.x)
         b = better(b, part[i]);
     b = block_best<ARGMAX_THREADS>(b);
-    if (threadIdx.x == 0)
+    if (threadIdx.x == 0) {
         *id = b.i == 0x7fffffff ? 0 : b.i; /* all NaN: id 0, as the host's argmax */
+        advance(ctl, pos);
+    }
+}
+
+/* The draw gk_rng gives after ctl[2] draws from the seed in ctl[0..1]
+ * (splitmix64, as core/generate.c). */
+static __device__ double draw_at(const int32_t *ctl)
+{
+    uint64_t seed = (uint64_t)(uint32_t)ctl[0] | (uint64_t)(uint32_t)ctl[1] << 32;
+    uint64_t z = seed + ((uint64_t)(uint32_t)ctl[2] + 1) * 0x9E3779B97F4A7C15ull;
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    z ^= z >> 31;
+    return (double)(z >> 11) * 0x1.0p-53;
 }
 
 /* --------------------------------------------------------------- sampled */
@@ -141,8 +166,10 @@ static __device__ int first_crossing(int n, F f, double target, bool ge, double 
 /* keys/ids sorted descending (ties by id ascending); one block. */
 __global__ void __launch_bounds__(PICK_THREADS)
     pick_kernel(const float *__restrict__ logits, const float *__restrict__ keys, const int32_t *__restrict__ ids,
-                int n, int top_k, float top_p, double u, int32_t *__restrict__ id)
+                int n, int top_k, float top_p, double u, int32_t *__restrict__ id, int32_t *ctl, int32_t *pos)
 {
+    if (ctl)
+        u = draw_at(ctl);
     if (!isfinite(keys[0])) {
         /* No finite best score: a temperature so small that logit / T overflows,
          * or no finite logit at all. The softmax's limit as T -> 0 is the
@@ -154,8 +181,10 @@ __global__ void __launch_bounds__(PICK_THREADS)
                 b = better(b, best{v, i});
         }
         b = block_best<PICK_THREADS>(b);
-        if (threadIdx.x == 0)
+        if (threadIdx.x == 0) {
             *id = b.i == 0x7fffffff ? 0 : b.i;
+            advance(ctl, pos);
+        }
         return;
     }
     __shared__ union {
@@ -216,8 +245,10 @@ __global__ void __launch_bounds__(PICK_THREADS)
         return renorm ? p / norm : p;
     };
     int f = first_crossing(keep, draw, u, false, &cum_at, tmp.scan, &s_found, &s_cum);
-    if (threadIdx.x == 0)
+    if (threadIdx.x == 0) {
         *id = ids[f < keep ? f : keep - 1];
+        advance(ctl, pos);
+    }
 }
 
 /* ---------------------------------------------------------------- entry */
@@ -286,7 +317,7 @@ gk_status cu_sample(cu_ctx *c, cu_sample_buf *buf, const gk_tensor *logits, cons
         best *part = (best *)buf->p;
         d_id = (int32_t *)((char *)buf->p + align256(blocks * sizeof(best)));
         argmax_partial_kernel<<<blocks, ARGMAX_THREADS, 0, c->stream>>>(x, n, part);
-        argmax_final_kernel<<<1, ARGMAX_THREADS, 0, c->stream>>>(part, blocks, d_id);
+        argmax_final_kernel<<<1, ARGMAX_THREADS, 0, c->stream>>>(part, blocks, d_id, nullptr, nullptr);
         if ((s = check("argmax", err)) != GK_OK)
             return s;
     } else {
@@ -314,7 +345,8 @@ gk_status cu_sample(cu_ctx *c, cu_sample_buf *buf, const gk_tensor *logits, cons
                                                       32, c->stream);
         if (e != cudaSuccess)
             return gk_err_set(err, GK_ERR_DEVICE, "cuda: sample: sort: %s", cudaGetErrorString(e));
-        pick_kernel<<<1, PICK_THREADS, 0, c->stream>>>(x, keys_sorted, ids_sorted, n, p->top_k, p->top_p, p->u, d_id);
+        pick_kernel<<<1, PICK_THREADS, 0, c->stream>>>(x, keys_sorted, ids_sorted, n, p->top_k, p->top_p, p->u, d_id,
+                                                       nullptr, nullptr);
         if ((s = check("pick", err)) != GK_OK)
             return s;
     }
@@ -325,4 +357,66 @@ gk_status cu_sample(cu_ctx *c, cu_sample_buf *buf, const gk_tensor *logits, cons
         return gk_err_set(err, GK_ERR_DEVICE, "cuda: sample: %s", cudaGetErrorString(e));
     *token = *buf->host_id;
     return GK_OK;
+}
+
+/* ------------------------------------------------------------ graph op */
+
+/* GK_OP_SAMPLE inside a graph: the same kernels, temporaries in the graph's
+ * scratch (sized by cu_sample_node_scratch before any capture), the draw
+ * computed on the device from the node's ctl, the id written to dst. */
+static bool node_greedy(const gk_node *nd) { return nd->f[0] <= 0.0f || nd->i[0] == 1; }
+
+static int argmax_blocks(int n)
+{
+    int blocks = (int)cu_div_up(n, ARGMAX_THREADS * 8);
+    return blocks > ARGMAX_BLOCKS_MAX ? ARGMAX_BLOCKS_MAX : blocks;
+}
+
+static size_t sort_bytes_for(int n)
+{
+    size_t b = 0;
+    cub::DeviceRadixSort::SortPairsDescending(NULL, b, (const float *)NULL, (float *)NULL, (const int32_t *)NULL,
+                                              (int32_t *)NULL, n, 0, 32, (cudaStream_t)0);
+    return b;
+}
+
+size_t cu_sample_node_scratch(const cu_ctx *c, const gk_node *nd)
+{
+    int n = (int)nd->src[0]->cols;
+    if (node_greedy(nd))
+        return align256(argmax_blocks(n) * sizeof(best));
+    return 4 * align256((size_t)n * 4) + align256(sort_bytes_for(n));
+}
+
+gk_status cu_sample_node(cu_ctx *c, const gk_node *nd, gk_err *err)
+{
+    int n = (int)nd->src[0]->cols;
+    const float *x = (const float *)nd->src[0]->data;
+    int32_t *ctl = (int32_t *)nd->src[1]->data, *pos = nd->src[2] ? (int32_t *)nd->src[2]->data : nullptr;
+    int32_t *id = (int32_t *)nd->dst->data;
+    if (node_greedy(nd)) {
+        int blocks = argmax_blocks(n);
+        best *part = (best *)c->scratch;
+        argmax_partial_kernel<<<blocks, ARGMAX_THREADS, 0, c->stream>>>(x, n, part);
+        argmax_final_kernel<<<1, ARGMAX_THREADS, 0, c->stream>>>(part, blocks, id, ctl, pos);
+        return check("argmax", err);
+    }
+    size_t arr = align256((size_t)n * 4), sort_bytes = sort_bytes_for(n);
+    char *b = (char *)c->scratch;
+    float *keys = (float *)b, *keys_sorted = (float *)(b + arr);
+    int32_t *ids = (int32_t *)(b + 2 * arr), *ids_sorted = (int32_t *)(b + 3 * arr);
+    int blocks = (int)cu_div_up(n, 256);
+    if (blocks > 8 * c->n_sm)
+        blocks = 8 * c->n_sm;
+    keys_kernel<<<blocks, 256, 0, c->stream>>>(x, n, nd->f[0], keys, ids);
+    gk_status s = check("keys", err);
+    if (s != GK_OK)
+        return s;
+    cudaError_t e = cub::DeviceRadixSort::SortPairsDescending(b + 4 * arr, sort_bytes, keys, keys_sorted, ids,
+                                                              ids_sorted, n, 0, 32, c->stream);
+    if (e != cudaSuccess)
+        return gk_err_set(err, GK_ERR_DEVICE, "cuda: sample: sort: %s", cudaGetErrorString(e));
+    pick_kernel<<<1, PICK_THREADS, 0, c->stream>>>(x, keys_sorted, ids_sorted, n, nd->i[0], nd->f[1], 0.0, id, ctl,
+                                                   pos);
+    return check("pick", err);
 }

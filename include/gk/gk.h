@@ -396,6 +396,9 @@ GK_API gk_status gk_model_generate(gk_model *m, const int32_t *prompt, int64_t n
  * logits or opts is NULL, n_vocab is outside [1, 2^31 - 1], an option is
  * outside the range given in gk_gen_opts, rng is NULL while not greedy, or
  * memory runs out. */
+/* splitmix64: each draw adds 0x9E3779B97F4A7C15 to s, then mixes s into the
+ * output; so the draw after k draws from seed S is a function of (S, k),
+ * which a backend's sampler (GK_OP_SAMPLE) computes the same way. */
 typedef struct gk_rng { uint64_t s; } gk_rng;
 /* r NULL: nothing happens. */
 GK_API void gk_rng_seed(gk_rng *r, uint64_t seed);

@@ -17,7 +17,8 @@ extern "C" {
 #endif
 
 #define GK_ABI_MAJOR 1
-#define GK_ABI_MINOR 1   /* 1.1: ops tables carry a magic naming their kind */
+#define GK_ABI_MINOR 2   /* 1.1: ops tables carry a magic naming their kind;
+                            1.2: graph ids, GK_OP_SAMPLE, read_async / read_wait */
 #define GK_PLUGIN_ENTRY_NAME "gk_plugin_entry"
 
 /* ----------------------------------------------------------------- tensors */
@@ -77,6 +78,13 @@ typedef enum gk_op {
                            stored. -> [n][H*hd] */
     GK_OP_GELU_TANH,    /* src0 -> 0.5x(1+tanh(sqrt(2/pi)(x+0.044715x^3))) */
     GK_OP_SILU_MUL,     /* src0 gate, src1 up -> silu(gate) * up */
+    GK_OP_SAMPLE,       /* (ABI 1.2) src0 logits F32 [1][V]; src1 ctl I32 [1][4] =
+                           {seed low 32 bits, seed high 32 bits, step, 0}; src2 pos I32
+                           [1][1] or NULL; f[0] temperature, i[0] top_k, f[1] top_p (the
+                           ranges of gk_gen_opts) -> dst I32 [1][1]: the token gk_sample
+                           picks with a gk_rng seeded with seed after `step` draws (the
+                           draw unused when greedy); then ctl step += 1 and pos[0] += 1,
+                           so a decode graph whose ids input is dst feeds itself */
     GK_OP_COUNT
 } gk_op;
 
@@ -94,6 +102,11 @@ typedef struct gk_graph {
     gk_node *nodes;
     size_t n_nodes;
     int64_t n_tokens;
+    /* (ABI 1.2) Nonzero: names these nodes, tensors and parameters for the
+     * life of the process (the core never gives two graphs one id, and gives
+     * a graph a new id when it changes a node), so a backend may key what it
+     * recorded by it. 0: unknown; compare the content. */
+    uint64_t id;
 } gk_graph;
 
 /* Static op name ("rms_norm"), "?" when out of range. */
@@ -147,7 +160,23 @@ typedef struct gk_backend_ops {
      * back. Default: the core downloads the logits and samples on the host. */
     gk_status (*sample)(void *state, const gk_tensor *logits, const gk_sample_params *p,
                         int32_t *token, gk_err *err);
+    /* (optional, ABI 1.2) Queue a copy of nbytes (at most GK_READ_ASYNC_MAX)
+     * at buf + offset that happens after the work queued so far, without
+     * waiting; *ticket names it. read_wait(ticket) blocks until that copy is
+     * done, puts the bytes in dst and reports any fault of the work before it.
+     * The GK_READ_ASYNC_SLOTS most recent tickets stay readable; an older one
+     * is an error. Default: the core queues less and reads with buffer_read. */
+    gk_status (*read_async)(void *state, const void *buf, size_t offset, size_t nbytes, uint64_t *ticket,
+                            gk_err *err);
+    gk_status (*read_wait)(void *state, uint64_t ticket, void *dst, size_t nbytes, gk_err *err);
 } gk_backend_ops;
+#define GK_READ_ASYNC_MAX 64
+#define GK_READ_ASYNC_SLOTS 4
+
+/* The entry f of backend table o, or NULL when o is too old to have it (its
+ * struct_size ends before f) or leaves it out. */
+#define GK_BACKEND_OP(o, f)                                                                   \
+    ((o)->struct_size >= offsetof(gk_backend_ops, f) + sizeof((o)->f) ? (o)->f : NULL)
 
 /* ----------------------------------------------------------- architectures */
 
