@@ -215,13 +215,17 @@ static bool is_eos(const gk_gen_opts *o, int32_t t)
  * (read_async), so the device never waits for the host; a step queued past
  * an end (EOS, the callback saying stop) computes a token nobody sees and a
  * cache row beyond n_past, which the next call overwrites. Without
- * read_async the token is read after each step. */
+ * read_async the token is read after each step. A backend that cannot run
+ * GK_OP_SAMPLE (built for ABI 1.1) sets *unsupported, and generate steps
+ * on the host as before: forward, then sample. */
 static gk_status decode_on_device(gk_model *m, const gk_gen_opts *o, int32_t *seq, int64_t *len,
-                                  int32_t *out, int64_t *n_out, gk_gen_stats *st, gk_err *err)
+                                  int32_t *out, int64_t *n_out, gk_gen_stats *st, bool *unsupported, gk_err *err)
 {
     gk_status s = GK_OK;
     if (!m->step) {
+        /* the forward's ops passed at load, so a refusal is GK_OP_SAMPLE's */
         s = gk_fgraph_build_step(m, &m->step, err);
+        *unsupported = s == GK_ERR_UNSUPPORTED;
         if (s != GK_OK)
             return s;
     }
@@ -282,7 +286,6 @@ static gk_status decode_on_device(gk_model *m, const gk_gen_opts *o, int32_t *se
         if ((o->on_token && !o->on_token(t, o->user)) || is_eos(o, t))
             break;
     }
-    m->ran = false; /* the step graph's nodes are not the model's current ones */
     return GK_OK;
 }
 
@@ -320,7 +323,6 @@ gk_status gk_model_generate(gk_model *m, const int32_t *prompt, int64_t n_prompt
     gk_rng rng;
     gk_rng_seed(&rng, o->seed);
     gk_gen_stats s0 = {.n_prompt = n_prompt};
-    bool stop = false;
     gk_status s = gk_model_truncate(m, 0, err);
 
     double t0 = gk_now();
@@ -329,12 +331,26 @@ gk_status gk_model_generate(gk_model *m, const int32_t *prompt, int64_t n_prompt
      * so activations stay bounded however long the prompt, then the next
      * token from the last row's logits. */
     for (int64_t step = 0; s == GK_OK && step < o->max_new_tokens; step++) {
-        if (step > 0 && o->use_cache)
-            break; /* the rest runs on the device, below */
-        s = gk_model_truncate(m, 0, err);
-        for (int64_t done = 0; s == GK_OK && done < len; done += PREFILL_CHUNK) {
-            int64_t n = len - done < PREFILL_CHUNK ? len - done : PREFILL_CHUNK;
-            s = gk_model_forward(m, seq + done, n, NULL, err);
+        if (step > 0 && o->use_cache && !m->step_unsupported) {
+            /* the rest runs on the device, unless the backend lacks GK_OP_SAMPLE */
+            bool unsupported = false;
+            s = decode_on_device(m, o, seq, &len, out, n_out, &s0, &unsupported, err);
+            if (!unsupported)
+                break;
+            m->step_unsupported = true;
+            s = GK_OK;
+            if (err)
+                memset(err, 0, sizeof *err); /* the refusal was handled */
+        }
+        if (step > 0 && o->use_cache) {
+            /* one token through the cache; sampled here or by the backend */
+            s = gk_model_forward(m, &seq[len - 1], 1, NULL, err);
+        } else {
+            s = gk_model_truncate(m, 0, err);
+            for (int64_t done = 0; s == GK_OK && done < len; done += PREFILL_CHUNK) {
+                int64_t n = len - done < PREFILL_CHUNK ? len - done : PREFILL_CHUNK;
+                s = gk_model_forward(m, seq + done, n, NULL, err);
+            }
         }
         int32_t tok = -1;
         if (s == GK_OK)
@@ -348,15 +364,12 @@ gk_status gk_model_generate(gk_model *m, const int32_t *prompt, int64_t n_prompt
         seq[len++] = tok;
         out[(*n_out)++] = tok;
         s0.n_gen++;
-        if ((o->on_token && !o->on_token(tok, o->user)) || is_eos(o, tok)) {
-            stop = true;
+        if ((o->on_token && !o->on_token(tok, o->user)) || is_eos(o, tok))
             break;
-        }
     }
-    if (s == GK_OK && !stop && o->use_cache && s0.n_gen > 0 && s0.n_gen < o->max_new_tokens)
-        s = decode_on_device(m, o, seq, &len, out, n_out, &s0, err);
     if (s0.n_gen > 0)
         s0.t_decode_s = gk_now() - t0;
+    m->ran = false; /* the graphs it ran are not a forward call to read */
     if (stats)
         *stats = s0;
     free(seq);

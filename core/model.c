@@ -648,7 +648,7 @@ gk_status gk_model_logits(gk_model *m, float *logits, gk_err *err)
     if (!m || !logits)
         return gk_err_set(err, GK_ERR_INVALID_ARG, "gk_model_logits: %s is NULL", m ? "logits" : "the model");
     if (!m->ran)
-        return gk_err_set(err, GK_ERR_INVALID_ARG, "logits asked before any forward call");
+        return gk_err_set(err, GK_ERR_INVALID_ARG, "logits asked with no forward call to read (none ran yet, or generate ran since)");
     gk_status s = GK_OK;
     gk_fgraph *f = m->fwd;
     if (!f->head)
@@ -663,7 +663,7 @@ gk_status gk_model_logits(gk_model *m, float *logits, gk_err *err)
 gk_status gk_model_run_last_logits(gk_model *m, gk_tensor **out, gk_err *err)
 {
     if (!m->ran)
-        return gk_err_set(err, GK_ERR_INVALID_ARG, "logits asked before any forward call");
+        return gk_err_set(err, GK_ERR_INVALID_ARG, "logits asked with no forward call to read (none ran yet, or generate ran since)");
     gk_status s = GK_OK;
     gk_fgraph *f = m->fwd;
     if (!f->head_last) {

@@ -52,6 +52,7 @@ struct gk_model {
     gk_fgraph *g1, *gn;
     gk_fgraph *fwd;               /* the one run last (g1 or gn): the model's current nodes */
     gk_fgraph *step;              /* generate's decode step (built on first use) */
+    bool step_unsupported;        /* the backend refused the step graph's GK_OP_SAMPLE */
     bool ran;                     /* a forward has run: logits and nodes are valid */
     float *host_logits;           /* [n_vocab] scratch for generate */
 };

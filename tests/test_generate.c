@@ -463,6 +463,13 @@ Test(generate, greedy_reproduces_the_golden_continuation_with_and_without_cache)
             cr_expect_eq(st.n_prompt, f.n_prompt);
             cr_expect_eq(st.n_gen, n_out);
             cr_expect(st.t_prefill_s >= 0 && st.t_decode_s >= 0);
+            /* the cache holds prompt and output but the last, which was never fed */
+            cr_expect_eq(gk_model_n_past(f.m), f.n_prompt + n_out - 1, "%s cache %d", gen_models[mi], cache);
+            /* generate leaves no forward call whose logits or nodes could be read */
+            float one[1];
+            cr_expect_eq(gk_model_logits(f.m, one, &err), GK_ERR_INVALID_ARG, "%s", gen_models[mi]);
+            cr_expect(strstr(err.msg, "generate ran since"), "%s", err.msg);
+            cr_expect_eq(gk_model_node_count(f.m), 0);
         }
         close_model(&f);
     }

@@ -185,6 +185,48 @@ Test(plugin, plugin_built_for_abi_1_0_still_loads)
     gk_runtime_destroy(rt);
 }
 
+/* Generate on a backend built for ABI 1.1, which cannot run GK_OP_SAMPLE
+ * (its table ends before read_async, too): the core steps on the host, and
+ * greedy and seeded sampled tokens are cpu_ref's, which steps on the device
+ * side of its own graph. */
+static void generate_on(gk_runtime *rt, const char *backend, float temp, int32_t *out, int64_t *n_out)
+{
+    char dir[1024];
+    snprintf(dir, sizeof dir, "%s/models/llama-tiny", data_dir());
+    gk_model_opts mo = {.backend = backend};
+    gk_model *m = NULL;
+    gk_err err = {0};
+    cr_assert_eq(gk_model_load(rt, dir, &mo, &m, &err), GK_OK, "%s: %s", backend, err.msg);
+    const int32_t prompt[4] = {5, 17, 3, 42};
+    gk_gen_opts o = gk_gen_opts_default();
+    o.max_new_tokens = 12;
+    o.temperature = temp;
+    o.seed = 77;
+    cr_assert_eq(gk_model_generate(m, prompt, 4, &o, out, n_out, NULL, &err), GK_OK, "%s: %s", backend, err.msg);
+    cr_expect_eq(gk_model_n_past(m), 4 + *n_out - 1, "%s", backend);
+    gk_model_destroy(m);
+}
+
+Test(plugin, generate_on_a_backend_without_the_sample_op_steps_on_the_host)
+{
+    gk_runtime *rt;
+    gk_err err = {0};
+    cr_assert_eq(gk_runtime_create(broken_ini("llama", "cpu_ref, nosample"), &rt, &err), GK_OK, "%s", err.msg);
+    const float temps[2] = {0.0f, 1.0f};
+    for (int t = 0; t < 2; t++) {
+        int32_t a[12], b[12];
+        int64_t na = 0, nb = 0;
+        generate_on(rt, "cpu_ref", temps[t], a, &na);
+        generate_on(rt, "nosample", temps[t], b, &nb);
+        cr_assert_eq(na, 12);
+        cr_assert_eq(nb, na, "temperature %g: %lld tokens, cpu_ref %lld", (double)temps[t], (long long)nb,
+                     (long long)na);
+        for (int i = 0; i < 12; i++)
+            cr_expect_eq(b[i], a[i], "temperature %g, token %d: %d, cpu_ref %d", (double)temps[t], i, b[i], a[i]);
+    }
+    gk_runtime_destroy(rt);
+}
+
 Test(plugin, init_failure_carries_the_plugins_message)
 {
     gk_err err = {0};

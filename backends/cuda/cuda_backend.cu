@@ -5,8 +5,14 @@
  * workspace, and per-node temporaries come from one scratch region sized
  * before a graph runs, so a whole forward pass can be captured. graph_compute
  * runs a graph plainly the first time it sees it, captures it into a CUDA
- * graph the second time, and replays that afterwards (see "graph replay");
- * GK_CUDA_GRAPHS=0 in the environment turns that off, for debugging.
+ * graph the second time, and replays that afterwards (see "graph replay"),
+ * knowing a graph by the core's id where it gives one and by its content
+ * otherwise; GK_CUDA_GRAPHS=0 in the environment turns that off, and
+ * GK_CUDA_PDL=0 programmatic dependent launch, for debugging. The dispatch
+ * fuses runs of nodes into one launch (decode GEMVs with their norm and
+ * epilogue, RoPE with the cache store); every node's output is still
+ * written. read_async / read_wait copy small results through pinned slots,
+ * each with an event, so the core can queue the next step first.
  * Every CUDA error becomes a gk status at its call site, with CUDA's own text;
  * kernels that meet bad ids or positions leave a note in a mapped error word
  * that synchronize turns into GK_ERR_INVALID_ARG. Without a usable GPU the

@@ -19,7 +19,9 @@
  * (CUBLAS_COMPUTE_32F), output float. F32 weights: plain FP32 GEMM (no TF32,
  * the default math mode). Bias is a separate small kernel.
  * Consecutive LINEAR nodes that read the same x (q, k, v; gate, up) share one
- * launch: one grid whose blocks are split among the matrices.
+ * launch: one grid whose blocks are split among the matrices. Decode-sized
+ * LINEAR nodes mostly go to gemv.cu's fused GEMV instead; this one takes
+ * what that declines (wide inputs at 8 tokens, odd alignment).
  * Not here: quantized weights, split-K GEMV for very short matrices.
  */
 #include "cuda_common.cuh"

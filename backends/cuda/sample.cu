@@ -10,7 +10,11 @@
  * (the smallest prefix whose mass reaches top_p) and the draw u, with block
  * scans instead of the host's sequential sums (same values, other rounding
  * order: a pick can differ only when u lies within ~1e-15 of a boundary).
- * Only the int32 id is copied back, into pinned memory.
+ * Only the int32 id is copied back, into pinned memory. The same kernels
+ * are GK_OP_SAMPLE inside a graph (cu_sample_node): temporaries in the
+ * graph's scratch, the draw computed on the device from the node's ctl
+ * (splitmix64 after `step` draws, as gk_rng), the id written to the node's
+ * output and the step and position advanced by the picking thread.
  * Not here: repetition penalties, min-p, batched sampling.
  */
 #include "cuda_common.cuh"
@@ -66,6 +70,8 @@ static __device__ __forceinline__ best block_best(best b)
 __global__ void __launch_bounds__(ARGMAX_THREADS) argmax_partial_kernel(const float *__restrict__ x, int n,
                                                                         best *__restrict__ part)
 {
+    cu_pdl_wait();
+    cu_pdl_trigger();
     best b = {-INFINITY, 0x7fffffff};
     for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += gridDim.x * blockDim.x) {
         float v = x[i];
@@ -91,6 +97,8 @@ __global__ void __launch_bounds__(ARGMAX_THREADS) argmax_final_kernel(const best
                                                                       int32_t *__restrict__ id, int32_t *ctl,
                                                                       int32_t *pos)
 {
+    cu_pdl_wait();
+    cu_pdl_trigger();
     best b = {-INFINITY, 0x7fffffff};
     for (int i = threadIdx.x; i < n_part; i += blockDim.x)
         b = better(b, part[i]);
@@ -118,6 +126,8 @@ static __device__ double draw_at(const int32_t *ctl)
 __global__ void keys_kernel(const float *__restrict__ logits, int n, float temperature, float *__restrict__ keys,
                             int32_t *__restrict__ ids)
 {
+    cu_pdl_wait();
+    cu_pdl_trigger();
     for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += gridDim.x * blockDim.x) {
         /* + 0: -0 sorts with +0, as the host compares; a NaN logit is never drawn */
         float l = logits[i];
@@ -168,6 +178,8 @@ __global__ void __launch_bounds__(PICK_THREADS)
     pick_kernel(const float *__restrict__ logits, const float *__restrict__ keys, const int32_t *__restrict__ ids,
                 int n, int top_k, float top_p, double u, int32_t *__restrict__ id, int32_t *ctl, int32_t *pos)
 {
+    cu_pdl_wait();
+    cu_pdl_trigger();
     if (ctl)
         u = draw_at(ctl);
     if (!isfinite(keys[0])) {
@@ -397,9 +409,12 @@ gk_status cu_sample_node(cu_ctx *c, const gk_node *nd, gk_err *err)
     if (node_greedy(nd)) {
         int blocks = argmax_blocks(n);
         best *part = (best *)c->scratch;
-        argmax_partial_kernel<<<blocks, ARGMAX_THREADS, 0, c->stream>>>(x, n, part);
-        argmax_final_kernel<<<1, ARGMAX_THREADS, 0, c->stream>>>(part, blocks, id, ctl, pos);
-        return check("argmax", err);
+        cudaError_t e = cu_launch(c, argmax_partial_kernel, dim3(blocks), dim3(ARGMAX_THREADS), 0, x, n, part);
+        if (e == cudaSuccess)
+            e = cu_launch(c, argmax_final_kernel, dim3(1), dim3(ARGMAX_THREADS), 0, (const best *)part, blocks, id,
+                          ctl, pos);
+        return e == cudaSuccess ? check("argmax", err)
+                                : gk_err_set(err, GK_ERR_DEVICE, "cuda: sample: argmax: %s", cudaGetErrorString(e));
     }
     size_t arr = align256((size_t)n * 4), sort_bytes = sort_bytes_for(n);
     char *b = (char *)c->scratch;
@@ -408,7 +423,9 @@ gk_status cu_sample_node(cu_ctx *c, const gk_node *nd, gk_err *err)
     int blocks = (int)cu_div_up(n, 256);
     if (blocks > 8 * c->n_sm)
         blocks = 8 * c->n_sm;
-    keys_kernel<<<blocks, 256, 0, c->stream>>>(x, n, nd->f[0], keys, ids);
+    cudaError_t le = cu_launch(c, keys_kernel, dim3(blocks), dim3(256), 0, x, n, nd->f[0], keys, ids);
+    if (le != cudaSuccess)
+        return gk_err_set(err, GK_ERR_DEVICE, "cuda: sample: keys: %s", cudaGetErrorString(le));
     gk_status s = check("keys", err);
     if (s != GK_OK)
         return s;
@@ -416,7 +433,10 @@ gk_status cu_sample_node(cu_ctx *c, const gk_node *nd, gk_err *err)
                                                               ids_sorted, n, 0, 32, c->stream);
     if (e != cudaSuccess)
         return gk_err_set(err, GK_ERR_DEVICE, "cuda: sample: sort: %s", cudaGetErrorString(e));
-    pick_kernel<<<1, PICK_THREADS, 0, c->stream>>>(x, keys_sorted, ids_sorted, n, nd->i[0], nd->f[1], 0.0, id, ctl,
-                                                   pos);
+    /* after cub's kernels (plain launches): the wait is immediate */
+    le = cu_launch(c, pick_kernel, dim3(1), dim3(PICK_THREADS), 0, x, (const float *)keys_sorted,
+                   (const int32_t *)ids_sorted, n, nd->i[0], nd->f[1], 0.0, id, ctl, pos);
+    if (le != cudaSuccess)
+        return gk_err_set(err, GK_ERR_DEVICE, "cuda: sample: pick: %s", cudaGetErrorString(le));
     return check("pick", err);
 }

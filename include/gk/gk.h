@@ -334,14 +334,17 @@ GK_API uint64_t gk_model_mem_peak(const gk_model *m);
 GK_API gk_status gk_model_forward(gk_model *m, const int32_t *ids, int64_t n,
                                   float *hidden, gk_err *err);
 /* Logits [n][n_vocab] of the last forward call (rows selected: all of them).
- * GK_ERR_INVALID_ARG when m or logits is NULL or no forward call ran yet. */
+ * GK_ERR_INVALID_ARG when m or logits is NULL or no forward call ran yet;
+ * gk_model_generate leaves none to read (its decode steps are graphs of their
+ * own), until the next gk_model_forward. */
 GK_API gk_status gk_model_logits(gk_model *m, float *logits, gk_err *err);
 /* Drop cached positions >= n_keep (0 clears the cache). GK_ERR_INVALID_ARG
  * when m is NULL or n_keep is outside [0, n_past] (nothing changes). */
 GK_API gk_status gk_model_truncate(gk_model *m, int64_t n_keep, gk_err *err);
 
 /* Graph nodes of the last forward call, for comparing backends node by node.
- * Names are valid until the next forward call. Before any forward call, or
+ * Names are valid until the next forward call. Before any forward call (or
+ * after gk_model_generate, as for gk_model_logits), or
  * for a NULL model, there are none: count 0, and info/read of any i (as of
  * i >= count) are GK_ERR_INVALID_ARG. name, layer, rows and cols may each be
  * NULL. */
