@@ -39,8 +39,22 @@
 #define DEC_MAX_TOKENS 8
 #define DEC_MAX_SPLITS 256
 #define DEC_MAX_GT 8
+/* Decode tuning (#ifndef: tests/gpu/attn_decode_harness.cu builds variants):
+ * blocks per SM the splits aim at, the rows a split is worth (fewer, and the
+ * merge costs more than it saves), row steps each warp has in flight for
+ * tiles of up to 4 query heads and for 8. */
+#ifndef DEC_BLOCKS_PER_SM
 #define DEC_BLOCKS_PER_SM 4
-#define DEC_MIN_ROWS 32 /* rows a split is worth: fewer, and merging costs more than it saves */
+#endif
+#ifndef DEC_MIN_ROWS
+#define DEC_MIN_ROWS 32
+#endif
+#ifndef DEC_STEPS
+#define DEC_STEPS 4
+#endif
+#ifndef DEC_STEPS_GT8
+#define DEC_STEPS_GT8 2
+#endif
 
 /* -------------------------------------------------------------- kv store */
 
@@ -97,7 +111,7 @@ __global__ void __launch_bounds__(ATT_THREADS)
     constexpr int EPV = 16 / (int)sizeof(T);
     constexpr int EPL = VPL * EPV;
     constexpr int RPW = 32 / LPR;
-    constexpr int U = GT >= 8 ? 2 : 4;
+    constexpr int U = GT >= 8 ? DEC_STEPS_GT8 : DEC_STEPS;
     constexpr int STEP = DEC_WARPS * RPW * U;
     __shared__ float s_acc[DEC_WARPS][GT][HD];
     __shared__ float s_m[DEC_WARPS][GT], s_l[DEC_WARPS][GT];
