@@ -52,7 +52,12 @@ FILE *gkrun_open_regular(const char *path, const char **why)
         return NULL;
     }
     struct stat sb;
-    if (fstat(fd, &sb) != 0 || !S_ISREG(sb.st_mode)) {
+    if (fstat(fd, &sb) != 0) {
+        *why = strerror(errno);
+        close(fd);
+        return NULL;
+    }
+    if (!S_ISREG(sb.st_mode)) {
         *why = S_ISDIR(sb.st_mode)    ? "not a regular file (a folder)"
                : S_ISFIFO(sb.st_mode) ? "not a regular file (a FIFO)"
                                       : "not a regular file";

@@ -159,8 +159,8 @@ __global__ void __launch_bounds__(ATT_THREADS)
             const size_t row = (size_t)min(base + u * RPW + grp, r_end - 1); /* past the end: masked */
 #pragma unroll
             for (int j = 0; j < VPL; j++) {
-                kr[u][j] = cu_ld_nc16(kb + row * kvw + (j * LPR + li) * EPV);
-                vr[u][j] = cu_ld_nc16(vb + row * kvw + (j * LPR + li) * EPV);
+                kr[u][j] = cu_ld_nc16(reinterpret_cast<const uint4 *>(kb + row * kvw + (j * LPR + li) * EPV));
+                vr[u][j] = cu_ld_nc16(reinterpret_cast<const uint4 *>(vb + row * kvw + (j * LPR + li) * EPV));
             }
         }
         float s[U][GT];

@@ -681,6 +681,14 @@ static graph_entry *victim(cuda_state *s)
     return v;
 }
 
+/* Remember a graph the core named (evicting the least recently used). */
+static graph_entry *remember_id(cuda_state *s, uint64_t id)
+{
+    graph_entry *v = victim(s);
+    v->id = id;
+    return v;
+}
+
 /* Remember the signature just built (evicting the least recently used). */
 static graph_entry *remember_graph(cuda_state *s, uint64_t hash, size_t len)
 {
@@ -720,6 +728,19 @@ static bool capture(cuda_state *s, const gk_graph *g, cudaGraphExec_t *exec)
     return true;
 }
 
+/* A graph seen before: capture it the first time back (unless a capture of
+ * it failed once), then launch the capture; plain launches when there is
+ * none. */
+static gk_status replay(cuda_state *s, graph_entry *ge, const gk_graph *g, gk_err *err)
+{
+    ge->last_use = ++s->use_clock;
+    if (!ge->exec && !ge->no_capture && !capture(s, g, &ge->exec))
+        ge->no_capture = true;
+    if (!ge->exec)
+        return launch_all(&s->ctx, g, err);
+    return CUDA_TRY(cudaGraphLaunch(ge->exec, s->ctx.stream), err, "cudaGraphLaunch");
+}
+
 /* First sight of a graph: plain launches. Second: capture, then launch the
  * capture. After: replay. A capture that fails marks the graph to run plainly
  * from then on; nothing is reported, since plain launches are correct. */
@@ -735,10 +756,8 @@ static gk_status cuda_compute(void *state, const gk_graph *g, gk_err *err)
         /* replayed before and still captured: checked then, and a scratch
          * that grew since would have dropped the capture */
         graph_entry *ge = find_id(s, g->id);
-        if (ge && ge->exec) {
-            ge->last_use = ++s->use_clock;
-            return CUDA_TRY(cudaGraphLaunch(ge->exec, s->ctx.stream), err, "cudaGraphLaunch");
-        }
+        if (ge && ge->exec)
+            return replay(s, ge, g, err);
     }
     st = prepare(s, g, err);
     if (st != GK_OK || g->n_nodes == 0)
@@ -746,40 +765,23 @@ static gk_status cuda_compute(void *state, const gk_graph *g, gk_err *err)
     if (s->no_graphs)
         return launch_all(&s->ctx, g, err);
 
-    if (g->id) {
-        /* the core names the graph: no signature to build or compare */
-        graph_entry *ge = find_id(s, g->id);
-        if (!ge) {
-            ge = victim(s);
-            ge->id = g->id;
-            ge->last_use = ++s->use_clock;
-            return launch_all(&s->ctx, g, err);
-        }
-        ge->last_use = ++s->use_clock;
-        if (!ge->exec && !ge->no_capture && !capture(s, g, &ge->exec))
-            ge->no_capture = true;
-        if (!ge->exec)
-            return launch_all(&s->ctx, g, err);
-        return CUDA_TRY(cudaGraphLaunch(ge->exec, s->ctx.stream), err, "cudaGraphLaunch");
-    }
-
+    graph_entry *ge;
     size_t len = 0;
     uint64_t hash = 0;
-    if (build_sig(s, g, &len, &hash, err) != GK_OK)
-        return launch_all(&s->ctx, g, err);
-    graph_entry *ge = find_graph(s, hash, len);
-    if (!ge) {
-        ge = remember_graph(s, hash, len);
-        if (ge)
-            ge->last_use = ++s->use_clock;
-        return launch_all(&s->ctx, g, err);
+    if (g->id) {
+        ge = find_id(s, g->id); /* the core names the graph: no signature to build */
+    } else {
+        if (build_sig(s, g, &len, &hash, err) != GK_OK)
+            return launch_all(&s->ctx, g, err);
+        ge = find_graph(s, hash, len);
     }
-    ge->last_use = ++s->use_clock;
-    if (!ge->exec && !ge->no_capture && !capture(s, g, &ge->exec))
-        ge->no_capture = true;
-    if (!ge->exec)
-        return launch_all(&s->ctx, g, err);
-    return CUDA_TRY(cudaGraphLaunch(ge->exec, s->ctx.stream), err, "cudaGraphLaunch");
+    if (ge)
+        return replay(s, ge, g, err);
+    /* first sight: remember it, run it plainly */
+    ge = g->id ? remember_id(s, g->id) : remember_graph(s, hash, len);
+    if (ge)
+        ge->last_use = ++s->use_clock;
+    return launch_all(&s->ctx, g, err);
 }
 
 static gk_status cuda_sync(void *state, gk_err *err)

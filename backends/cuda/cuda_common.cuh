@@ -269,8 +269,11 @@ template <> __device__ __forceinline__ __nv_bfloat16 cu_from_f32<__nv_bfloat16>(
 }
 
 /* 16 bytes that no kernel writes while this one runs (weights, cache rows
- * stored by an earlier kernel): the read-only path, no L1 allocation. */
-static __device__ __forceinline__ uint4 cu_ld_nc16(const void *p)
+ * stored by an earlier kernel): the read-only path, no L1 allocation.
+ * volatile keeps loads issued before cu_pdl_wait where the code puts them;
+ * the typed pointer lets the compiler see what is loaded (a void * parameter
+ * measurably changed the GEMV's generated code). */
+static __device__ __forceinline__ uint4 cu_ld_nc16(const uint4 *p)
 {
     uint4 r;
     asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];"
@@ -288,15 +291,16 @@ static __device__ __forceinline__ void cu_unpack16(uint4 u, float (&f)[4], float
     f[3] = __uint_as_float(u.w);
 }
 
+static __device__ __forceinline__ float2 cu_h2f(unsigned w)
+{
+    return __half22float2(*reinterpret_cast<const __half2 *>(&w));
+}
+
 static __device__ __forceinline__ void cu_unpack16(uint4 u, float (&f)[8], __half)
 {
-    const unsigned w[4] = {u.x, u.y, u.z, u.w};
-#pragma unroll
-    for (int i = 0; i < 4; i++) {
-        float2 a = __half22float2(*reinterpret_cast<const __half2 *>(&w[i]));
-        f[2 * i] = a.x;
-        f[2 * i + 1] = a.y;
-    }
+    float2 a = cu_h2f(u.x), b = cu_h2f(u.y), c = cu_h2f(u.z), d = cu_h2f(u.w);
+    f[0] = a.x, f[1] = a.y, f[2] = b.x, f[3] = b.y;
+    f[4] = c.x, f[5] = c.y, f[6] = d.x, f[7] = d.y;
 }
 
 /* BF16 is the top half of an F32: widening is a shift. */

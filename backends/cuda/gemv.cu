@@ -73,45 +73,6 @@ struct gemv_args {
 
 /* ------------------------------------------------------------- helpers */
 
-/* 16 bytes of weights, streamed: read-only path, no L1 allocation. volatile
- * keeps the loads issued before cu_pdl_wait where the code puts them. */
-static __device__ __forceinline__ uint4 ld_stream16(const uint4 *p)
-{
-    uint4 r;
-    asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];"
-                 : "=r"(r.x), "=r"(r.y), "=r"(r.z), "=r"(r.w)
-                 : "l"(p));
-    return r;
-}
-
-/* The floats in 16 bytes of weights of type T (element 0 in the low bits);
- * the same decoding as linear.cu. */
-static __device__ __forceinline__ void unpack16(uint4 u, float (&f)[4], float)
-{
-    f[0] = __uint_as_float(u.x), f[1] = __uint_as_float(u.y);
-    f[2] = __uint_as_float(u.z), f[3] = __uint_as_float(u.w);
-}
-
-static __device__ __forceinline__ float2 h2f(unsigned w)
-{
-    return __half22float2(*reinterpret_cast<const __half2 *>(&w));
-}
-
-static __device__ __forceinline__ void unpack16(uint4 u, float (&f)[8], __half)
-{
-    float2 a = h2f(u.x), b = h2f(u.y), c = h2f(u.z), d = h2f(u.w);
-    f[0] = a.x, f[1] = a.y, f[2] = b.x, f[3] = b.y;
-    f[4] = c.x, f[5] = c.y, f[6] = d.x, f[7] = d.y;
-}
-
-static __device__ __forceinline__ void unpack16(uint4 u, float (&f)[8], __nv_bfloat16)
-{
-    f[0] = __uint_as_float(u.x << 16), f[1] = __uint_as_float(u.x & 0xffff0000u);
-    f[2] = __uint_as_float(u.y << 16), f[3] = __uint_as_float(u.y & 0xffff0000u);
-    f[4] = __uint_as_float(u.z << 16), f[5] = __uint_as_float(u.z & 0xffff0000u);
-    f[6] = __uint_as_float(u.w << 16), f[7] = __uint_as_float(u.w & 0xffff0000u);
-}
-
 /* Element i of a norm weight of dtype ty (which may differ from the matrices'). */
 static __device__ __forceinline__ float ld_norm(const void *p, int ty, int i)
 {
@@ -222,7 +183,7 @@ __global__ void __launch_bounds__(GEMV_THREADS, GEMV_BLOCKS_PER_SM) gemv_kernel(
     do {                                                                 \
         const int v_ = min(lane + 32 * (j + S * ls), nv - 1);            \
         _Pragma("unroll") for (int r = 0; r < R; r++)                    \
-            (dst)[r] = ld_stream16(lp[r] + v_);                          \
+            (dst)[r] = cu_ld_nc16(lp[r] + v_);                          \
         if (++ls == ns) {                                                \
             ls = 0;                                                      \
             lt += gridDim.x;                                             \
@@ -339,7 +300,7 @@ __global__ void __launch_bounds__(GEMV_THREADS, GEMV_BLOCKS_PER_SM) gemv_kernel(
                 float wf[R][VEC];
 #pragma unroll
                 for (int r = 0; r < R; r++)
-                    unpack16(wv[r], wf[r], T());
+                    cu_unpack16(wv[r], wf[r], T());
 #pragma unroll
                 for (int t = 0; t < NT; t++)
 #pragma unroll

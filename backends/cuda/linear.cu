@@ -33,54 +33,6 @@
 
 /* --------------------------------------------------------------- helpers */
 
-/* 16 bytes of weights, streamed: read-only path, no L1 allocation. */
-static __device__ __forceinline__ uint4 ld_stream16(const uint4 *p)
-{
-    uint4 r;
-    asm("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];"
-        : "=r"(r.x), "=r"(r.y), "=r"(r.z), "=r"(r.w)
-        : "l"(p));
-    return r;
-}
-
-/* The floats in 16 bytes of weights of type T (element 0 in the low bits). */
-static __device__ __forceinline__ void unpack16(uint4 u, float (&f)[4], float)
-{
-    f[0] = __uint_as_float(u.x);
-    f[1] = __uint_as_float(u.y);
-    f[2] = __uint_as_float(u.z);
-    f[3] = __uint_as_float(u.w);
-}
-
-static __device__ __forceinline__ float2 h2f(unsigned w)
-{
-    return __half22float2(*reinterpret_cast<const __half2 *>(&w));
-}
-
-static __device__ __forceinline__ void unpack16(uint4 u, float (&f)[8], __half)
-{
-    float2 a = h2f(u.x), b = h2f(u.y), c = h2f(u.z), d = h2f(u.w);
-    f[0] = a.x, f[1] = a.y, f[2] = b.x, f[3] = b.y;
-    f[4] = c.x, f[5] = c.y, f[6] = d.x, f[7] = d.y;
-}
-
-/* BF16 is the top half of an F32: widening is a shift. */
-static __device__ __forceinline__ void unpack16(uint4 u, float (&f)[8], __nv_bfloat16)
-{
-    f[0] = __uint_as_float(u.x << 16), f[1] = __uint_as_float(u.x & 0xffff0000u);
-    f[2] = __uint_as_float(u.y << 16), f[3] = __uint_as_float(u.y & 0xffff0000u);
-    f[4] = __uint_as_float(u.z << 16), f[5] = __uint_as_float(u.z & 0xffff0000u);
-    f[6] = __uint_as_float(u.w << 16), f[7] = __uint_as_float(u.w & 0xffff0000u);
-}
-
-template <typename T> static __device__ __forceinline__ T from_f32(float v);
-template <> __device__ __forceinline__ float from_f32<float>(float v) { return v; }
-template <> __device__ __forceinline__ __half from_f32<__half>(float v) { return __float2half_rn(v); }
-template <> __device__ __forceinline__ __nv_bfloat16 from_f32<__nv_bfloat16>(float v)
-{
-    return __float2bfloat16_rn(v);
-}
-
 /* ------------------------------------------------------------------ GEMV */
 
 /* Steps of 16 bytes per lane and row issued before the first is used. */
@@ -142,7 +94,7 @@ __global__ void __launch_bounds__(GEMV_WARPS * 32, 4)
         for (int u = 0; u < U; u++)
 #pragma unroll
             for (int r = 0; r < R; r++)
-                wv[u][r] = ld_stream16(wr[r] + min(v0 + 32 * u, nv - 1)); /* past the end: unused */
+                wv[u][r] = cu_ld_nc16(wr[r] + min(v0 + 32 * u, nv - 1)); /* past the end: unused */
 #pragma unroll
         for (int u = 0; u < U; u++) {
             const int v = v0 + 32 * u;
@@ -151,7 +103,7 @@ __global__ void __launch_bounds__(GEMV_WARPS * 32, 4)
             float wf[R][VEC];
 #pragma unroll
             for (int r = 0; r < R; r++)
-                unpack16(wv[u][r], wf[r], T());
+                cu_unpack16(wv[u][r], wf[r], T());
 #pragma unroll
             for (int t = 0; t < NT; t++) {
                 const float4 *xp = reinterpret_cast<const float4 *>(x + (size_t)t * in + (size_t)v * VEC);
@@ -292,7 +244,7 @@ __global__ void to_dtype_kernel(const float *__restrict__ x, T *__restrict__ dst
     cu_pdl_wait();
     cu_pdl_trigger();
     for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < ne; i += (int64_t)gridDim.x * blockDim.x)
-        dst[i] = from_f32<T>(x[i]);
+        dst[i] = cu_from_f32<T>(x[i]);
 }
 
 template <typename T>

@@ -20,39 +20,13 @@
  * layer's output with a float64 attention over the same stored values
  * (|err| < 1e-4, values in [-1, 1)). Exit status 1 when a check fails.
  */
-#include "cuda_common.cuh"
+#include "harness.h"
 
 #include <algorithm>
 #include <math.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
 #include <vector>
-
-/* ------------------------------------------------ what libgk would supply */
-
-gk_status gk_err_set(gk_err *err, gk_status code, const char *fmt, ...)
-{
-    if (err) {
-        va_list ap;
-        va_start(ap, fmt);
-        vsnprintf(err->msg, sizeof err->msg, fmt, ap);
-        va_end(ap);
-        err->code = code;
-    }
-    return code;
-}
-
-const char *gk_op_name(gk_op op) { return op == GK_OP_ATTN ? "attn" : "?"; }
-
-#define CK(x)                                                                                    \
-    do {                                                                                         \
-        cudaError_t e_ = (x);                                                                    \
-        if (e_ != cudaSuccess) {                                                                 \
-            fprintf(stderr, "%s:%d: %s: %s\n", __FILE__, __LINE__, #x, cudaGetErrorString(e_)); \
-            exit(2);                                                                             \
-        }                                                                                        \
-    } while (0)
 
 static uint64_t rng_state = 0x9e3779b97f4a7c15ull;
 static float rng_unit(void) /* [-1, 1) */

@@ -26,40 +26,14 @@
  * replayed; the median replay over the launches is us per launch, and GB/s
  * counts weight bytes only.
  */
-#include "cuda_common.cuh"
+#include "harness.h"
 
 #include <algorithm>
 #include <math.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <vector>
-
-/* ------------------------------------------------ what the runtime provides */
-
-gk_status gk_err_set(gk_err *err, gk_status code, const char *fmt, ...)
-{
-    if (err) {
-        va_list ap;
-        va_start(ap, fmt);
-        vsnprintf(err->msg, sizeof err->msg, fmt, ap);
-        va_end(ap);
-        err->code = code;
-    }
-    return code;
-}
-
-const char *gk_op_name(gk_op op) { return op == GK_OP_LINEAR ? "linear" : "?"; }
-
-#define CK(call)                                                                                   \
-    do {                                                                                           \
-        cudaError_t e_ = (call);                                                                   \
-        if (e_ != cudaSuccess) {                                                                   \
-            fprintf(stderr, "%s:%d: %s: %s\n", __FILE__, __LINE__, #call, cudaGetErrorString(e_)); \
-            exit(1);                                                                               \
-        }                                                                                          \
-    } while (0)
 
 static cu_ctx g_ctx;
 static gk_tensor g_dst_t = {GK_DTYPE_F32, 1, 1, NULL, "gemv_harness", -1};
