@@ -7,9 +7,10 @@
  * kernel reads the stored values. After the store, one of three kernels,
  * chosen per node on the host:
  *  - attn_decode_kernel (n <= DEC_MAX_TOKENS, head dim 64, 128 or 256):
- *    flash-decoding with a grid sized to the device: about DEC_BLOCKS_PER_SM
- *    blocks per multiprocessor once the cache holds DEC_MIN_ROWS rows per
- *    split (below that, fewer splits of DEC_MIN_ROWS). The grid is (split,
+ *    flash-decoding with a grid sized to the device: one wave of blocks
+ *    (as many per multiprocessor as its registers allow, at most
+ *    DEC_BLOCKS_PER_SM) once the cache holds DEC_MIN_ROWS rows per split
+ *    (below that, fewer splits of DEC_MIN_ROWS). The grid is (split,
  *    kv head x query-head tile, token); each block derives on the device,
  *    from pos[t], which rows 0..pos[t] are its split, so one captured graph
  *    replays at every length. Lanes read whole cache rows in 16-byte loads,
@@ -39,6 +40,9 @@
 #define DEC_MAX_TOKENS 8
 #define DEC_MAX_SPLITS 256
 #define DEC_MAX_GT 8
+/* Floats of one split's partial result: HD accumulators, max, sum, padding
+ * to 16 bytes (the merge reads the accumulators as float4). */
+#define DEC_PART(hd) ((hd) + 4)
 /* Decode tuning (#ifndef: tests/gpu/attn_decode_harness.cu builds variants):
  * blocks per SM the splits aim at, the rows a split is worth (fewer, and the
  * merge costs more than it saves), row steps each warp has in flight for
@@ -65,8 +69,7 @@ __global__ void kv_store_kernel(const float *__restrict__ k, const float *__rest
                                 const int32_t *__restrict__ pos, T *__restrict__ kc, T *__restrict__ vc, int kvw,
                                 int n_ctx, int *ew)
 {
-    cu_pdl_wait();
-    cu_pdl_trigger();
+    cu_pdl_enter();
     int t = blockIdx.x, p = pos[t];
     if (p < 0 || p >= n_ctx) {
         if (threadIdx.x == 0)
@@ -119,8 +122,7 @@ __global__ void __launch_bounds__(ATT_THREADS)
     __shared__ float s_L[GT];
     __shared__ bool s_last;
 
-    cu_pdl_wait(); /* q and the rows just stored come from earlier kernels */
-    cu_pdl_trigger();
+    cu_pdl_enter(); /* q and the rows just stored come from earlier kernels */
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const int grp = lane / LPR, li = lane % LPR;
     const int t = blockIdx.z, split = blockIdx.x;
@@ -277,7 +279,7 @@ __global__ void __launch_bounds__(ATT_THREADS)
         if (used == 1) {
             out[(size_t)t * H * HD + (size_t)h * HD + e] = A / L;
         } else {
-            float *pp = part + (((size_t)t * H + h) * max_splits + split) * (HD + 2);
+            float *pp = part + (((size_t)t * H + h) * max_splits + split) * DEC_PART(HD);
             pp[e] = A;
             if (e == 0) {
                 pp[HD] = M;
@@ -301,41 +303,67 @@ __global__ void __launch_bounds__(ATT_THREADS)
     for (int g = warp; g < GT; g += DEC_WARPS) {
         if (g0 + g >= G)
             continue;
-        const float *pp = part + ((size_t)t * H + kvh * G + g0 + g) * max_splits * (HD + 2);
+        const float *pp = part + ((size_t)t * H + kvh * G + g0 + g) * max_splits * DEC_PART(HD);
         float M = -INFINITY;
         for (int sp = lane; sp < used; sp += 32)
-            M = fmaxf(M, __ldcg(pp + (size_t)sp * (HD + 2) + HD));
+            M = fmaxf(M, __ldcg(pp + (size_t)sp * DEC_PART(HD) + HD));
         M = cu_warp_max(M);
         float L = 0.0f;
         for (int sp = lane; sp < used; sp += 32) {
-            const float w = expf(__ldcg(pp + (size_t)sp * (HD + 2) + HD) - M);
+            const float w = expf(__ldcg(pp + (size_t)sp * DEC_PART(HD) + HD) - M);
             s_w[g][sp] = w;
-            L += __ldcg(pp + (size_t)sp * (HD + 2) + HD + 1) * w;
+            L += __ldcg(pp + (size_t)sp * DEC_PART(HD) + HD + 1) * w;
         }
         L = cu_warp_sum(L);
         if (lane == 0)
             s_L[g] = L;
     }
     __syncthreads();
-    for (int i = tid; i < GT * HD; i += ATT_THREADS) {
-        const int g = i / HD, e = i % HD;
-        if (g0 + g >= G)
-            continue;
-        const int h = kvh * G + g0 + g;
-        const float *pp = part + ((size_t)t * H + h) * max_splits * (HD + 2);
-        float A = 0.0f;
-        int sp = 0;
-        for (; sp + 4 <= used; sp += 4) { /* four loads in flight, summed in split order */
-            const float a0 = __ldcg(pp + (size_t)sp * (HD + 2) + e), a1 = __ldcg(pp + (size_t)(sp + 1) * (HD + 2) + e);
-            const float a2 = __ldcg(pp + (size_t)(sp + 2) * (HD + 2) + e), a3 = __ldcg(pp + (size_t)(sp + 3) * (HD + 2) + e);
-            A += a0 * s_w[g][sp];
-            A += a1 * s_w[g][sp + 1];
-            A += a2 * s_w[g][sp + 2];
-            A += a3 * s_w[g][sp + 3];
+    /* the outputs, four at a time (float4 of one head): each thread MO of
+     * them, ML splits' loads in flight for each (one load round per ML
+     * splits, not one per split), summed in split order */
+    constexpr int NV4 = GT * HD / 4;
+    constexpr int MO = NV4 / ATT_THREADS < 1 ? 1 : NV4 / ATT_THREADS;
+    constexpr int ML = 8 / MO < 2 ? 2 : 8 / MO;
+    float4 A[MO];
+    const float *pk[MO];
+    int gk[MO];
+#pragma unroll
+    for (int k = 0; k < MO; k++) {
+        A[k] = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+        const int i = min(tid + k * ATT_THREADS, NV4 - 1); /* past the tile: a valid head, unused */
+        gk[k] = min(4 * i / HD, G - 1 - g0);
+        pk[k] = part + ((size_t)t * H + kvh * G + g0 + gk[k]) * max_splits * DEC_PART(HD) + (4 * i) % HD;
+    }
+    for (int sp0 = 0; sp0 < used; sp0 += ML) {
+        float4 a[MO][ML];
+#pragma unroll
+        for (int k = 0; k < MO; k++)
+#pragma unroll
+            for (int u = 0; u < ML; u++)
+                a[k][u] = sp0 + u < used
+                              ? __ldcg(reinterpret_cast<const float4 *>(pk[k] + (size_t)(sp0 + u) * DEC_PART(HD)))
+                              : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+#pragma unroll
+        for (int k = 0; k < MO; k++)
+#pragma unroll
+            for (int u = 0; u < ML; u++)
+                if (sp0 + u < used) {
+                    const float w = s_w[gk[k]][sp0 + u];
+                    A[k].x += a[k][u].x * w;
+                    A[k].y += a[k][u].y * w;
+                    A[k].z += a[k][u].z * w;
+                    A[k].w += a[k][u].w * w;
+                }
+    }
+#pragma unroll
+    for (int k = 0; k < MO; k++) {
+        const int i = tid + k * ATT_THREADS, g = 4 * i / HD, e = (4 * i) % HD;
+        if (i < NV4 && g0 + g < G) {
+            const float L = s_L[g];
+            float4 r = make_float4(A[k].x / L, A[k].y / L, A[k].z / L, A[k].w / L);
+            *reinterpret_cast<float4 *>(out + (size_t)t * H * HD + (size_t)(kvh * G + g0 + g) * HD + e) = r;
         }
-        for (; sp < used; sp++)
-            A += __ldcg(pp + (size_t)sp * (HD + 2) + e) * s_w[g][sp];
-        out[(size_t)t * H * HD + (size_t)h * HD + e] = A / s_L[g];
     }
     if (tid == 0)
         *ticket = 0; /* ready for the next launch */
@@ -369,8 +397,7 @@ __global__ void __launch_bounds__(ATT_THREADS)
     float *Vs = Ks + TILE_BK * ld;                /* [BK][hd] */
     float *Ps = Vs + TILE_BK * hd;                /* [BQ][BK + 1] */
 
-    cu_pdl_wait();
-    cu_pdl_trigger();
+    cu_pdl_enter();
     const int tid = threadIdx.x, tx = tid % 8, ty = tid / 8;
     const int t0 = blockIdx.x * BQ, h = blockIdx.y, kvh = h / (H / Hkv);
     const size_t qw = (size_t)H * hd, kvw = (size_t)Hkv * hd;
@@ -519,6 +546,50 @@ static int pow2_at_least(int g)
     return p;
 }
 
+template <typename T, int HD, int GT> static int dec_occupancy(void)
+{
+    int n = 0;
+    if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, attn_decode_kernel<T, HD, GT>, ATT_THREADS, 0) !=
+        cudaSuccess) {
+        (void)cudaGetLastError();
+        return 1;
+    }
+    return n > 0 ? n : 1;
+}
+
+template <typename T, int HD> static int dec_occupancy_gt(int gt)
+{
+    return gt == 1 ? dec_occupancy<T, HD, 1>() : gt == 2 ? dec_occupancy<T, HD, 2>()
+           : gt == 4 ? dec_occupancy<T, HD, 4>() : dec_occupancy<T, HD, 8>();
+}
+
+/* Blocks of attn_decode_kernel<cache dtype, hd, gt> one SM holds at once
+ * (its registers decide: a GT 8 tile of half caches takes over 200 a
+ * thread), at most DEC_BLOCKS_PER_SM: the grid is one wave of them. Asked of
+ * the runtime once per instance. */
+static int dec_blocks_per_sm(gk_dtype cache, int hd, int gt)
+{
+    static int memo[3][3][4]; /* dtype, hd 64/128/256, gt 1/2/4/8; 0 = not asked yet */
+    const int di = cache == GK_DTYPE_F16 ? 0 : cache == GK_DTYPE_BF16 ? 1 : 2;
+    const int hi = hd == 64 ? 0 : hd == 128 ? 1 : 2, gi = gt == 1 ? 0 : gt == 2 ? 1 : gt == 4 ? 2 : 3;
+    int *m = &memo[di][hi][gi];
+    if (*m == 0) {
+        int n = 1;
+        if (cache == GK_DTYPE_F16)
+            n = hd == 64 ? dec_occupancy_gt<__half, 64>(gt) : hd == 128 ? dec_occupancy_gt<__half, 128>(gt)
+                                                                       : dec_occupancy_gt<__half, 256>(gt);
+        else if (cache == GK_DTYPE_BF16)
+            n = hd == 64    ? dec_occupancy_gt<__nv_bfloat16, 64>(gt)
+                : hd == 128 ? dec_occupancy_gt<__nv_bfloat16, 128>(gt)
+                            : dec_occupancy_gt<__nv_bfloat16, 256>(gt);
+        else
+            n = hd == 64 ? dec_occupancy_gt<float, 64>(gt) : hd == 128 ? dec_occupancy_gt<float, 128>(gt)
+                                                                        : dec_occupancy_gt<float, 256>(gt);
+        *m = n < DEC_BLOCKS_PER_SM ? n : DEC_BLOCKS_PER_SM;
+    }
+    return *m;
+}
+
 static attn_shape plan(const cu_ctx *c, const gk_node *nd)
 {
     attn_shape a;
@@ -530,11 +601,13 @@ static attn_shape plan(const cu_ctx *c, const gk_node *nd)
     a.gt = pow2_at_least(a.H / a.Hkv);
     int tiles_y = a.Hkv * (int)cu_div_up(a.H / a.Hkv, a.gt);
     a.decode = a.n <= DEC_MAX_TOKENS && (a.hd == 64 || a.hd == 128 || a.hd == 256) &&
-               cu_aligned16(nd->src[4]->data) && cu_aligned16(nd->src[5]->data) &&
+               cu_aligned16(nd->src[4]->data) && cu_aligned16(nd->src[5]->data) && cu_aligned16(nd->dst->data) &&
                (int64_t)a.n * tiles_y <= CU_TICKETS;
-    /* enough splits for DEC_BLOCKS_PER_SM blocks per SM once the cache has
-     * that many rows; each block finds its rows from the position */
-    int want = (int)cu_div_up((int64_t)DEC_BLOCKS_PER_SM * c->n_sm, (int64_t)tiles_y * a.n);
+    /* enough splits for one wave of blocks (up to DEC_BLOCKS_PER_SM per SM)
+     * once the cache has that many rows; each block finds its rows from the
+     * position */
+    const int per_sm = a.decode ? dec_blocks_per_sm(nd->src[4]->dtype, a.hd, a.gt) : 1;
+    int want = (int)cu_div_up((int64_t)per_sm * c->n_sm, (int64_t)tiles_y * a.n);
     a.max_splits = want < 1 ? 1 : want > DEC_MAX_SPLITS ? DEC_MAX_SPLITS : want > a.n_ctx ? a.n_ctx : want;
     return a;
 }
@@ -544,7 +617,7 @@ size_t cu_attn_scratch(const cu_ctx *c, const gk_node *nd)
     attn_shape a = plan(c, nd);
     if (!a.decode || a.max_splits == 1)
         return 0;
-    return (size_t)a.n * a.H * a.max_splits * (a.hd + 2) * sizeof(float);
+    return (size_t)a.n * a.H * a.max_splits * DEC_PART(a.hd) * sizeof(float);
 }
 
 template <typename T, int HD, int GT>

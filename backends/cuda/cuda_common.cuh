@@ -65,6 +65,26 @@ static __device__ __forceinline__ void cu_pdl_trigger(void)
 #endif
 }
 
+/* The start of a kernel that reads or writes what earlier kernels touch from
+ * its first instruction: let the next kernel be scheduled, then wait. The
+ * trigger comes first so that a chain of kernels is resident ahead of the
+ * one running (each still waits for its predecessor), and a GEMV further
+ * down the chain starts its weight copies while this one waits.
+ * CU_PDL_EARLY=0 triggers after the wait instead (the order before). */
+#ifndef CU_PDL_EARLY
+#define CU_PDL_EARLY 1
+#endif
+static __device__ __forceinline__ void cu_pdl_enter(void)
+{
+#if CU_PDL_EARLY
+    cu_pdl_trigger();
+    cu_pdl_wait();
+#else
+    cu_pdl_wait();
+    cu_pdl_trigger();
+#endif
+}
+
 /* kernel<<<grid, block, smem, c->stream>>>(args...), with the PDL attribute
  * when the context has it. The arguments convert to the kernel's parameter
  * types as in a plain launch. */

@@ -16,8 +16,7 @@ template <typename T>
 __global__ void get_rows_kernel(const T *__restrict__ table, const int32_t *__restrict__ ids,
                                 float *__restrict__ dst, int64_t n_rows, int d, int *ew)
 {
-    cu_pdl_wait();
-    cu_pdl_trigger();
+    cu_pdl_enter();
     int t = blockIdx.x;
     int32_t id = ids[t];
     float *out = dst + (size_t)t * d;
@@ -65,8 +64,7 @@ template <int OP>
 __global__ void ew_vec4_kernel(const float4 *__restrict__ a, const float4 *__restrict__ b,
                                float4 *__restrict__ dst, int64_t n4)
 {
-    cu_pdl_wait();
-    cu_pdl_trigger();
+    cu_pdl_enter();
     for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n4;
          i += (int64_t)gridDim.x * blockDim.x) {
         float4 x = a[i], y = OP == EW_GELU_TANH ? x : b[i], r;
@@ -82,8 +80,7 @@ template <int OP>
 __global__ void ew_scalar_kernel(const float *__restrict__ a, const float *__restrict__ b,
                                  float *__restrict__ dst, int64_t ne)
 {
-    cu_pdl_wait();
-    cu_pdl_trigger();
+    cu_pdl_enter();
     for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < ne;
          i += (int64_t)gridDim.x * blockDim.x)
         dst[i] = ew_apply<OP>(a[i], OP == EW_GELU_TANH ? 0.0f : b[i]);

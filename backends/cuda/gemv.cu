@@ -51,7 +51,10 @@ static __host__ __device__ constexpr int gemv_rows(int nt) { return nt <= 2 ? 2 
 /* 16-byte weight loads each lane keeps in flight: 8 for one or two tokens
  * (96..121 registers, no spills); 4 for more, whose accumulators need the
  * registers (measured on H200: 8 there is ~5% slower). */
-static __host__ __device__ constexpr int gemv_loads(int nt) { return nt <= 2 ? 8 : 4; }
+#ifndef GEMV_LOADS_FEW
+#define GEMV_LOADS_FEW 8
+#endif
+static __host__ __device__ constexpr int gemv_loads(int nt) { return nt <= 2 ? GEMV_LOADS_FEW : 4; }
 
 /* What the kernel needs of a cu_gemv_desc plus the work split. */
 struct gemv_args {
@@ -156,52 +159,16 @@ static __device__ __forceinline__ void gemv_block_sums(float (&p)[NT], float *re
     __syncthreads();
 }
 
-/* ------------------------------------------------------------- kernel */
-
-/* grid: at most tiles blocks; dynamic shared memory NT * in floats (h). */
+/* h = norm(x) (or x) of the NT tokens into shared memory hs, laid out
+ * [NT][QV][nv] so that each lane reads its 16 bytes of h without bank
+ * conflicts; block 0 alone writes norm_out. Row statistics by fixed-order
+ * tree sums. Ends with a __syncthreads. */
 template <typename T, int NT>
-__global__ void __launch_bounds__(GEMV_THREADS, GEMV_BLOCKS_PER_SM) gemv_kernel(const gemv_args a)
+static __device__ __forceinline__ void gemv_prologue(const gemv_args &a, float4 *hs, float *red, float *mean,
+                                                     float *scale)
 {
     constexpr int VEC = 16 / sizeof(T), QV = VEC / 4;
-    constexpr int R = gemv_rows(NT);
-    constexpr int U = gemv_loads(NT) / R; /* steps in flight */
-    extern __shared__ float4 hs[];                  /* [NT][QV][nv]: h, 16 bytes per lane */
-    __shared__ float part[2][GEMV_WARPS][NT][R];    /* warp sums of a tile (two tiles alternate) */
-    __shared__ float red[GEMV_WARPS * NT], mean[NT], scale[NT];
-
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    const int S = a.S, ns = a.ns, nv = a.nv;
-    const int j = warp % S, rw = warp / S;
-    const int total = (a.tiles - (int)blockIdx.x + (int)gridDim.x - 1) / (int)gridDim.x * ns;
-
-    /* the load cursor: tile lt, step ls, rows lp */
-    uint4 buf[U][R];
-    int lt = blockIdx.x, ls = 0;
-    const uint4 *lp[R];
-    gemv_row_ptrs<T, R>(a, lt, rw, lp);
-#define GEMV_LOAD(dst)                                                   \
-    do {                                                                 \
-        const int v_ = min(lane + 32 * (j + S * ls), nv - 1);            \
-        _Pragma("unroll") for (int r = 0; r < R; r++)                    \
-            (dst)[r] = cu_ld_nc16(lp[r] + v_);                          \
-        if (++ls == ns) {                                                \
-            ls = 0;                                                      \
-            lt += gridDim.x;                                             \
-            if (lt < a.tiles)                                            \
-                gemv_row_ptrs<T, R>(a, lt, rw, lp);                      \
-        }                                                                \
-    } while (0)
-#pragma unroll
-    for (int u = 0; u < U; u++)
-        if (u < total)
-            GEMV_LOAD(buf[u]);
-
-    /* everything above touched only weights; from here on x, res and the
-     * outputs, which kernels before this one write or read */
-    cu_pdl_wait();
-    cu_pdl_trigger();
-
-    /* ---- prologue: h = norm(x) or x, into shared memory */
+    const int nv = a.nv;
     const int in = a.in, in4 = in / 4;
     const float4 *x4 = reinterpret_cast<const float4 *>(a.x);
     if (a.pro != CU_PRO_NONE) {
@@ -275,6 +242,55 @@ __global__ void __launch_bounds__(GEMV_THREADS, GEMV_BLOCKS_PER_SM) gemv_kernel(
         }
     }
     __syncthreads();
+
+}
+
+/* ------------------------------------------------------------- kernel */
+
+/* grid: at most tiles blocks; dynamic shared memory NT * in floats (h). */
+template <typename T, int NT>
+__global__ void __launch_bounds__(GEMV_THREADS, GEMV_BLOCKS_PER_SM) gemv_kernel(const gemv_args a)
+{
+    constexpr int VEC = 16 / sizeof(T), QV = VEC / 4;
+    constexpr int R = gemv_rows(NT);
+    constexpr int U = gemv_loads(NT) / R; /* steps in flight */
+    extern __shared__ float4 hs[];                  /* [NT][QV][nv]: h, 16 bytes per lane */
+    __shared__ float part[2][GEMV_WARPS][NT][R];    /* warp sums of a tile (two tiles alternate) */
+    __shared__ float red[GEMV_WARPS * NT], mean[NT], scale[NT];
+
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int S = a.S, ns = a.ns, nv = a.nv;
+    const int j = warp % S, rw = warp / S;
+    const int total = (a.tiles - (int)blockIdx.x + (int)gridDim.x - 1) / (int)gridDim.x * ns;
+
+    /* the load cursor: tile lt, step ls, rows lp */
+    uint4 buf[U][R];
+    int lt = blockIdx.x, ls = 0;
+    const uint4 *lp[R];
+    gemv_row_ptrs<T, R>(a, lt, rw, lp);
+#define GEMV_LOAD(dst)                                                   \
+    do {                                                                 \
+        const int v_ = min(lane + 32 * (j + S * ls), nv - 1);            \
+        _Pragma("unroll") for (int r = 0; r < R; r++)                    \
+            (dst)[r] = cu_ld_nc16(lp[r] + v_);                          \
+        if (++ls == ns) {                                                \
+            ls = 0;                                                      \
+            lt += gridDim.x;                                             \
+            if (lt < a.tiles)                                            \
+                gemv_row_ptrs<T, R>(a, lt, rw, lp);                      \
+        }                                                                \
+    } while (0)
+#pragma unroll
+    for (int u = 0; u < U; u++)
+        if (u < total)
+            GEMV_LOAD(buf[u]);
+
+    /* everything above touched only weights; from here on x, res and the
+     * outputs, which kernels before this one write or read */
+    cu_pdl_enter();
+
+    /* ---- prologue: h = norm(x) or x, into shared memory */
+    gemv_prologue<T, NT>(a, hs, red, mean, scale);
 
     /* ---- the stream: consume step g while step g + U loads */
     float acc[NT][R];
@@ -365,6 +381,7 @@ __global__ void __launch_bounds__(GEMV_THREADS, GEMV_BLOCKS_PER_SM) gemv_kernel(
 #undef GEMV_LOAD
 }
 
+
 /* ------------------------------------------------------------- host */
 
 static int gemv_vec(gk_dtype t) { return t == GK_DTYPE_F32 ? 4 : 8; }
@@ -432,6 +449,7 @@ static cudaError_t gemv_launch(cu_ctx *c, int n, const gemv_args &a, unsigned gr
         return gemv_launch<T, NT + 1>(c, n, a, grid);
     return cudaErrorInvalidValue;
 }
+
 
 gk_status cu_gemv(cu_ctx *c, const cu_gemv_desc *d, const gk_node *nd, gk_err *err)
 {

@@ -58,8 +58,7 @@ template <typename T, int NT, int R>
 __global__ void __launch_bounds__(GEMV_WARPS * 32, 4)
     gemv_vec_kernel(const gemv_group<T> grp, const float *__restrict__ x, int in)
 {
-    cu_pdl_wait();
-    cu_pdl_trigger();
+    cu_pdl_enter();
     constexpr int VEC = 16 / sizeof(T);
     constexpr int U = gemv_unroll<NT>::value;
     /* which matrix: selects on constant indices, so the parameters stay in
@@ -149,8 +148,7 @@ __global__ void __launch_bounds__(GEMV_WARPS * 32)
     gemv_scalar_kernel(const T *__restrict__ W, const float *__restrict__ x, const T *__restrict__ bias,
                        float *__restrict__ y, int n, int in, int out)
 {
-    cu_pdl_wait();
-    cu_pdl_trigger();
+    cu_pdl_enter();
     const int lane = threadIdx.x & 31;
     const int row = blockIdx.x * GEMV_WARPS + (threadIdx.x >> 5);
     if (row >= out)
@@ -241,8 +239,7 @@ static gk_status gemv(cu_ctx *c, const gk_node *nd, gk_err *err)
 template <typename T>
 __global__ void to_dtype_kernel(const float *__restrict__ x, T *__restrict__ dst, int64_t ne)
 {
-    cu_pdl_wait();
-    cu_pdl_trigger();
+    cu_pdl_enter();
     for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < ne; i += (int64_t)gridDim.x * blockDim.x)
         dst[i] = cu_from_f32<T>(x[i]);
 }
@@ -250,8 +247,7 @@ __global__ void to_dtype_kernel(const float *__restrict__ x, T *__restrict__ dst
 template <typename T>
 __global__ void add_bias_kernel(float *__restrict__ y, const T *__restrict__ bias, int64_t ne, int out)
 {
-    cu_pdl_wait();
-    cu_pdl_trigger();
+    cu_pdl_enter();
     for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < ne; i += (int64_t)gridDim.x * blockDim.x)
         y[i] += cu_to_f32(bias[i % out]);
 }

@@ -23,8 +23,7 @@ template <typename T>
 __global__ void rms_norm_kernel(const float *__restrict__ x, const T *__restrict__ w,
                                 float *__restrict__ dst, int g, float eps)
 {
-    cu_pdl_wait();
-    cu_pdl_trigger();
+    cu_pdl_enter();
     __shared__ float red[32];
     const float *xr = x + (size_t)blockIdx.x * g;
     float *yr = dst + (size_t)blockIdx.x * g;
@@ -55,8 +54,7 @@ template <typename T>
 __global__ void layer_norm_kernel(const float *__restrict__ x, const T *__restrict__ w,
                                   const T *__restrict__ b, float *__restrict__ dst, int d, float eps)
 {
-    cu_pdl_wait();
-    cu_pdl_trigger();
+    cu_pdl_enter();
     __shared__ float red[32];
     const float *xr = x + (size_t)blockIdx.x * d;
     float *yr = dst + (size_t)blockIdx.x * d;
@@ -94,8 +92,7 @@ __global__ void add_rms_norm_kernel(const float *__restrict__ a, const float *__
                                     float *__restrict__ sum, const T *__restrict__ w,
                                     float *__restrict__ dst, int d, float eps)
 {
-    cu_pdl_wait();
-    cu_pdl_trigger();
+    cu_pdl_enter();
     __shared__ float red[32];
     size_t off = (size_t)blockIdx.x * d;
     float sq = 0.0f;
@@ -115,8 +112,7 @@ __global__ void add_layer_norm_kernel(const float *__restrict__ a, const float *
                                       float *__restrict__ sum, const T *__restrict__ w,
                                       const T *__restrict__ bias, float *__restrict__ dst, int d, float eps)
 {
-    cu_pdl_wait();
-    cu_pdl_trigger();
+    cu_pdl_enter();
     __shared__ float red[32];
     size_t off = (size_t)blockIdx.x * d;
     float s = 0.0f;

@@ -27,8 +27,7 @@ struct rope_pair {
 __global__ void rope_kernel(const rope_pair rp, const int32_t *__restrict__ pos,
                             const float *__restrict__ inv_freq, int hd, float scale)
 {
-    cu_pdl_wait();
-    cu_pdl_trigger();
+    cu_pdl_enter();
     const bool second = blockIdx.y >= rp.split_y;
     const float *__restrict__ x = second ? rp.x[1] : rp.x[0];
     float *__restrict__ dst = second ? rp.dst[1] : rp.dst[0];
@@ -118,8 +117,7 @@ __global__ void rope_store_kernel(const rope_store_args a)
 {
     __shared__ float red[32];
     __shared__ float xs[CU_ATTN_MAX_HEAD_DIM];
-    cu_pdl_wait();
-    cu_pdl_trigger();
+    cu_pdl_enter();
     const int t = blockIdx.x, y = blockIdx.y, hd = a.hd, half = hd / 2;
     const int kvw = a.Hkv * hd;
     const int p = a.pos[t];

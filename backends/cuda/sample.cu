@@ -70,8 +70,7 @@ static __device__ __forceinline__ best block_best(best b)
 __global__ void __launch_bounds__(ARGMAX_THREADS) argmax_partial_kernel(const float *__restrict__ x, int n,
                                                                         best *__restrict__ part)
 {
-    cu_pdl_wait();
-    cu_pdl_trigger();
+    cu_pdl_enter();
     best b = {-INFINITY, 0x7fffffff};
     for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += gridDim.x * blockDim.x) {
         float v = x[i];
@@ -97,8 +96,7 @@ __global__ void __launch_bounds__(ARGMAX_THREADS) argmax_final_kernel(const best
                                                                       int32_t *__restrict__ id, int32_t *ctl,
                                                                       int32_t *pos)
 {
-    cu_pdl_wait();
-    cu_pdl_trigger();
+    cu_pdl_enter();
     best b = {-INFINITY, 0x7fffffff};
     for (int i = threadIdx.x; i < n_part; i += blockDim.x)
         b = better(b, part[i]);
@@ -126,8 +124,7 @@ static __device__ double draw_at(const int32_t *ctl)
 __global__ void keys_kernel(const float *__restrict__ logits, int n, float temperature, float *__restrict__ keys,
                             int32_t *__restrict__ ids)
 {
-    cu_pdl_wait();
-    cu_pdl_trigger();
+    cu_pdl_enter();
     for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += gridDim.x * blockDim.x) {
         /* + 0: -0 sorts with +0, as the host compares; a NaN logit is never drawn */
         float l = logits[i];
@@ -178,8 +175,7 @@ __global__ void __launch_bounds__(PICK_THREADS)
     pick_kernel(const float *__restrict__ logits, const float *__restrict__ keys, const int32_t *__restrict__ ids,
                 int n, int top_k, float top_p, double u, int32_t *__restrict__ id, int32_t *ctl, int32_t *pos)
 {
-    cu_pdl_wait();
-    cu_pdl_trigger();
+    cu_pdl_enter();
     if (ctl)
         u = draw_at(ctl);
     if (!isfinite(keys[0])) {

@@ -9,7 +9,8 @@
  *        backends/cuda/linear.cu -lcublas -lgomp -o /tmp/gemv_harness && /tmp/gemv_harness
  * Arguments: "check" or "time" runs only that half (default both); after
  * "time", a dtype (f16, bf16, f32) times only that one. GEMV_NO_PDL=1 in the
- * environment launches without programmatic dependent launch.
+ * environment launches without programmatic dependent launch; "time chains"
+ * times only the GEMVs of whole decoder layers at four models' shapes.
  *
  * Checks, per weight dtype, shape, token count n in {1, 2, 5, 8} and fusion
  * (prologue none / RMS / layer norm; epilogue none / residual / SwiGLU /
@@ -511,11 +512,86 @@ static void time_shape(gk_dtype wt, int out, int in)
     cudaFree(x), cudaFree(y), cudaFree(nw), cudaFree(nout);
 }
 
+
+/* The GEMVs of `layers` decoder layers back to back, as a decode step runs
+ * them (rms + q/k/v, o + residual, rms + gate/up + SwiGLU, down + residual),
+ * each layer with its own weights: us per layer and weight GB/s, boundaries
+ * between the four shapes included. */
+static void time_layers(const char *name, gk_dtype wt, int hidden, int q_out, int kv_out, int inter, int layers)
+{
+    const size_t es = dt_size(wt);
+    const int outs[7] = {q_out, kv_out, kv_out, hidden, inter, inter, hidden};
+    const int ins[7] = {hidden, hidden, hidden, q_out, hidden, hidden, inter};
+    size_t per_layer = 0;
+    for (int k = 0; k < 7; k++)
+        per_layer += (size_t)outs[k] * ins[k] * es;
+    std::vector<void *> W((size_t)layers * 7);
+    for (int l = 0; l < layers; l++)
+        for (int k = 0; k < 7; k++) {
+            const size_t ne = (size_t)outs[k] * ins[k];
+            void **w = &W[(size_t)l * 7 + k];
+            CK(cudaMalloc(w, ne * es));
+            CU_WEIGHT_SWITCH(wt, T, { fill_kernel<T><<<1024, 256, 0, g_ctx.stream>>>((T *)*w, ne, l * 7 + k); });
+        }
+    const int wide = std::max(std::max(q_out, inter), hidden);
+    std::vector<float *> buf(11);
+    for (float *&p : buf) {
+        p = dev_f32(wide);
+        CK(cudaMemset(p, 0, (size_t)wide * 4));
+    }
+    float *x = buf[0], *nrm = buf[1], *q = buf[2], *k = buf[3], *v = buf[4], *o = buf[5], *x2 = buf[6];
+    float *g = buf[7], *u = buf[8], *act = buf[9], *dn = buf[10];
+    void *nw;
+    CK(cudaMalloc(&nw, (size_t)hidden * 4));
+    CK(cudaMemset(nw, 0, (size_t)hidden * 4));
+    CK(cudaStreamSynchronize(g_ctx.stream));
+    double us = time_graph(layers, [&](int l) {
+        void **w = &W[(size_t)l * 7];
+        cu_gemv_desc d = {};
+        d.wtype = wt, d.n = 1, d.in = hidden, d.x = x, d.pro = CU_PRO_RMS, d.norm_type = GK_DTYPE_F32;
+        d.eps = 1e-5f, d.norm_w = nw, d.norm_out = nrm, d.count = 3;
+        d.W[0] = w[0], d.W[1] = w[1], d.W[2] = w[2], d.y[0] = q, d.y[1] = k, d.y[2] = v;
+        d.out[0] = q_out, d.out[1] = kv_out, d.out[2] = kv_out;
+        run_gemv(&d);
+        d = {};
+        d.wtype = wt, d.n = 1, d.in = q_out, d.x = q, d.count = 1, d.W[0] = w[3], d.y[0] = o, d.out[0] = hidden;
+        d.epi = CU_EPI_RESIDUAL, d.res = x, d.res_out = x2;
+        run_gemv(&d);
+        d = {};
+        d.wtype = wt, d.n = 1, d.in = hidden, d.x = x2, d.pro = CU_PRO_RMS, d.norm_type = GK_DTYPE_F32;
+        d.eps = 1e-5f, d.norm_w = nw, d.norm_out = nrm, d.count = 2, d.W[0] = w[4], d.W[1] = w[5];
+        d.y[0] = g, d.y[1] = u, d.out[0] = d.out[1] = inter, d.epi = CU_EPI_SWIGLU, d.act_out = act;
+        run_gemv(&d);
+        d = {};
+        d.wtype = wt, d.n = 1, d.in = inter, d.x = act, d.count = 1, d.W[0] = w[6], d.y[0] = dn, d.out[0] = hidden;
+        d.epi = CU_EPI_RESIDUAL, d.res = x2, d.res_out = x;
+        run_gemv(&d);
+    });
+    printf("  %-12s %-4s %d layers of %6.1f MB: %8.2f us per layer %8.0f GB/s\n", name, dt_name(wt), layers,
+           per_layer / 1e6, us, per_layer / us / 1e3);
+    for (void *p : W)
+        cudaFree(p);
+    for (float *p : buf)
+        cudaFree(p);
+    cudaFree(nw);
+}
+
 static void run_timing(const char *only)
 {
     static const int shapes[][2] = {{256, 2048},  {1024, 1024},  {2048, 2048},  {5632, 2048},
                                     {2048, 5632}, {12288, 4096}, {4096, 12288}, {151936, 1024}};
     static const gk_dtype wts[] = {GK_DTYPE_F16, GK_DTYPE_BF16, GK_DTYPE_F32};
+    const bool chains = only && strcmp(only, "chains") == 0;
+    printf("== decoder-layer GEMV chains (graph, median)\n");
+    if (!only || chains || strcmp(only, "f16") == 0)
+        time_layers("TinyLlama", GK_DTYPE_F16, 2048, 2048, 256, 5632, 22);
+    if (!only || chains || strcmp(only, "bf16") == 0) {
+        time_layers("Qwen3-0.6B", GK_DTYPE_BF16, 1024, 2048, 1024, 3072, 28);
+        time_layers("Llama-1B", GK_DTYPE_BF16, 2048, 2048, 512, 8192, 16);
+        time_layers("Qwen3-8B", GK_DTYPE_BF16, 4096, 4096, 1024, 12288, 12);
+    }
+    if (chains)
+        return;
     printf("== timing (graph of back-to-back launches over distinct weight copies, median)\n");
     for (gk_dtype wt : wts)
         if (!only || strcmp(only, dt_name(wt)) == 0)
