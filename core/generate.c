@@ -26,6 +26,11 @@ gk_gen_opts gk_gen_opts_default(void)
         .top_p = 1.0f,
         .seed = 0,
         .use_cache = true,
+        .min_p = 0.0f,
+        .repetition_penalty = 1.0f,
+        .presence_penalty = 0.0f,
+        .frequency_penalty = 0.0f,
+        .penalty_last_n = 64,
     };
 }
 

@@ -3,7 +3,7 @@
  *
  * What it is: thin command-line wrappers over gk_tokenizer_*; every failure
  * prints "gkrun: <status>: <msg>" and exits 1, usage errors exit 2.
- * What it is not: a tokenizer (core/tokenizer*.c) or a chat-template renderer.
+ * What it is not: a tokenizer (text/tokenizer*.c) or a chat-template renderer.
  */
 #include "gkrun_tokenize.h"
 #include "gkrun_file.h"

@@ -359,8 +359,11 @@ GK_API gk_status gk_model_node_read(gk_model *m, size_t i, float *dst, gk_err *e
 /* Called with each new token; return false to stop. */
 typedef bool (*gk_token_cb)(int32_t token, void *user);
 
+typedef struct gk_tokenizer gk_tokenizer;
+
 typedef struct gk_gen_opts {
-    int64_t max_new_tokens;  /* 0 generates nothing; >= 0 */
+    int64_t max_new_tokens;  /* 0 generates nothing; -1 = until an EOS id or a
+                                full context; otherwise >= 0 */
     float temperature;       /* 0 = greedy; finite, >= 0. One so small that
                                 logit / temperature overflows is greedy too */
     int top_k;               /* 0 = off; >= 0 */
@@ -372,18 +375,55 @@ typedef struct gk_gen_opts {
     bool use_cache;          /* false: recompute the whole sequence each step */
     gk_token_cb on_token;    /* may be NULL */
     void *user;
+    /* The sampler chain, in this order (as llama.cpp's and transformers'):
+     * penalties, temperature, top-k, top-p, min-p, draw. */
+    float min_p;             /* 0 = off; [0, 1]: drop tokens whose probability
+                                is below min_p times the largest one */
+    float repetition_penalty; /* 1 = off; finite, > 0: a logit l of a token seen
+                                in the window becomes l / p (l > 0) or l * p */
+    float presence_penalty;  /* 0 = off; finite: l -= presence_penalty once per
+                                token seen in the window */
+    float frequency_penalty; /* 0 = off; finite: l -= frequency_penalty * count */
+    int64_t penalty_last_n;  /* the window: the last N ids of prompt and output
+                                (0 = penalties off, -1 = the whole context) */
+    /* Stop strings, matched on the decoded text of the new tokens (across
+     * token boundaries): generation ends with the token that completes one;
+     * stats say which and where its text starts, so the caller leaves it
+     * out. Needs the tokenizer. */
+    int n_stop;              /* >= 0 */
+    const char *const *stop; /* [n_stop] non-empty NUL-terminated strings */
+    const gk_tokenizer *tokenizer; /* for stop strings; NULL when n_stop is 0 */
+    bool keep_cache;         /* keep the cached positions the prompt shares with
+                                what the cache holds and prefill only the rest
+                                (false: clear the cache first) */
 } gk_gen_opts;
 
 /* Defaults as in transformers' generate: greedy, 100 tokens, cache on. */
 GK_API gk_gen_opts gk_gen_opts_default(void);
 
+typedef enum gk_finish {
+    GK_FINISH_LENGTH = 0, /* max_new_tokens reached */
+    GK_FINISH_EOS,        /* an EOS id was emitted (it is in out) */
+    GK_FINISH_STOP,       /* a stop string was completed */
+    GK_FINISH_CALLBACK,   /* on_token returned false */
+    GK_FINISH_CONTEXT     /* the context is full (max_new_tokens -1) */
+} gk_finish;
+
 typedef struct gk_gen_stats {
     int64_t n_prompt, n_gen;
     double t_prefill_s, t_decode_s;
+    int64_t n_reused;        /* prompt tokens found in the cache (keep_cache) */
+    int64_t n_prefill;       /* prompt tokens run through the model */
+    gk_finish finish;
+    int stop_index;          /* GK_FINISH_STOP: which stop string; else -1 */
+    size_t stop_offset;      /* GK_FINISH_STOP: bytes of the decoded new
+                                tokens before the stop string starts */
 } gk_gen_stats;
 
-/* Clear the cache, run the prompt, then sample up to max_new_tokens. out receives
- * the new tokens (capacity max_new_tokens); *n_out their count. stats may be NULL.
+/* Clear the cache (or, with keep_cache, keep what it shares with the prompt),
+ * run the prompt, then sample up to max_new_tokens. out receives the new
+ * tokens (capacity max_new_tokens, or n_ctx - n_prompt for -1); *n_out their
+ * count. stats may be NULL.
  * GK_ERR_INVALID_ARG (nothing generated, *n_out 0 when n_out is given) when m,
  * prompt, opts, out or n_out is NULL, n_prompt < 1, a prompt id is outside the
  * vocabulary, an option is outside the range given in gk_gen_opts ("temperature
@@ -409,8 +449,6 @@ GK_API int32_t gk_sample(const float *logits, int64_t n_vocab, const gk_gen_opts
                          gk_rng *rng);
 
 /* --------------------------------------------------------------- tokenizer */
-
-typedef struct gk_tokenizer gk_tokenizer;
 
 /* Load a HuggingFace tokenizer.json (path to the file, or a folder holding it;
  * tokenizer_config.json beside it is read for bos/eos when present). A feature
@@ -444,6 +482,54 @@ GK_API gk_status gk_tokenizer_encode(const gk_tokenizer *t, const char *text, si
  * (*text NULL on any failure, where given). */
 GK_API gk_status gk_tokenizer_decode(const gk_tokenizer *t, const int32_t *ids, size_t n_ids,
                                      bool skip_special, char **text, size_t *len, gk_err *err);
+
+/* ------------------------------------------------------------ chat templates */
+
+/* A model's Jinja chat template, rendered the way transformers'
+ * apply_chat_template(tokenize=False) does (trim_blocks, lstrip_blocks, loop
+ * controls, tojson, raise_exception, strftime_now; variables messages,
+ * add_generation_prompt, tools, documents, the special tokens, and any extra
+ * ones). */
+typedef struct gk_chat_template gk_chat_template;
+
+/* From a model folder: tokenizer_config.json's chat_template (a string, or a
+ * list of {name, template}: name selects one, NULL the "default"), else
+ * chat_template.jinja; bos/eos and the other special tokens from
+ * tokenizer_config.json. GK_ERR_NOT_FOUND when the folder has no template; a
+ * syntax error or an unsupported construct is GK_ERR_UNSUPPORTED naming the
+ * line and column. */
+GK_API gk_status gk_chat_template_load(const char *model_dir, const char *name, gk_chat_template **out,
+                                       gk_err *err);
+/* From template text; special_tokens_json is an object of token names to
+ * strings ({"bos_token": "<s>", ...}) or NULL. */
+GK_API gk_status gk_chat_template_parse(const char *text, size_t len, const char *special_tokens_json,
+                                        gk_chat_template **out, gk_err *err);
+GK_API void gk_chat_template_destroy(gk_chat_template *t);
+
+/* One message. content NULL is a message without content (None); the JSON
+ * fields, when not NULL, are parsed and passed as values (tool_calls: an
+ * array as OpenAI's API gives it). */
+typedef struct gk_chat_msg {
+    const char *role;            /* "system", "user", "assistant", "tool", ... */
+    const char *content;
+    const char *tool_calls_json; /* assistant: [{"type": "function", "function": {...}}] */
+    const char *tool_call_id;    /* tool */
+    const char *name;            /* tool: the function's name */
+} gk_chat_msg;
+
+/* Render msgs (n >= 1). extra_json: NULL or an object of further variables
+ * ("tools", "documents", "enable_thinking", a special token's override...).
+ * *out is malloc'd (NUL-terminated; *len, when given, its length). The
+ * template's raise_exception(msg) is GK_ERR_INVALID_ARG with msg as the
+ * message; any other failure while rendering names its cause. */
+GK_API gk_status gk_chat_render(const gk_chat_template *t, const gk_chat_msg *msgs, size_t n,
+                                bool add_generation_prompt, const char *extra_json, char **out, size_t *len,
+                                gk_err *err);
+/* The same with the messages as a JSON array of objects (any fields: they
+ * reach the template as they are). */
+GK_API gk_status gk_chat_render_json(const gk_chat_template *t, const char *messages_json,
+                                     bool add_generation_prompt, const char *extra_json, char **out, size_t *len,
+                                     gk_err *err);
 
 #ifdef __cplusplus
 }
