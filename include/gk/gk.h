@@ -590,6 +590,11 @@ GK_API gk_status gk_chat_render_json(const gk_chat_template *t, const char *mess
                                      bool add_generation_prompt, const char *extra_json, char **out, size_t *len,
                                      gk_err *err);
 
+/* Fix the clock strftime_now reads, in seconds since the epoch read as a
+ * naive UTC time (0: the real local clock again), for reproducible renders
+ * and golden checks. Process-wide. */
+GK_API void gk_chat_set_clock(int64_t unix_seconds);
+
 #ifdef __cplusplus
 }
 #endif
