@@ -90,15 +90,26 @@ static size_t find_bytes(const char *text, size_t len, const char *w, size_t wl)
 }
 
 /* The stop string found earliest in the decoded output (special tokens
- * skipped, as a caller shows it): *index -1 when none. The whole output is
+ * and ids beyond the tokenizer's vocabulary skipped, as a caller shows it):
+ * *index -1 when none. The whole output is
  * decoded each time, so a string split over tokens, or over the bytes of one
  * character, is found as in the final text. */
 static gk_status find_stop(gen *g, int *index, size_t *offset, gk_err *err)
 {
     *index = -1;
+    /* ids in the embedding's padding (beyond the tokenizer's vocabulary)
+     * have no text */
+    int64_t nv = gk_tokenizer_vocab_size(g->o->tokenizer), n = 0;
+    int32_t *ids = malloc((size_t)(*g->n_out > 0 ? *g->n_out : 1) * sizeof *ids);
+    if (!ids)
+        return gk_err_set(err, GK_ERR_NOMEM, "out of memory");
+    for (int64_t i = 0; i < *g->n_out; i++)
+        if (g->out[i] >= 0 && g->out[i] < nv)
+            ids[n++] = g->out[i];
     char *text = NULL;
     size_t len = 0;
-    gk_status s = gk_tokenizer_decode(g->o->tokenizer, g->out, (size_t)*g->n_out, true, &text, &len, err);
+    gk_status s = gk_tokenizer_decode(g->o->tokenizer, ids, (size_t)n, true, &text, &len, err);
+    free(ids);
     if (s != GK_OK)
         return s;
     size_t best = SIZE_MAX;

@@ -398,7 +398,8 @@ typedef struct gk_gen_opts {
      * token boundaries): generation ends with the token that completes one;
      * stats say which and where its text starts, so the caller leaves it
      * out. Needs the tokenizer. The text is gk_tokenizer_decode of the new
-     * tokens with skip_special, decoded whole after each token (so a string
+     * tokens with skip_special (ids beyond the tokenizer's vocabulary, the
+     * embedding's padding, have no text), decoded whole after each token (so a string
      * split over tokens or over one character's bytes is found as in the
      * final text). */
     int n_stop;              /* >= 0 */
