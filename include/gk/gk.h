@@ -399,9 +399,9 @@ typedef struct gk_gen_opts {
      * stats say which and where its text starts, so the caller leaves it
      * out. Needs the tokenizer. The text is gk_tokenizer_decode of the new
      * tokens with skip_special (ids beyond the tokenizer's vocabulary, the
-     * embedding's padding, have no text), decoded whole after each token (so a string
-     * split over tokens or over one character's bytes is found as in the
-     * final text). */
+     * embedding's padding, have no text), decoded whole after each token
+     * (so a string split over tokens or over one character's bytes is
+     * found as in the final text). */
     int n_stop;              /* >= 0 */
     const char *const *stop; /* [n_stop] non-empty NUL-terminated strings */
     const gk_tokenizer *tokenizer; /* for stop strings; NULL when n_stop is 0 */
