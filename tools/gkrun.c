@@ -9,6 +9,7 @@
  * Every failure prints one line naming its cause and exits non-zero.
  */
 #include "gkrun.h"
+#include "gkrun_template.h"
 #include "gkrun_tokenize.h"
 
 #include <errno.h>
@@ -37,14 +38,16 @@ static const char *const bench_values[] = {"-m", "--backend", "--dtype", "--kv-d
                                            NULL};
 static const char *const tokenizer_values[] = {"-m", "--tokenizer", NULL};
 static const char *const no_values[] = {NULL};
+static const char *const template_values[] = {"-m", "--model", "--messages", "--extra", "--name", NULL};
 
 static const command commands[] = {
     {"inspect", "usage: gkrun inspect PATH [--json]\n"
                 "  tensors, dtypes, shapes, architecture and config of a .safetensors file, an index or a folder\n",
      no_values},
-    {"verify", "usage: gkrun verify DIR [--backend NAME] [--dtype f32|f16|bf16] [--kv-dtype D] [--tol X]\n"
-               "  check a model (golden.safetensors) or a tokenizer (tokenizer.json + golden.json) against\n"
-               "  reference data; --tol: finite, > 0 (the default depends on the dtype)\n",
+    {"verify", "usage: gkrun verify DIR|FILE.json [--backend NAME] [--dtype f32|f16|bf16] [--kv-dtype D] [--tol X]\n"
+               "  check a model (golden.safetensors), a tokenizer (tokenizer.json + golden.json) or chat-template\n"
+               "  goldens (FILE.json or a folder of them) against reference data; --tol: finite, > 0 (the default\n"
+               "  depends on the dtype)\n",
      verify_values},
     {"compare", "usage: gkrun compare -m DIR [--backend cuda] [--reference cpu_ref] [--dtype D] [--kv-dtype D]\n"
                 "                     [--ids 1,2,3] [--tol X] [--all]\n"
@@ -61,6 +64,11 @@ static const command commands[] = {
     {"detokenize", "usage: gkrun detokenize (-m DIR | --tokenizer FILE) [--skip-special] [ID... | -]\n"
                    "  print the text of the ids (0 to 2^31-1; read from stdin when none are given)\n",
      tokenizer_values},
+    {"chat-template", "usage: gkrun chat-template -m DIR --messages FILE.json [--add-generation-prompt]\n"
+                      "                           [--extra JSON] [--name NAME]\n"
+                      "  print the model's chat-template rendering of the messages (a JSON array); --extra: a JSON\n"
+                      "  object of further variables (tools, enable_thinking, ...); --name: one of several templates\n",
+     template_values},
 };
 
 void gkrun_usage(FILE *f)
@@ -295,6 +303,8 @@ static int dispatch(int argc, char **argv)
         return gkrun_bench(argc - i, argv + i, &c);
     if (!strcmp(cmd, "tokenize"))
         return gkrun_tokenize(argc - i, argv + i);
+    if (!strcmp(cmd, "chat-template"))
+        return gkrun_template_cmd(argc - i, argv + i);
     if (!strcmp(cmd, "detokenize"))
         return gkrun_detokenize(argc - i, argv + i);
     fprintf(stderr, "gkrun: unknown command '%s' (gkrun --help lists them)\n", cmd);

@@ -11,6 +11,7 @@
  */
 #include "gkrun.h"
 #include "gkrun_args.h"
+#include "gkrun_template.h"
 #include "gkrun_tokenize.h"
 
 #include <math.h>
@@ -323,6 +324,8 @@ int gkrun_verify(int argc, char **argv, const gkrun_common *common)
         fprintf(stderr, "usage: gkrun verify DIR [--backend NAME] [--dtype f32|f16|bf16] [--kv-dtype D] [--tol X]\n");
         return 2;
     }
+    if (gkrun_is_chat_golden(dir))
+        return gkrun_verify_chat(dir);
     char golden_path[4096], tok_golden[4096];
     snprintf(golden_path, sizeof golden_path, "%s/golden.safetensors", dir);
     snprintf(tok_golden, sizeof tok_golden, "%s/golden.json", dir);
