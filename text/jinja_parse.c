@@ -1259,7 +1259,14 @@ jtemplate *jinja_parse(const char *src, size_t len, gk_err *err)
     }
     if (len > 0 && src[len - 1] == '\n') /* keep_trailing_newline=False */
         len--;
-    parser p = {.a = &t->arena, .src = src, .len = len, .err = err};
+    /* the tree's text points into this copy: the caller's may go */
+    char *copy = ja_strndup(&t->arena, src, len);
+    if (!copy) {
+        jinja_free(t);
+        gk_err_set(err, GK_ERR_NOMEM, "out of memory parsing a chat template");
+        return NULL;
+    }
+    parser p = {.a = &t->arena, .src = copy, .len = len, .err = err};
     if (lex(&p)) {
         p.pos = 0;
         t->root = body(&p, NULL);
