@@ -239,6 +239,9 @@ Test(chat_template, errors_name_their_place)
     cr_expect_eq(err.code, GK_ERR_INVALID_ARG);
     cr_expect_null(render1("{{ undefined_thing.attr }}", NULL, NULL, &err));
     cr_expect_null(render1("{{ 1 + 'a' }}", NULL, NULL, &err));
+    cr_expect_null(render1("x\n  {{ 'a' | nosuchfilter }}", NULL, NULL, &err));
+    cr_expect_eq(err.code, GK_ERR_UNSUPPORTED);
+    cr_expect(strstr(err.msg, "line 2") && strstr(err.msg, "filter 'nosuchfilter'"), "%s", err.msg);
     cr_expect_null(render1("{% macro m() %}{{ m() }}{% endmacro %}{{ m() }}", NULL, NULL, &err));
     cr_expect(strstr(err.msg, "too deeply"), "%s", err.msg);
 }

@@ -60,6 +60,17 @@ static bool rfail(jrender *r, const jnode *n, const char *fmt, ...)
     return false;
 }
 
+/* A construct the interpreter does not implement (met while rendering). */
+static bool unsupported(jrender *r, const jnode *n, const char *what, const char *name)
+{
+    if (r->failed)
+        return false;
+    gk_err_set(r->err, GK_ERR_UNSUPPORTED, "chat template: line %d, column %d: unsupported %s '%s'", n ? n->line : 0,
+               n ? n->col : 0, what, name);
+    r->failed = true;
+    return false;
+}
+
 static bool oom(jrender *r)
 {
     if (!r->failed)
@@ -1043,7 +1054,7 @@ static bool filter(jrender *r, const jnode *at, const char *name, const jv *v, c
         *out = items;
         return true;
     }
-    return rfail(r, at, "unsupported filter '%s'", name);
+    return unsupported(r, at, "filter", name);
 }
 
 /* ------------------------------------------------------------------ tests */
@@ -1096,7 +1107,7 @@ static bool test_value(jrender *r, const jnode *at, const char *name, const jv *
         *res = ok;
     } else {
         if (n_args < 1)
-            return rfail(r, at, "unsupported test '%s'", name);
+            return unsupported(r, at, "test", name);
         const jv *o = &args[0];
         if (!strcmp(name, "eq") || !strcmp(name, "equalto") || !strcmp(name, "==") || !strcmp(name, "sameas"))
             *res = jv_equal(v, o);
@@ -1117,7 +1128,7 @@ static bool test_value(jrender *r, const jnode *at, const char *name, const jv *
             double a = jv_num(v), b = jv_num(o);
             *res = name[0] == 'g' ? (name[1] == 't' ? a > b : a >= b) : (name[1] == 't' ? a < b : a <= b);
         } else
-            return rfail(r, at, "unsupported test '%s'", name);
+            return unsupported(r, at, "test", name);
     }
     return true;
 }
