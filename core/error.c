@@ -33,3 +33,9 @@ gk_status gk_err_set(gk_err *err, gk_status code, const char *fmt, ...)
     }
     return code;
 }
+
+/* GK_VERSION comes from meson's project version (core/meson.build). */
+const char *gk_version(void)
+{
+    return GK_VERSION;
+}

@@ -6,6 +6,7 @@
 #include <stdint.h>
 
 #include <cjson/cJSON.h>
+#include <gk/gk.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -453,7 +454,7 @@ Test(gkrun_args, bad_numbers_exit_2_naming_flag_and_value)
         {"", "--top-p 0", "gkrun: --top-p: 0 is out of range (--top-p must be in (0, 1])"},
         {"", "--top-p 1.5", "gkrun: --top-p: 1.5 is out of range (--top-p must be in (0, 1])"},
         {"", "--top-p nan", "gkrun: --top-p: 'nan' is not a finite number"},
-        {"", "--seed -1", "gkrun: --seed: '-1' is not a non-negative integer"},
+        {"", "--seed -2", "gkrun: --seed: '-2' is not a non-negative integer"},
         {"", "--seed text", "gkrun: --seed: 'text' is not a non-negative integer"},
         {"", "--seed 18446744073709551616", "gkrun: --seed: 18446744073709551616 is out of range"},
         {"", "--ctx -5", "gkrun: --ctx: -5 is out of range (1 to 2147483647)"},
@@ -967,3 +968,291 @@ Test(gkrun_bench, json_reports_median_and_spread_at_a_depth)
     cr_expect(strstr(out, "gkrun bench: -d 100000 leaves no room for a prompt"), "%s", out);
     free(out);
 }
+
+/* ------------------------------------------- sampling flags and defaults */
+
+/* A copy of the demo model folder with generation_config.json holding text
+ * (NULL: none), in a fresh temporary folder (*dir, to remove_tree). */
+static void demo_copy(char *dir, size_t n, const char *text)
+{
+    snprintf(dir, n, "/tmp/gk-gkrun-gencfg-XXXXXX");
+    cr_assert(mkdtemp(dir));
+    char cmd[4400];
+    snprintf(cmd, sizeof cmd, "cp '%s'/config.json '%s'/model.safetensors '%s'/tokenizer.json "
+                              "'%s'/tokenizer_config.json '%s'/", demo_dir(), demo_dir(), demo_dir(), demo_dir(), dir);
+    cr_assert_eq(system(cmd), 0, "%s", cmd);
+    if (text) {
+        char path[1100];
+        snprintf(path, sizeof path, "%s/generation_config.json", dir);
+        write_file(path, text, strlen(text));
+    }
+}
+
+/* The "stats" "generated_tokens" of a --json result on stdout. */
+static int json_generated(const char *out)
+{
+    cJSON *o = cJSON_Parse(out);
+    cr_assert(o, "no JSON: %s", out);
+    int n = cJSON_GetObjectItem(cJSON_GetObjectItem(o, "stats"), "generated_tokens")->valueint;
+    cJSON_Delete(o);
+    return n;
+}
+
+/* generation_config.json's values are gkrun's defaults: the brief's example
+ * generates exactly 5 greedy tokens, -v says where each value came from, and
+ * -n overrides it. (What the repetition penalty does to the tokens is
+ * test_generate.c's business: here only how many and what -v reports.) */
+Test(gkrun_sampling, generation_config_sets_the_defaults_and_flags_override, .timeout = 120)
+{
+    char dir[64];
+    demo_copy(dir, sizeof dir, "{\"do_sample\": false, \"max_new_tokens\": 5, \"repetition_penalty\": 1.3}");
+    char *out;
+    cr_assert_eq(run_sh(&out, "\"$GKRUN\" -m %s --backend cpu_ref -p 'In the beginning' --json 2>/dev/null", dir), 0,
+                 "%s", out);
+    cr_expect_eq(json_generated(out), 5, "%s", out);
+    cr_expect_eq(json_token_count(out), 5, "%s", out);
+    free(out);
+    /* the plain stats say it too */
+    cr_assert_eq(run(&out, "-m %s --backend cpu_ref -p 'In the beginning' -v", dir), 0, "%s", out);
+    const char *want[] = {"decode:  5 tokens", ", greedy",
+                          "sampler chain: penalties -> temperature -> top-k -> top-p -> min-p -> greedy",
+                          "  max new tokens     5 (generation_config.json)\n",
+                          "  repeat penalty     1.3 (generation_config.json)\n",
+                          "  penalty window     the whole context (generation_config.json)\n",
+                          "  temperature        0 = greedy (generation_config.json: do_sample false)\n",
+                          "  top-k              0 (default, unused: greedy) = off\n",
+                          "  presence penalty   0 (default)\n", "(random, unused: greedy)"};
+    for (size_t i = 0; i < sizeof want / sizeof want[0]; i++)
+        cr_expect(strstr(out, want[i]), "missing '%s' in:\n%s", want[i], out);
+    free(out);
+    /* -n and the penalty flags win, and say so */
+    cr_assert_eq(run_sh(&out, "\"$GKRUN\" -m %s --backend cpu_ref -p 'In the beginning' -n 3 --json 2>/dev/null", dir),
+                 0, "%s", out);
+    cr_expect_eq(json_generated(out), 3, "%s", out);
+    free(out);
+    cr_assert_eq(run(&out, "-m %s --backend cpu_ref -p 'In the beginning' -n 3 --repeat-penalty 1.1 -v --top-k 7 "
+                           "--presence-penalty -0.5 --frequency-penalty 0.25 --min-p 0.05 --stop END --stop \"$(printf 'a\\tb')\"",
+                     dir), 0, "%s", out);
+    const char *want2[] = {"decode:  3 tokens", "  max new tokens     3 (user)\n",
+                           "  repeat penalty     1.1 (user)\n",
+                           /* the file's whole-sequence window goes with the file's penalty */
+                           "  penalty window     last 64 ids (default)\n",
+                           "  presence penalty   -0.5 (user)\n", "  frequency penalty  0.25 (user)\n",
+                           "  top-k              7 (user, unused: greedy)\n", "  min-p              0.05 (user",
+                           "  stop string        \"END\" (user)\n", "  stop string        \"a\\tb\" (user)\n"};
+    for (size_t i = 0; i < sizeof want2 / sizeof want2[0]; i++)
+        cr_expect(strstr(out, want2[i]), "missing '%s' in:\n%s", want2[i], out);
+    free(out);
+    /* -n -1: until EOS or the context is full */
+    cr_assert_eq(run(&out, "-m %s --backend cpu_ref --ctx 12 -p 'In the beginning' -n -1 -v --repeat-last-n 0", dir),
+                 0, "%s", out);
+    cr_expect(strstr(out, "  max new tokens     until EOS or the context is full (user)\n"), "%s", out);
+    cr_expect(strstr(out, "  penalty window     last 0 ids (user) = penalties off\n"), "%s", out);
+    free(out);
+    remove_tree(dir);
+}
+
+/* do_sample true: the file's temperature samples, with transformers' top-k
+ * 50 where the file has none; --temp 0 makes it greedy again; max_length
+ * counts the prompt; a broken file names itself and the key. */
+Test(gkrun_sampling, sampling_files_max_length_and_bad_files, .timeout = 120)
+{
+    char dir[64];
+    demo_copy(dir, sizeof dir, "{\"do_sample\": true, \"temperature\": 0.9, \"top_p\": 0.8, \"max_length\": 7}");
+    char *out;
+    cr_assert_eq(run(&out, "-m %s --backend cpu_ref -p 'In the beginning' -v --seed 11", dir), 0, "%s", out);
+    const char *want[] = {"-> min-p -> draw\n", "  temperature        0.9 (generation_config.json)\n",
+                          "  top-k              50 (generation_config.json)\n",
+                          "  top-p              0.8 (generation_config.json)\n",
+                          "  max new tokens     max_length 7 minus the prompt (generation_config.json)\n",
+                          "  seed               11 (user)\n", "decode:  3 tokens", "seed 11\n"};
+    for (size_t i = 0; i < sizeof want / sizeof want[0]; i++)
+        cr_expect(strstr(out, want[i]), "missing '%s' in:\n%s", want[i], out);
+    free(out);
+    cr_assert_eq(run(&out, "-m %s --backend cpu_ref -p 'In the beginning' -v --temp 0", dir), 0, "%s", out);
+    cr_expect(strstr(out, "  temperature        0 (user) = greedy\n"), "%s", out);
+    cr_expect(strstr(out, "-> greedy (the most likely token)"), "%s", out);
+    free(out);
+    /* --seed -1 is random: the seed used is printed, by -v and in the stats */
+    cr_assert_eq(run(&out, "-m %s --backend cpu_ref -p 'In the beginning' -v --seed -1", dir), 0, "%s", out);
+    unsigned long long seed_v = 0, seed_s = 1;
+    const char *p = strstr(out, "  seed               "), *q = strstr(out, "ms/token, seed ");
+    cr_assert(p && q, "%s", out);
+    cr_expect_eq(sscanf(p, "  seed               %llu (random)", &seed_v), 1, "%s", out);
+    cr_expect_eq(sscanf(q, "ms/token, seed %llu", &seed_s), 1, "%s", out);
+    cr_expect_eq(seed_v, seed_s, "%s", out);
+    free(out);
+    /* the stats of --json carry the seed exactly */
+    cr_assert_eq(run_sh(&out, "\"$GKRUN\" -m %s --backend cpu_ref -p 'In' --seed 18446744073709551615 --json "
+                              "2>/dev/null", dir), 0, "%s", out);
+    cr_expect(strstr(out, "\"sampled\":true,\"seed\":18446744073709551615}"), "%s", out);
+    free(out);
+
+    char path[1100];
+    snprintf(path, sizeof path, "%s/generation_config.json", dir);
+    const char *bad = "{\"do_sample\": true, \"top_k\": -3}";
+    write_file(path, bad, strlen(bad));
+    cr_expect_eq(run(&out, "-m %s --backend cpu_ref -p 'In the beginning'", dir), 1);
+    cr_expect(strstr(out, "generation_config.json: 'top_k' must be an integer >= 0 (0 = off), got -3"), "%s", out);
+    cr_expect_eq(count_lines(out), 1, "%s", out);
+    free(out);
+    bad = "{\"num_beams\": 4}";
+    write_file(path, bad, strlen(bad));
+    cr_expect_eq(run(&out, "-m %s --backend cpu_ref -p 'In the beginning' -n 1", dir), 0);
+    cr_expect(strstr(out, "gkrun: note: generation_config.json sets what gkrun does not do; ignored: num_beams 4\n"),
+              "%s", out);
+    free(out);
+    remove_tree(dir);
+}
+
+/* No generation_config.json: greedy, 128 tokens (gkrun's defaults); a file
+ * without do_sample is greedy by transformers' default. */
+Test(gkrun_sampling, without_a_file_gkrun_is_greedy, .timeout = 120)
+{
+    char *out, dir[64];
+    demo_copy(dir, sizeof dir, NULL);
+    cr_assert_eq(run(&out, "-m %s --backend cpu_ref -p 'In the beginning' -v --ignore-eos --ctx 200", dir), 0,
+                 "%s", out);
+    remove_tree(dir);
+    const char *want[] = {"  max new tokens     128 (default)\n", "  temperature        0 (default) = greedy\n",
+                          "  repeat penalty     1 (default) = off\n", "  eos ids            none (user: --ignore-eos)\n",
+                          "decode:  128 tokens"};
+    for (size_t i = 0; i < sizeof want / sizeof want[0]; i++)
+        cr_expect(strstr(out, want[i]), "missing '%s' in:\n%s", want[i], out);
+    free(out);
+    /* the demo model's file has eos_token_id alone */
+    cr_assert_eq(run(&out, "-m %s --backend cpu_ref -p 'In' -v --ctx 16", demo_dir()), 0, "%s", out);
+    cr_expect(strstr(out, "  temperature        0 = greedy (generation_config.json: no do_sample, transformers' "
+                          "false)\n"), "%s", out);
+    cr_expect(strstr(out, "  max new tokens     128 (default)\n"), "%s", out);
+    cr_expect(strstr(out, "note: 128 new tokens") || strstr(out, "new tokens fit in the context of 16"), "%s", out);
+    free(out);
+    /* -sys is kept for the chat */
+    cr_assert_eq(run(&out, "-m %s --backend cpu_ref -p 'In' -n 1 -v -sys 'Be brief.'", demo_dir()), 0, "%s", out);
+    cr_expect(strstr(out, "  system prompt      \"Be brief.\" (user, unused without --chat)\n"), "%s", out);
+    free(out);
+}
+
+/* Every numeric flag of every subcommand refuses each malformed value with
+ * exit 2 and one line naming the flag, before any model runs. */
+Test(gkrun_args, every_numeric_flag_refuses_malformed_values, .timeout = 300)
+{
+    char tiny[1024];
+    snprintf(tiny, sizeof tiny, "%s/models/llama-tiny", data_dir());
+    struct { const char *sub, *flag, *out_of_range; } flags[] = {
+        {"", "-n", "-2"}, {"", "--n-predict", "-2"}, {"", "--temp", "-1"}, {"", "--top-k", "-1"},
+        {"", "--top-p", "0"}, {"", "--min-p", "1.5"}, {"", "--repeat-penalty", "0"},
+        {"", "--repeat-last-n", "-2"}, {"", "--presence-penalty", "1e39"}, {"", "--frequency-penalty", "-1e39"},
+        {"", "--seed", "-2"}, {"", "-s", "18446744073709551616"}, {"", "--ctx", "0"}, {"", "-c", "2147483648"},
+        {"", "--ctx-size", "-1"},
+        {"bench", "-p", "0"}, {"bench", "-n", "0"}, {"bench", "-d", "-1"}, {"bench", "--reps", "100001"},
+        {"verify", "--tol", "0"}, {"compare", "--tol", "-1"}, {"compare", "--ids", "-1"},
+        {"detokenize", "token id", "2147483648"},
+    };
+    const char *values[] = {"abc", "1x", "", "nan", "1e999", " 1", "0x10", NULL};
+    for (size_t i = 0; i < sizeof flags / sizeof flags[0]; i++) {
+        values[sizeof values / sizeof values[0] - 1] = flags[i].out_of_range;
+        for (size_t k = 0; k < sizeof values / sizeof values[0]; k++) {
+            const char *sub = flags[i].sub, *flag = flags[i].flag, *v = values[k];
+            if (!strcmp(sub, "detokenize") && v[0] == ' ')
+                continue; /* ids may be separated by spaces: " 1" is the id 1 */
+            char *out;
+            int rc;
+            if (!*sub)
+                rc = run(&out, "-m %s --backend cpu_ref -p 'In the' -n 1 %s '%s'", demo_dir(), flag, v);
+            else if (!strcmp(sub, "bench"))
+                rc = run(&out, "bench -m %s --backend cpu_ref -p 2 -n 2 --reps 1 %s '%s'", demo_dir(), flag, v);
+            else if (!strcmp(sub, "verify"))
+                rc = run(&out, "verify %s --backend cpu_ref %s '%s'", tiny, flag, v);
+            else if (!strcmp(sub, "compare"))
+                rc = run(&out, "compare -m %s --backend cpu_ref --reference cpu_ref %s '%s'", tiny, flag, v);
+            else
+                rc = run(&out, "detokenize -m %s 1 '%s'", demo_dir(), v);
+            char want[64];
+            snprintf(want, sizeof want, "gkrun: %s: ", flag);
+            cr_expect_eq(rc, 2, "%s %s '%s': exit %d\n%s", sub, flag, v, rc, out);
+            cr_expect(strncmp(out, want, strlen(want)) == 0, "%s %s '%s': want '%s...', got:\n%s", sub, flag, v,
+                      want, out);
+            cr_expect_eq(count_lines(out), 1, "%s %s '%s': one line wanted:\n%s", sub, flag, v, out);
+            free(out);
+        }
+    }
+}
+
+/* Unknown options and options without their value: exit 2, naming them. */
+Test(gkrun_args, unknown_and_incomplete_options_exit_2)
+{
+    const char *subs[] = {"", "inspect", "verify", "compare", "bench", "tokenize", "detokenize"};
+    for (size_t i = 0; i < sizeof subs / sizeof subs[0]; i++) {
+        char *out;
+        bool positional = !strcmp(subs[i], "inspect") || !strcmp(subs[i], "verify");
+        int rc = run(&out, "%s %s %s --bogus-flag", subs[i], positional ? "" : "-m", demo_dir());
+        cr_expect_eq(rc, 2, "'%s': exit %d\n%s", subs[i], rc, out);
+        cr_expect(strstr(out, "unknown option '--bogus-flag'") || strstr(out, "unknown argument '--bogus-flag'"),
+                  "'%s': %s", subs[i], out);
+        free(out);
+    }
+    struct { const char *args, *want; } cases[] = {
+        {"-m x -p", "gkrun: option '-p' needs a value"},
+        {"-m x --stop", "gkrun: option '--stop' needs a value"},
+        {"-m x -p y --stop ''", "gkrun: --stop: the stop string must not be empty"},
+        {"bench -m x --reps", "gkrun bench: option '--reps' needs a value"},
+        {"compare -m x --ids", "gkrun compare: option '--ids' needs a value"},
+        {"verify x --tol", "gkrun verify: option '--tol' needs a value"},
+        {"frobnicate", "gkrun: unknown command 'frobnicate'"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        char *out;
+        cr_expect_eq(run(&out, "%s", cases[i].args), 2, "%s: %s", cases[i].args, out);
+        cr_expect(strncmp(out, cases[i].want, strlen(cases[i].want)) == 0, "%s: want '%s', got %s", cases[i].args,
+                  cases[i].want, out);
+        cr_expect_eq(count_lines(out), 1, "%s: %s", cases[i].args, out);
+        free(out);
+    }
+}
+
+/* -h/--help anywhere on the line prints the usage (of the subcommand) on
+ * stdout and exits 0, even after a bad option; as an option's value it is
+ * just a value. --version prints libgk's version. */
+Test(gkrun_args, help_anywhere_and_version)
+{
+    const char *subs[] = {"inspect", "verify", "compare", "bench", "tokenize", "detokenize"};
+    for (size_t i = 0; i < sizeof subs / sizeof subs[0]; i++) {
+        for (int h = 0; h < 2; h++) {
+            char *out;
+            int rc = run_sh(&out, "\"$GKRUN\" %s -m x --bogus %s 2>/dev/null", subs[i], h ? "-h" : "--help");
+            char want[64];
+            snprintf(want, sizeof want, "usage: gkrun %s ", subs[i]);
+            cr_expect_eq(rc, 0, "%s: exit %d: %s", subs[i], rc, out);
+            cr_expect(strncmp(out, want, strlen(want)) == 0, "%s: %s", subs[i], out);
+            free(out);
+        }
+    }
+    char *out;
+    cr_expect_eq(run_sh(&out, "\"$GKRUN\" -m x -n 5 --bogus --help 2>/dev/null"), 0);
+    cr_expect(strncmp(out, "usage: gkrun ", 13) == 0, "%s", out);
+    /* the whole usage names every option and every command */
+    const char *want[] = {"--min-p", "--repeat-penalty", "--repeat-last-n", "--presence-penalty", "--frequency-penalty",
+                          "--stop", "--ignore-eos", "--seed", "--ctx-size", "--file", "--n-predict", "--temp",
+                          "--top-k", "--top-p", "--system-prompt", "-sys", "--verbose", "--version", "--kv-dtype",
+                          "--json", "--chat", "inspect", "verify", "compare", "bench", "tokenize", "detokenize"};
+    for (size_t i = 0; i < sizeof want / sizeof want[0]; i++)
+        cr_expect(strstr(out, want[i]), "usage lacks '%s'", want[i]);
+    free(out);
+    cr_expect_eq(run(&out, "--help"), 0);
+    cr_expect(strncmp(out, "usage: gkrun ", 13) == 0, "%s", out);
+    free(out);
+    /* a value, not a request for help: the missing model is the error */
+    cr_expect_eq(run(&out, "-m /nonexistent/model -p --help"), 1, "%s", out);
+    cr_expect(strstr(out, "/nonexistent/model"), "%s", out);
+    free(out);
+    char want_v[64];
+    snprintf(want_v, sizeof want_v, "gkrun (gk) %s\n", gk_version());
+    cr_expect_eq(run(&out, "--version"), 0);
+    cr_expect_str_eq(out, want_v);
+    free(out);
+    cr_expect_eq(run(&out, "-m x --version"), 0);
+    cr_expect_str_eq(out, want_v);
+    free(out);
+}
+

@@ -32,12 +32,6 @@ static const char TEMPLATE[] =
     "{% for message in messages %}{{ '<|' + message['role'] + '|>\\n' + message['content'] + eos_token + '\\n' }}"
     "{% endfor %}{% if add_generation_prompt %}{{ '<|assistant|>\\n' }}{% endif %}";
 
-/* TRANSITIONAL, to go when branch jinja is merged: without the renderer in
- * libgk these are NULL and the tests are skipped. */
-#pragma weak gk_chat_template_load
-#pragma weak gk_chat_template_destroy
-#pragma weak gk_chat_render
-
 /* ------------------------------------------------------------ the model */
 
 static char model_dir[PATH_MAX];
@@ -46,8 +40,6 @@ static char model_dir[PATH_MAX];
  * holding TEMPLATE. Removed by remove_model. */
 static void make_model(void)
 {
-    if (!gk_chat_render) /* TRANSITIONAL */
-        cr_skip_test("libgk has no chat-template renderer yet (branch jinja)");
     const char *data = getenv("GK_TEST_DATA") ? getenv("GK_TEST_DATA") : "data";
     char demo_rel[PATH_MAX], demo[PATH_MAX];
     snprintf(demo_rel, sizeof demo_rel, "%s/../../models/kjv-demo", data);

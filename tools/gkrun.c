@@ -1,10 +1,11 @@
-/* gkrun - the command-line front end: inspect, verify, and (later) generate.
+/* gkrun - the command-line front end: generate, chat, inspect, verify, compare, bench, tokenize.
  *
  *   gkrun inspect PATH [--json]
  *   gkrun verify DIR [--backend NAME] [--dtype D] [--tol X]
  *   gkrun compare -m DIR --backend cuda --reference cpu_ref [--dtype D] [--ids ...]
  *
- * Global option (before the subcommand): --config FILE.INI.
+ * Global options (before the subcommand): --config FILE.INI, --version, -h/--help.
+ * -h/--help anywhere on a subcommand's line prints that subcommand's usage.
  * Every failure prints one line naming its cause and exits non-zero.
  */
 #include "gkrun.h"
@@ -17,30 +18,126 @@
 #include <sys/stat.h>
 #include <time.h>
 
-static void usage(FILE *f)
+/* One entry per subcommand: its usage lines and the options that take a
+ * value (so that "-h" given as a value is not taken for help). */
+typedef struct command {
+    const char *name, *usage;
+    const char *const *value_opts;
+} command;
+
+static const char *const generate_values[] = {
+    "-m", "--model", "-p", "--prompt", "-f", "--file", "--prompt-file", "-n", "--n-predict", "--temp", "--top-k",
+    "--top-p", "--min-p", "--repeat-penalty", "--repeat-last-n", "--presence-penalty", "--frequency-penalty",
+    "-s", "--seed", "--backend", "--dtype", "--kv-dtype", "-c", "--ctx", "--ctx-size", "--stop", "-sys",
+    "--system-prompt", "--config", NULL};
+static const char *const verify_values[] = {"--backend", "--dtype", "--kv-dtype", "--tol", NULL};
+static const char *const compare_values[] = {"-m", "--backend", "--reference", "--dtype", "--kv-dtype", "--ids",
+                                             "--tol", NULL};
+static const char *const bench_values[] = {"-m", "--backend", "--dtype", "--kv-dtype", "-p", "-n", "-d", "--reps",
+                                           NULL};
+static const char *const tokenizer_values[] = {"-m", "--tokenizer", NULL};
+static const char *const no_values[] = {NULL};
+
+static const command commands[] = {
+    {"inspect", "usage: gkrun inspect PATH [--json]\n"
+                "  tensors, dtypes, shapes, architecture and config of a .safetensors file, an index or a folder\n",
+     no_values},
+    {"verify", "usage: gkrun verify DIR [--backend NAME] [--dtype f32|f16|bf16] [--kv-dtype D] [--tol X]\n"
+               "  check a model (golden.safetensors) or a tokenizer (tokenizer.json + golden.json) against\n"
+               "  reference data; --tol: finite, > 0 (the default depends on the dtype)\n",
+     verify_values},
+    {"compare", "usage: gkrun compare -m DIR [--backend cuda] [--reference cpu_ref] [--dtype D] [--kv-dtype D]\n"
+                "                     [--ids 1,2,3] [--tol X] [--all]\n"
+                "  diff every graph node between two backends; --ids: 0 to 2^31-1 each; --tol: finite, > 0\n",
+     compare_values},
+    {"bench", "usage: gkrun bench -m DIR [--backend NAME] [--dtype D] [--kv-dtype D] [-p N] [-n N] [-d DEPTH]\n"
+              "                   [--reps R] [--json]\n"
+              "  batch-1 prefill and decode speed beside the roofline: -p prompt tokens (32), -n new tokens (128),\n"
+              "  both >= 1 and with -d (>= 0, 0) within the model's max positions; --reps 1 to 100000 (3)\n",
+     bench_values},
+    {"tokenize", "usage: gkrun tokenize (-m DIR | --tokenizer FILE) [--special] (TEXT | -)\n"
+                 "  print the ids of TEXT (-: stdin); --special adds the special tokens (BOS)\n",
+     tokenizer_values},
+    {"detokenize", "usage: gkrun detokenize (-m DIR | --tokenizer FILE) [--skip-special] [ID... | -]\n"
+                   "  print the text of the ids (0 to 2^31-1; read from stdin when none are given)\n",
+     tokenizer_values},
+};
+
+void gkrun_usage(FILE *f)
 {
     fprintf(f,
-            "usage: gkrun [--config FILE.INI] -m DIR [-p TEXT | --prompt-file F | < stdin] [options]\n"
-            "       gkrun [--config FILE.INI] -m DIR --chat\n"
-            "       gkrun [--config FILE.INI] COMMAND ...\n"
-            "generation options: -n N (128; -1 = until the context is full), --temp T (0.8; 0 = greedy),\n"
-            "  --top-k K (40; 0 = off), --top-p P (0.95; in (0, 1]), --seed S (0 to 2^64-1; random),\n"
-            "  --backend NAME (auto), --dtype f32|f16|bf16|auto, --ctx N (1 to 2^31-1; the model's, at most 4096),\n"
-            "  --kv-dtype f32|f16|bf16|auto (the KV cache; auto = the model dtype),\n"
-            "  --json, -i/--chat, --verbose-prompt (print the prompt text and ids)\n"
-            "commands:\n"
-            "  inspect PATH [--json]          tensors, dtypes, shapes, architecture and config\n"
-            "  verify DIR [--backend NAME] [--dtype f32|f16|bf16] [--kv-dtype D] [--tol X]\n"
-            "                                 check a model (golden.safetensors) or a tokenizer\n"
-            "                                 (tokenizer.json + golden.json) against reference data\n"
-            "  compare -m DIR [--backend cuda] [--reference cpu_ref] [--dtype D] [--kv-dtype D] [--ids 1,2,3]\n"
-            "          [--tol X] [--all]\n"
-            "                                 diff every graph node between two backends\n"
-            "  bench -m DIR [--backend NAME] [--dtype D] [--kv-dtype D] [-p N] [-n N] [-d DEPTH] [--reps R] [--json]\n"
-            "                                 batch-1 prefill and decode speed beside the roofline\n"
-            "                                 (-p + -n within the model's max positions)\n"
-            "  tokenize (-m DIR | --tokenizer FILE) [--special] (TEXT | -)\n"
-            "  detokenize (-m DIR | --tokenizer FILE) [--skip-special] [ID... | -]\n");
+            "usage: gkrun [--config FILE.INI] -m DIR [-p TEXT | -f FILE | < stdin] [options]\n"
+            "       gkrun [--config FILE.INI] -m DIR --chat [options]\n"
+            "       gkrun [--config FILE.INI] COMMAND ...     (gkrun COMMAND --help: its options)\n"
+            "       gkrun --version | -h | --help\n"
+            "sampling (greedy unless generation_config.json or a flag says otherwise; -v shows the chain):\n"
+            "  -n, --n-predict N        new tokens, -1 = until EOS or the context is full\n"
+            "                           (generation_config.json's max_new_tokens / max_length, else 128)\n"
+            "  --temp T                 temperature, finite, >= 0; 0 = greedy; > 0 samples\n"
+            "  --top-k K                >= 0, 0 = off      --top-p P    in (0, 1], 1 = off\n"
+            "  --min-p P                in [0, 1], 0 = off\n"
+            "  --repeat-penalty P       finite, > 0, 1 = off    --repeat-last-n N   -1 (all) to 2^31-1 (64)\n"
+            "  --presence-penalty P     finite, 0 = off    --frequency-penalty P   finite, 0 = off\n"
+            "  -s, --seed S             0 to 2^64-1, -1 = random (the default; printed)\n"
+            "  --stop STR               stop at STR (repeatable; STR itself is not printed)\n"
+            "  --ignore-eos             do not stop at EOS ids\n"
+            "model and input:\n"
+            "  -m, --model DIR          a folder with config.json, weights and tokenizer.json\n"
+            "  -p, --prompt TEXT        -f, --file, --prompt-file FILE    (neither: stdin)\n"
+            "  --backend NAME (auto)    --dtype f32|f16|bf16|auto    --kv-dtype f32|f16|bf16|auto\n"
+            "  -c, --ctx, --ctx-size N  context, 1 to 2^31-1 (the model's max positions, at most 4096)\n"
+            "  -i, --chat, --interactive   chat with the model's template;\n"
+            "  -sys, --system-prompt TEXT  the system message of the chat\n"
+            "output:\n"
+            "  --json                   one object on stdout (text, tokens, stats)\n"
+            "  -v, --verbose            print the sampler chain and where each value came from\n"
+            "  --verbose-prompt         print the prompt text and ids\n"
+            "commands:\n");
+    for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
+        fputs(commands[i].usage + strlen("usage: "), f);
+}
+
+/* True when argv (from 1) holds flag a or b (may be NULL) outside an option's value. */
+static bool has_flag(int argc, char **argv, const char *const *value_opts, const char *a, const char *b)
+{
+    for (int i = 1; i < argc; i++) {
+        if (!strcmp(argv[i], a) || (b && !strcmp(argv[i], b)))
+            return true;
+        for (const char *const *v = value_opts; *v; v++)
+            if (!strcmp(argv[i], *v)) {
+                i++;
+                break;
+            }
+    }
+    return false;
+}
+
+static bool help_asked(int argc, char **argv, const char *const *value_opts)
+{
+    return has_flag(argc, argv, value_opts, "-h", "--help");
+}
+
+/* An option that takes a value given last, without one: exit 2 after the message. */
+static bool value_missing(int argc, char **argv, const char *cmd, const char *const *value_opts)
+{
+    for (int i = 1; i < argc; i++) {
+        for (const char *const *v = value_opts; *v; v++) {
+            if (strcmp(argv[i], *v))
+                continue;
+            if (i + 1 >= argc) {
+                fprintf(stderr, "gkrun%s%s: option '%s' needs a value\n", cmd ? " " : "", cmd ? cmd : "", argv[i]);
+                return true;
+            }
+            i++;
+            break;
+        }
+    }
+    return false;
+}
+
+static void version(void)
+{
+    printf("gkrun (gk) %s\n", gk_version());
 }
 
 double gk_now_s(void)
@@ -150,18 +247,44 @@ static int dispatch(int argc, char **argv)
             c.ini = argv[i + 1];
             i += 2;
         } else if (!strcmp(argv[i], "-h") || !strcmp(argv[i], "--help")) {
-            usage(stdout);
+            gkrun_usage(stdout);
+            return 0;
+        } else if (!strcmp(argv[i], "--version")) {
+            version();
             return 0;
         } else {
             /* any other option: text generation (gkrun -m DIR -p ...) */
-            return gkrun_generate(argc - i + 1, argv + i - 1, &c);
+            int gc = argc - i + 1;
+            char **gv = argv + i - 1;
+            if (help_asked(gc, gv, generate_values)) {
+                gkrun_usage(stdout);
+                return 0;
+            }
+            if (has_flag(gc, gv, generate_values, "--version", NULL)) {
+                version();
+                return 0;
+            }
+            if (value_missing(gc, gv, NULL, generate_values))
+                return 2;
+            return gkrun_generate(gc, gv, &c);
         }
     }
     if (i >= argc) {
-        usage(stderr);
+        gkrun_usage(stderr);
         return 2;
     }
     const char *cmd = argv[i];
+    for (size_t k = 0; k < sizeof commands / sizeof commands[0]; k++) {
+        if (strcmp(cmd, commands[k].name))
+            continue;
+        if (help_asked(argc - i, argv + i, commands[k].value_opts)) {
+            fputs(commands[k].usage, stdout);
+            return 0;
+        }
+        if (value_missing(argc - i, argv + i, cmd, commands[k].value_opts))
+            return 2;
+        break;
+    }
     if (!strcmp(cmd, "inspect"))
         return gkrun_inspect(argc - i, argv + i, &c);
     if (!strcmp(cmd, "verify"))
@@ -174,7 +297,6 @@ static int dispatch(int argc, char **argv)
         return gkrun_tokenize(argc - i, argv + i);
     if (!strcmp(cmd, "detokenize"))
         return gkrun_detokenize(argc - i, argv + i);
-    fprintf(stderr, "gkrun: unknown command '%s'\n", cmd);
-    usage(stderr);
+    fprintf(stderr, "gkrun: unknown command '%s' (gkrun --help lists them)\n", cmd);
     return 2;
 }

@@ -17,6 +17,8 @@ int gkrun_compare(int argc, char **argv, const gkrun_common *c);
 int gkrun_bench(int argc, char **argv, const gkrun_common *c);
 /* Text generation and chat: everything that is not a subcommand. */
 int gkrun_generate(int argc, char **argv, const gkrun_common *c);
+/* The whole usage text (gkrun --help). */
+void gkrun_usage(FILE *f);
 /* Monotonic seconds. */
 double gk_now_s(void);
 

@@ -67,7 +67,8 @@ bool gkrun_arg_u64(const char *flag, const char *s, uint64_t *out)
 static bool parse_f64(const char *flag, const char *s, double *out)
 {
     char *end = NULL;
-    if (!s || !*s || isspace((unsigned char)*s))
+    /* decimal only: strtod would also take hexadecimal ("0x10") */
+    if (!s || !*s || isspace((unsigned char)*s) || strpbrk(s, "xX"))
         return bad(flag, s ? s : "", "a number");
     errno = 0;
     double v = strtod(s, &end);

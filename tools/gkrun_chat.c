@@ -27,13 +27,6 @@
 #include <string.h>
 #include <unistd.h>
 
-/* TRANSITIONAL, to go when branch jinja is merged: until libgk has the
- * chat-template renderer these resolve to NULL, and every folder is taken as
- * one without a template. */
-#pragma weak gk_chat_template_load
-#pragma weak gk_chat_template_destroy
-#pragma weak gk_chat_render
-
 /* ------------------------------------------------------------- Ctrl-C */
 
 /* SIGINTs since the flag was last cleared (1: stop the reply, 2: quit). */
@@ -261,6 +254,8 @@ static size_t next_turn(const chat *c, size_t i)
  * Ctrl-C. */
 typedef struct streamer {
     const gk_tokenizer *tok;
+    int n_stop;
+    const char *const *stop;   /* [n_stop]: text that may begin one is held back */
     int32_t *ids;
     size_t n, cap;
     char *text;                /* the last full decode, len bytes */
@@ -273,6 +268,28 @@ static bool ends_with_replacement(const char *s, size_t len)
 {
     return len >= 3 && (unsigned char)s[len - 3] == 0xEF && (unsigned char)s[len - 2] == 0xBF &&
            (unsigned char)s[len - 1] == 0xBD;
+}
+
+/* Of text[printed, ready), the end that may be printed: before any stop
+ * string found there, and before an end that is the start of one. */
+static size_t stop_hold(const streamer *s, const char *text, size_t ready)
+{
+    size_t keep = ready;
+    for (int i = 0; i < s->n_stop; i++) {
+        const char *w = s->stop[i];
+        size_t wl = strlen(w);
+        const char *at = ready > s->printed ? memmem(text + s->printed, ready - s->printed, w, wl) : NULL;
+        if (at && (size_t)(at - text) < keep)
+            keep = (size_t)(at - text);
+        for (size_t k = wl - 1; k > 0; k--) {
+            if (k <= ready - s->printed && !memcmp(text + ready - k, w, k)) {
+                if (ready - k < keep)
+                    keep = ready - k;
+                break;
+            }
+        }
+    }
+    return keep;
 }
 
 static bool on_token(int32_t token, void *user)
@@ -301,7 +318,7 @@ static bool on_token(int32_t token, void *user)
     s->text = text;
     s->len = len;
     /* a replacement character at the end may be half a character: wait */
-    size_t ready = ends_with_replacement(text, len) ? len - 3 : len;
+    size_t ready = stop_hold(s, text, ends_with_replacement(text, len) ? len - 3 : len);
     if (ready > s->printed) {
         fwrite(text + s->printed, 1, ready - s->printed, stdout);
         fflush(stdout);
@@ -401,8 +418,9 @@ static int chat_reply(chat *c, size_t turn)
         fprintf(stderr, "gkrun: out of memory: room for %lld new tokens\n", (long long)n_new);
         return 1;
     }
-    streamer s = {.tok = c->tok};
+    streamer s = {.tok = c->tok, .n_stop = o->gen.n_stop, .stop = o->gen.stop};
     gk_gen_opts g = o->gen;
+    g.tokenizer = g.n_stop ? c->tok : NULL;
     g.max_new_tokens = n_new;
     g.keep_cache = true;
     g.on_token = on_token;
@@ -414,6 +432,18 @@ static int chat_reply(chat *c, size_t turn)
     /* a Ctrl-C since the line was read stops this reply at its first token */
     gk_status gs = gk_model_generate(c->m, ids, (int64_t)n_ids, &g, out, &n_out, &st, &err);
     bool stopped = interrupts > 0;
+    if (gs == GK_OK && st.finish == GK_FINISH_STOP && s.text && st.stop_index >= 0 && st.stop_index < g.n_stop) {
+        /* the reply ends where the stop string starts */
+        const char *w = g.stop[st.stop_index];
+        const char *at = memmem(s.text, s.len, w, strlen(w));
+        size_t cut = at ? (size_t)(at - s.text) : st.stop_offset;
+        if (cut < s.len) {
+            s.len = cut;
+            s.text[cut] = '\0';
+        }
+        if (s.printed > s.len)
+            s.printed = s.len;
+    }
     if (s.len > s.printed)
         fwrite(s.text + s.printed, 1, s.len - s.printed, stdout);
     fputc('\n', stdout);
@@ -440,6 +470,7 @@ static int chat_reply(chat *c, size_t turn)
                                                                                          : st.n_prompt - reused;
         double dec = st.n_gen > 1 && st.t_decode_s > 0 ? (double)(st.n_gen - 1) / st.t_decode_s : 0;
         const char *why = stopped ? "stopped by Ctrl-C"
+                        : st.finish == GK_FINISH_STOP ? "stop string"
                         : n_out > 0 && is_eos(&g, out[n_out - 1]) ? "end of reply"
                         : n_out < n_new ? "stopped"
                         : n_new == room ? "the context is full"
@@ -478,8 +509,7 @@ int gkrun_chat_run(gk_model *m, const gk_tokenizer *tok, const gkrun_chat_opts *
 {
     chat c = {.o = o, .m = m, .tok = tok};
     gk_err err = {0};
-    gk_status ts = !gk_chat_template_load ? GK_ERR_NOT_FOUND /* TRANSITIONAL */
-                 : gk_chat_template_load(o->model_dir, NULL, &c.tmpl, &err);
+    gk_status ts = gk_chat_template_load(o->model_dir, NULL, &c.tmpl, &err);
     if (ts == GK_ERR_NOT_FOUND)
         fprintf(stderr, "gkrun: %s: no chat template gkrun knows (neither tokenizer_config.json's chat_template "
                         "nor chat_template.jinja); completing the conversation as plain text\n", o->model_dir);
@@ -494,8 +524,7 @@ int gkrun_chat_run(gk_model *m, const gk_tokenizer *tok, const gkrun_chat_opts *
         char *sys = strdup(o->system_prompt);
         if (!sys || !chat_push(&c, "system", sys, strlen(sys))) {
             fprintf(stderr, "gkrun: out of memory\n");
-            if (c.tmpl)
-                gk_chat_template_destroy(c.tmpl);
+            gk_chat_template_destroy(c.tmpl);
             return 1;
         }
         c.first = 1;
@@ -543,7 +572,6 @@ int gkrun_chat_run(gk_model *m, const gk_tokenizer *tok, const gkrun_chat_opts *
     free(in.buf);
     chat_drop(&c, 0, c.n);
     free(c.msgs);
-    if (c.tmpl)
-        gk_chat_template_destroy(c.tmpl);
+    gk_chat_template_destroy(c.tmpl);
     return rc;
 }

@@ -1,16 +1,22 @@
 /* gkrun generation: text in, streamed text out, in llama.cpp's spirit.
  *
- *   gkrun -m DIR -p "text" [-n N] [--temp T] [--top-k K] [--top-p P] [--seed S]
- *         [--backend NAME] [--dtype D] [--ctx N] [--json] [--prompt-file F]
+ *   gkrun -m DIR -p "text" [-n N] [--temp T] [--top-k K] [--top-p P] [--min-p P]
+ *         [--repeat-penalty P] [--repeat-last-n N] [--presence-penalty P] [--frequency-penalty P]
+ *         [--seed S] [--stop STR]... [--ignore-eos] [--backend NAME] [--dtype D] [--ctx N]
+ *         [--json] [-v] [--prompt-file F]
  *   gkrun -m DIR --chat        (or -i): multi-turn chat with the model's template
  *
+ * The sampler chain starts from gkrun's defaults (greedy, 128 tokens), then the
+ * model's generation_config.json (gk_gen_config_load: transformers' meaning),
+ * then the flags; -v prints the chain and where each value came from.
  * Without -p or --prompt-file the prompt is read from stdin; every byte read
- * is encoded, NUL bytes included. -n -1 generates until the context is full.
+ * is encoded, NUL bytes included. -n -1 generates until EOS or a full context.
  * Decoded text is printed as tokens arrive; a UTF-8 character split over
- * tokens is held back until complete. Generation stops at any EOS id of
- * generation_config.json, config.json or the tokenizer. Statistics go to
+ * tokens is held back until complete, and so is text that may begin a stop
+ * string. Generation stops at any EOS id of generation_config.json,
+ * config.json or the tokenizer (unless --ignore-eos). Statistics go to
  * stderr (--json: one object on stdout instead). Not here: the chat
- * (gkrun_chat.c), which gets the sampling options from here.
+ * (gkrun_chat.c), which gets the sampler chain from here.
  */
 #include "gkrun.h"
 #include "gkrun_file.h"
@@ -29,14 +35,32 @@
 
 typedef struct gen_args {
     const char *dir, *prompt, *prompt_file, *backend, *dtype, *kv_dtype;
-    const char *system_prompt; /* --chat: the first message; NULL: none */
-    int64_t n_new;           /* -1: until the context is full */
+    const char *system_prompt; /* -sys: the chat's system message (NULL: none) */
+    int64_t n_new;           /* -1: until EOS or the context is full */
     int64_t n_ctx;           /* 0: the library's default */
     float temp, top_p;
     int top_k;
     uint64_t seed;
     bool seed_set, json, chat;
 } gen_args;
+
+/* The sampler chain beyond what gen_args carries (penalties, min-p, stop
+ * strings, EOS policy), resolved once per run from gkrun's defaults,
+ * generation_config.json and the flags, with the source of each value.
+ * File-scope like verbose_prompt; the chat (gkrun_chat.c) gets it, with
+ * gen_args' part, as its gkrun_chat_opts.gen. */
+typedef struct chain {
+    gk_gen_opts o;           /* min_p, penalties, penalty_last_n (the rest: gen_args) */
+    gk_gen_sources src;      /* default / generation_config.json / user of each */
+    gk_gen_src seed_src;     /* user, or default = random */
+    bool use_max_length;     /* -n from the file's max_length (counts the prompt) */
+    bool ignore_eos;
+    int n_stop;
+    const char **stop;       /* [n_stop] from --stop (argv strings) */
+    bool verbose;            /* -v */
+} chain;
+
+static chain run_chain;
 
 /* --verbose-prompt: print the exact prompt text and its ids on stderr. */
 static bool verbose_prompt;
@@ -59,6 +83,46 @@ static bool ends_with_replacement(const char *s, size_t len)
 {
     return len >= 3 && (unsigned char)s[len - 3] == 0xEF && (unsigned char)s[len - 2] == 0xBF &&
            (unsigned char)s[len - 1] == 0xBD;
+}
+
+/* Of text[printed, ready), the end that may be printed: before any stop
+ * string found there, and before an end that is the start of one. */
+static size_t stop_hold(const char *text, size_t printed, size_t ready)
+{
+    size_t keep = ready;
+    for (int i = 0; i < run_chain.n_stop; i++) {
+        const char *w = run_chain.stop[i];
+        size_t wl = strlen(w);
+        if (ready > printed) {
+            const char *at = memmem(text + printed, ready - printed, w, wl);
+            if (at && (size_t)(at - text) < keep)
+                keep = (size_t)(at - text);
+        }
+        for (size_t k = wl - 1; k > 0; k--) {
+            if (k <= ready - printed && !memcmp(text + ready - k, w, k)) {
+                if (ready - k < keep)
+                    keep = ready - k;
+                break;
+            }
+        }
+    }
+    return keep;
+}
+
+/* After a stop string ended generation: the text ends where it starts. */
+static void stop_cut(streamer *s, const gk_gen_stats *st)
+{
+    if (st->finish != GK_FINISH_STOP || st->stop_index < 0 || st->stop_index >= run_chain.n_stop || !s->text)
+        return;
+    const char *w = run_chain.stop[st->stop_index];
+    const char *at = memmem(s->text, s->len, w, strlen(w));
+    size_t cut = at ? (size_t)(at - s->text) : st->stop_offset <= s->len ? st->stop_offset : s->len;
+    if (cut < s->len) {
+        s->len = cut;
+        s->text[cut] = '\0';
+    }
+    if (s->printed > s->len) /* cannot happen while held back; never print past the cut */
+        s->printed = s->len;
 }
 
 static bool on_token(int32_t token, void *user)
@@ -90,6 +154,7 @@ static bool on_token(int32_t token, void *user)
     s->len = len;
     /* a replacement character at the end may be half a character: wait */
     size_t ready = ends_with_replacement(text, len) ? len - 3 : len;
+    ready = stop_hold(text, s->printed, ready);
     if (s->echo && ready > s->printed) {
         fwrite(text + s->printed, 1, ready - s->printed, stdout);
         fflush(stdout);
@@ -220,15 +285,19 @@ static void print_stats(gk_model *m, const gk_gen_stats *st, double t_load, uint
             dec > 0 ? 1e3 / dec : 0.0);
     if (sampled)
         fprintf(stderr, ", seed %llu", (unsigned long long)seed);
+    else
+        fprintf(stderr, ", greedy");
     fprintf(stderr, "\nweights: %.1f GB/s", gbs);
     if (have_dev && dev.peak_bw_gbs > 0)
         fprintf(stderr, " = %.1f%% of the device's %.0f GB/s", 100.0 * gbs / dev.peak_bw_gbs, dev.peak_bw_gbs);
     fprintf(stderr, "\nmemory:  %.3f GB peak on the backend\n", gk_model_mem_peak(m) / 1e9);
 }
 
-static cJSON *stats_json(gk_model *m, const gk_gen_stats *st, double t_load)
+static cJSON *stats_json(gk_model *m, const gk_gen_stats *st, double t_load, uint64_t seed, bool sampled)
 {
     cJSON *o = cJSON_CreateObject();
+    char seed_text[24];
+    snprintf(seed_text, sizeof seed_text, "%llu", (unsigned long long)seed);
     double dec = st->n_gen > 1 && st->t_decode_s > 0 ? (double)(st->n_gen - 1) / st->t_decode_s : 0;
     gk_device_props dev;
     bool have_dev = gk_model_device(m, &dev, NULL) == GK_OK;
@@ -244,6 +313,9 @@ static cJSON *stats_json(gk_model *m, const gk_gen_stats *st, double t_load)
     cJSON_AddNumberToObject(o, "peak_memory_bytes", (double)gk_model_mem_peak(m));
     cJSON_AddStringToObject(o, "backend", gk_model_backend_name(m));
     cJSON_AddStringToObject(o, "device", have_dev ? dev.name : "?");
+    cJSON_AddBoolToObject(o, "sampled", sampled);
+    if (sampled) /* raw: a double cannot hold every 64-bit seed */
+        cJSON_AddRawToObject(o, "seed", seed_text);
     return o;
 }
 
@@ -284,6 +356,8 @@ static int complete(gk_model *m, const gk_tokenizer *tok, const char *text, size
     /* the last new token is never fed back, so it needs no cache row;
      * compared without adding, so a huge -n cannot overflow */
     int64_t room = n_ctx + 1 - (int64_t)n_ids, n_new = a->n_new;
+    if (run_chain.use_max_length) /* transformers' max_length counts the prompt */
+        n_new = run_chain.src.max_length > (int64_t)n_ids ? run_chain.src.max_length - (int64_t)n_ids : 0;
     if (n_new < 0) {
         n_new = room;
     } else if (n_new > room) {
@@ -291,14 +365,17 @@ static int complete(gk_model *m, const gk_tokenizer *tok, const char *text, size
         fprintf(stderr, "gkrun: note: %lld new tokens fit in the context of %lld; generating that many\n",
                 (long long)n_new, (long long)n_ctx);
     }
-    gk_gen_opts o = gk_gen_opts_default();
+    gk_gen_opts o = run_chain.o;
     o.max_new_tokens = n_new;
     o.temperature = a->temp;
     o.top_k = a->top_k;
     o.top_p = a->top_p;
     o.seed = a->seed;
-    o.eos_ids = eos;
-    o.n_eos = n_eos;
+    o.eos_ids = run_chain.ignore_eos ? NULL : eos;
+    o.n_eos = run_chain.ignore_eos ? 0 : n_eos;
+    o.n_stop = run_chain.n_stop;
+    o.stop = run_chain.stop;
+    o.tokenizer = run_chain.n_stop ? tok : NULL;
     o.on_token = on_token;
     o.user = s;
     size_t out_bytes;
@@ -326,6 +403,8 @@ static int complete(gk_model *m, const gk_tokenizer *tok, const char *text, size
         rc = gkrun_fail(&err);
     else if (s->failed) /* the tokenizer's reason, e.g. an id outside its vocabulary */
         rc = gkrun_fail(&s->err);
+    if (gs == GK_OK)
+        stop_cut(s, st);
     streamer_finish(s);
     free(out);
     free(ids);
@@ -334,63 +413,111 @@ static int complete(gk_model *m, const gk_tokenizer *tok, const char *text, size
 
 /* --------------------------------------------------------------- main */
 
-static int parse(int argc, char **argv, gen_args *a)
+/* A float flag in [lo, hi] (finite). */
+static bool arg_float(const char *flag, const char *v, double lo, double hi, float *out)
 {
-    *a = (gen_args){.n_new = 128, .temp = 0.8f, .top_k = 40, .top_p = 0.95f};
+    double d;
+    if (!gkrun_arg_f64(flag, v, lo, hi, &d))
+        return false;
+    *out = (float)d;
+    return true;
+}
+
+/* The flags the user gave, beside gen_args: which of the chain they set. */
+typedef struct user_set {
+    bool n, temp, top_k, top_p, min_p, repeat_penalty, repeat_last_n, presence, frequency;
+} user_set;
+
+static bool is(const char *o, const char *a, const char *b, const char *c)
+{
+    return !strcmp(o, a) || (b && !strcmp(o, b)) || (c && !strcmp(o, c));
+}
+
+static int parse(int argc, char **argv, gen_args *a, chain *ch, user_set *u)
+{
+    *a = (gen_args){.n_new = 128, .temp = 0.0f, .top_k = 0, .top_p = 1.0f};
+    *u = (user_set){0};
     for (int i = 1; i < argc; i++) {
         const char *o = argv[i];
-        bool has = i + 1 < argc;
-        if ((!strcmp(o, "-m") || !strcmp(o, "--model")) && has)
+        /* every option that takes a value has one (gkrun.c checked) */
+        const char *v = i + 1 < argc ? argv[i + 1] : NULL;
+        bool has = v != NULL, ok = true;
+        if (is(o, "-m", "--model", NULL) && has)
             a->dir = argv[++i];
-        else if ((!strcmp(o, "-p") || !strcmp(o, "--prompt")) && has)
+        else if (is(o, "-p", "--prompt", NULL) && has)
             a->prompt = argv[++i];
-        else if ((!strcmp(o, "-sys") || !strcmp(o, "--system-prompt")) && has)
-            a->system_prompt = argv[++i];
-        else if ((!strcmp(o, "-f") || !strcmp(o, "--prompt-file")) && has)
+        else if (is(o, "-f", "--file", "--prompt-file") && has)
             a->prompt_file = argv[++i];
-        else if ((!strcmp(o, "-n") || !strcmp(o, "--n-predict")) && has) {
-            if (!gkrun_arg_i64(o, argv[++i], -1, INT64_MAX, &a->n_new))
-                return 2;
-        } else if (!strcmp(o, "--temp") && has) {
-            double v;
-            if (!gkrun_arg_f64(o, argv[++i], 0, FLT_MAX, &v))
-                return 2;
-            a->temp = (float)v;
-        } else if (!strcmp(o, "--top-k") && has) {
-            int64_t v;
-            if (!gkrun_arg_i64(o, argv[++i], 0, INT_MAX, &v))
-                return 2;
-            a->top_k = (int)v;
+        else if (is(o, "-sys", "--system-prompt", NULL) && has)
+            a->system_prompt = argv[++i];
+        else if (is(o, "-n", "--n-predict", NULL) && has)
+            ok = u->n = gkrun_arg_i64(o, argv[++i], -1, INT64_MAX, &a->n_new);
+        else if (!strcmp(o, "--temp") && has)
+            ok = u->temp = arg_float(o, argv[++i], 0, FLT_MAX, &a->temp);
+        else if (!strcmp(o, "--top-k") && has) {
+            int64_t k = 0;
+            ok = u->top_k = gkrun_arg_i64(o, argv[++i], 0, INT_MAX, &k);
+            a->top_k = (int)k;
         } else if (!strcmp(o, "--top-p") && has) {
-            double v;
-            if (!gkrun_arg_f64_pos(o, argv[++i], 1, &v))
-                return 2;
+            double p = 1;
+            ok = u->top_p = gkrun_arg_f64_pos(o, argv[++i], 1, &p);
             /* below float's range a P still keeps only the most likely token */
-            a->top_p = v < FLT_MIN ? FLT_MIN : (float)v;
-        } else if (!strcmp(o, "--seed") && has) {
-            if (!gkrun_arg_u64(o, argv[++i], &a->seed))
+            a->top_p = p < FLT_MIN ? FLT_MIN : (float)p;
+        } else if (!strcmp(o, "--min-p") && has)
+            ok = u->min_p = arg_float(o, argv[++i], 0, 1, &ch->o.min_p);
+        else if (!strcmp(o, "--repeat-penalty") && has) {
+            double p = 1;
+            ok = u->repeat_penalty = gkrun_arg_f64_pos(o, argv[++i], FLT_MAX, &p);
+            ch->o.repetition_penalty = p < FLT_MIN ? FLT_MIN : (float)p;
+        } else if (!strcmp(o, "--repeat-last-n") && has)
+            ok = u->repeat_last_n = gkrun_arg_i64(o, argv[++i], -1, INT32_MAX, &ch->o.penalty_last_n);
+        else if (!strcmp(o, "--presence-penalty") && has)
+            ok = u->presence = arg_float(o, argv[++i], -FLT_MAX, FLT_MAX, &ch->o.presence_penalty);
+        else if (!strcmp(o, "--frequency-penalty") && has)
+            ok = u->frequency = arg_float(o, argv[++i], -FLT_MAX, FLT_MAX, &ch->o.frequency_penalty);
+        else if (is(o, "-s", "--seed", NULL) && has) {
+            /* -1: random, as llama.cpp */
+            if (!strcmp(argv[++i], "-1"))
+                a->seed_set = false;
+            else
+                ok = a->seed_set = gkrun_arg_u64(o, argv[i], &a->seed);
+        } else if (!strcmp(o, "--stop") && has) {
+            if (!*argv[++i]) {
+                fprintf(stderr, "gkrun: --stop: the stop string must not be empty\n");
                 return 2;
-            a->seed_set = true;
-        } else if (!strcmp(o, "--backend") && has)
+            }
+            const char **p = realloc(ch->stop, sizeof *p * (size_t)(ch->n_stop + 1));
+            if (!p) {
+                fprintf(stderr, "gkrun: out of memory\n");
+                return 2;
+            }
+            ch->stop = p;
+            ch->stop[ch->n_stop++] = argv[i];
+        } else if (!strcmp(o, "--ignore-eos"))
+            ch->ignore_eos = true;
+        else if (!strcmp(o, "--backend") && has)
             a->backend = argv[++i];
         else if (!strcmp(o, "--dtype") && has)
             a->dtype = argv[++i];
         else if (!strcmp(o, "--kv-dtype") && has)
             a->kv_dtype = argv[++i];
-        else if ((!strcmp(o, "--ctx") || !strcmp(o, "-c")) && has) {
+        else if (is(o, "--ctx", "-c", "--ctx-size") && has) {
             /* the library checks the KV cache against the device's memory */
-            if (!gkrun_arg_i64(o, argv[++i], 1, INT32_MAX, &a->n_ctx))
-                return 2;
+            ok = gkrun_arg_i64(o, argv[++i], 1, INT32_MAX, &a->n_ctx);
         } else if (!strcmp(o, "--json"))
             a->json = true;
-        else if (!strcmp(o, "--chat") || !strcmp(o, "-i") || !strcmp(o, "--interactive"))
+        else if (is(o, "--chat", "-i", "--interactive"))
             a->chat = true;
+        else if (is(o, "-v", "--verbose", NULL))
+            ch->verbose = true;
         else if (!strcmp(o, "--verbose-prompt"))
             verbose_prompt = true;
         else {
-            fprintf(stderr, "gkrun: unknown or incomplete option '%s'\n", o);
+            fprintf(stderr, "gkrun: unknown option '%s' (gkrun --help lists them)\n", o);
             return 2;
         }
+        if (!ok)
+            return 2;
     }
     if (!a->dir) {
         fprintf(stderr, "gkrun: no model: use -m DIR (a folder with config.json, weights and tokenizer.json)\n");
@@ -401,12 +528,130 @@ static int parse(int argc, char **argv, gen_args *a)
     return 0;
 }
 
+/* gkrun's defaults, then generation_config.json, then the flags: into a and
+ * ch, with the source of each value in ch->src. 0, or 1 after the message. */
+static int resolve(gen_args *a, chain *ch, const user_set *u)
+{
+    gk_gen_opts f = gk_gen_opts_default();
+    f.max_new_tokens = 128;
+    gk_gen_sources fs;
+    gk_err err = {0};
+    if (gk_gen_config_load(a->dir, &f, &fs, &err) != GK_OK)
+        return gkrun_fail(&err);
+    gk_gen_sources *src = &ch->src;
+    gk_gen_opts *o = &ch->o;
+    *src = fs;
+    src->eos = GK_GEN_SRC_DEFAULT; /* gkrun's EOS ids: gk_config's and the tokenizer's */
+#define TAKE(flag, field, dst, val)                                                                    \
+    do {                                                                                               \
+        if (u->flag)                                                                                   \
+            src->field = GK_GEN_SRC_USER;                                                              \
+        else                                                                                           \
+            (dst) = (val);                                                                             \
+    } while (0)
+    TAKE(n, max_new_tokens, a->n_new, f.max_new_tokens);
+    TAKE(temp, temperature, a->temp, f.temperature);
+    TAKE(top_k, top_k, a->top_k, f.top_k);
+    TAKE(top_p, top_p, a->top_p, f.top_p);
+    TAKE(min_p, min_p, o->min_p, f.min_p);
+    TAKE(repeat_penalty, repetition_penalty, o->repetition_penalty, f.repetition_penalty);
+    /* the file's whole-sequence window goes with the file's penalty only */
+    if (u->repeat_last_n)
+        src->penalty_last_n = GK_GEN_SRC_USER;
+    else if (u->repeat_penalty && fs.penalty_last_n == GK_GEN_SRC_FILE)
+        o->penalty_last_n = gk_gen_opts_default().penalty_last_n, src->penalty_last_n = GK_GEN_SRC_DEFAULT;
+    else
+        o->penalty_last_n = f.penalty_last_n;
+#undef TAKE
+    if (!u->presence)
+        o->presence_penalty = f.presence_penalty;
+    if (!u->frequency)
+        o->frequency_penalty = f.frequency_penalty;
+    ch->use_max_length = !u->n && fs.max_new_tokens == GK_GEN_SRC_DEFAULT && fs.max_length >= 0;
+    ch->seed_src = a->seed_set ? GK_GEN_SRC_USER : GK_GEN_SRC_DEFAULT;
+    if (fs.ignored[0])
+        fprintf(stderr, "gkrun: note: generation_config.json sets what gkrun does not do; ignored: %s\n", fs.ignored);
+    return 0;
+}
+
+/* -v: the chain in the order it runs, each value with its source. */
+static void print_chain(const gen_args *a, const chain *ch, const int64_t *eos, int n_eos, const char *pres,
+                        const char *freq)
+{
+    const gk_gen_sources *s = &ch->src;
+    const gk_gen_opts *o = &ch->o;
+    bool greedy = !(a->temp > 0);
+    fprintf(stderr, "sampler chain: penalties -> temperature -> top-k -> top-p -> min-p -> %s\n",
+            greedy ? "greedy (the most likely token)" : "draw");
+    if (ch->use_max_length)
+        fprintf(stderr, "  max new tokens     max_length %lld minus the prompt (generation_config.json)\n",
+                (long long)s->max_length);
+    else if (a->n_new < 0)
+        fprintf(stderr, "  max new tokens     until EOS or the context is full (%s)\n", gk_gen_src_str(s->max_new_tokens));
+    else
+        fprintf(stderr, "  max new tokens     %lld (%s)\n", (long long)a->n_new, gk_gen_src_str(s->max_new_tokens));
+    fprintf(stderr, "  repeat penalty     %g (%s)%s\n", (double)o->repetition_penalty, gk_gen_src_str(s->repetition_penalty),
+            o->repetition_penalty == 1.0f ? " = off" : "");
+    if (o->penalty_last_n < 0)
+        fprintf(stderr, "  penalty window     the whole context (%s)\n", gk_gen_src_str(s->penalty_last_n));
+    else
+        fprintf(stderr, "  penalty window     last %lld ids (%s)%s\n", (long long)o->penalty_last_n,
+                gk_gen_src_str(s->penalty_last_n), o->penalty_last_n == 0 ? " = penalties off" : "");
+    fprintf(stderr, "  presence penalty   %g (%s)\n", (double)o->presence_penalty, pres);
+    fprintf(stderr, "  frequency penalty  %g (%s)\n", (double)o->frequency_penalty, freq);
+    const char *unused = greedy ? ", unused: greedy" : "";
+    if (s->temperature == GK_GEN_SRC_FILE && greedy && s->do_sample == GK_GEN_SRC_FILE)
+        fprintf(stderr, "  temperature        0 = greedy (generation_config.json: do_sample false)\n");
+    else if (s->temperature == GK_GEN_SRC_FILE && greedy)
+        fprintf(stderr, "  temperature        0 = greedy (generation_config.json: no do_sample, transformers' false)\n");
+    else
+        fprintf(stderr, "  temperature        %g (%s)%s\n", (double)a->temp, gk_gen_src_str(s->temperature),
+                greedy ? " = greedy" : "");
+    fprintf(stderr, "  top-k              %d (%s%s)%s\n", a->top_k, gk_gen_src_str(s->top_k), unused,
+            a->top_k == 0 ? " = off" : "");
+    fprintf(stderr, "  top-p              %g (%s%s)%s\n", (double)a->top_p, gk_gen_src_str(s->top_p), unused,
+            a->top_p == 1.0f ? " = off" : "");
+    fprintf(stderr, "  min-p              %g (%s%s)%s\n", (double)o->min_p, gk_gen_src_str(s->min_p), unused,
+            o->min_p == 0.0f ? " = off" : "");
+    if (greedy)
+        fprintf(stderr, "  seed               %llu (%s, unused: greedy)\n", (unsigned long long)a->seed,
+                ch->seed_src == GK_GEN_SRC_USER ? "user" : "random");
+    else
+        fprintf(stderr, "  seed               %llu (%s)\n", (unsigned long long)a->seed,
+                ch->seed_src == GK_GEN_SRC_USER ? "user" : "random");
+    if (ch->ignore_eos) {
+        fprintf(stderr, "  eos ids            none (user: --ignore-eos)\n");
+    } else {
+        fprintf(stderr, "  eos ids           ");
+        for (int i = 0; i < n_eos; i++)
+            fprintf(stderr, " %lld", (long long)eos[i]);
+        fprintf(stderr, "%s (generation_config.json, config.json, tokenizer)\n", n_eos ? "" : " none");
+    }
+    for (int i = 0; i < ch->n_stop; i++) {
+        fprintf(stderr, "  stop string        \"");
+        gkrun_put_escaped(stderr, ch->stop[i], strlen(ch->stop[i]));
+        fprintf(stderr, "\" (user)\n");
+    }
+    if (a->system_prompt) {
+        fprintf(stderr, "  system prompt      \"");
+        gkrun_put_escaped(stderr, a->system_prompt, strlen(a->system_prompt));
+        fprintf(stderr, "\" (user%s)\n", a->chat ? "" : ", unused without --chat");
+    }
+}
+
 int gkrun_generate(int argc, char **argv, const gkrun_common *common)
 {
     gen_args a;
-    int rc = parse(argc, argv, &a);
-    if (rc)
+    user_set u;
+    chain *ch = &run_chain;
+    *ch = (chain){.o = gk_gen_opts_default()};
+    int rc = parse(argc, argv, &a, ch, &u);
+    if (rc == 0)
+        rc = resolve(&a, ch, &u);
+    if (rc) {
+        free(ch->stop);
         return rc;
+    }
     gk_err err = {0};
     gk_runtime *rt = NULL;
     gk_model *m = NULL;
@@ -453,16 +698,20 @@ int gkrun_generate(int argc, char **argv, const gkrun_common *common)
     int64_t eos[GK_MAX_EOS];
     int n_eos = collect_eos(gk_model_config(m), tok, eos);
     s.tok = tok;
+    if (ch->verbose)
+        print_chain(&a, ch, eos, n_eos, u.presence ? "user" : "default", u.frequency ? "user" : "default");
 
     if (a.chat) {
-        gkrun_chat_opts co = {.model_dir = a.dir, .system_prompt = a.system_prompt, .gen = gk_gen_opts_default(),
+        gkrun_chat_opts co = {.model_dir = a.dir, .system_prompt = a.system_prompt, .gen = ch->o,
                               .n_new = a.n_new, .verbose_prompt = verbose_prompt};
         co.gen.temperature = a.temp;
         co.gen.top_k = a.top_k;
         co.gen.top_p = a.top_p;
         co.gen.seed = a.seed;
-        co.gen.eos_ids = eos;
-        co.gen.n_eos = n_eos;
+        co.gen.eos_ids = ch->ignore_eos ? NULL : eos;
+        co.gen.n_eos = ch->ignore_eos ? 0 : n_eos;
+        co.gen.n_stop = ch->n_stop;
+        co.gen.stop = ch->stop;
         rc = gkrun_chat_run(m, tok, &co);
         goto out;
     }
@@ -484,7 +733,7 @@ int gkrun_generate(int argc, char **argv, const gkrun_common *common)
         cJSON *ids = cJSON_AddArrayToObject(o, "tokens");
         for (size_t i = 0; i < s.n; i++)
             cJSON_AddItemToArray(ids, cJSON_CreateNumber(s.ids[i]));
-        cJSON_AddItemToObject(o, "stats", stats_json(m, &stats, t_load));
+        cJSON_AddItemToObject(o, "stats", stats_json(m, &stats, t_load, a.seed, a.temp > 0));
         char *j = cJSON_PrintUnformatted(o);
         if (j && cJSON_GetObjectItem(o, "text")) {
             puts(j);
@@ -498,6 +747,9 @@ int gkrun_generate(int argc, char **argv, const gkrun_common *common)
         print_stats(m, &stats, t_load, a.seed, a.temp > 0);
     }
 out:
+    free(ch->stop);
+    ch->stop = NULL;
+    ch->n_stop = 0;
     free(s.ids);
     free(s.text);
     free(prompt);

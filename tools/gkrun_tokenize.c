@@ -175,6 +175,11 @@ int gkrun_detokenize(int argc, char **argv)
             goto out;
         } else {
             any_id = true;
+            int64_t unused;
+            if (!*argv[i]) { /* an empty argument is no id at all: say so */
+                gkrun_arg_i64("token id", argv[i], 0, INT32_MAX, &unused);
+                goto out;
+            }
             if (!parse_ids(argv[i], strlen(argv[i]), &ids, &n, &cap))
                 goto out;
         }

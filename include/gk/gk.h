@@ -53,6 +53,8 @@ typedef struct gk_err {
 
 /* Static name of a status ("format error"), never NULL. */
 GK_API const char *gk_status_str(gk_status s);
+/* libgk's version, the meson project version ("0.1.0"); static, never NULL. */
+GK_API const char *gk_version(void);
 
 /* ------------------------------------------------------ checked arithmetic */
 
@@ -401,6 +403,63 @@ typedef struct gk_gen_opts {
 /* Defaults as in transformers' generate: greedy, 100 tokens, cache on. */
 GK_API gk_gen_opts gk_gen_opts_default(void);
 
+/* ---------------------------------------------------- generation_config.json */
+
+/* Where a generation setting came from, for telling the user. */
+typedef enum gk_gen_src {
+    GK_GEN_SRC_DEFAULT = 0, /* the caller's default (e.g. gk_gen_opts_default) */
+    GK_GEN_SRC_FILE,        /* the model's generation_config.json */
+    GK_GEN_SRC_USER         /* the caller's user (a flag, a request field): only
+                               callers set this one */
+} gk_gen_src;
+
+/* What gk_gen_config_load found, beside the values it wrote into opts. */
+typedef struct gk_gen_sources {
+    gk_gen_src do_sample, temperature, top_k, top_p, min_p, repetition_penalty,
+               penalty_last_n, max_new_tokens, eos;
+    bool do_sample_value;     /* the file's do_sample (false when absent, as in
+                                 transformers) */
+    int64_t max_length;       /* the file's max_length when it has no
+                                 max_new_tokens, else -1. It counts the prompt:
+                                 the caller makes it max_new_tokens =
+                                 max(0, max_length - prompt tokens) */
+    int n_eos;                /* the file's eos_token_id; opts->eos_ids points */
+    int64_t eos_ids[GK_MAX_EOS]; /* here when the file has the key */
+    char ignored[256];        /* "" or what the file sets that gk does not do
+                                 ("num_beams 4; temperature 0.6 (do_sample is
+                                 false)"), for a note to the user */
+} gk_gen_sources;
+
+/* Apply the generation_config.json of model_dir (a model folder, or a file in
+ * it such as its config.json) to opts, with transformers' meaning: opts holds
+ * the caller's defaults on entry and only what the file sets is replaced.
+ * Keys read: do_sample, temperature, top_k, top_p, min_p, repetition_penalty,
+ * max_new_tokens (else max_length, see gk_gen_sources), eos_token_id (an id or
+ * a list; an empty list: no EOS). do_sample false, or absent from a file that
+ * exists, is greedy whatever temperature says (temperature 0); do_sample true
+ * takes the file's temperature, top_k and top_p or transformers' defaults 1,
+ * 50 and 1 (min_p: off). The file's top_k, top_p and min_p are kept with
+ * do_sample false too, for a caller that turns sampling on. A file's
+ * repetition_penalty covers the whole sequence in transformers, so it sets
+ * penalty_last_n to -1. null is the same as absent; other keys are ignored.
+ * src is filled from scratch (src->ignored names keys whose setting gk does
+ * not implement, such as num_beams > 1); opts->eos_ids may point into src, so
+ * src outlives opts' use. No file: GK_OK with opts untouched and every source
+ * GK_GEN_SRC_DEFAULT. Errors (opts and src untouched): GK_ERR_FORMAT for broken
+ * JSON or a top level that is not an object (naming the file and where),
+ * GK_ERR_CONFIG for a value of the wrong type or range (naming the file and the
+ * key: "temperature must be a finite number >= 0, got -1"), GK_ERR_IO for a
+ * file that exists and cannot be read, GK_ERR_INVALID_ARG for a NULL
+ * argument. */
+GK_API gk_status gk_gen_config_load(const char *model_dir, gk_gen_opts *opts, gk_gen_sources *src,
+                                    gk_err *err);
+/* The same from NUL-terminated JSON text; name is the file name for messages
+ * (NULL: "generation_config.json"). */
+GK_API gk_status gk_gen_config_parse(const char *json, const char *name, gk_gen_opts *opts,
+                                     gk_gen_sources *src, gk_err *err);
+/* "default", "generation_config.json" or "user"; "?" for another value. */
+GK_API const char *gk_gen_src_str(gk_gen_src s);
+
 typedef enum gk_finish {
     GK_FINISH_LENGTH = 0, /* max_new_tokens reached */
     GK_FINISH_EOS,        /* an EOS id was emitted (it is in out) */
@@ -530,6 +589,11 @@ GK_API gk_status gk_chat_render(const gk_chat_template *t, const gk_chat_msg *ms
 GK_API gk_status gk_chat_render_json(const gk_chat_template *t, const char *messages_json,
                                      bool add_generation_prompt, const char *extra_json, char **out, size_t *len,
                                      gk_err *err);
+
+/* Fix the clock strftime_now reads, in seconds since the epoch read as a
+ * naive UTC time (0: the real local clock again), for reproducible renders
+ * and golden checks. Process-wide. */
+GK_API void gk_chat_set_clock(int64_t unix_seconds);
 
 #ifdef __cplusplus
 }
