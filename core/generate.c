@@ -1,12 +1,7 @@
-/* generate.c - sampling and the generation loop.
- *
- * Sampling follows transformers' order of logits processors: temperature, then
- * top-k, then top-p (nucleus), then a draw from the softmax. Temperature 0 is
- * greedy (argmax; ties go to the lowest id, as torch.argmax), and so is a
- * temperature so small that logit / T overflows (the softmax's limit). A NaN
- * logit is never picked unless all are (then id 0). The generator is
- * splitmix64, so a seed reproduces a run on any machine. Not here: the forward
- * pass (model.c).
+/* generate.c - the generation loop: the prompt (or what the cache does not
+ * hold of it, keep_cache), then one token at a time until max_new_tokens, an
+ * EOS id, a stop string, the callback or a full context. Not here: the
+ * sampler chain (sample.c), the forward pass (model.c).
  */
 #include "model_impl.h"
 
@@ -34,157 +29,29 @@ gk_gen_opts gk_gen_opts_default(void)
     };
 }
 
-void gk_rng_seed(gk_rng *r, uint64_t seed)
+/* One generate call's state. */
+typedef struct gen {
+    gk_model *m;
+    const gk_gen_opts *o;
+    int32_t *seq;      /* prompt then output */
+    int64_t len;
+    int32_t *out;
+    int64_t *n_out;
+    int64_t limit;     /* tokens at most: max_new_tokens, or what fits the context */
+    gk_gen_stats st;
+} gen;
+
+/* Next token from the last forward: on the backend when it samples (and the
+ * chain is one GK_OP_SAMPLE knows), else here. */
+static gk_status next_token(gen *g, gk_rng *rng, int32_t *tok, gk_err *err)
 {
-    if (r)
-        r->s = seed;
-}
-
-static uint64_t rng_next(gk_rng *r)
-{
-    uint64_t z = (r->s += 0x9E3779B97F4A7C15ull);
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-    return z ^ (z >> 31);
-}
-
-/* Uniform in [0, 1). */
-static double rng_uniform(gk_rng *r) { return (double)(rng_next(r) >> 11) * 0x1.0p-53; }
-
-/* Lowest index of the maximum; NaN is never chosen (all NaN: 0). */
-static int32_t argmax(const float *x, int64_t n)
-{
-    int64_t best = 0;
-    for (int64_t i = 1; i < n; i++)
-        if (x[i] > x[best] || (isnan(x[best]) && !isnan(x[i])))
-            best = i;
-    return (int32_t)best;
-}
-
-typedef struct cand {
-    float logit;
-    int32_t id;
-} cand;
-
-/* Descending by logit, ties by id (a deterministic order). */
-static int cand_cmp(const void *a, const void *b)
-{
-    const cand *x = a, *y = b;
-    if (x->logit != y->logit)
-        return x->logit < y->logit ? 1 : -1;
-    return (x->id > y->id) - (x->id < y->id);
-}
-
-/* The rules of gk_sample with the draw u given (backends' samplers get the
- * same u, so host and device pick alike). */
-static int32_t sample_u(const float *logits, int64_t n_vocab, const gk_gen_opts *o, double u)
-{
-    if (n_vocab <= 0)
-        return -1;
-    if (o->temperature <= 0.0f)
-        return argmax(logits, n_vocab);
-    cand *c = malloc((size_t)n_vocab * sizeof *c);
-    if (!c)
-        return -1;
-    for (int64_t i = 0; i < n_vocab; i++) {
-        /* a NaN logit is never drawn, as never by argmax */
-        c[i].logit = isnan(logits[i]) ? -INFINITY : logits[i] / o->temperature;
-        c[i].id = (int32_t)i;
-    }
-    qsort(c, (size_t)n_vocab, sizeof *c, cand_cmp);
-    if (!isfinite(c[0].logit)) {
-        /* No finite best score: a temperature so small that logit / T overflows
-         * (to +inf, or every score to -inf), or logits that are all infinite.
-         * The softmax's limit as T -> 0 is the argmax: be greedy. */
-        free(c);
-        return argmax(logits, n_vocab);
-    }
-    int64_t n = n_vocab;
-    if (o->top_k > 0 && o->top_k < n) {
-        /* transformers keeps every token tied with the k-th logit */
-        int64_t k = o->top_k;
-        while (k < n && c[k].logit == c[o->top_k - 1].logit)
-            k++;
-        n = k;
-    }
-    /* softmax over the survivors */
-    double sum = 0.0;
-    double *p = malloc((size_t)n * sizeof *p);
-    if (!p) {
-        free(c);
-        return -1;
-    }
-    for (int64_t i = 0; i < n; i++) {
-        p[i] = exp((double)c[i].logit - (double)c[0].logit);
-        sum += p[i];
-    }
-    for (int64_t i = 0; i < n; i++)
-        p[i] /= sum;
-    if (o->top_p > 0.0f && o->top_p < 1.0f) {
-        /* smallest prefix whose mass reaches top_p; always at least one token */
-        double cum = 0.0;
-        int64_t keep = 0;
-        while (keep < n) {
-            cum += p[keep++];
-            if (cum >= (double)o->top_p)
-                break;
-        }
-        n = keep;
-        sum = 0.0;
-        for (int64_t i = 0; i < n; i++)
-            sum += p[i];
-        for (int64_t i = 0; i < n; i++)
-            p[i] /= sum;
-    }
-    /* p[0] = 1 / sum > 0 and the p are finite and non-increasing. When rounding
-     * leaves the total just below u, the pick is the last token that has any
-     * probability, never one whose probability is 0. */
-    double cum = 0.0;
-    int32_t pick = c[0].id;
-    for (int64_t i = 0; i < n; i++) {
-        if (p[i] > 0.0)
-            pick = c[i].id;
-        cum += p[i];
-        if (u < cum)
-            break;
-    }
-    free(p);
-    free(c);
-    return pick;
-}
-
-/* Only temperature 0 is greedy: top_k = 1 still draws among tokens tied for
- * the maximum, as transformers' top-k keeps ties. */
-static bool is_greedy(const gk_gen_opts *o) { return o->temperature <= 0.0f; }
-
-/* The options gk_sample and generate accept; NULL when fine, else why not. */
-static const char *opts_invalid(const gk_gen_opts *o)
-{
-    if (!isfinite(o->temperature) || o->temperature < 0.0f)
-        return "temperature must be a finite number >= 0";
-    if (!(o->top_p > 0.0f && o->top_p <= 1.0f)) /* also NaN */
-        return "top_p must be in (0, 1]";
-    if (o->top_k < 0)
-        return "top_k must not be negative";
-    return NULL;
-}
-
-int32_t gk_sample(const float *logits, int64_t n_vocab, const gk_gen_opts *o, gk_rng *rng)
-{
-    if (!logits || !o || n_vocab <= 0 || n_vocab > INT32_MAX || opts_invalid(o) || (!is_greedy(o) && !rng))
-        return -1;
-    double u = is_greedy(o) ? 0.0 : rng_uniform(rng);
-    return sample_u(logits, n_vocab, o, u);
-}
-
-/* Next token from the last forward: on the backend when it samples, else here. */
-static gk_status next_token(gk_model *m, const gk_gen_opts *o, gk_rng *rng, int32_t *tok, gk_err *err)
-{
-    double u = is_greedy(o) ? 0.0 : rng_uniform(rng);
+    gk_model *m = g->m;
+    const gk_gen_opts *o = g->o;
+    double u = gk_sample_is_greedy(o) ? 0.0 : gk_rng_uniform(rng);
     gk_status (*sample)(void *, const gk_tensor *, const gk_sample_params *, int32_t *, gk_err *) =
         GK_BACKEND_OP(m->be.ops, sample);
     gk_status (*sync)(void *, gk_err *) = GK_BACKEND_OP(m->be.ops, synchronize);
-    if (sample) {
+    if (sample && !gk_sample_host_only(o)) {
         gk_tensor *logits;
         gk_status s = gk_model_run_last_logits(m, &logits, err);
         if (s != GK_OK)
@@ -199,7 +66,7 @@ static gk_status next_token(gk_model *m, const gk_gen_opts *o, gk_rng *rng, int3
     gk_status s = gk_model_last_logits(m, err);
     if (s != GK_OK)
         return s;
-    *tok = sample_u(m->host_logits, m->cfg.n_vocab, o, u);
+    *tok = gk_sample_u(m->host_logits, m->cfg.n_vocab, o, g->seq, g->len, u);
     if (*tok < 0)
         return gk_err_set(err, GK_ERR_NOMEM, "out of memory while sampling");
     return GK_OK;
@@ -213,6 +80,82 @@ static bool is_eos(const gk_gen_opts *o, int32_t t)
     return false;
 }
 
+/* First occurrence of w[wl] in text[len]; SIZE_MAX when none. */
+static size_t find_bytes(const char *text, size_t len, const char *w, size_t wl)
+{
+    for (size_t i = 0; wl <= len && i <= len - wl; i++)
+        if (text[i] == w[0] && !memcmp(text + i, w, wl))
+            return i;
+    return SIZE_MAX;
+}
+
+/* The stop string found earliest in the decoded output (special tokens
+ * and ids beyond the tokenizer's vocabulary skipped, as a caller shows it):
+ * *index -1 when none. The whole output is
+ * decoded each time, so a string split over tokens, or over the bytes of one
+ * character, is found as in the final text. */
+static gk_status find_stop(gen *g, int *index, size_t *offset, gk_err *err)
+{
+    *index = -1;
+    /* ids in the embedding's padding (beyond the tokenizer's vocabulary)
+     * have no text */
+    int64_t nv = gk_tokenizer_vocab_size(g->o->tokenizer), n = 0;
+    int32_t *ids = malloc((size_t)(*g->n_out > 0 ? *g->n_out : 1) * sizeof *ids);
+    if (!ids)
+        return gk_err_set(err, GK_ERR_NOMEM, "out of memory");
+    for (int64_t i = 0; i < *g->n_out; i++)
+        if (g->out[i] >= 0 && g->out[i] < nv)
+            ids[n++] = g->out[i];
+    char *text = NULL;
+    size_t len = 0;
+    gk_status s = gk_tokenizer_decode(g->o->tokenizer, ids, (size_t)n, true, &text, &len, err);
+    free(ids);
+    if (s != GK_OK)
+        return s;
+    size_t best = SIZE_MAX;
+    for (int i = 0; i < g->o->n_stop; i++) {
+        size_t at = find_bytes(text, len, g->o->stop[i], strlen(g->o->stop[i]));
+        if (at < best) {
+            best = at;
+            *index = i;
+        }
+    }
+    *offset = best;
+    free(text);
+    return GK_OK;
+}
+
+/* Take the sampled token t; *end when generation ends with it (st.finish
+ * says why: a stop string, then EOS, then the callback, then the limit). */
+static gk_status take(gen *g, int32_t t, bool *end, gk_err *err)
+{
+    const gk_gen_opts *o = g->o;
+    g->seq[g->len++] = t;
+    g->out[(*g->n_out)++] = t;
+    g->st.n_gen++;
+    bool cb_stop = o->on_token && !o->on_token(t, o->user);
+    int si = -1;
+    size_t off = 0;
+    if (o->n_stop > 0) {
+        gk_status s = find_stop(g, &si, &off, err);
+        if (s != GK_OK)
+            return s;
+    }
+    *end = true;
+    if (si >= 0) {
+        g->st.finish = GK_FINISH_STOP;
+        g->st.stop_index = si;
+        g->st.stop_offset = off;
+    } else if (is_eos(o, t)) {
+        g->st.finish = GK_FINISH_EOS;
+    } else if (cb_stop) {
+        g->st.finish = GK_FINISH_CALLBACK;
+    } else {
+        *end = g->st.n_gen >= g->limit; /* st.finish holds LENGTH or CONTEXT */
+    }
+    return GK_OK;
+}
+
 /* Steps of generate after the first token, with the host out of the loop:
  * the step graph (forward, LM head, GK_OP_SAMPLE) writes the picked id into
  * its own input and advances the position on the device, so a step is one
@@ -223,9 +166,10 @@ static bool is_eos(const gk_gen_opts *o, int32_t t)
  * read_async the token is read after each step. A backend that cannot run
  * GK_OP_SAMPLE (built for ABI 1.1) sets *unsupported, and generate steps
  * on the host as before: forward, then sample. */
-static gk_status decode_on_device(gk_model *m, const gk_gen_opts *o, int32_t *seq, int64_t *len,
-                                  int32_t *out, int64_t *n_out, gk_gen_stats *st, bool *unsupported, gk_err *err)
+static gk_status decode_on_device(gen *gn, bool *unsupported, gk_err *err)
 {
+    gk_model *m = gn->m;
+    const gk_gen_opts *o = gn->o;
     gk_status s = GK_OK;
     if (!m->step) {
         /* the forward's ops passed at load, so a refusal is GK_OP_SAMPLE's */
@@ -236,7 +180,7 @@ static gk_status decode_on_device(gk_model *m, const gk_gen_opts *o, int32_t *se
     }
     gk_fgraph *g = m->step;
     gk_node *nd = &g->g.nodes[g->sample];
-    float temp = is_greedy(o) ? 0.0f : o->temperature;
+    float temp = gk_sample_is_greedy(o) ? 0.0f : o->temperature;
     if (nd->f[0] != temp || nd->i[0] != o->top_k || nd->f[1] != o->top_p) {
         nd->f[0] = temp;
         nd->i[0] = o->top_k;
@@ -246,9 +190,9 @@ static gk_status decode_on_device(gk_model *m, const gk_gen_opts *o, int32_t *se
     /* the generator after the draws taken so far (one per token sampled on
      * the host); the device counts on from there */
     uint64_t seed = o->seed;
-    int32_t draws = is_greedy(o) ? 0 : (int32_t)st->n_gen;
+    int32_t draws = gk_sample_is_greedy(o) ? 0 : (int32_t)gn->st.n_gen;
     int32_t ctl[4] = {(int32_t)(uint32_t)seed, (int32_t)(uint32_t)(seed >> 32), draws, 0};
-    int32_t tok = seq[*len - 1], pos = (int32_t)(*len - 1);
+    int32_t tok = gn->seq[gn->len - 1], pos = (int32_t)(gn->len - 1);
     const gk_backend_ops *ops = m->be.ops;
     s = ops->buffer_write(m->be.state, g->ids->data, 0, &tok, sizeof tok, err);
     if (s == GK_OK)
@@ -261,11 +205,11 @@ static gk_status decode_on_device(gk_model *m, const gk_gen_opts *o, int32_t *se
         GK_BACKEND_OP(ops, read_async);
     gk_status (*read_wait)(void *, uint64_t, void *, size_t, gk_err *) = GK_BACKEND_OP(ops, read_wait);
     const bool pipelined = read_async && read_wait;
-    const int64_t want = o->max_new_tokens - st->n_gen; /* steps to run */
+    const int64_t want = gn->limit - gn->st.n_gen; /* steps to run */
     uint64_t ticket[2] = {0, 0};
     int64_t issued = 0, done = 0;
     /* the caller's n_past counts the tokens fed and kept */
-    m->n_past = *len - 1;
+    m->n_past = gn->len - 1;
     while (done < want) {
         while (issued < want && issued - done < (pipelined ? 2 : 1)) {
             s = ops->graph_compute(m->be.state, &g->g, err);
@@ -281,17 +225,29 @@ static gk_status decode_on_device(gk_model *m, const gk_gen_opts *o, int32_t *se
         if (s != GK_OK)
             return s;
         done++;
-        m->n_past++; /* the token this step fed is in the cache now */
+        /* the token this step fed is in the cache now */
+        m->cache_ids[m->n_past++] = gn->seq[gn->len - 1];
         if (t < 0 || t >= m->cfg.n_vocab)
             return gk_err_set(err, GK_ERR_INTERNAL, "the backend's sampler gave token %d, outside the vocabulary "
                               "of %lld", (int)t, (long long)m->cfg.n_vocab);
-        seq[(*len)++] = t;
-        out[(*n_out)++] = t;
-        st->n_gen++;
-        if ((o->on_token && !o->on_token(t, o->user)) || is_eos(o, t))
-            break;
+        bool end = false;
+        s = take(gn, t, &end, err);
+        if (s != GK_OK || end)
+            return s;
     }
     return GK_OK;
+}
+
+/* Forward seq[from, to) in chunks, so activations stay bounded however long
+ * the prompt. */
+static gk_status forward_chunks(gk_model *m, const int32_t *seq, int64_t from, int64_t to, gk_err *err)
+{
+    gk_status s = GK_OK;
+    for (int64_t done = from; s == GK_OK && done < to; done += PREFILL_CHUNK) {
+        int64_t n = to - done < PREFILL_CHUNK ? to - done : PREFILL_CHUNK;
+        s = gk_model_forward(m, seq + done, n, NULL, err);
+    }
+    return s;
 }
 
 gk_status gk_model_generate(gk_model *m, const int32_t *prompt, int64_t n_prompt, const gk_gen_opts *o,
@@ -304,42 +260,67 @@ gk_status gk_model_generate(gk_model *m, const int32_t *prompt, int64_t n_prompt
                           !m ? "the model" : !prompt ? "prompt" : !o ? "opts" : !out ? "out" : "n_out");
     if (n_prompt <= 0)
         return gk_err_set(err, GK_ERR_INVALID_ARG, "the prompt is empty");
-    const char *why = opts_invalid(o);
-    if (why)
-        return gk_err_set(err, GK_ERR_INVALID_ARG, "%s, got temperature %g, top_p %g, top_k %d", why,
-                          (double)o->temperature, (double)o->top_p, o->top_k);
-    if (o->max_new_tokens < 0)
-        return gk_err_set(err, GK_ERR_INVALID_ARG, "max_new_tokens must not be negative, got %lld",
-                          (long long)o->max_new_tokens);
+    char why[160];
+    if (gk_sample_opts_invalid(o, why, sizeof why))
+        return gk_err_set(err, GK_ERR_INVALID_ARG, "%s", why);
+    if (o->max_new_tokens < -1)
+        return gk_err_set(err, GK_ERR_INVALID_ARG, "max_new_tokens must be -1 (until EOS or a full context) or "
+                          ">= 0, got %lld", (long long)o->max_new_tokens);
     if (o->n_eos < 0 || (o->n_eos > 0 && !o->eos_ids))
         return gk_err_set(err, GK_ERR_INVALID_ARG, "n_eos must be >= 0 and eos_ids hold that many ids, got n_eos %d "
                           "and eos_ids %s", o->n_eos, o->eos_ids ? "set" : "NULL");
+    if (o->n_stop < 0 || (o->n_stop > 0 && !o->stop))
+        return gk_err_set(err, GK_ERR_INVALID_ARG, "n_stop must be >= 0 and stop hold that many strings, got n_stop "
+                          "%d and stop %s", o->n_stop, o->stop ? "set" : "NULL");
+    if (o->n_stop > 0 && !o->tokenizer)
+        return gk_err_set(err, GK_ERR_INVALID_ARG, "stop strings need the tokenizer to decode the output "
+                          "(opts.tokenizer is NULL)");
+    for (int i = 0; i < o->n_stop; i++)
+        if (!o->stop[i] || !o->stop[i][0])
+            return gk_err_set(err, GK_ERR_INVALID_ARG, "stop string %d is %s: each must be a non-empty string", i,
+                              o->stop[i] ? "empty" : "NULL");
+    for (int64_t i = 0; i < n_prompt; i++)
+        if (prompt[i] < 0 || prompt[i] >= m->cfg.n_vocab)
+            return gk_err_set(err, GK_ERR_INVALID_ARG, "prompt token id %d at index %lld is outside the vocabulary "
+                              "of %lld", prompt[i], (long long)i, (long long)m->cfg.n_vocab);
     /* The last sampled token is never fed back, so it needs no cache row.
-     * Compared without adding, so a huge max_new_tokens cannot overflow. */
-    if (n_prompt > m->n_ctx || o->max_new_tokens > m->n_ctx + 1 - n_prompt)
+     * Compared without adding, so a huge max_new_tokens cannot overflow.
+     * -1 runs until prompt and output fill the context. */
+    if (n_prompt > m->n_ctx || (o->max_new_tokens >= 0 && o->max_new_tokens > m->n_ctx + 1 - n_prompt))
         return gk_err_set(err, GK_ERR_INVALID_ARG,
                           "prompt of %lld tokens plus %lld new ones exceeds the context of %lld tokens",
                           (long long)n_prompt, (long long)o->max_new_tokens, (long long)m->n_ctx);
-    int64_t total = n_prompt + o->max_new_tokens;
-    int32_t *seq = malloc((size_t)total * sizeof *seq);
-    if (!seq)
+    gen g = {.m = m, .o = o, .out = out, .n_out = n_out, .len = n_prompt};
+    g.limit = o->max_new_tokens < 0 ? m->n_ctx - n_prompt : o->max_new_tokens;
+    g.st = (gk_gen_stats){.n_prompt = n_prompt, .stop_index = -1,
+                          .finish = o->max_new_tokens < 0 ? GK_FINISH_CONTEXT : GK_FINISH_LENGTH};
+    g.seq = malloc((size_t)(n_prompt + g.limit) * sizeof *g.seq);
+    if (!g.seq)
         return gk_err_set(err, GK_ERR_NOMEM, "out of memory");
-    memcpy(seq, prompt, (size_t)n_prompt * sizeof *seq);
+    memcpy(g.seq, prompt, (size_t)n_prompt * sizeof *g.seq);
     gk_rng rng;
     gk_rng_seed(&rng, o->seed);
-    gk_gen_stats s0 = {.n_prompt = n_prompt};
-    gk_status s = gk_model_truncate(m, 0, err);
+
+    /* keep_cache: the longest prefix the cache shares with the prompt, less
+     * the prompt's last token when it is all there (its logits are needed) */
+    int64_t reuse = 0;
+    if (o->keep_cache && o->use_cache) {
+        while (reuse < m->n_past && reuse < n_prompt && m->cache_ids[reuse] == prompt[reuse])
+            reuse++;
+        if (reuse == n_prompt)
+            reuse--;
+    }
+    gk_status s = gk_model_truncate(m, reuse, err);
+    g.st.n_reused = reuse;
+    g.st.n_prefill = n_prompt - reuse;
+    const bool host = gk_sample_host_only(o);
 
     double t0 = gk_now();
-    int64_t len = n_prompt;
-    /* Prefill (and, without a cache, every step): forward passes in chunks,
-     * so activations stay bounded however long the prompt, then the next
-     * token from the last row's logits. */
-    for (int64_t step = 0; s == GK_OK && step < o->max_new_tokens; step++) {
-        if (step > 0 && o->use_cache && !m->step_unsupported) {
+    for (int64_t step = 0; s == GK_OK && step < g.limit; step++) {
+        if (step > 0 && o->use_cache && !host && !m->step_unsupported) {
             /* the rest runs on the device, unless the backend lacks GK_OP_SAMPLE */
             bool unsupported = false;
-            s = decode_on_device(m, o, seq, &len, out, n_out, &s0, &unsupported, err);
+            s = decode_on_device(&g, &unsupported, err);
             if (!unsupported)
                 break;
             m->step_unsupported = true;
@@ -349,34 +330,34 @@ gk_status gk_model_generate(gk_model *m, const int32_t *prompt, int64_t n_prompt
         }
         if (step > 0 && o->use_cache) {
             /* one token through the cache; sampled here or by the backend */
-            s = gk_model_forward(m, &seq[len - 1], 1, NULL, err);
+            s = gk_model_forward(m, &g.seq[g.len - 1], 1, NULL, err);
+        } else if (step == 0 && o->use_cache) {
+            s = forward_chunks(m, g.seq, reuse, g.len, err);
         } else {
+            /* no cache: the whole sequence each step */
             s = gk_model_truncate(m, 0, err);
-            for (int64_t done = 0; s == GK_OK && done < len; done += PREFILL_CHUNK) {
-                int64_t n = len - done < PREFILL_CHUNK ? len - done : PREFILL_CHUNK;
-                s = gk_model_forward(m, seq + done, n, NULL, err);
-            }
+            if (s == GK_OK)
+                s = forward_chunks(m, g.seq, 0, g.len, err);
         }
         int32_t tok = -1;
         if (s == GK_OK)
-            s = next_token(m, o, &rng, &tok, err);
+            s = next_token(&g, &rng, &tok, err);
         if (s != GK_OK)
             break;
         if (step == 0) {
-            s0.t_prefill_s = gk_now() - t0;
+            g.st.t_prefill_s = gk_now() - t0;
             t0 = gk_now();
         }
-        seq[len++] = tok;
-        out[(*n_out)++] = tok;
-        s0.n_gen++;
-        if ((o->on_token && !o->on_token(tok, o->user)) || is_eos(o, tok))
+        bool end = false;
+        s = take(&g, tok, &end, err);
+        if (end)
             break;
     }
-    if (s0.n_gen > 0)
-        s0.t_decode_s = gk_now() - t0;
+    if (g.st.n_gen > 0)
+        g.st.t_decode_s = gk_now() - t0;
     m->ran = false; /* the graphs it ran are not a forward call to read */
     if (stats)
-        *stats = s0;
-    free(seq);
+        *stats = g.st;
+    free(g.seq);
     return s;
 }

@@ -358,9 +358,11 @@ static gk_status alloc_caches(gk_model *m, gk_err *err)
         if (s == GK_OK)
             s = gk_model_tensor_new(m, m->kv_dtype, m->n_ctx, kv, "v_cache", (int)l, &m->v_cache[l], err);
     }
-    if (s == GK_OK)
+    if (s == GK_OK) {
         m->host_logits = malloc((size_t)c->n_vocab * sizeof(float));
-    if (s == GK_OK && !m->host_logits)
+        m->cache_ids = malloc((size_t)(m->n_ctx > 0 ? m->n_ctx : 1) * sizeof *m->cache_ids);
+    }
+    if (s == GK_OK && (!m->host_logits || !m->cache_ids))
         s = gk_err_set(err, GK_ERR_NOMEM, "out of memory");
     return s;
 }
@@ -560,6 +562,7 @@ void gk_model_destroy(gk_model *m)
     free(m->k_cache);
     free(m->v_cache);
     free(m->host_logits);
+    free(m->cache_ids);
     free(m);
 }
 
@@ -635,6 +638,7 @@ gk_status gk_model_forward(gk_model *m, const int32_t *ids, int64_t n, float *hi
         s = run(m, m->fwd, err);
     if (s != GK_OK)
         return s;
+    memcpy(m->cache_ids + m->n_past, ids, (size_t)n * sizeof *ids);
     m->n_past += n;
     m->ran = true;
     if (hidden)

@@ -55,6 +55,8 @@ struct gk_model {
     bool step_unsupported;        /* the backend refused the step graph's GK_OP_SAMPLE */
     bool ran;                     /* a forward has run: logits and nodes are valid */
     float *host_logits;           /* [n_vocab] scratch for generate */
+    int32_t *cache_ids;           /* [n_ctx] the ids at the cached positions
+                                     [0, n_past) (keep_cache) */
 };
 
 /* Build the forward graph for n tokens through the architecture plugin. */
@@ -88,5 +90,20 @@ GK_INTERNAL void gk_model_tensor_free(gk_model *m, gk_tensor *t);
 GK_INTERNAL gk_status gk_model_run_last_logits(gk_model *m, gk_tensor **out, gk_err *err);
 /* Logits of the last row of the last forward into m->host_logits. */
 GK_INTERNAL gk_status gk_model_last_logits(gk_model *m, gk_err *err);
+
+/* The sampler chain (sample.c). */
+GK_INTERNAL double gk_rng_uniform(gk_rng *r);
+GK_INTERNAL bool gk_sample_is_greedy(const gk_gen_opts *o);
+/* Penalties take effect (a penalty set and a window other than 0). */
+GK_INTERNAL bool gk_sample_penalties_on(const gk_gen_opts *o);
+/* Options GK_OP_SAMPLE does not know (penalties, min-p): sample on the host. */
+GK_INTERNAL bool gk_sample_host_only(const gk_gen_opts *o);
+/* true, with the rule and the value in why (may be NULL), when an option of
+ * the chain is out of range. */
+GK_INTERNAL bool gk_sample_opts_invalid(const gk_gen_opts *o, char *why, size_t len);
+/* The chain with the draw u given; hist[n_hist] feeds the penalties. -1 when
+ * memory runs out. */
+GK_INTERNAL int32_t gk_sample_u(const float *logits, int64_t n_vocab, const gk_gen_opts *o,
+                                const int32_t *hist, int64_t n_hist, double u);
 
 #endif

@@ -795,7 +795,7 @@ Test(generate, out_of_range_options_are_invalid_arg)
     o = gen_opts(4);
     o.top_k = -1;
     cr_expect_eq(gk_model_generate(f.m, f.gen, f.n_prompt, &o, out, &n_out, NULL, &err), GK_ERR_INVALID_ARG);
-    o = gen_opts(-1);
+    o = gen_opts(-2);
     cr_expect_eq(gk_model_generate(f.m, f.gen, f.n_prompt, &o, out, &n_out, NULL, &err), GK_ERR_INVALID_ARG);
     o = gen_opts(4);
     cr_expect_eq(gk_model_generate(f.m, f.gen, 0, &o, out, &n_out, NULL, &err), GK_ERR_INVALID_ARG, "empty prompt");

@@ -378,26 +378,41 @@ typedef struct gk_gen_opts {
     gk_token_cb on_token;    /* may be NULL */
     void *user;
     /* The sampler chain, in this order (as llama.cpp's and transformers'):
-     * penalties, temperature, top-k, top-p, min-p, draw. */
+     * penalties, temperature, top-k, top-p, min-p, draw. Penalties apply
+     * when greedy too. With a penalty or min-p on, tokens are sampled on the
+     * host from the logits for now (the backends' GK_OP_SAMPLE knows
+     * temperature, top-k and top-p only), which costs a logits read per
+     * token but gives the same picks. */
     float min_p;             /* 0 = off; [0, 1]: drop tokens whose probability
                                 is below min_p times the largest one */
     float repetition_penalty; /* 1 = off; finite, > 0: a logit l of a token seen
                                 in the window becomes l / p (l > 0) or l * p */
     float presence_penalty;  /* 0 = off; finite: l -= presence_penalty once per
-                                token seen in the window */
+                                token seen in the window (repetition applies
+                                first, then l -= frequency * count +
+                                presence * (count > 0)) */
     float frequency_penalty; /* 0 = off; finite: l -= frequency_penalty * count */
     int64_t penalty_last_n;  /* the window: the last N ids of prompt and output
                                 (0 = penalties off, -1 = the whole context) */
     /* Stop strings, matched on the decoded text of the new tokens (across
      * token boundaries): generation ends with the token that completes one;
      * stats say which and where its text starts, so the caller leaves it
-     * out. Needs the tokenizer. */
+     * out. Needs the tokenizer. The text is gk_tokenizer_decode of the new
+     * tokens with skip_special (ids beyond the tokenizer's vocabulary, the
+     * embedding's padding, have no text), decoded whole after each token
+     * (so a string split over tokens or over one character's bytes is
+     * found as in the final text). */
     int n_stop;              /* >= 0 */
     const char *const *stop; /* [n_stop] non-empty NUL-terminated strings */
     const gk_tokenizer *tokenizer; /* for stop strings; NULL when n_stop is 0 */
     bool keep_cache;         /* keep the cached positions the prompt shares with
                                 what the cache holds and prefill only the rest
-                                (false: clear the cache first) */
+                                (false: clear the cache first). The model
+                                remembers the ids it cached (gk_model_forward,
+                                gk_model_truncate, generate); when the whole
+                                prompt is cached, its last token is run again
+                                for its logits. Only with use_cache. Tokens
+                                and logits are those of a fresh run. */
 } gk_gen_opts;
 
 /* Defaults as in transformers' generate: greedy, 100 tokens, cache on. */
@@ -474,6 +489,10 @@ typedef struct gk_gen_stats {
     int64_t n_reused;        /* prompt tokens found in the cache (keep_cache) */
     int64_t n_prefill;       /* prompt tokens run through the model */
     gk_finish finish;
+    /* finish is set on every return that generated: with several reasons at
+     * one token, STOP wins over EOS, EOS over CALLBACK, CALLBACK over
+     * LENGTH/CONTEXT. A stop string found at the same token as another is
+     * the one starting first (then the lower index). */
     int stop_index;          /* GK_FINISH_STOP: which stop string; else -1 */
     size_t stop_offset;      /* GK_FINISH_STOP: bytes of the decoded new
                                 tokens before the stop string starts */
@@ -482,7 +501,8 @@ typedef struct gk_gen_stats {
 /* Clear the cache (or, with keep_cache, keep what it shares with the prompt),
  * run the prompt, then sample up to max_new_tokens. out receives the new
  * tokens (capacity max_new_tokens, or n_ctx - n_prompt for -1); *n_out their
- * count. stats may be NULL.
+ * count. stats may be NULL. Also GK_ERR_INVALID_ARG: n_stop > 0 without the
+ * tokenizer, a NULL or empty stop string, max_new_tokens below -1.
  * GK_ERR_INVALID_ARG (nothing generated, *n_out 0 when n_out is given) when m,
  * prompt, opts, out or n_out is NULL, n_prompt < 1, a prompt id is outside the
  * vocabulary, an option is outside the range given in gk_gen_opts ("temperature
@@ -506,6 +526,12 @@ typedef struct gk_rng { uint64_t s; } gk_rng;
 GK_API void gk_rng_seed(gk_rng *r, uint64_t seed);
 GK_API int32_t gk_sample(const float *logits, int64_t n_vocab, const gk_gen_opts *opts,
                          gk_rng *rng);
+/* gk_sample with the penalties: history[n_history] is the sequence so far
+ * (prompt and output; the window penalty_last_n is taken from its end). -1
+ * also when n_history < 0, or history is NULL while n_history > 0. gk_sample
+ * is this with no history (so no penalties; min-p applies). */
+GK_API int32_t gk_sample_ex(const float *logits, int64_t n_vocab, const gk_gen_opts *opts,
+                            const int32_t *history, int64_t n_history, gk_rng *rng);
 
 /* --------------------------------------------------------------- tokenizer */
 
