@@ -367,8 +367,9 @@ Test(gkrun_chat, five_turns_prefill_only_the_new_tokens, .timeout = 600, .init =
 
 /* A conversation longer than the context goes on: the oldest turns after the
  * system prompt are dropped, with a notice, and the rest is read again (the
- * prompt is the rendering of what is left); a message that cannot fit at all
- * is refused and the chat continues. */
+ * prompt is the rendering of what is left; the cache keeps only what that
+ * shares with the previous prompt, the system prompt first); a message that
+ * cannot fit at all is refused and the chat continues. */
 Test(gkrun_chat, longer_than_the_context_drops_old_turns, .timeout = 600, .init = make_model, .fini = remove_model)
 {
     proc p;
@@ -376,6 +377,11 @@ Test(gkrun_chat, longer_than_the_context_drops_old_turns, .timeout = 600, .init 
     expect(&p, "\n> ");
     convo c = {0};
     convo_add(&c, "system", "Be brief.");
+    int32_t *sys_ids;
+    size_t n_sys = oracle_ids(&c, c.n, c.n, &sys_ids); /* the system message and the generation prompt */
+    free(sys_ids);
+    int32_t *prev = NULL;
+    size_t n_prev = 0;
     int drops = 0;
     for (int k = 0; k < 8; k++) {
         send_text(&p, LINES[k]);
@@ -385,7 +391,8 @@ Test(gkrun_chat, longer_than_the_context_drops_old_turns, .timeout = 600, .init 
         char *reply = read_turn(&p, &st);
         convo_add(&c, "user", LINES[k]);
         const char *notice = strstr(p.buf + before, "the context of 96 tokens is full: dropped the ");
-        if (notice && (size_t)(notice - p.buf) < p.pos) {
+        bool dropped = notice && (size_t)(notice - p.buf) < p.pos;
+        if (dropped) {
             size_t n_drop = 0;
             cr_assert_eq(sscanf(notice, "the context of 96 tokens is full: dropped the %zu oldest", &n_drop), 1);
             cr_assert(n_drop >= 2 && n_drop + 1 < c.n, "dropped %zu of %zu messages", n_drop, c.n);
@@ -396,17 +403,27 @@ Test(gkrun_chat, longer_than_the_context_drops_old_turns, .timeout = 600, .init 
             memmove(c.role + 1, c.role + 1 + n_drop, (c.n - 1 - n_drop) * sizeof *c.role);
             c.n -= n_drop;
             drops++;
-            cr_expect_eq(st.reused + st.prefilled, st.n_prompt);
-            cr_expect_geq(st.prefilled, st.n_prompt / 2, "turn %d reads the conversation again", k);
         }
         int32_t *ids;
         size_t n_ids = oracle_ids(&c, c.n, c.n, &ids);
-        free(ids);
         cr_expect_eq(st.n_prompt, (long long)n_ids, "turn %d: the prompt is what is left, rendered", k);
+        cr_expect_eq(st.reused + st.prefilled, st.n_prompt, "turn %d", k);
         cr_expect_leq(st.n_prompt + 8, 96, "turn %d fits the context with room for the reply", k);
+        if (dropped) {
+            /* the cache parts from the new prompt inside the previous one */
+            size_t shared = common_prefix(prev, n_prev, ids, n_ids);
+            cr_expect_lt(shared, n_prev);
+            cr_expect_eq(st.reused, (long long)shared, "turn %d keeps what it shares with the last prompt", k);
+            cr_expect_geq(st.reused, (long long)n_sys - 8, "turn %d keeps the system prompt", k);
+            cr_expect_leq(st.n_prompt, 96 / 2, "turn %d: cut to half the context", k);
+        }
         convo_add(&c, "assistant", reply);
         free(reply);
+        free(prev);
+        prev = ids;
+        n_prev = n_ids;
     }
+    free(prev);
     cr_expect_gt(drops, 0, "the conversation never filled the context:\n%s", p.buf);
 
     /* one line longer than the context */

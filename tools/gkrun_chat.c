@@ -534,9 +534,9 @@ int gkrun_chat_run(gk_model *m, const gk_tokenizer *tok, const gkrun_chat_opts *
     line_reader in = {0};
     bool tty = isatty(STDIN_FILENO);
     for (size_t turn = 0;; turn++) {
+        interrupts = 0; /* from here on a Ctrl-C is one at the prompt */
         if (tty)
             fprintf(stderr, "\n> ");
-        interrupts = 0;
         char *line = NULL;
         size_t len = 0;
         int r = read_line(&in, &line, &len);
