@@ -1259,6 +1259,13 @@ jtemplate *jinja_parse(const char *src, size_t len, gk_err *err)
     }
     if (len > 0 && src[len - 1] == '\n') /* keep_trailing_newline=False */
         len--;
+    /* the tree's text nodes point into the source: the template keeps its own copy */
+    src = ja_strndup(&t->arena, src, len);
+    if (!src) {
+        gk_err_set(err, GK_ERR_NOMEM, "out of memory parsing a chat template");
+        jinja_free(t);
+        return NULL;
+    }
     parser p = {.a = &t->arena, .src = src, .len = len, .err = err};
     if (lex(&p)) {
         p.pos = 0;

@@ -37,6 +37,7 @@ static const char *const bench_values[] = {"-m", "--backend", "--dtype", "--kv-d
                                            NULL};
 static const char *const tokenizer_values[] = {"-m", "--tokenizer", NULL};
 static const char *const no_values[] = {NULL};
+static const char *const template_values[] = {"-m", "--messages", "--extra", NULL};
 
 static const command commands[] = {
     {"inspect", "usage: gkrun inspect PATH [--json]\n"
@@ -61,6 +62,9 @@ static const command commands[] = {
     {"detokenize", "usage: gkrun detokenize (-m DIR | --tokenizer FILE) [--skip-special] [ID... | -]\n"
                    "  print the text of the ids (0 to 2^31-1; read from stdin when none are given)\n",
      tokenizer_values},
+    {"chat-template", "usage: gkrun chat-template -m DIR --messages FILE.json [--add-generation-prompt] [--extra JSON]\n"
+                      "  print the model's chat template rendered over the messages (a JSON array)\n",
+     template_values},
 };
 
 void gkrun_usage(FILE *f)
@@ -295,6 +299,8 @@ static int dispatch(int argc, char **argv)
         return gkrun_bench(argc - i, argv + i, &c);
     if (!strcmp(cmd, "tokenize"))
         return gkrun_tokenize(argc - i, argv + i);
+    if (!strcmp(cmd, "chat-template"))
+        return gkrun_template(argc - i, argv + i);
     if (!strcmp(cmd, "detokenize"))
         return gkrun_detokenize(argc - i, argv + i);
     fprintf(stderr, "gkrun: unknown command '%s' (gkrun --help lists them)\n", cmd);

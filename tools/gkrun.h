@@ -4,6 +4,7 @@
 
 #include <gk/gk.h>
 
+#include <stdbool.h>
 #include <stdio.h>
 
 /* Options every subcommand understands. */
@@ -19,6 +20,11 @@ int gkrun_bench(int argc, char **argv, const gkrun_common *c);
 int gkrun_generate(int argc, char **argv, const gkrun_common *c);
 /* The whole usage text (gkrun --help). */
 void gkrun_usage(FILE *f);
+/* Chat templates (gkrun_template.c): the chat-template subcommand; verify on
+ * chat-template golden files (a FILE.json or a folder of them). */
+int gkrun_template(int argc, char **argv);
+bool gkrun_is_chat_golden(const char *path);
+int gkrun_verify_chat_templates(const char *path);
 /* Monotonic seconds. */
 double gk_now_s(void);
 

@@ -326,6 +326,9 @@ int gkrun_verify(int argc, char **argv, const gkrun_common *common)
     char golden_path[4096], tok_golden[4096];
     snprintf(golden_path, sizeof golden_path, "%s/golden.safetensors", dir);
     snprintf(tok_golden, sizeof tok_golden, "%s/golden.json", dir);
+    /* chat-template golden files: a FILE.json, or a folder of them */
+    if (access(golden_path, F_OK) != 0 && access(tok_golden, F_OK) != 0 && gkrun_is_chat_golden(dir))
+        return gkrun_verify_chat_templates(dir);
     /* a tokenizer folder: golden.json of cases, no golden.safetensors */
     if (access(golden_path, F_OK) != 0 && access(tok_golden, F_OK) == 0)
         return gkrun_verify_tokenizer(dir);
