@@ -44,7 +44,7 @@ static void make_model(void)
     char demo_rel[PATH_MAX], demo[PATH_MAX];
     snprintf(demo_rel, sizeof demo_rel, "%s/../../models/kjv-demo", data);
     cr_assert(realpath(demo_rel, demo), "%s", demo_rel);
-    snprintf(model_dir, sizeof model_dir, "/tmp/gk-chat-XXXXXX");
+    snprintf(model_dir, sizeof model_dir, "/tmp/gkrun-chat-XXXXXX");
     cr_assert(mkdtemp(model_dir));
     const char *files[] = {"config.json", "generation_config.json", "model.safetensors", "tokenizer.json"};
     for (size_t i = 0; i < sizeof files / sizeof files[0]; i++) {
