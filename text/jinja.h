@@ -112,7 +112,7 @@ typedef struct jtemplate {
     jnode *root;
 } jtemplate;
 
-/* Parse len bytes of template text. On failure: NULL, with err set to
+/* Parse len bytes of template text (copied: src may be freed after). On failure: NULL, with err set to
  * GK_ERR_UNSUPPORTED naming the line and column (syntax or unsupported). */
 jtemplate *jinja_parse(const char *src, size_t len, gk_err *err);
 void jinja_free(jtemplate *t);

@@ -15,8 +15,8 @@
  * tokens is held back until complete, and so is text that may begin a stop
  * string. Generation stops at any EOS id of generation_config.json,
  * config.json or the tokenizer (unless --ignore-eos). Statistics go to
- * stderr (--json: one object on stdout instead). Not here: the chat templates
- * themselves (gkrun_chat.c).
+ * stderr (--json: one object on stdout instead). Not here: the chat
+ * (gkrun_chat.c), which gets the sampler chain from here.
  */
 #include "gkrun.h"
 #include "gkrun_file.h"
@@ -47,9 +47,8 @@ typedef struct gen_args {
 /* The sampler chain beyond what gen_args carries (penalties, min-p, stop
  * strings, EOS policy), resolved once per run from gkrun's defaults,
  * generation_config.json and the flags, with the source of each value.
- * File-scope like verbose_prompt: chat_loop and generate_turn (moving to
- * gkrun_chat.c) pass only temperature, top-k, top-p, seed and -n, and every
- * turn still gets the rest of the chain this way. */
+ * File-scope like verbose_prompt; the chat (gkrun_chat.c) gets it, with
+ * gen_args' part, as its gkrun_chat_opts.gen. */
 typedef struct chain {
     gk_gen_opts o;           /* min_p, penalties, penalty_last_n (the rest: gen_args) */
     gk_gen_sources src;      /* default / generation_config.json / user of each */
@@ -171,15 +170,6 @@ static void streamer_finish(streamer *s)
             fwrite(s->text + s->printed, 1, s->len - s->printed, stdout);
         fflush(stdout);
     }
-}
-
-static void streamer_reset(streamer *s)
-{
-    s->n = 0;
-    s->printed = 0;
-    free(s->text);
-    s->text = NULL;
-    s->len = 0;
 }
 
 /* ------------------------------------------------------------ progress */
@@ -420,9 +410,6 @@ static int complete(gk_model *m, const gk_tokenizer *tok, const char *text, size
     free(ids);
     return rc;
 }
-
-static int chat_loop(gk_model *m, const gk_tokenizer *tok, float temp, int top_k, float top_p, uint64_t seed,
-                     int64_t n_new, const int64_t *eos, int n_eos, const char *dir);
 
 /* --------------------------------------------------------------- main */
 
@@ -715,7 +702,17 @@ int gkrun_generate(int argc, char **argv, const gkrun_common *common)
         print_chain(&a, ch, eos, n_eos, u.presence ? "user" : "default", u.frequency ? "user" : "default");
 
     if (a.chat) {
-        rc = chat_loop(m, tok, a.temp, a.top_k, a.top_p, a.seed, a.n_new, eos, n_eos, a.dir);
+        gkrun_chat_opts co = {.model_dir = a.dir, .system_prompt = a.system_prompt, .gen = ch->o,
+                              .n_new = a.n_new, .verbose_prompt = verbose_prompt};
+        co.gen.temperature = a.temp;
+        co.gen.top_k = a.top_k;
+        co.gen.top_p = a.top_p;
+        co.gen.seed = a.seed;
+        co.gen.eos_ids = ch->ignore_eos ? NULL : eos;
+        co.gen.n_eos = ch->ignore_eos ? 0 : n_eos;
+        co.gen.n_stop = ch->n_stop;
+        co.gen.stop = ch->stop;
+        rc = gkrun_chat_run(m, tok, &co);
         goto out;
     }
     const char *text = a.prompt ? a.prompt : prompt;
@@ -759,132 +756,5 @@ out:
     gk_model_destroy(m);
     gk_tokenizer_destroy(tok);
     gk_runtime_destroy(rt);
-    return rc;
-}
-
-/* ----------------------------------------------------- shared for chat */
-
-/* One assistant turn; *reply (heap, *reply_len bytes) is what was generated. */
-static int generate_turn(gk_model *m, const gk_tokenizer *tok, const char *text, size_t len, float temp, int top_k,
-                         float top_p, uint64_t seed, int64_t n_new, const int64_t *eos, int n_eos, char **reply,
-                         size_t *reply_len)
-{
-    gen_args a = {.n_new = n_new, .temp = temp, .top_k = top_k, .top_p = top_p, .seed = seed};
-    streamer s = {.tok = tok, .echo = true};
-    gk_gen_stats st;
-    /* the template already holds any BOS */
-    int rc = complete(m, tok, text, len, false, false, &a, eos, n_eos, &s, &st);
-    *reply_len = s.text ? s.len : 0;
-    *reply = s.text ? s.text : strdup("");
-    s.text = NULL;
-    free(s.ids);
-    streamer_reset(&s);
-    if (!*reply && rc == 0) {
-        fprintf(stderr, "gkrun: out of memory\n");
-        rc = 1;
-    }
-    return rc;
-}
-
-/* ------------------------------------------------------------ chat loop */
-
-/* One line of stdin without its line end, *len bytes (NUL bytes kept). NULL
- * at the end of input, or on a read error (*failed set, message printed). */
-static char *read_line(size_t *len, bool *failed)
-{
-    size_t cap = 0;
-    char *line = NULL;
-    errno = 0;
-    ssize_t n = getline(&line, &cap, stdin);
-    if (n < 0) {
-        free(line);
-        if (ferror(stdin)) {
-            fprintf(stderr, "gkrun: cannot read the chat from stdin: %s\n", strerror(errno ? errno : EIO));
-            *failed = true;
-        }
-        return NULL;
-    }
-    while (n > 0 && (line[n - 1] == '\n' || line[n - 1] == '\r'))
-        line[--n] = '\0';
-    *len = (size_t)n;
-    return line;
-}
-
-static int chat_loop(gk_model *m, const gk_tokenizer *tok, float temp, int top_k, float top_p, uint64_t seed,
-               int64_t n_new, const int64_t *eos, int n_eos, const char *dir)
-{
-    char *tmpl = gkrun_chat_template(dir);
-    chat_kind kind = gkrun_chat_kind(tmpl);
-    free(tmpl);
-    static const char *const names[] = {"none", "ChatML", "Llama 3", "Zephyr"};
-    if (kind == CHAT_NONE)
-        fprintf(stderr, "gkrun: %s has no chat template gkrun knows (ChatML, Llama 3, Zephyr); "
-                        "continuing as plain completion of the conversation\n", dir);
-    else
-        fprintf(stderr, "gkrun: chat with the %s template; /exit or end of input quits\n", names[kind]);
-    int32_t bos_id = gk_tokenizer_bos_id(tok);
-    const char *bos = bos_id >= 0 ? gk_tokenizer_token(tok, bos_id) : NULL;
-
-    chat_msg *msgs = NULL;
-    char **owned = NULL;
-    size_t *lens = NULL; /* of each content: a line may hold NUL bytes */
-    size_t n = 0;
-    int rc = 0;
-    bool tty = isatty(STDIN_FILENO);
-    for (;;) {
-        if (tty)
-            fprintf(stderr, "\n> ");
-        size_t line_len = 0;
-        bool failed = false;
-        char *line = read_line(&line_len, &failed);
-        if (failed)
-            rc = 1;
-        if (!line || (line_len == 5 && !memcmp(line, "/exit", 5))) {
-            free(line);
-            break;
-        }
-        chat_msg *mp = realloc(msgs, (n + 2) * sizeof *mp);
-        if (mp)
-            msgs = mp;
-        char **op = mp ? realloc(owned, (n + 2) * sizeof *op) : NULL;
-        if (op)
-            owned = op;
-        size_t *lp = op ? realloc(lens, (n + 2) * sizeof *lp) : NULL;
-        if (lp)
-            lens = lp;
-        if (!lp) {
-            free(line);
-            fprintf(stderr, "gkrun: out of memory\n");
-            rc = 1;
-            break;
-        }
-        owned[n] = line;
-        lens[n] = line_len;
-        msgs[n++] = (chat_msg){.role = "user", .content = line};
-        size_t text_len = 0;
-        char *text = gkrun_chat_render_len(kind, msgs, lens, n, bos, &text_len);
-        char *reply = NULL;
-        size_t reply_len = 0;
-        if (!text)
-            fprintf(stderr, "gkrun: out of memory rendering the chat\n");
-        rc = text ? generate_turn(m, tok, text, text_len, temp, top_k, top_p, seed++, n_new, eos, n_eos, &reply,
-                                  &reply_len)
-                  : 1;
-        free(text);
-        if (rc != 0) {
-            free(reply);
-            break;
-        }
-        fputc('\n', stdout);
-        fflush(stdout);
-        owned[n] = reply;
-        lens[n] = reply_len;
-        msgs[n++] = (chat_msg){.role = "assistant", .content = reply};
-    }
-    for (size_t i = 0; i < n; i++)
-        free(owned[i]);
-    free(owned);
-    free(lens);
-    free(msgs);
     return rc;
 }
