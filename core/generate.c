@@ -42,7 +42,8 @@ typedef struct gen {
 } gen;
 
 /* Next token from the last forward: on the backend when it samples (and the
- * chain is one GK_OP_SAMPLE knows), else here. */
+ * chain is one its plain `sample` entry knows: no min-p, no penalties), else
+ * here. */
 static gk_status next_token(gen *g, gk_rng *rng, int32_t *tok, gk_err *err)
 {
     gk_model *m = g->m;
@@ -51,7 +52,7 @@ static gk_status next_token(gen *g, gk_rng *rng, int32_t *tok, gk_err *err)
     gk_status (*sample)(void *, const gk_tensor *, const gk_sample_params *, int32_t *, gk_err *) =
         GK_BACKEND_OP(m->be.ops, sample);
     gk_status (*sync)(void *, gk_err *) = GK_BACKEND_OP(m->be.ops, synchronize);
-    if (sample && !gk_sample_host_only(o)) {
+    if (sample && !gk_sample_host_only(NULL, o)) {
         gk_tensor *logits;
         gk_status s = gk_model_run_last_logits(m, &logits, err);
         if (s != GK_OK)
@@ -165,8 +166,12 @@ static gk_status take(gen *g, int32_t t, bool *end, gk_err *err)
  * cache row beyond n_past, which the next call overwrites. Without
  * read_async the token is read after each step. A backend that cannot run
  * GK_OP_SAMPLE (built for ABI 1.1) sets *unsupported, and generate steps
- * on the host as before: forward, then sample. */
-static gk_status decode_on_device(gen *gn, bool *unsupported, gk_err *err)
+ * on the host as before: forward, then sample. Min-p and the penalties go
+ * to the node only on a backend of ABI 1.3 or later (the step graph then
+ * has the ring, filled here with the history so far); one whose
+ * supports_node refuses them sets *refused, and this call steps on the
+ * host. */
+static gk_status decode_on_device(gen *gn, bool *unsupported, bool *refused, gk_err *err)
 {
     gk_model *m = gn->m;
     const gk_gen_opts *o = gn->o;
@@ -181,11 +186,26 @@ static gk_status decode_on_device(gen *gn, bool *unsupported, gk_err *err)
     gk_fgraph *g = m->step;
     gk_node *nd = &g->g.nodes[g->sample];
     float temp = gk_sample_is_greedy(o) ? 0.0f : o->temperature;
-    if (nd->f[0] != temp || nd->i[0] != o->top_k || nd->f[1] != o->top_p) {
+    /* min-p and the penalties (ABI 1.3: the graph has the ring): the window
+     * W is the last penalty_last_n ids (-1: the context), at most the ring */
+    float min_p = g->ring ? o->min_p : 0.0f;
+    int32_t win = 0;
+    if (g->ring && gk_sample_penalties_on(o))
+        win = (int32_t)(o->penalty_last_n < 0 || o->penalty_last_n > g->ring->cols ? g->ring->cols
+                                                                                  : o->penalty_last_n);
+    if (nd->f[0] != temp || nd->i[0] != o->top_k || nd->f[1] != o->top_p || nd->f[2] != min_p ||
+        nd->i[1] != win) {
         nd->f[0] = temp;
         nd->i[0] = o->top_k;
         nd->f[1] = o->top_p;
+        nd->f[2] = min_p;
+        nd->i[1] = win;
         gk_fgraph_new_id(g); /* other parameters: a backend must not replay the old recording */
+    }
+    bool (*supports)(void *, const gk_node *) = m->be.ops->supports_node;
+    if ((min_p > 0.0f || win > 0) && supports && !supports(m->be.state, nd)) {
+        *refused = true; /* the host samples this call, with the same picks */
+        return GK_OK;
     }
     /* the generator after the draws taken so far (one per token sampled on
      * the host); the device counts on from there */
@@ -194,7 +214,24 @@ static gk_status decode_on_device(gen *gn, bool *unsupported, gk_err *err)
     int32_t ctl[4] = {(int32_t)(uint32_t)seed, (int32_t)(uint32_t)(seed >> 32), draws, 0};
     int32_t tok = gn->seq[gn->len - 1], pos = (int32_t)(gn->len - 1);
     const gk_backend_ops *ops = m->be.ops;
-    s = ops->buffer_write(m->be.state, g->ids->data, 0, &tok, sizeof tok, err);
+    s = GK_OK;
+    if (win > 0) {
+        /* the history so far (prompt and output) into the ring: id k at
+         * ring[k % R]; ctl[3] counts them */
+        const int64_t r = g->ring->cols, n = gn->len < r ? gn->len : r, first = gn->len - n;
+        ctl[3] = (int32_t)gn->len;
+        const float pen[4] = {o->repetition_penalty, o->presence_penalty, o->frequency_penalty, 0.0f};
+        for (int64_t k = first; s == GK_OK && k < gn->len;) {
+            int64_t at = k % r, run = r - at < gn->len - k ? r - at : gn->len - k;
+            s = ops->buffer_write(m->be.state, g->ring->data, (size_t)at * sizeof(int32_t), gn->seq + k,
+                                  (size_t)run * sizeof(int32_t), err);
+            k += run;
+        }
+        if (s == GK_OK)
+            s = ops->buffer_write(m->be.state, g->pen->data, 0, pen, sizeof pen, err);
+    }
+    if (s == GK_OK)
+        s = ops->buffer_write(m->be.state, g->ids->data, 0, &tok, sizeof tok, err);
     if (s == GK_OK)
         s = ops->buffer_write(m->be.state, g->pos->data, 0, &pos, sizeof pos, err);
     if (s == GK_OK)
@@ -313,17 +350,19 @@ gk_status gk_model_generate(gk_model *m, const int32_t *prompt, int64_t n_prompt
     gk_status s = gk_model_truncate(m, reuse, err);
     g.st.n_reused = reuse;
     g.st.n_prefill = n_prompt - reuse;
-    const bool host = gk_sample_host_only(o);
+    bool host = gk_sample_host_only(&m->be, o);
 
     double t0 = gk_now();
     for (int64_t step = 0; s == GK_OK && step < g.limit; step++) {
         if (step > 0 && o->use_cache && !host && !m->step_unsupported) {
             /* the rest runs on the device, unless the backend lacks GK_OP_SAMPLE */
-            bool unsupported = false;
-            s = decode_on_device(&g, &unsupported, err);
-            if (!unsupported)
+            bool unsupported = false, refused = false;
+            s = decode_on_device(&g, &unsupported, &refused, err);
+            if (!unsupported && !refused)
                 break;
-            m->step_unsupported = true;
+            if (unsupported)
+                m->step_unsupported = true;
+            host = true; /* this call: the backend refused these parameters */
             s = GK_OK;
             if (err)
                 memset(err, 0, sizeof *err); /* the refusal was handled */

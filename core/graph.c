@@ -398,6 +398,14 @@ gk_status gk_fgraph_build_step(gk_model *m, gk_fgraph **out, gk_err *err)
             nd->src[2] = fg->pos;
             nd->f[1] = 1.0f;
             fg->sample = fg->g.n_nodes - 1;
+            if (m->be.abi_minor >= 3) {
+                /* min-p and the penalties on the device (ABI 1.3): W = i[1]
+                 * stays 0 until generate sets it */
+                fg->ring = new_tensor(&b, GK_DTYPE_I32, 1, m->n_ctx, "sample_ring", -1);
+                fg->pen = new_tensor(&b, GK_DTYPE_F32, 1, 4, "sample_penalties", -1);
+                nd->src[3] = fg->ring;
+                nd->src[4] = fg->pen;
+            }
         }
     }
     return finish(m, &b, st, out, err);

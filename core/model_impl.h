@@ -24,6 +24,9 @@ typedef struct gk_fgraph {
      * output is ids; ctl I32 [1][4] steers the sampler */
     gk_tensor *ctl;
     size_t sample;                /* index of the SAMPLE node */
+    /* (a backend of ABI 1.3 or later) the SAMPLE node's ring of the last
+     * ids, I32 [1][n_ctx], and its penalties, F32 [1][4]; NULL otherwise */
+    gk_tensor *ring, *pen;
 } gk_fgraph;
 
 struct gk_builder {
@@ -96,8 +99,13 @@ GK_INTERNAL double gk_rng_uniform(gk_rng *r);
 GK_INTERNAL bool gk_sample_is_greedy(const gk_gen_opts *o);
 /* Penalties take effect (a penalty set and a window other than 0). */
 GK_INTERNAL bool gk_sample_penalties_on(const gk_gen_opts *o);
-/* Options GK_OP_SAMPLE does not know (penalties, min-p): sample on the host. */
-GK_INTERNAL bool gk_sample_host_only(const gk_gen_opts *o);
+/* Options of the chain that GK_OP_SAMPLE knows only from ABI 1.3 on (the
+ * penalties, min-p). */
+GK_INTERNAL bool gk_sample_needs_abi13(const gk_gen_opts *o);
+/* The chain o must be sampled on the host: it uses an option that backend be
+ * (NULL: a backend's plain `sample` entry, which has none of them) cannot
+ * run on the device. */
+GK_INTERNAL bool gk_sample_host_only(const gk_backend *be, const gk_gen_opts *o);
 /* true, with the rule and the value in why (may be NULL), when an option of
  * the chain is out of range. */
 GK_INTERNAL bool gk_sample_opts_invalid(const gk_gen_opts *o, char *why, size_t len);

@@ -529,7 +529,7 @@ const gk_model_spec *gk_runtime_find_arch(const gk_runtime *rt, const char *name
 
 static gk_backend backend_of(const gk_plugin *p)
 {
-    return (gk_backend){.name = p->name, .ops = p->desc->ops, .state = p->state};
+    return (gk_backend){.name = p->name, .ops = p->desc->ops, .state = p->state, .abi_minor = p->desc->abi_minor};
 }
 
 gk_status gk_runtime_backend(gk_runtime *rt, const char *name, gk_backend *out, gk_err *err)

@@ -19,6 +19,7 @@ typedef struct gk_backend {
     const char *name;
     const gk_backend_ops *ops;
     void *state;
+    uint32_t abi_minor;          /* GK_ABI_MINOR the plugin was built with */
 } gk_backend;
 
 /* Load one plugin file of the given kind; `name` is what the file name says.

@@ -74,7 +74,12 @@ bool gk_sample_penalties_on(const gk_gen_opts *o)
            (o->repetition_penalty != 1.0f || o->presence_penalty != 0.0f || o->frequency_penalty != 0.0f);
 }
 
-bool gk_sample_host_only(const gk_gen_opts *o) { return gk_sample_penalties_on(o) || o->min_p > 0.0f; }
+bool gk_sample_needs_abi13(const gk_gen_opts *o) { return gk_sample_penalties_on(o) || o->min_p > 0.0f; }
+
+bool gk_sample_host_only(const gk_backend *be, const gk_gen_opts *o)
+{
+    return gk_sample_needs_abi13(o) && (!be || be->abi_minor < 3);
+}
 
 /* Apply the penalties of o to x[n] (in place) from the window of history.
  * false when memory runs out. */

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # gpu_check.sh - the CUDA backend's checks, for a machine with a GPU: the
 # op-by-op parity suite (cuda against cpu_ref), then `gkrun verify` of every
-# reference model in f32, f16 and bf16 on the cuda backend, with a compact
-# summary. Exits non-zero when anything fails, and also when the suite skips
+# reference model in f32, f16 and bf16 on the cuda backend, then generate
+# parity (llama-tiny f32, cuda against cpu_ref, token for token, with min-p
+# and the penalties sampled on the device), with a compact summary. Exits non-zero when anything fails, and also when the suite skips
 # (on a GPU machine a skip means the GPU was not usable).
 #
 # Run from the repository root with the build folder beside it:
@@ -56,6 +57,48 @@ for model in gpt2-tiny llama-tiny llama-tiny-f16-sharded qwen3-tiny; do
         fi
     done
 done
+
+# --------------------------------- generate parity: sampler chain on device
+# llama-tiny has no tokenizer: a folder of links with the gpt2 one from the
+# build tree (its ids for the prompt are below the model's 512)
+TOK="$BUILD_ABS/tests/gpt2-tokenizer.json"
+if [ -f "$TOK" ]; then
+    GDIR="$LOG/llama-tiny-tok"
+    mkdir -p "$GDIR"
+    for f in config.json model.safetensors; do ln -sf "$PWD/tests/data/models/llama-tiny/$f" "$GDIR/$f"; done
+    ln -sf "$TOK" "$GDIR/tokenizer.json"
+    i=0
+    while read -r flags; do
+        i=$((i + 1))
+        name="generate parity $i"
+        for be in cpu_ref cuda; do
+            # shellcheck disable=SC2086
+            "$GKRUN" -m "$GDIR" --backend $be --dtype f32 -p "a b c a b c" -n 200 --ignore-eos $flags --json \
+                >"$LOG/gen-$i-$be.json" 2>"$LOG/gen-$i-$be.err"
+            echo $? >"$LOG/gen-$i-$be.rc"
+        done
+        ta=$(grep -o '"tokens":\[[^]]*\]' "$LOG/gen-$i-cpu_ref.json")
+        tb=$(grep -o '"tokens":\[[^]]*\]' "$LOG/gen-$i-cuda.json")
+        if [ "$(cat "$LOG/gen-$i-cpu_ref.rc")" = 0 ] && [ "$(cat "$LOG/gen-$i-cuda.rc")" = 0 ] && [ -n "$ta" ] &&
+            [ "$ta" = "$tb" ]; then
+            summary+=("$(printf '%-33s PASS  %s' "$name" "$flags")")
+        else
+            summary+=("$(printf '%-33s FAIL  %s (logs gen-%d-*)' "$name" "$flags" $i)")
+            failed=1
+        fi
+    done <<'FLAGS'
+--temp 0 --repeat-penalty 1.5 --repeat-last-n 16
+--temp 0 --presence-penalty 0.8 --frequency-penalty 0.5 --repeat-last-n -1
+--temp 1.0 --min-p 0.1 -s 7
+--temp 1.2 --top-p 0.9 --min-p 0.3 -s 11
+--temp 0.9 --repeat-penalty 1.3 --repeat-last-n 32 -s 13
+--temp 1.0 --frequency-penalty 0.3 --repeat-last-n -1 -s 17
+--temp 0.9 --top-k 40 --top-p 0.95 --min-p 0.05 --repeat-penalty 1.2 --presence-penalty 0.1 --frequency-penalty 0.2 --repeat-last-n 64 -s 19
+FLAGS
+else
+    summary+=("generate parity                   FAIL ($TOK missing)")
+    failed=1
+fi
 
 echo
 echo "== summary (logs in $LOG)"

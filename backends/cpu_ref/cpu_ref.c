@@ -421,9 +421,14 @@ static gk_status check_node(const gk_node *nd, bool run, gk_err *err)
         if (!(temp >= 0.0f && isfinite(temp)) || !(top_p > 0.0f && top_p <= 1.0f) || nd->i[0] < 0)
             return bad_param(nd, err, "temperature f[0] must be finite and >= 0, top_p f[1] in (0, 1] "
                                       "and top_k i[0] >= 0");
+        float min_p = nd->f[2];
+        if (!(min_p >= 0.0f && min_p <= 1.0f) || nd->i[1] < 0)
+            return bad_param(nd, err, "min_p f[2] must be in [0, 1] and the penalty window i[1] >= 0");
         if ((s = need(nd, 0, "logits", DT_ACT, 1, ANY, run, err)) ||
             (s = need(nd, 1, "ctl", DT_INT, 1, 4, run, err)) ||
             (nd->src[2] && (s = need(nd, 2, "pos", DT_INT, 1, 1, run, err))) ||
+            (nd->i[1] > 0 && ((s = need(nd, 3, "ring", DT_INT, 1, ANY, run, err)) ||
+                              (s = need(nd, 4, "penalties", DT_ACT, 1, 4, run, err)))) ||
             (s = need(nd, -1, "dst", DT_INT, 1, 1, run, err)))
             return s;
         if (x->cols > INT32_MAX)
@@ -519,18 +524,41 @@ static gk_status op_sample(const cpu_state *cs, const gk_node *nd, gk_err *err)
 {
     int32_t *ctl = (int32_t *)nd->src[1]->data;
     uint64_t seed = (uint64_t)(uint32_t)ctl[0] | (uint64_t)(uint32_t)ctl[1] << 32;
-    gk_rng r;
-    gk_rng_seed(&r, seed);
-    r.s += (uint64_t)(uint32_t)ctl[2] * 0x9E3779B97F4A7C15ull; /* splitmix64's step per draw */
+    gk_rng r_;
+    gk_rng_seed(&r_, seed);
+    r_.s += (uint64_t)(uint32_t)ctl[2] * 0x9E3779B97F4A7C15ull; /* splitmix64's step per draw */
     gk_gen_opts o = gk_gen_opts_default();
     o.temperature = nd->f[0];
     o.top_k = nd->i[0];
     o.top_p = nd->f[1];
-    int32_t t = gk_sample(f32(nd->src[0]), nd->src[0]->cols, &o, &r);
+    o.min_p = nd->f[2];
+    /* (ABI 1.3) the penalties over the ring's last min(W, ctl[3], R) ids */
+    int32_t *ring = nd->i[1] > 0 ? (int32_t *)nd->src[3]->data : NULL, *hist = NULL;
+    int64_t r = ring ? nd->src[3]->cols : 0, total = ring && ctl[3] > 0 ? ctl[3] : 0, w = 0;
+    if (ring) {
+        const float *pen = f32(nd->src[4]);
+        o.repetition_penalty = pen[0];
+        o.presence_penalty = pen[1];
+        o.frequency_penalty = pen[2];
+        w = nd->i[1] < total ? nd->i[1] : total;
+        if (w > r)
+            w = r;
+        o.penalty_last_n = w;
+        if (w > 0 && !(hist = malloc((size_t)w * sizeof *hist)))
+            return gk_err_set(err, GK_ERR_NOMEM, "cpu_ref: sample: out of memory");
+        for (int64_t j = 0; j < w; j++)
+            hist[j] = ring[(total - w + j) % r];
+    }
+    int32_t t = gk_sample_ex(f32(nd->src[0]), nd->src[0]->cols, &o, hist, w, &r_);
+    free(hist);
     if (t < 0)
-        return gk_err_set(err, GK_ERR_NOMEM, "cpu_ref: sample: out of memory");
+        return gk_err_set(err, GK_ERR_NOMEM, "cpu_ref: sample: out of memory or an option out of range");
     *(int32_t *)nd->dst->data = t;
     ctl[2]++;
+    if (ring) {
+        ring[total % r] = t;
+        ctl[3] = (int32_t)(total + 1);
+    }
     if (nd->src[2])
         (*(int32_t *)nd->src[2]->data)++;
     return GK_OK;

@@ -419,7 +419,12 @@ static bool cu_node_ok(const gk_node *nd)
     }
     case GK_OP_SAMPLE: {
         float temp = nd->f[0], top_p = nd->f[1];
+        /* (ABI 1.3) min-p f[2]; the penalty window i[1] over ring src3 with the penalties src4 */
+        float min_p = nd->f[2];
         return temp >= 0.0f && isfinite(temp) && top_p > 0.0f && top_p <= 1.0f && nd->i[0] >= 0 &&
+               min_p >= 0.0f && min_p <= 1.0f && nd->i[1] >= 0 &&
+               (nd->i[1] == 0 || (fits(nd->src[3], DT_INT, 1, ANY) && nd->src[3]->cols <= INT32_MAX &&
+                                  fits(nd->src[4], DT_ACT, 1, 4))) &&
                fits(x, DT_ACT, 1, ANY) && fits(y, DT_INT, 1, 4) && (!nd->src[2] || fits(nd->src[2], DT_INT, 1, 1)) &&
                fits(d, DT_INT, 1, 1);
     }

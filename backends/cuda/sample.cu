@@ -15,7 +15,14 @@
  * graph's scratch, the draw computed on the device from the node's ctl
  * (splitmix64 after `step` draws, as gk_rng), the id written to the node's
  * output and the step and position advanced by the picking thread.
- * Not here: repetition penalties, min-p, batched sampling.
+ * (ABI 1.3) In a graph, min-p and the penalties too: the penalties on a
+ * copy of the logits in scratch before anything else (a histogram of the
+ * window's ids, then one thread per token seen applies them with the host's
+ * float operations in the host's order), min-p in pick_kernel after top-p
+ * (the prefix with p_i >= min_p * p_0, renormalized), and the picking thread
+ * appends the id to the ring.
+ * Not here: min-p and penalties for the plain `sample` entry (the core
+ * samples on the host then), batched sampling.
  */
 #include "cuda_common.cuh"
 
@@ -82,19 +89,90 @@ __global__ void __launch_bounds__(ARGMAX_THREADS) argmax_partial_kernel(const fl
         part[blockIdx.x] = b;
 }
 
-/* After a GK_OP_SAMPLE pick: the step and the position move on (NULL: a
- * plain sample call). Thread 0 of the picking block. */
-static __device__ __forceinline__ void advance(int32_t *ctl, int32_t *pos)
+/* After a GK_OP_SAMPLE pick t: the step and the position move on, and with
+ * a penalty window t goes into the ring at ctl[3] % r (NULL: a plain sample
+ * call, no window). Thread 0 of the picking block. */
+static __device__ __forceinline__ void advance(int32_t *ctl, int32_t *pos, int32_t *ring, int r, int32_t t)
 {
     if (ctl)
         ctl[2]++;
+    if (ctl && ring) {
+        int total = ctl[3] > 0 ? ctl[3] : 0;
+        ring[total % r] = t;
+        ctl[3] = total + 1;
+    }
     if (pos)
         (*pos)++;
 }
 
+/* ------------------------------------------------------------- penalties */
+
+/* The window: the ring's last min(w, ctl[3], r) ids. */
+static __device__ __forceinline__ int window_len(const int32_t *ctl, int w, int r)
+{
+    int total = ctl[3] > 0 ? ctl[3] : 0;
+    int n = w < total ? w : total;
+    return n < r ? n : r;
+}
+
+static __device__ __forceinline__ int32_t window_id(const int32_t *ring, const int32_t *ctl, int r, int len, int j)
+{
+    int total = ctl[3] > 0 ? ctl[3] : 0;
+    return ring[(int)(((int64_t)total - len + j) % r)];
+}
+
+/* y = the logits, counts = 0. */
+__global__ void pen_init_kernel(const float *__restrict__ x, int n, float *__restrict__ y, int *__restrict__ counts)
+{
+    cu_pdl_enter();
+    for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += gridDim.x * blockDim.x) {
+        y[i] = x[i];
+        counts[i] = 0;
+    }
+}
+
+/* counts[t] = how often t is in the window (ids outside [0, n) skipped, as
+ * the host skips them). */
+__global__ void pen_count_kernel(const int32_t *__restrict__ ring, int r, int w, const int32_t *__restrict__ ctl,
+                                 int n, int *counts)
+{
+    cu_pdl_enter();
+    int len = window_len(ctl, w, r);
+    for (int j = blockIdx.x * blockDim.x + threadIdx.x; j < len; j += gridDim.x * blockDim.x) {
+        int32_t t = window_id(ring, ctl, r, len, j);
+        if (t >= 0 && t < n)
+            atomicAdd(&counts[t], 1);
+    }
+}
+
+/* Once per token seen (the window entry whose exchange takes its count):
+ * core/sample.c's apply_penalties, operation for operation in float:
+ * l = l > 0 ? l / rep : l * rep (when rep != 1), then
+ * l -= frequency * (float)count + presence. No contraction into FMAs. */
+__global__ void pen_apply_kernel(const int32_t *__restrict__ ring, int r, int w, const int32_t *__restrict__ ctl,
+                                 int n, int *counts, const float *__restrict__ pen, float *__restrict__ y)
+{
+    cu_pdl_enter();
+    int len = window_len(ctl, w, r);
+    const float rep = pen[0], presence = pen[1], frequency = pen[2];
+    for (int j = blockIdx.x * blockDim.x + threadIdx.x; j < len; j += gridDim.x * blockDim.x) {
+        int32_t t = window_id(ring, ctl, r, len, j);
+        if (t < 0 || t >= n)
+            continue;
+        int c = atomicExch(&counts[t], 0);
+        if (c == 0)
+            continue;
+        float l = y[t];
+        if (rep != 1.0f)
+            l = l > 0.0f ? __fdiv_rn(l, rep) : __fmul_rn(l, rep);
+        l = __fsub_rn(l, __fadd_rn(__fmul_rn(frequency, __int2float_rn(c)), presence));
+        y[t] = l;
+    }
+}
+
 __global__ void __launch_bounds__(ARGMAX_THREADS) argmax_final_kernel(const best *__restrict__ part, int n_part,
                                                                       int32_t *__restrict__ id, int32_t *ctl,
-                                                                      int32_t *pos)
+                                                                      int32_t *pos, int32_t *ring, int r)
 {
     cu_pdl_enter();
     best b = {-INFINITY, 0x7fffffff};
@@ -102,8 +180,9 @@ __global__ void __launch_bounds__(ARGMAX_THREADS) argmax_final_kernel(const best
         b = better(b, part[i]);
     b = block_best<ARGMAX_THREADS>(b);
     if (threadIdx.x == 0) {
-        *id = b.i == 0x7fffffff ? 0 : b.i; /* all NaN: id 0, as the host's argmax */
-        advance(ctl, pos);
+        int32_t t = b.i == 0x7fffffff ? 0 : b.i; /* all NaN: id 0, as the host's argmax */
+        *id = t;
+        advance(ctl, pos, ring, r, t);
     }
 }
 
@@ -173,7 +252,8 @@ static __device__ int first_crossing(int n, F f, double target, bool ge, double 
 /* keys/ids sorted descending (ties by id ascending); one block. */
 __global__ void __launch_bounds__(PICK_THREADS)
     pick_kernel(const float *__restrict__ logits, const float *__restrict__ keys, const int32_t *__restrict__ ids,
-                int n, int top_k, float top_p, double u, int32_t *__restrict__ id, int32_t *ctl, int32_t *pos)
+                int n, int top_k, float top_p, float min_p, double u, int32_t *__restrict__ id, int32_t *ctl,
+                int32_t *pos, int32_t *ring, int r)
 {
     cu_pdl_enter();
     if (ctl)
@@ -190,8 +270,9 @@ __global__ void __launch_bounds__(PICK_THREADS)
         }
         b = block_best<PICK_THREADS>(b);
         if (threadIdx.x == 0) {
-            *id = b.i == 0x7fffffff ? 0 : b.i;
-            advance(ctl, pos);
+            int32_t t = b.i == 0x7fffffff ? 0 : b.i;
+            *id = t;
+            advance(ctl, pos, ring, r, t);
         }
         return;
     }
@@ -200,7 +281,7 @@ __global__ void __launch_bounds__(PICK_THREADS)
         pick_scan::TempStorage scan;
     } tmp;
     __shared__ int s_n, s_found;
-    __shared__ double s_sum, s_cum;
+    __shared__ double s_sum, s_cum, s_mass;
     if (threadIdx.x == 0) {
         int m = n;
         if (top_k > 0 && top_k < n) {
@@ -248,14 +329,45 @@ __global__ void __launch_bounds__(PICK_THREADS)
     double cum_at;
     const double norm = mass;
     const bool renorm = keep != m || (top_p > 0.0f && top_p < 1.0f);
-    auto draw = [&](int i) {
+    /* p_i as the host has them after top-p */
+    auto prob_p = [&](int i) {
         double p = exp((double)keys[i] - k0) / sum;
         return renorm ? p / norm : p;
     };
+    /* min-p: keep the prefix before the first i >= 1 with p_i < min_p * p_0
+     * (the host's scan), renormalized by its mass */
+    double mass_m = 1.0;
+    if (min_p > 0.0f) {
+        const double cut = (double)min_p * prob_p(0);
+        if (threadIdx.x == 0)
+            s_found = keep;
+        __syncthreads();
+        for (int i = 1 + threadIdx.x; i < keep; i += PICK_THREADS)
+            if (prob_p(i) < cut) {
+                atomicMin(&s_found, i);
+                break; /* later i of this thread are larger */
+            }
+        __syncthreads();
+        keep = s_found;
+        double part_m = 0.0;
+        for (int i = threadIdx.x; i < keep; i += PICK_THREADS)
+            part_m += prob_p(i);
+        double tot = pick_reduce(tmp.reduce).Sum(part_m);
+        if (threadIdx.x == 0)
+            s_mass = tot;
+        __syncthreads();
+        mass_m = s_mass;
+    }
+    const bool renorm_m = min_p > 0.0f;
+    auto draw = [&](int i) {
+        double p = prob_p(i);
+        return renorm_m ? p / mass_m : p;
+    };
     int f = first_crossing(keep, draw, u, false, &cum_at, tmp.scan, &s_found, &s_cum);
     if (threadIdx.x == 0) {
-        *id = ids[f < keep ? f : keep - 1];
-        advance(ctl, pos);
+        int32_t t = ids[f < keep ? f : keep - 1];
+        *id = t;
+        advance(ctl, pos, ring, r, t);
     }
 }
 
@@ -325,7 +437,7 @@ gk_status cu_sample(cu_ctx *c, cu_sample_buf *buf, const gk_tensor *logits, cons
         best *part = (best *)buf->p;
         d_id = (int32_t *)((char *)buf->p + align256(blocks * sizeof(best)));
         argmax_partial_kernel<<<blocks, ARGMAX_THREADS, 0, c->stream>>>(x, n, part);
-        argmax_final_kernel<<<1, ARGMAX_THREADS, 0, c->stream>>>(part, blocks, d_id, nullptr, nullptr);
+        argmax_final_kernel<<<1, ARGMAX_THREADS, 0, c->stream>>>(part, blocks, d_id, nullptr, nullptr, nullptr, 0);
         if ((s = check("argmax", err)) != GK_OK)
             return s;
     } else {
@@ -353,8 +465,8 @@ gk_status cu_sample(cu_ctx *c, cu_sample_buf *buf, const gk_tensor *logits, cons
                                                       32, c->stream);
         if (e != cudaSuccess)
             return gk_err_set(err, GK_ERR_DEVICE, "cuda: sample: sort: %s", cudaGetErrorString(e));
-        pick_kernel<<<1, PICK_THREADS, 0, c->stream>>>(x, keys_sorted, ids_sorted, n, p->top_k, p->top_p, p->u, d_id,
-                                                       nullptr, nullptr);
+        pick_kernel<<<1, PICK_THREADS, 0, c->stream>>>(x, keys_sorted, ids_sorted, n, p->top_k, p->top_p, 0.0f, p->u,
+                                                       d_id, nullptr, nullptr, nullptr, 0);
         if ((s = check("pick", err)) != GK_OK)
             return s;
     }
@@ -388,12 +500,27 @@ static size_t sort_bytes_for(int n)
     return b;
 }
 
-size_t cu_sample_node_scratch(const cu_ctx *c, const gk_node *nd)
+/* Bytes of the chain's own temporaries (argmax partials, or keys, ids and
+ * the sort's); with a penalty window the penalized logits and the counts
+ * follow. */
+static size_t base_scratch(const gk_node *nd, int n)
 {
-    int n = (int)nd->src[0]->cols;
     if (node_greedy(nd))
         return align256(argmax_blocks(n) * sizeof(best));
     return 4 * align256((size_t)n * 4) + align256(sort_bytes_for(n));
+}
+
+size_t cu_sample_node_scratch(const cu_ctx *c, const gk_node *nd)
+{
+    int n = (int)nd->src[0]->cols;
+    size_t b = base_scratch(nd, n);
+    return nd->i[1] > 0 ? b + 2 * align256((size_t)n * 4) : b;
+}
+
+static int grid_for(const cu_ctx *c, int n)
+{
+    int blocks = (int)cu_div_up(n > 0 ? n : 1, 256);
+    return blocks > 8 * c->n_sm ? 8 * c->n_sm : blocks;
 }
 
 gk_status cu_sample_node(cu_ctx *c, const gk_node *nd, gk_err *err)
@@ -402,13 +529,36 @@ gk_status cu_sample_node(cu_ctx *c, const gk_node *nd, gk_err *err)
     const float *x = (const float *)nd->src[0]->data;
     int32_t *ctl = (int32_t *)nd->src[1]->data, *pos = nd->src[2] ? (int32_t *)nd->src[2]->data : nullptr;
     int32_t *id = (int32_t *)nd->dst->data;
+    const int w = nd->i[1];
+    int32_t *ring = w > 0 ? (int32_t *)nd->src[3]->data : nullptr;
+    const int r = w > 0 ? (int)nd->src[3]->cols : 0;
+    if (w > 0) {
+        /* the penalties, on a copy of the logits that the rest then reads */
+        char *pb = (char *)c->scratch + base_scratch(nd, n);
+        float *y = (float *)pb;
+        int *counts = (int *)(pb + align256((size_t)n * 4));
+        const float *pen = (const float *)nd->src[4]->data;
+        cudaError_t e = cu_launch(c, pen_init_kernel, dim3(grid_for(c, n)), dim3(256), 0, x, n, y, counts);
+        if (e == cudaSuccess)
+            e = cu_launch(c, pen_count_kernel, dim3(grid_for(c, w < r ? w : r)), dim3(256), 0,
+                          (const int32_t *)ring, r, w, (const int32_t *)ctl, n, counts);
+        if (e == cudaSuccess)
+            e = cu_launch(c, pen_apply_kernel, dim3(grid_for(c, w < r ? w : r)), dim3(256), 0,
+                          (const int32_t *)ring, r, w, (const int32_t *)ctl, n, counts, pen, y);
+        if (e != cudaSuccess)
+            return gk_err_set(err, GK_ERR_DEVICE, "cuda: sample: penalties: %s", cudaGetErrorString(e));
+        gk_status s = check("penalties", err);
+        if (s != GK_OK)
+            return s;
+        x = y;
+    }
     if (node_greedy(nd)) {
         int blocks = argmax_blocks(n);
         best *part = (best *)c->scratch;
         cudaError_t e = cu_launch(c, argmax_partial_kernel, dim3(blocks), dim3(ARGMAX_THREADS), 0, x, n, part);
         if (e == cudaSuccess)
             e = cu_launch(c, argmax_final_kernel, dim3(1), dim3(ARGMAX_THREADS), 0, (const best *)part, blocks, id,
-                          ctl, pos);
+                          ctl, pos, ring, r);
         return e == cudaSuccess ? check("argmax", err)
                                 : gk_err_set(err, GK_ERR_DEVICE, "cuda: sample: argmax: %s", cudaGetErrorString(e));
     }
@@ -416,10 +566,7 @@ gk_status cu_sample_node(cu_ctx *c, const gk_node *nd, gk_err *err)
     char *b = (char *)c->scratch;
     float *keys = (float *)b, *keys_sorted = (float *)(b + arr);
     int32_t *ids = (int32_t *)(b + 2 * arr), *ids_sorted = (int32_t *)(b + 3 * arr);
-    int blocks = (int)cu_div_up(n, 256);
-    if (blocks > 8 * c->n_sm)
-        blocks = 8 * c->n_sm;
-    cudaError_t le = cu_launch(c, keys_kernel, dim3(blocks), dim3(256), 0, x, n, nd->f[0], keys, ids);
+    cudaError_t le = cu_launch(c, keys_kernel, dim3(grid_for(c, n)), dim3(256), 0, x, n, nd->f[0], keys, ids);
     if (le != cudaSuccess)
         return gk_err_set(err, GK_ERR_DEVICE, "cuda: sample: keys: %s", cudaGetErrorString(le));
     gk_status s = check("keys", err);
@@ -431,7 +578,7 @@ gk_status cu_sample_node(cu_ctx *c, const gk_node *nd, gk_err *err)
         return gk_err_set(err, GK_ERR_DEVICE, "cuda: sample: sort: %s", cudaGetErrorString(e));
     /* after cub's kernels (plain launches): the wait is immediate */
     le = cu_launch(c, pick_kernel, dim3(1), dim3(PICK_THREADS), 0, x, (const float *)keys_sorted,
-                   (const int32_t *)ids_sorted, n, nd->i[0], nd->f[1], 0.0, id, ctl, pos);
+                   (const int32_t *)ids_sorted, n, nd->i[0], nd->f[1], nd->f[2], 0.0, id, ctl, pos, ring, r);
     if (le != cudaSuccess)
         return gk_err_set(err, GK_ERR_DEVICE, "cuda: sample: pick: %s", cudaGetErrorString(le));
     return check("pick", err);

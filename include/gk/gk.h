@@ -379,10 +379,11 @@ typedef struct gk_gen_opts {
     void *user;
     /* The sampler chain, in this order (as llama.cpp's and transformers'):
      * penalties, temperature, top-k, top-p, min-p, draw. Penalties apply
-     * when greedy too. With a penalty or min-p on, tokens are sampled on the
-     * host from the logits for now (the backends' GK_OP_SAMPLE knows
-     * temperature, top-k and top-p only), which costs a logits read per
-     * token but gives the same picks. */
+     * when greedy too. With a penalty or min-p on, the decode steps sample
+     * on the device when the backend's GK_OP_SAMPLE knows them (ABI 1.3:
+     * cpu_ref, cuda); on an older backend, and for the first token, they
+     * are sampled on the host from the logits, which costs a logits read
+     * per token but gives the same picks. */
     float min_p;             /* 0 = off; [0, 1]: drop tokens whose probability
                                 is below min_p times the largest one */
     float repetition_penalty; /* 1 = off; finite, > 0: a logit l of a token seen

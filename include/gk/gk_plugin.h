@@ -17,8 +17,10 @@ extern "C" {
 #endif
 
 #define GK_ABI_MAJOR 1
-#define GK_ABI_MINOR 2   /* 1.1: ops tables carry a magic naming their kind;
-                            1.2: graph ids, GK_OP_SAMPLE, read_async / read_wait */
+#define GK_ABI_MINOR 3   /* 1.1: ops tables carry a magic naming their kind;
+                            1.2: graph ids, GK_OP_SAMPLE, read_async / read_wait;
+                            1.3: GK_OP_SAMPLE's min-p and penalties (f[2], i[1],
+                            src3, src4, ctl[3]) */
 #define GK_PLUGIN_ENTRY_NAME "gk_plugin_entry"
 
 /* ----------------------------------------------------------------- tensors */
@@ -84,7 +86,17 @@ typedef enum gk_op {
                            ranges of gk_gen_opts) -> dst I32 [1][1]: the token gk_sample
                            picks with a gk_rng seeded with seed after `step` draws (the
                            draw unused when greedy); then ctl step += 1 and pos[0] += 1,
-                           so a decode graph whose ids input is dst feeds itself */
+                           so a decode graph whose ids input is dst feeds itself.
+                           (ABI 1.3) f[2] min_p (0 = off); i[1] the penalty window W
+                           (0 = off: src3, src4 and ctl[3] unused); src3 ring I32
+                           [1][R] of the last ids, src4 F32 [1][4] = {repetition,
+                           presence, frequency, 0}; ctl[3] = how many ids the ring
+                           has received in all (id k at ring[k % R]). With W > 0
+                           the penalties of gk_sample_ex apply to the last
+                           min(W, ctl[3], R) ids, then the pick is stored at
+                           ring[ctl[3] % R] and ctl[3] += 1. The core gives these
+                           only to backends built for 1.3 or later (others see
+                           f[2] = 0, i[1] = 0, src3 = src4 = NULL) */
     GK_OP_COUNT
 } gk_op;
 

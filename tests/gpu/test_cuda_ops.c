@@ -29,6 +29,7 @@
  *
  * When every test skipped, the program exits 77, which meson shows as SKIP.
  */
+#include "gk/gk.h"
 #include "gk/gk_plugin.h"
 
 #include <criterion/criterion.h>
@@ -1118,6 +1119,148 @@ Test(cuda_ops, sample_node_in_a_replayed_graph_matches_cpu_ref_and_advances)
                 cr_assert_gt(distinct, 1, "draws at new steps never changed the pick");
             free(x);
         }
+}
+
+/* (ABI 1.3) GK_OP_SAMPLE with min-p and the penalties, replayed step after
+ * step: the same ids as cpu_ref (gk_sample_ex over the ring's last W ids),
+ * and the ring and ctl[3] move on alike. The ring holds repeats, ids outside
+ * the vocabulary (skipped by both), wraps around (ctl[3] > R), and the
+ * window is shorter than, equal to and longer than what the ring holds. */
+Test(cuda_ops, sample_node_with_min_p_and_penalties_matches_cpu_ref)
+{
+    start();
+    const struct {
+        float temp; int32_t k; float p, min_p, rep, pres, freq; int32_t w, filled;
+    } cfg[] = {
+        {0.0f, 0, 1.0f, 0.0f, 3.0f, 0.0f, 0.0f, 8, 40},    /* greedy, repetition */
+        {0.0f, 0, 1.0f, 0.0f, 1.0f, 1.5f, 0.7f, 64, 40},   /* greedy, presence + frequency, W > R */
+        {0.0f, 0, 1.0f, 0.3f, 1.0f, 0.0f, 0.0f, 0, 0},     /* greedy, min-p (no effect) */
+        {1.0f, 0, 1.0f, 0.1f, 1.0f, 0.0f, 0.0f, 0, 0},     /* min-p */
+        {1.2f, 0, 0.9f, 0.3f, 1.0f, 0.0f, 0.0f, 0, 0},     /* top-p then min-p */
+        {0.8f, 40, 0.95f, 0.05f, 1.3f, 0.2f, 0.1f, 16, 40}, /* everything, wrapped ring */
+        {1.0f, 0, 1.0f, 0.0f, 0.7f, 0.0f, 0.0f, 32, 20},   /* repetition < 1, W = R > ctl[3], then the ring wraps */
+        {1.5f, 0, 1.0f, 0.0f, 1.0f, -0.5f, 2.0f, 5, 3},    /* W > ctl[3] */
+    };
+    const int64_t vocab[2] = {1000, 151936};
+    const int R = 32;
+    for (int vi = 0; vi < 2; vi++)
+        for (size_t ci = 0; ci < sizeof cfg / sizeof cfg[0]; ci++) {
+            int64_t V = vocab[vi];
+            float *x = rnd_vec(V, 3.0, 0.0);
+            /* the window's tokens get the largest logits, so the penalties decide */
+            int32_t ring0[32];
+            for (int j = 0; j < R; j++) {
+                ring0[j] = (int32_t)((j * 7) % 11) * (int32_t)(V / 13);
+                x[ring0[j]] = 4.0f + (float)(j % 5) * 0.25f - (float)(j % 3);
+            }
+            ring0[3] = -1;
+            ring0[9] = (int32_t)V + 5;
+            x[0] = -2.5f;
+            pt *lg = pair_f(GK_DTYPE_F32, 1, V, x, "logits");
+            const int32_t ctl0[4] = {(int32_t)0x2468aceu, 99 + (int32_t)ci, 0, cfg[ci].filled};
+            const float pen0[4] = {cfg[ci].rep, cfg[ci].pres, cfg[ci].freq, 0.0f};
+            float pen_v[4];
+            memcpy(pen_v, pen0, sizeof pen_v);
+            pt *ctl = pair_i(4, ctl0, "sample_ctl"), *ring = pair_i(R, ring0, "sample_ring");
+            pt *pen = pair_f(GK_DTYPE_F32, 1, 4, pen_v, "sample_penalties");
+            pt *id = pair_new(GK_DTYPE_I32, 1, 1, "ids");
+            pnode pn = {.op = GK_OP_SAMPLE, .src = {lg, ctl, NULL, ring, pen}, .dst = id,
+                        .i = {cfg[ci].k, cfg[ci].w}, .f = {cfg[ci].temp, cfg[ci].p, cfg[ci].min_p}};
+            pgraph pg;
+            pgraph_init(&pg, &pn, 1);
+            for (int step = 0; step < 12; step++) {
+                pgraph_run(&pg, "sample node with penalties");
+                int32_t a[4], b[4], ia, ib, ra[32], rb[32];
+                read_i32(REF, id, &ia, 1);
+                read_i32(CU, id, &ib, 1);
+                read_i32(REF, ctl, a, 4);
+                read_i32(CU, ctl, b, 4);
+                read_i32(REF, ring, ra, R);
+                read_i32(CU, ring, rb, R);
+                cr_assert_eq(ib, ia, "V=%lld case %zu step %d: cuda %d, cpu_ref %d", (long long)V, ci, step, (int)ib,
+                             (int)ia);
+                cr_assert_eq(b[2], a[2], "case %zu: cuda step %d, cpu_ref %d", ci, b[2], a[2]);
+                cr_assert_eq(b[3], a[3], "case %zu: cuda ring count %d, cpu_ref %d", ci, b[3], a[3]);
+                cr_assert_eq(a[3], cfg[ci].w > 0 ? cfg[ci].filled + step + 1 : cfg[ci].filled);
+                for (int j = 0; j < R; j++)
+                    cr_assert_eq(rb[j], ra[j], "case %zu step %d: ring[%d] cuda %d, cpu_ref %d", ci, step, j, rb[j],
+                                 ra[j]);
+            }
+            free(x);
+        }
+}
+
+/* generate on llama-tiny (f32) with min-p and the penalties: the cuda
+ * backend, whose decode steps now sample on the device, gives cpu_ref's
+ * tokens one for one over long decodes, greedy and seeded. */
+static void generate_on(gk_runtime *rt, const char *backend, const gk_gen_opts *o, const int32_t *prompt, int64_t np,
+                        int32_t *out, int64_t *n_out)
+{
+    char dir[1024];
+    const char *data = getenv("GK_TEST_DATA");
+    snprintf(dir, sizeof dir, "%s/models/llama-tiny", data ? data : "data");
+    gk_model_opts mo = {.backend = backend, .dtype = "f32", .n_ctx = 256};
+    gk_model *m = NULL;
+    gk_err err = {0};
+    cr_assert_eq(gk_model_load(rt, dir, &mo, &m, &err), GK_OK, "%s: %s", backend, err.msg);
+    cr_assert_eq(gk_model_generate(m, prompt, np, o, out, n_out, NULL, &err), GK_OK, "%s: %s", backend, err.msg);
+    gk_model_destroy(m);
+}
+
+Test(cuda_ops, generate_with_min_p_and_penalties_matches_cpu_ref_token_for_token)
+{
+    /* the GPU check in this child; both backends then through the runtime */
+    plug_open(&be[CU], "cuda", "cuda");
+    char why[256] = "";
+    bool ok = be[CU].ops->available(be[CU].state, why, sizeof why);
+    plug_close(&be[CU]);
+    if (!ok)
+        cr_skip_test("no usable GPU: %s", why);
+    gk_runtime *rt;
+    gk_err err = {0};
+    cr_assert_eq(gk_runtime_create(NULL, &rt, &err), GK_OK, "%s", err.msg);
+    const struct {
+        const char *what;
+        float temp; int32_t k; float p, min_p, rep, pres, freq; int64_t n;
+    } cfg[] = {
+        {"greedy repetition 1.5, last 16", 0.0f, 0, 1.0f, 0.0f, 1.5f, 0.0f, 0.0f, 16},
+        {"greedy presence 0.8 frequency 0.5, all", 0.0f, 0, 1.0f, 0.0f, 1.0f, 0.8f, 0.5f, -1},
+        {"greedy min-p 0.2", 0.0f, 0, 1.0f, 0.2f, 1.0f, 0.0f, 0.0f, 64},
+        {"min-p 0.1", 1.0f, 0, 1.0f, 0.1f, 1.0f, 0.0f, 0.0f, 64},
+        {"top-p 0.9, min-p 0.3, temp 1.2", 1.2f, 0, 0.9f, 0.3f, 1.0f, 0.0f, 0.0f, 64},
+        {"repetition 1.3, last 32", 0.9f, 0, 1.0f, 0.0f, 1.3f, 0.0f, 0.0f, 32},
+        {"repetition 0.8, all", 1.0f, 0, 1.0f, 0.0f, 0.8f, 0.0f, 0.0f, -1},
+        {"frequency 0.3, all", 1.0f, 0, 1.0f, 0.0f, 1.0f, 0.0f, 0.3f, -1},
+        {"presence 0.5, last 8", 1.0f, 0, 1.0f, 0.0f, 1.0f, 0.5f, 0.0f, 8},
+        {"everything, last 64", 0.9f, 40, 0.95f, 0.05f, 1.2f, 0.1f, 0.2f, 64},
+        {"everything, last 1000 (> n_ctx)", 1.1f, 0, 0.97f, 0.02f, 1.1f, 0.3f, 0.1f, 1000},
+    };
+    const int32_t prompt[8] = {5, 17, 3, 42, 17, 5, 99, 3};
+    for (size_t ci = 0; ci < sizeof cfg / sizeof cfg[0]; ci++)
+        for (uint64_t seed = 1; seed <= (cfg[ci].temp > 0.0f ? 3u : 1u); seed++) {
+            gk_gen_opts o = gk_gen_opts_default();
+            o.max_new_tokens = 200;
+            o.temperature = cfg[ci].temp;
+            o.top_k = cfg[ci].k;
+            o.top_p = cfg[ci].p;
+            o.min_p = cfg[ci].min_p;
+            o.repetition_penalty = cfg[ci].rep;
+            o.presence_penalty = cfg[ci].pres;
+            o.frequency_penalty = cfg[ci].freq;
+            o.penalty_last_n = cfg[ci].n;
+            o.seed = seed * 7919;
+            int32_t a[200], b[200];
+            int64_t na = 0, nb = 0;
+            generate_on(rt, "cpu_ref", &o, prompt, 8, a, &na);
+            generate_on(rt, "cuda", &o, prompt, 8, b, &nb);
+            cr_assert_eq(na, 200, "%s: cpu_ref gave %lld tokens", cfg[ci].what, (long long)na);
+            cr_assert_eq(nb, na, "%s seed %llu: cuda gave %lld tokens, cpu_ref %lld", cfg[ci].what,
+                         (unsigned long long)o.seed, (long long)nb, (long long)na);
+            for (int i = 0; i < 200; i++)
+                cr_assert_eq(b[i], a[i], "%s seed %llu: token %d is %d on cuda, %d on cpu_ref", cfg[ci].what,
+                             (unsigned long long)o.seed, i, b[i], a[i]);
+        }
+    gk_runtime_destroy(rt);
 }
 
 /* read_async / read_wait: copies land in order after the work queued before
