@@ -223,6 +223,11 @@ Test(chat_template, values_as_python)
            "{{ [{'t': 'a'}, {'t': 'b'}] | map(attribute='t') | join('-') }}",
            NULL, "1a-b");
     expect("{{ bos_token }}{{ 'x' ~ 1 ~ none }}", NULL, "<s>x1None");
+    expect("{% with a = 1, b = 'x' %}{{ a }}{{ b }}{% endwith %}[{{ a }}]", NULL, "1x[]");
+    expect("{% filter upper %}ab{{ 'c' }}{% endfilter %}|{% filter trim | lower %}  XY  {% endfilter %}", NULL,
+           "ABC|xy");
+    expect("{{ '%s=%d (%.2f) %r %%' | format('k', 3, 0.5, 'q') }}|{{ '<%s>' % 'a' }}|{{ '%s-%s' % (1, 2) }}", NULL,
+           "k=3 (0.50) 'q' %|<a>|1-2");
 }
 
 Test(chat_template, errors_name_their_place)

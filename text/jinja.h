@@ -86,6 +86,7 @@ jv jv_from_json(jarena *a, const cJSON *j);
 typedef enum jnode_kind {
     /* statements */
     JN_TEXT, JN_OUTPUT, JN_IF, JN_FOR, JN_SET, JN_SET_BLOCK, JN_MACRO, JN_BREAK, JN_CONTINUE, JN_BODY, JN_CALL_BLOCK,
+    JN_WITH, JN_FILTER_BLOCK,
     /* expressions */
     JN_LIT, JN_NAME, JN_ATTR, JN_ITEM, JN_SLICE, JN_CALL, JN_FILTER, JN_TEST, JN_UNARY, JN_BINARY, JN_AND, JN_OR,
     JN_NOT, JN_COND, JN_LIST, JN_DICT, JN_TUPLE

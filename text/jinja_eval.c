@@ -703,6 +703,69 @@ static bool call_method(jrender *r, const jv *fn, const jv *args, int n_args, co
     return m_list(r, self, name, args, n_args, out);
 }
 
+/* Python's printf-style formatting: fmt % args (%s %r %d %i %f %x %%, with
+ * flags, width and precision). */
+static jv percent_format(jrender *r, const jnode *at, const jv *fmt, const jv *args, int n_args)
+{
+    jbuf b = {0};
+    const char *p = fmt->u.str.s, *end = p + fmt->u.str.len;
+    int k = 0;
+    while (p < end) {
+        if (*p != '%') {
+            jb_put(&b, p++, 1);
+            continue;
+        }
+        if (p + 1 < end && p[1] == '%') {
+            jb_put(&b, "%", 1);
+            p += 2;
+            continue;
+        }
+        const char *q = p + 1;
+        while (q < end && strchr("-+ #0", *q))
+            q++;
+        while (q < end && (isdigit((unsigned char)*q) || *q == '.'))
+            q++;
+        if (q >= end || !strchr("srdifFxXeEgG", *q) || q - p > 20) {
+            free(b.s);
+            rfail(r, at, "unsupported format specification");
+            return jv_undef();
+        }
+        if (k >= n_args) {
+            free(b.s);
+            rfail(r, at, "not enough arguments for format string");
+            return jv_undef();
+        }
+        char spec[32];
+        const jv *a = &args[k++];
+        char conv = *q;
+        int sl = (int)(q - p);
+        char out[512];
+        if (conv == 's' || conv == 'r') {
+            jbuf t = {0};
+            jv_write(&t, a, conv == 'r');
+            snprintf(spec, sizeof spec, "%.*ss", sl, p);
+            snprintf(out, sizeof out, spec, t.s ? t.s : "");
+            free(t.s);
+        } else if (conv == 'd' || conv == 'i' || conv == 'x' || conv == 'X') {
+            snprintf(spec, sizeof spec, "%.*sll%c", sl, p, conv == 'i' ? 'd' : conv);
+            snprintf(out, sizeof out, spec, (long long)(a->kind == JV_INT ? a->u.i : (int64_t)jv_num(a)));
+        } else {
+            snprintf(spec, sizeof spec, "%.*s%c", sl, p, conv);
+            snprintf(out, sizeof out, spec, jv_num(a));
+        }
+        jb_puts(&b, out);
+        p = q + 1;
+    }
+    if (k < n_args) {
+        free(b.s);
+        rfail(r, at, "not all arguments converted during string formatting");
+        return jv_undef();
+    }
+    jv v = mkstr(r, b.s ? b.s : "", b.len);
+    free(b.s);
+    return v;
+}
+
 /* ------------------------------------------------------------------ filters */
 
 static bool test_value(jrender *r, const jnode *at, const char *name, const jv *v, const jv *args, int n_args,
@@ -1054,6 +1117,12 @@ static bool filter(jrender *r, const jnode *at, const char *name, const jv *v, c
         *out = items;
         return true;
     }
+    if (!strcmp(name, "format")) {
+        if (v->kind != JV_STR)
+            return rfail(r, at, "format needs a string");
+        *out = percent_format(r, at, v, args, n_args);
+        return !r->failed;
+    }
     return unsupported(r, at, "filter", name);
 }
 
@@ -1288,6 +1357,11 @@ static jv arith(jrender *r, const jnode *at, const char *op, const jv *a, const 
                 jv_list_push(r->a, &l, a->u.list->items[k]);
         return l;
     }
+    if (!strcmp(op, "%") && a->kind == JV_STR) { /* "%s and %s" % (x, y) */
+        if (b->kind == JV_LIST)
+            return percent_format(r, at, a, b->u.list->items, (int)b->u.list->n);
+        return percent_format(r, at, a, b, 1);
+    }
     if (!num) {
         rfail(r, at, "unsupported operand type(s) for %s: '%s' and '%s'", op, kind_name(a), kind_name(b));
         return jv_undef();
@@ -1317,6 +1391,8 @@ static jv arith(jrender *r, const jnode *at, const char *op, const jv *a, const 
         }
         return jv_float(fx / fy);
     case '%':
+        if (a->kind == JV_STR) /* not reached: strings are formatted before */
+            break;
         if (fy == 0.0)
             return rfail(r, at, "modulo by zero"), jv_undef();
         if (ints) {
@@ -1678,6 +1754,42 @@ static bool exec_for(jrender *r, const jnode *n)
     return true;
 }
 
+/* Apply the filters of chain (JN_FILTER nodes whose innermost operand is a
+ * placeholder) to *v, innermost first. */
+static bool filter_chain(jrender *r, const jnode *chain, jv *v)
+{
+    const jnode *fs[16];
+    int k = 0;
+    for (const jnode *f = chain; f && f->kind == JN_FILTER; f = f->a) {
+        if (k == 16)
+            return rfail(r, chain, "too many filters");
+        fs[k++] = f;
+    }
+    while (k-- > 0) {
+        jv *args, *kwv, out;
+        int na;
+        if (!eval_args(r, fs[k], &args, &na, &kwv) ||
+            !filter(r, fs[k], fs[k]->name, v, args, na, fs[k]->kw, kwv, fs[k]->n_kw, &out))
+            return false;
+        *v = out;
+    }
+    return true;
+}
+
+/* The rendered text of body b, as a string value. */
+static bool capture_body(jrender *r, const jnode *b, jv *v)
+{
+    jbuf saved = r->out;
+    r->out = (jbuf){0};
+    bool ok = exec_body(r, b);
+    jbuf body = r->out;
+    r->out = saved;
+    if (ok)
+        *v = mkstr(r, body.s ? body.s : "", body.len);
+    free(body.s);
+    return ok && !r->failed;
+}
+
 static bool exec(jrender *r, const jnode *n)
 {
     if (r->failed)
@@ -1718,21 +1830,8 @@ static bool exec(jrender *r, const jnode *n)
         }
         jv v = mkstr(r, body.s ? body.s : "", body.len);
         free(body.s);
-        if (n->c) { /* {% set x | filters %}: the filters over the body */
-            const jnode *f = n->c;
-            const jnode *chain[16];
-            int k = 0;
-            for (; f && f->kind == JN_FILTER && k < 16; f = f->a)
-                chain[k++] = f;
-            while (k-- > 0) {
-                jv *args, *kwv, out;
-                int na;
-                if (!eval_args(r, chain[k], &args, &na, &kwv) ||
-                    !filter(r, chain[k], chain[k]->name, &v, args, na, chain[k]->kw, kwv, chain[k]->n_kw, &out))
-                    return false;
-                v = out;
-            }
-        }
+        if (n->c && !filter_chain(r, n->c, &v)) /* {% set x | filters %}: the filters over the body */
+            return false;
         return bind_target(r, n->a, v);
     }
     case JN_MACRO: {
@@ -1754,6 +1853,32 @@ static bool exec(jrender *r, const jnode *n)
             return false;
         jv_write(&r->out, &out, false);
         return true;
+    }
+    case JN_WITH: {
+        frame *saved = r->top;
+        jv *vals = ja_alloc(r->a, (size_t)(n->n_kw + 1) * sizeof *vals);
+        if (!vals)
+            return oom(r);
+        for (int i = 0; i < n->n_kw; i++) { /* evaluated outside the new scope */
+            vals[i] = eval(r, n->kwv[i]);
+            if (r->failed)
+                return false;
+        }
+        if (!scope_push(r, saved))
+            return false;
+        for (int i = 0; i < n->n_kw; i++)
+            if (!assign(r, n->kw[i], strlen(n->kw[i]), vals[i]))
+                return false;
+        bool ok = exec_body(r, n->a);
+        r->top = saved;
+        return ok;
+    }
+    case JN_FILTER_BLOCK: {
+        jv v;
+        if (!capture_body(r, n->a, &v) || !filter_chain(r, n->c, &v))
+            return false;
+        jv_write(&r->out, &v, false);
+        return !r->out.failed || oom(r);
     }
     case JN_BREAK: r->ctrl = CTRL_BREAK; return true;
     case JN_CONTINUE: r->ctrl = CTRL_CONTINUE; return true;

@@ -1150,6 +1150,51 @@ static jnode *stmt_call(parser *p)
     return block_end(p) ? n : NULL;
 }
 
+static jnode *stmt_with(parser *p)
+{
+    jnode *n = node(p, JN_WITH);
+    if (!n)
+        return NULL;
+    while (cur(p)->kind == TK_NAME) {
+        char *name = name_dup(p, cur(p));
+        next_tk(p);
+        if (!expect_op(p, "="))
+            return NULL;
+        jnode *v = expr(p);
+        if (!name || !v || !add_kw(p, n, name, v))
+            return NULL;
+        if (!is_op(p, ","))
+            break;
+        next_tk(p);
+    }
+    static const char *const ends[] = {"endwith", NULL};
+    if (!block_end(p) || !(n->a = body(p, ends)))
+        return NULL;
+    next_tk(p);
+    return block_end(p) ? n : NULL;
+}
+
+static jnode *stmt_filter(parser *p)
+{
+    jnode *n = node(p, JN_FILTER_BLOCK);
+    jnode *lit = node(p, JN_LIT);
+    if (!n || !lit)
+        return NULL;
+    jnode *f = filter_or_test(p, JN_FILTER, lit, false);
+    while (f && is_op(p, "|")) {
+        next_tk(p);
+        f = filter_or_test(p, JN_FILTER, f, false);
+    }
+    if (!f)
+        return NULL;
+    n->c = f;
+    static const char *const ends[] = {"endfilter", NULL};
+    if (!block_end(p) || !(n->a = body(p, ends)))
+        return NULL;
+    next_tk(p);
+    return block_end(p) ? n : NULL;
+}
+
 static jnode *statement(parser *p)
 {
     token *t = cur(p);
@@ -1167,6 +1212,10 @@ static jnode *statement(parser *p)
         return next_tk(p), stmt_macro(p);
     if (is_name(p, "call"))
         return next_tk(p), stmt_call(p);
+    if (is_name(p, "with"))
+        return next_tk(p), stmt_with(p);
+    if (is_name(p, "filter"))
+        return next_tk(p), stmt_filter(p);
     if (is_name(p, "break") || is_name(p, "continue")) {
         jnode *n = node(p, is_name(p, "break") ? JN_BREAK : JN_CONTINUE);
         next_tk(p);
