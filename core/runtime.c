@@ -276,14 +276,38 @@ static void free_dirs(char **dirs, size_t n)
         free(dirs[i]);
 }
 
-/* Find libgk-<kind>-<name>.so in the INI folders, then the default ones. */
+/* The folders of GK_PLUGIN_PATH (colon-separated, empty parts skipped), at
+ * most cap of them. */
+static size_t env_dirs(char **dirs, size_t cap)
+{
+    const char *v = getenv("GK_PLUGIN_PATH");
+    size_t n = 0;
+    while (v && *v && n < cap) {
+        const char *c = strchr(v, ':');
+        size_t len = c ? (size_t)(c - v) : strlen(v);
+        if (len > 0 && len < 4096) {
+            char *d = malloc(len + 1);
+            if (d) {
+                memcpy(d, v, len);
+                d[len] = '\0';
+                dirs[n++] = d;
+            }
+        }
+        v = c ? c + 1 : NULL;
+    }
+    return n;
+}
+
+/* Find libgk-<kind>-<name>.so in the INI folders, then GK_PLUGIN_PATH's,
+ * then the default ones. */
 static gk_status find_plugin(const ini_state *s, gk_plugin_kind kind, const char *name,
                              char **out_path, gk_err *err)
 {
-    char *dirs[MAX_DIRS + 4];
+    char *dirs[2 * MAX_DIRS + 4];
     size_t n = 0;
     for (size_t i = 0; i < s->n_dirs; i++)
         dirs[n++] = gk_strdup(s->dirs[i]);
+    n += env_dirs(dirs + n, MAX_DIRS);
     n += default_dirs(kind, name, dirs + n, 4);
 
     char file[256];
@@ -309,6 +333,38 @@ static gk_status find_plugin(const ini_state *s, gk_plugin_kind kind, const char
     return gk_err_set(err, GK_ERR_NOT_FOUND, "%s plugin '%s' not found: no %s in %s",
                       kind == GK_PLUGIN_KIND_ARCH ? "architecture" : "backend", name, file,
                       used ? searched : "(no folders)");
+}
+
+/* Every plugin name of a kind in GK_PLUGIN_PATH's folders, first found first. */
+static size_t scan_env(gk_plugin_kind kind, char **names, size_t cap)
+{
+    char *dirs[MAX_DIRS];
+    size_t nd = env_dirs(dirs, MAX_DIRS), n = 0;
+    const char *prefix = kind_prefix(kind);
+    size_t plen = strlen(prefix);
+    for (size_t k = 0; k < nd; k++) {
+        DIR *d = opendir(dirs[k]);
+        for (struct dirent *e; d && (e = readdir(d)) && n < cap;) {
+            size_t len = strlen(e->d_name);
+            if (strncmp(e->d_name, prefix, plen) != 0 || len <= plen + 3 || strcmp(e->d_name + len - 3, ".so"))
+                continue;
+            char *name = gk_strdup(e->d_name + plen);
+            if (!name)
+                continue;
+            name[len - plen - 3] = '\0';
+            bool dup = false;
+            for (size_t i = 0; i < n; i++)
+                dup = dup || strcmp(names[i], name) == 0;
+            if (dup)
+                free(name);
+            else
+                names[n++] = name;
+        }
+        if (d)
+            closedir(d);
+    }
+    free_dirs(dirs, nd);
+    return n;
 }
 
 /* Every plugin name of a kind present in the default folders (no INI list). */
@@ -424,6 +480,31 @@ static gk_status load_kind(gk_runtime *rt, const ini_state *s, gk_plugin_kind ki
     return GK_OK;
 }
 
+/* No INI list for a kind: the plugins of GK_PLUGIN_PATH (each must load:
+ * the user named their folder), then the built-in ones not shadowed by
+ * them (one that cannot load is skipped with a warning). names is scratch
+ * of MAX_NAMES. */
+static gk_status load_found(gk_runtime *rt, const ini_state *s, gk_plugin_kind kind, char **names, gk_err *err)
+{
+    size_t n = scan_env(kind, names, MAX_NAMES);
+    gk_status st = load_kind(rt, s, kind, names, n, true, err);
+    size_t m = st == GK_OK ? scan_defaults(kind, names + n, MAX_NAMES - n) : 0;
+    size_t k = n;
+    for (size_t i = n; i < n + m; i++) { /* drop the names GK_PLUGIN_PATH gave already */
+        bool shadowed = false;
+        for (size_t j = 0; j < n; j++)
+            shadowed = shadowed || strcmp(names[i], names[j]) == 0;
+        if (shadowed)
+            free(names[i]);
+        else
+            names[k++] = names[i];
+    }
+    if (st == GK_OK)
+        st = load_kind(rt, s, kind, names + n, k - n, false, err);
+    free_dirs(names, k);
+    return st;
+}
+
 gk_status gk_runtime_create(const char *ini_path, gk_runtime **out, gk_err *err)
 {
     if (!out)
@@ -445,26 +526,19 @@ gk_status gk_runtime_create(const char *ini_path, gk_runtime **out, gk_err *err)
             snprintf(rt->default_backend, sizeof rt->default_backend, "%s", s.backend);
     }
     char *names[MAX_NAMES];
-    size_t n;
     gk_err scratch;
     gk_err *e = err ? err : &scratch;
 
-    if (s.arch_set) {
+    if (s.arch_set)
         st = load_kind(rt, &s, GK_PLUGIN_KIND_ARCH, s.arch, s.n_arch, true, e);
-    } else {
-        n = scan_defaults(GK_PLUGIN_KIND_ARCH, names, MAX_NAMES);
-        st = load_kind(rt, &s, GK_PLUGIN_KIND_ARCH, names, n, false, e);
-        free_dirs(names, n);
-    }
+    else
+        st = load_found(rt, &s, GK_PLUGIN_KIND_ARCH, names, e);
     if (st != GK_OK)
         goto out_fail;
-    if (s.backends_set) {
+    if (s.backends_set)
         st = load_kind(rt, &s, GK_PLUGIN_KIND_BACKEND, s.backends, s.n_backends, true, e);
-    } else {
-        n = scan_defaults(GK_PLUGIN_KIND_BACKEND, names, MAX_NAMES);
-        st = load_kind(rt, &s, GK_PLUGIN_KIND_BACKEND, names, n, false, e);
-        free_dirs(names, n);
-    }
+    else
+        st = load_found(rt, &s, GK_PLUGIN_KIND_BACKEND, names, e);
     if (st != GK_OK)
         goto out_fail;
     if (strcmp(rt->default_backend, "auto") != 0) {

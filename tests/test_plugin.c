@@ -94,6 +94,37 @@ Test(plugin, defaults_load_every_built_plugin)
     gk_runtime_destroy(rt);
 }
 
+/* A folder of GK_PLUGIN_PATH adds its plugins to the built-in ones (an empty
+ * part and a missing folder are fine); a broken plugin there is an error
+ * naming it, not a silent skip. */
+Test(plugin, gk_plugin_path_adds_to_the_built_in_plugins)
+{
+    char cmd[2048];
+    snprintf(cmd, sizeof cmd, "cp '%s/tests/plugins/libgk-backend-nosample.so' '%s/'", build_root(), tmpdir);
+    cr_assert_eq(system(cmd), 0);
+    char path[1024];
+    snprintf(path, sizeof path, "::/nonexistent-gk-folder:%s", tmpdir);
+    setenv("GK_PLUGIN_PATH", path, 1);
+    gk_runtime *rt;
+    gk_err err = {0};
+    cr_assert_eq(gk_runtime_create(NULL, &rt, &err), GK_OK, "%s", err.msg);
+    bool cpu = false, extra = false;
+    for (size_t i = 0; i < gk_runtime_backend_count(rt); i++) {
+        cpu = cpu || !strcmp(gk_runtime_backend_name(rt, i), "cpu_ref");
+        extra = extra || !strcmp(gk_runtime_backend_name(rt, i), "nosample");
+    }
+    cr_expect(cpu && extra, "cpu_ref %d, nosample from GK_PLUGIN_PATH %d", cpu, extra);
+    cr_expect_not_null(gk_runtime_find_arch(rt, "llama"));
+    gk_runtime_destroy(rt);
+
+    snprintf(cmd, sizeof cmd, "cp '%s/tests/plugins/libgk-arch-badabi.so' '%s/'", build_root(), tmpdir);
+    cr_assert_eq(system(cmd), 0);
+    gk_status st = create_expect_fail(NULL, &err);
+    cr_expect_eq(st, GK_ERR_ABI, "%s", err.msg);
+    cr_expect(strstr(err.msg, tmpdir) && strstr(err.msg, "badabi"), "%s", err.msg);
+    unsetenv("GK_PLUGIN_PATH");
+}
+
 Test(plugin, ini_selects_plugins_and_backend)
 {
     gk_runtime *rt;
