@@ -11,6 +11,8 @@
  */
 #include "gk_internal.h"
 
+#include "gk_json.h"
+
 #include <cjson/cJSON.h>
 
 #include <errno.h>
@@ -41,15 +43,8 @@ static gk_status parse_json(const src *s, const char *text, cJSON **out)
     }
     if (!end || end < text)
         return gk_err_set(s->err, GK_ERR_FORMAT, "%s: invalid JSON", s->file);
-    int line = 1, col = 1;
-    for (const char *q = text; q < end && *q; q++) {
-        if (*q == '\n') {
-            line++;
-            col = 1;
-        } else {
-            col++;
-        }
-    }
+    int line, col;
+    gk_json_line_col(text, (size_t)(end - text), &line, &col);
     char near[24];
     size_t k = 0;
     for (const char *q = end; *q && *q != '\n' && k + 1 < sizeof near; q++)
@@ -61,20 +56,6 @@ static gk_status parse_json(const src *s, const char *text, cJSON **out)
                       col, (size_t)(end - text), pre, near, k ? "'" : "");
 }
 
-/* The value as JSON text for a message, shortened with "..." when long. */
-static void describe(const cJSON *v, char *buf, size_t n)
-{
-    char *t = cJSON_PrintUnformatted(v);
-    if (!t) {
-        snprintf(buf, n, "?");
-        return;
-    }
-    if (strlen(t) < n)
-        snprintf(buf, n, "%s", t);
-    else
-        snprintf(buf, n, "%.*s...", (int)(n - 4), t);
-    cJSON_free(t);
-}
 
 static bool is_absent(const cJSON *v)
 {
@@ -113,12 +94,12 @@ static gk_status read_int(const src *s, const char *key, const cJSON *v, int64_t
             return GK_OK;
         }
         if (isfinite(d) && d == floor(d) && d > (double)INT32_MAX) {
-            describe(v, val, sizeof val);
+            gk_json_describe(v, val, sizeof val);
             return gk_err_set(s->err, GK_ERR_CONFIG, "%s: '%s' is too large (%s; the limit is %d)",
                               s->file, key, val, INT32_MAX);
         }
     }
-    describe(v, val, sizeof val);
+    gk_json_describe(v, val, sizeof val);
     return gk_err_set(s->err, GK_ERR_CONFIG, "%s: '%s' must be a %s integer, got %s", s->file,
                       key, min > 0 ? "positive" : "non-negative", val);
 }
@@ -135,7 +116,7 @@ static gk_status read_float(const src *s, const char *key, const cJSON *v, bool 
         }
     }
     char val[64];
-    describe(v, val, sizeof val);
+    gk_json_describe(v, val, sizeof val);
     return gk_err_set(s->err, GK_ERR_CONFIG, "%s: '%s' must be a %s number, got %s", s->file, key,
                       allow_zero ? "non-negative" : "positive", val);
 }
@@ -150,7 +131,7 @@ static gk_status read_bool(const src *s, const char *key, const cJSON *v, bool *
         return GK_OK;
     }
     char val[64];
-    describe(v, val, sizeof val);
+    gk_json_describe(v, val, sizeof val);
     return gk_err_set(s->err, GK_ERR_CONFIG, "%s: '%s' must be true or false, got %s", s->file,
                       key, val);
 }
@@ -161,7 +142,7 @@ static gk_status read_str(const src *s, const char *key, const cJSON *v, char *o
     if (is_absent(v))
         return GK_OK;
     char val[64];
-    describe(v, val, sizeof val);
+    gk_json_describe(v, val, sizeof val);
     if (!cJSON_IsString(v))
         return gk_err_set(s->err, GK_ERR_CONFIG, "%s: '%s' must be a string, got %s", s->file,
                           key, val);
@@ -252,13 +233,13 @@ static gk_status read_rope(const src *s, const cJSON *root, gk_config *c)
     const cJSON *scaling = get(root, "rope_scaling");
     if (!is_absent(params) && !cJSON_IsObject(params)) {
         char val[64];
-        describe(params, val, sizeof val);
+        gk_json_describe(params, val, sizeof val);
         return gk_err_set(s->err, GK_ERR_CONFIG, "%s: 'rope_parameters' must be an object, got %s",
                           s->file, val);
     }
     if (!is_absent(scaling) && !cJSON_IsObject(scaling)) {
         char val[64];
-        describe(scaling, val, sizeof val);
+        gk_json_describe(scaling, val, sizeof val);
         return gk_err_set(s->err, GK_ERR_CONFIG,
                           "%s: 'rope_scaling' must be an object or null, got %s", s->file, val);
     }
@@ -307,7 +288,7 @@ static gk_status read_rope(const src *s, const cJSON *root, gk_config *c)
         return gk_err_set(s->err, GK_ERR_CONFIG, "%s: missing key '%s'", s->file, type_key);
     }
     char val[64];
-    describe(type, val, sizeof val);
+    gk_json_describe(type, val, sizeof val);
     if (!cJSON_IsString(type))
         return gk_err_set(s->err, GK_ERR_CONFIG, "%s: '%s' must be a string, got %s", s->file,
                           type_key, val);
@@ -373,7 +354,7 @@ static gk_status read_norm_act(const src *s, const cJSON *root, gk_config *c)
     if (is_absent(v))
         return GK_OK;
     char val[64];
-    describe(v, val, sizeof val);
+    gk_json_describe(v, val, sizeof val);
     if (!cJSON_IsString(v))
         return gk_err_set(s->err, GK_ERR_CONFIG, "%s: '%s' must be a string, got %s", s->file,
                           key, val);
@@ -404,7 +385,7 @@ static gk_status read_dtype(const src *s, const cJSON *root, gk_config *c)
     if (is_absent(v))
         return GK_OK;
     char val[64];
-    describe(v, val, sizeof val);
+    gk_json_describe(v, val, sizeof val);
     if (!cJSON_IsString(v))
         return gk_err_set(s->err, GK_ERR_CONFIG, "%s: '%s' must be a string, got %s", s->file,
                           key, val);
@@ -477,7 +458,7 @@ static gk_status read_names(const src *s, const cJSON *root, gk_config *c)
         return GK_OK;
     if (!cJSON_IsArray(v)) {
         char val[64];
-        describe(v, val, sizeof val);
+        gk_json_describe(v, val, sizeof val);
         return gk_err_set(s->err, GK_ERR_CONFIG, "%s: 'architectures' must be a list, got %s",
                           s->file, val);
     }

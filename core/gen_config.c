@@ -35,21 +35,6 @@ typedef struct reader {
 
 /* ------------------------------------------------------------ values */
 
-/* The value as JSON text for a message, cut with "..." when long. */
-static void describe(const cJSON *v, char *buf, size_t n)
-{
-    char *t = cJSON_PrintUnformatted(v);
-    if (!t) {
-        snprintf(buf, n, "?");
-        return;
-    }
-    if (strlen(t) < n)
-        snprintf(buf, n, "%s", t);
-    else
-        snprintf(buf, n, "%.*s...", (int)(n - 4), t);
-    cJSON_free(t);
-}
-
 /* The key's value; NULL when absent or null. */
 static const cJSON *get(const reader *r, const char *key)
 {
@@ -60,7 +45,7 @@ static const cJSON *get(const reader *r, const char *key)
 static gk_status bad(const reader *r, const char *key, const cJSON *v, const char *what)
 {
     char val[64];
-    describe(v, val, sizeof val);
+    gk_json_describe(v, val, sizeof val);
     return gk_err_set(r->err, GK_ERR_CONFIG, "%s: '%s' must be %s, got %s", r->file, key, what, val);
 }
 
@@ -148,7 +133,7 @@ static void note_unsupported(const reader *r, gk_gen_sources *src)
         const cJSON *v = get(r, keys[i].key);
         if (v && !(cJSON_IsNumber(v) && v->valuedouble == keys[i].off)) {
             char val[40];
-            describe(v, val, sizeof val);
+            gk_json_describe(v, val, sizeof val);
             note(src, "%s %s", keys[i].key, val);
         }
     }
@@ -239,18 +224,6 @@ static void sources_reset(gk_gen_sources *src)
     src->max_length = -1;
 }
 
-/* Where a JSON error is, as "line L, column C". */
-static void line_col(const char *text, size_t at, int *line, int *col)
-{
-    *line = 1, *col = 1;
-    for (size_t i = 0; i < at && text[i]; i++) {
-        if (text[i] == '\n')
-            ++*line, *col = 1;
-        else
-            ++*col;
-    }
-}
-
 gk_status gk_gen_config_parse(const char *json, const char *name, gk_gen_opts *opts, gk_gen_sources *src,
                               gk_err *err)
 {
@@ -262,7 +235,7 @@ gk_status gk_gen_config_parse(const char *json, const char *name, gk_gen_opts *o
     cJSON *root = gk_json_parse(json, strlen(json), &je);
     if (!root) {
         int line, col;
-        line_col(json, je.at, &line, &col);
+        gk_json_line_col(json, je.at, &line, &col);
         return gk_err_set(err, GK_ERR_FORMAT, "%s: %s at line %d, column %d (byte %zu)", r.file,
                           je.why ? je.why : "invalid JSON", line, col, je.at);
     }

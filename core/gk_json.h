@@ -26,4 +26,11 @@ cJSON *gk_json_parse(const char *text, size_t len, gk_json_error *e);
  * NULL or an item that is not a string. */
 size_t gk_json_strlen(const cJSON *item);
 
+/* The value as JSON text for a message (buf, n bytes), cut with "..." when
+ * longer; "?" when it cannot be printed. */
+void gk_json_describe(const cJSON *v, char *buf, size_t n);
+
+/* Line and column (from 1) of byte offset at in text, as an error names them. */
+void gk_json_line_col(const char *text, size_t at, int *line, int *col);
+
 #endif

@@ -10,6 +10,7 @@
 
 #include <stdbool.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -149,4 +150,29 @@ cJSON *gk_json_parse(const char *text, size_t len, gk_json_error *e)
     free(buf);
     free(pos);
     return root;
+}
+
+void gk_json_describe(const cJSON *v, char *buf, size_t n)
+{
+    char *t = cJSON_PrintUnformatted(v);
+    if (!t) {
+        snprintf(buf, n, "?");
+        return;
+    }
+    if (strlen(t) < n)
+        snprintf(buf, n, "%s", t);
+    else
+        snprintf(buf, n, "%.*s...", (int)(n - 4), t);
+    cJSON_free(t);
+}
+
+void gk_json_line_col(const char *text, size_t at, int *line, int *col)
+{
+    *line = 1, *col = 1;
+    for (size_t i = 0; i < at && text[i]; i++) {
+        if (text[i] == '\n')
+            ++*line, *col = 1;
+        else
+            ++*col;
+    }
 }

@@ -48,6 +48,16 @@ static int32_t argmax(const float *x, int64_t n)
     return (int32_t)best;
 }
 
+/* p[0..n) divided by their sum (summed in order). */
+static void renormalize(double *p, int64_t n)
+{
+    double sum = 0.0;
+    for (int64_t i = 0; i < n; i++)
+        sum += p[i];
+    for (int64_t i = 0; i < n; i++)
+        p[i] /= sum;
+}
+
 typedef struct cand {
     float logit;
     int32_t id;
@@ -145,18 +155,14 @@ static int32_t sample_u(const float *logits, int64_t n_vocab, const gk_gen_opts 
         n = k;
     }
     /* softmax over the survivors */
-    double sum = 0.0;
     double *p = malloc((size_t)n * sizeof *p);
     if (!p) {
         free(c);
         return -1;
     }
-    for (int64_t i = 0; i < n; i++) {
-        p[i] = exp((double)c[i].logit - (double)c[0].logit);
-        sum += p[i];
-    }
     for (int64_t i = 0; i < n; i++)
-        p[i] /= sum;
+        p[i] = exp((double)c[i].logit - (double)c[0].logit);
+    renormalize(p, n);
     if (o->top_p > 0.0f && o->top_p < 1.0f) {
         /* smallest prefix whose mass reaches top_p; always at least one token */
         double cum = 0.0;
@@ -167,11 +173,7 @@ static int32_t sample_u(const float *logits, int64_t n_vocab, const gk_gen_opts 
                 break;
         }
         n = keep;
-        sum = 0.0;
-        for (int64_t i = 0; i < n; i++)
-            sum += p[i];
-        for (int64_t i = 0; i < n; i++)
-            p[i] /= sum;
+        renormalize(p, n);
     }
     if (o->min_p > 0.0f) {
         /* p is non-increasing: keep the prefix with p >= min_p * p[0] (p[0]
@@ -181,11 +183,7 @@ static int32_t sample_u(const float *logits, int64_t n_vocab, const gk_gen_opts 
         while (keep < n && p[keep] >= cut)
             keep++;
         n = keep;
-        sum = 0.0;
-        for (int64_t i = 0; i < n; i++)
-            sum += p[i];
-        for (int64_t i = 0; i < n; i++)
-            p[i] /= sum;
+        renormalize(p, n);
     }
     /* p[0] > 0 and the p are finite and non-increasing. When rounding leaves
      * the total just below u, the pick is the last token that has any

@@ -19,6 +19,7 @@
  */
 #include "gkrun.h"
 #include "gkrun_chat.h"
+#include "gkrun_stream.h"
 
 #include <errno.h>
 #include <poll.h>
@@ -250,83 +251,6 @@ static size_t next_turn(const chat *c, size_t i)
 
 /* ------------------------------------------------------------ one reply */
 
-/* Prints the decoded text of the reply as its tokens come, and stops it at
- * Ctrl-C. */
-typedef struct streamer {
-    const gk_tokenizer *tok;
-    int n_stop;
-    const char *const *stop;   /* [n_stop]: text that may begin one is held back */
-    int32_t *ids;
-    size_t n, cap;
-    char *text;                /* the last full decode, len bytes */
-    size_t len, printed;
-    bool failed;               /* err says why */
-    gk_err err;
-} streamer;
-
-static bool ends_with_replacement(const char *s, size_t len)
-{
-    return len >= 3 && (unsigned char)s[len - 3] == 0xEF && (unsigned char)s[len - 2] == 0xBF &&
-           (unsigned char)s[len - 1] == 0xBD;
-}
-
-/* Of text[printed, ready), the end that may be printed: before any stop
- * string found there, and before an end that is the start of one. */
-static size_t stop_hold(const streamer *s, const char *text, size_t ready)
-{
-    size_t keep = ready;
-    for (int i = 0; i < s->n_stop; i++) {
-        const char *w = s->stop[i];
-        size_t wl = strlen(w);
-        const char *at = ready > s->printed ? memmem(text + s->printed, ready - s->printed, w, wl) : NULL;
-        if (at && (size_t)(at - text) < keep)
-            keep = (size_t)(at - text);
-        for (size_t k = wl - 1; k > 0; k--) {
-            if (k <= ready - s->printed && !memcmp(text + ready - k, w, k)) {
-                if (ready - k < keep)
-                    keep = ready - k;
-                break;
-            }
-        }
-    }
-    return keep;
-}
-
-static bool on_token(int32_t token, void *user)
-{
-    streamer *s = user;
-    if (s->n == s->cap) {
-        size_t cap = s->cap ? 2 * s->cap : 128;
-        int32_t *p = realloc(s->ids, cap * sizeof *p);
-        if (!p) {
-            s->err.code = GK_ERR_NOMEM;
-            snprintf(s->err.msg, sizeof s->err.msg, "cannot keep more than %zu generated tokens", s->n);
-            s->failed = true;
-            return false;
-        }
-        s->ids = p;
-        s->cap = cap;
-    }
-    s->ids[s->n++] = token;
-    char *text;
-    size_t len;
-    if (gk_tokenizer_decode(s->tok, s->ids, s->n, true, &text, &len, &s->err) != GK_OK) {
-        s->failed = true;
-        return false;
-    }
-    free(s->text);
-    s->text = text;
-    s->len = len;
-    /* a replacement character at the end may be half a character: wait */
-    size_t ready = stop_hold(s, text, ends_with_replacement(text, len) ? len - 3 : len);
-    if (ready > s->printed) {
-        fwrite(text + s->printed, 1, ready - s->printed, stdout);
-        fflush(stdout);
-        s->printed = ready;
-    }
-    return !interrupts;
-}
-
 static bool is_eos(const gk_gen_opts *g, int32_t t)
 {
     for (int i = 0; i < g->n_eos; i++)
@@ -418,12 +342,13 @@ static int chat_reply(chat *c, size_t turn)
         fprintf(stderr, "gkrun: out of memory: room for %lld new tokens\n", (long long)n_new);
         return 1;
     }
-    streamer s = {.tok = c->tok, .n_stop = o->gen.n_stop, .stop = o->gen.stop};
+    gkrun_stream s = {.tok = c->tok, .n_stop = o->gen.n_stop, .stop = o->gen.stop, .echo = true,
+                      .interrupt = &interrupts};
     gk_gen_opts g = o->gen;
     g.tokenizer = g.n_stop ? c->tok : NULL;
     g.max_new_tokens = n_new;
     g.keep_cache = true;
-    g.on_token = on_token;
+    g.on_token = gkrun_stream_token;
     g.user = &s;
     g.seed = o->gen.seed + turn;
     gk_gen_stats st = {0};
@@ -432,20 +357,9 @@ static int chat_reply(chat *c, size_t turn)
     /* a Ctrl-C since the line was read stops this reply at its first token */
     gk_status gs = gk_model_generate(c->m, ids, (int64_t)n_ids, &g, out, &n_out, &st, &err);
     bool stopped = interrupts > 0;
-    if (gs == GK_OK && st.finish == GK_FINISH_STOP && s.text && st.stop_index >= 0 && st.stop_index < g.n_stop) {
-        /* the reply ends where the stop string starts */
-        const char *w = g.stop[st.stop_index];
-        const char *at = memmem(s.text, s.len, w, strlen(w));
-        size_t cut = at ? (size_t)(at - s.text) : st.stop_offset;
-        if (cut < s.len) {
-            s.len = cut;
-            s.text[cut] = '\0';
-        }
-        if (s.printed > s.len)
-            s.printed = s.len;
-    }
-    if (s.len > s.printed)
-        fwrite(s.text + s.printed, 1, s.len - s.printed, stdout);
+    if (gs == GK_OK)
+        gkrun_stream_cut(&s, &st); /* the reply ends where the stop string starts */
+    gkrun_stream_flush(&s);
     fputc('\n', stdout);
     fflush(stdout);
     int rc = 0;
@@ -486,8 +400,7 @@ static int chat_reply(chat *c, size_t turn)
         c->t_prefill += st.t_prefill_s;
         c->t_decode += st.t_decode_s;
     }
-    free(s.ids);
-    free(s.text);
+    gkrun_stream_free(&s);
     free(out);
     free(ids);
     return rc;

@@ -22,6 +22,7 @@
 #include "gkrun_file.h"
 #include "gkrun_args.h"
 #include "gkrun_chat.h"
+#include "gkrun_stream.h"
 
 #include <cjson/cJSON.h>
 #include <errno.h>
@@ -64,113 +65,6 @@ static chain run_chain;
 
 /* --verbose-prompt: print the exact prompt text and its ids on stderr. */
 static bool verbose_prompt;
-
-/* Streams the text of the tokens generated so far, printing only what is new
- * and complete. */
-typedef struct streamer {
-    const gk_tokenizer *tok;
-    int32_t *ids;
-    size_t n, cap;
-    size_t printed;          /* bytes of the decoded text already printed */
-    bool echo;               /* print to stdout as tokens come */
-    bool failed;             /* err says why */
-    gk_err err;
-    char *text;              /* last full decode, len bytes (NUL bytes possible) */
-    size_t len;
-} streamer;
-
-static bool ends_with_replacement(const char *s, size_t len)
-{
-    return len >= 3 && (unsigned char)s[len - 3] == 0xEF && (unsigned char)s[len - 2] == 0xBF &&
-           (unsigned char)s[len - 1] == 0xBD;
-}
-
-/* Of text[printed, ready), the end that may be printed: before any stop
- * string found there, and before an end that is the start of one. */
-static size_t stop_hold(const char *text, size_t printed, size_t ready)
-{
-    size_t keep = ready;
-    for (int i = 0; i < run_chain.n_stop; i++) {
-        const char *w = run_chain.stop[i];
-        size_t wl = strlen(w);
-        if (ready > printed) {
-            const char *at = memmem(text + printed, ready - printed, w, wl);
-            if (at && (size_t)(at - text) < keep)
-                keep = (size_t)(at - text);
-        }
-        for (size_t k = wl - 1; k > 0; k--) {
-            if (k <= ready - printed && !memcmp(text + ready - k, w, k)) {
-                if (ready - k < keep)
-                    keep = ready - k;
-                break;
-            }
-        }
-    }
-    return keep;
-}
-
-/* After a stop string ended generation: the text ends where it starts. */
-static void stop_cut(streamer *s, const gk_gen_stats *st)
-{
-    if (st->finish != GK_FINISH_STOP || st->stop_index < 0 || st->stop_index >= run_chain.n_stop || !s->text)
-        return;
-    const char *w = run_chain.stop[st->stop_index];
-    const char *at = memmem(s->text, s->len, w, strlen(w));
-    size_t cut = at ? (size_t)(at - s->text) : st->stop_offset <= s->len ? st->stop_offset : s->len;
-    if (cut < s->len) {
-        s->len = cut;
-        s->text[cut] = '\0';
-    }
-    if (s->printed > s->len) /* cannot happen while held back; never print past the cut */
-        s->printed = s->len;
-}
-
-static bool on_token(int32_t token, void *user)
-{
-    streamer *s = user;
-    if (s->n == s->cap) {
-        size_t cap, bytes;
-        int32_t *p = NULL;
-        if (gk_size_mul(s->cap ? s->cap : 128, 2, &cap) && gk_size_mul(cap, sizeof *p, &bytes))
-            p = realloc(s->ids, bytes);
-        if (!p) {
-            s->err.code = GK_ERR_NOMEM;
-            snprintf(s->err.msg, sizeof s->err.msg, "cannot keep more than %zu generated tokens", s->n);
-            s->failed = true;
-            return false;
-        }
-        s->ids = p;
-        s->cap = cap;
-    }
-    s->ids[s->n++] = token;
-    char *text;
-    size_t len;
-    if (gk_tokenizer_decode(s->tok, s->ids, s->n, true, &text, &len, &s->err) != GK_OK) {
-        s->failed = true;
-        return false;
-    }
-    free(s->text);
-    s->text = text;
-    s->len = len;
-    /* a replacement character at the end may be half a character: wait */
-    size_t ready = ends_with_replacement(text, len) ? len - 3 : len;
-    ready = stop_hold(text, s->printed, ready);
-    if (s->echo && ready > s->printed) {
-        fwrite(text + s->printed, 1, ready - s->printed, stdout);
-        fflush(stdout);
-        s->printed = ready;
-    }
-    return true;
-}
-
-static void streamer_finish(streamer *s)
-{
-    if (s->echo && s->text) {
-        if (s->len > s->printed)
-            fwrite(s->text + s->printed, 1, s->len - s->printed, stdout);
-        fflush(stdout);
-    }
-}
 
 /* ------------------------------------------------------------ progress */
 
@@ -325,7 +219,7 @@ static cJSON *stats_json(gk_model *m, const gk_gen_stats *st, double t_load, uin
  * context, echo it to stdout when asked, then generate and stream. Nothing
  * is echoed for a prompt that is refused. Returns 0 or 1 (message printed). */
 static int complete(gk_model *m, const gk_tokenizer *tok, const char *text, size_t len, bool add_special,
-                    bool echo_prompt, const gen_args *a, const int64_t *eos, int n_eos, streamer *s,
+                    bool echo_prompt, const gen_args *a, const int64_t *eos, int n_eos, gkrun_stream *s,
                     gk_gen_stats *st)
 {
     gk_err err = {0};
@@ -376,7 +270,7 @@ static int complete(gk_model *m, const gk_tokenizer *tok, const char *text, size
     o.n_stop = run_chain.n_stop;
     o.stop = run_chain.stop;
     o.tokenizer = run_chain.n_stop ? tok : NULL;
-    o.on_token = on_token;
+    o.on_token = gkrun_stream_token;
     o.user = s;
     size_t out_bytes;
     int32_t *out = NULL;
@@ -404,8 +298,8 @@ static int complete(gk_model *m, const gk_tokenizer *tok, const char *text, size
     else if (s->failed) /* the tokenizer's reason, e.g. an id outside its vocabulary */
         rc = gkrun_fail(&s->err);
     if (gs == GK_OK)
-        stop_cut(s, st);
-    streamer_finish(s);
+        gkrun_stream_cut(s, st);
+    gkrun_stream_flush(s);
     free(out);
     free(ids);
     return rc;
@@ -658,7 +552,7 @@ int gkrun_generate(int argc, char **argv, const gkrun_common *common)
     gk_tokenizer *tok = NULL;
     char *prompt = NULL;
     size_t prompt_len = 0;
-    streamer s = {0};
+    gkrun_stream s = {0};
     rc = 1;
 
     /* stdin closed or a folder: say so now, before loading the model (and
@@ -698,6 +592,8 @@ int gkrun_generate(int argc, char **argv, const gkrun_common *common)
     int64_t eos[GK_MAX_EOS];
     int n_eos = collect_eos(gk_model_config(m), tok, eos);
     s.tok = tok;
+    s.n_stop = run_chain.n_stop;
+    s.stop = run_chain.stop;
     if (ch->verbose)
         print_chain(&a, ch, eos, n_eos, u.presence ? "user" : "default", u.frequency ? "user" : "default");
 
@@ -750,8 +646,7 @@ out:
     free(ch->stop);
     ch->stop = NULL;
     ch->n_stop = 0;
-    free(s.ids);
-    free(s.text);
+    gkrun_stream_free(&s);
     free(prompt);
     gk_model_destroy(m);
     gk_tokenizer_destroy(tok);
