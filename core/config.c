@@ -247,8 +247,15 @@ static gk_status read_rope(const src *s, const cJSON *root, gk_config *c)
     const char *obj_key = "rope_parameters";
     const cJSON *obj = is_absent(params) ? NULL : params;
     if (obj && !get(obj, "rope_type") && !get(obj, "type") && !get(obj, "rope_theta")) {
-        /* transformers 5 keys rope_parameters by layer type for mixed-attention models */
-        for (const cJSON *it = obj->child; it; it = it->next) {
+        /* transformers 5 keys rope_parameters by layer type for mixed-attention
+         * models: the config's rope is that of full-attention layers, the
+         * architecture reads the others (gk_config_get_*) */
+        const cJSON *full = get(obj, "full_attention");
+        if (cJSON_IsObject(full)) {
+            obj = params = full;
+            obj_key = "rope_parameters.full_attention";
+        }
+        for (const cJSON *it = obj == full ? NULL : obj->child; it; it = it->next) {
             if (cJSON_IsObject(it)) {
                 char q[64];
                 return gk_err_set(s->err, GK_ERR_UNSUPPORTED,
@@ -265,10 +272,10 @@ static gk_status read_rope(const src *s, const cJSON *root, gk_config *c)
 
     c->rope_theta = 10000.0f;
     const cJSON *theta = get(root, "rope_theta");
-    const char *theta_key = "rope_theta";
+    char theta_key[64] = "rope_theta";
     if (is_absent(theta) && obj) {
         theta = get(obj, "rope_theta");
-        theta_key = obj == params ? "rope_parameters.rope_theta" : "rope_scaling.rope_theta";
+        snprintf(theta_key, sizeof theta_key, "%s.rope_theta", obj_key);
     }
     if (!is_absent(theta) && (st = read_float(s, theta_key, theta, false, &c->rope_theta)) != GK_OK)
         return st;
@@ -503,27 +510,28 @@ static gk_status read_config(const src *s, const cJSON *root, gk_config *c)
     return read_eos(s, root, c);
 }
 
-/* Both texts to a config; gen_text may be NULL. *out is written only on success. */
+/* Both texts into *out, zeroed scratch the caller keeps only on success; gen_text may be NULL. */
 static gk_status parse_texts(const char *cfg_name, const char *cfg_text, const char *gen_name,
                              const char *gen_text, gk_config *out, gk_err *err)
 {
     src cs = { cfg_name, err }, gs = { gen_name, err };
     cJSON *root = NULL, *gen = NULL;
-    gk_config c;
-    memset(&c, 0, sizeof c);
+    gk_config *c = out; /* zeroed by the caller, which keeps it only on success */
     gk_status st = parse_json(&cs, cfg_text, &root);
     if (st != GK_OK)
         goto out;
-    if ((st = read_config(&cs, root, &c)) != GK_OK)
+    if ((st = read_config(&cs, root, c)) != GK_OK)
         goto out;
     if (gen_text) {
         if ((st = parse_json(&gs, gen_text, &gen)) != GK_OK)
             goto out;
         /* generation_config.json wins where it has the key */
-        if ((st = read_bos(&gs, gen, &c)) != GK_OK || (st = read_eos(&gs, gen, &c)) != GK_OK)
+        if ((st = read_bos(&gs, gen, c)) != GK_OK || (st = read_eos(&gs, gen, c)) != GK_OK)
             goto out;
     }
-    *out = c;
+    size_t len = strlen(cfg_text);
+    if (len < sizeof c->json)
+        memcpy(c->json, cfg_text, len + 1);
 out:
     cJSON_Delete(gen);
     cJSON_Delete(root);
@@ -532,26 +540,46 @@ out:
 
 /* ------------------------------------------------------------ public */
 
-gk_status gk_config_parse(const char *config_json, const char *gen_json, gk_config *out,
-                          gk_err *err)
+/* Version 1's struct: everything before the config.json text. */
+#define CONFIG_V1_SIZE offsetof(gk_config, json)
+
+/* Copy c into out's first out_size bytes, saying what was filled. */
+static void store(gk_config *c, gk_config *out, size_t out_size)
 {
-    if (!out)
-        return gk_err_set(err, GK_ERR_INVALID_ARG, "gk_config_parse: out is NULL");
-    memset(out, 0, sizeof *out);
-    if (!config_json)
-        return gk_err_set(err, GK_ERR_INVALID_ARG, "gk_config_parse: config_json is NULL");
-    return parse_texts("config.json", config_json, "generation_config.json", gen_json, out, err);
+    size_t n = out_size < sizeof *c ? out_size : sizeof *c;
+    c->struct_size = (uint32_t)n;
+    c->version = GK_CONFIG_VERSION;
+    memcpy(out, c, n);
 }
 
-gk_status gk_config_load(const char *path, gk_config *out, gk_err *err)
+gk_status gk_config_parse_sized(const char *config_json, const char *gen_json, gk_config *out, size_t out_size,
+                                gk_err *err)
 {
-    if (!out)
-        return gk_err_set(err, GK_ERR_INVALID_ARG, "gk_config_load: out is NULL");
-    memset(out, 0, sizeof *out);
+    if (!out || out_size < CONFIG_V1_SIZE)
+        return gk_err_set(err, GK_ERR_INVALID_ARG, "gk_config_parse: out is %s", out ? "too small" : "NULL");
+    memset(out, 0, out_size < sizeof *out ? out_size : sizeof *out);
+    if (!config_json)
+        return gk_err_set(err, GK_ERR_INVALID_ARG, "gk_config_parse: config_json is NULL");
+    gk_config *c = calloc(1, sizeof *c);
+    if (!c)
+        return gk_err_set(err, GK_ERR_NOMEM, "out of memory");
+    gk_status st = parse_texts("config.json", config_json, "generation_config.json", gen_json, c, err);
+    if (st == GK_OK)
+        store(c, out, out_size);
+    free(c);
+    return st;
+}
+
+gk_status gk_config_load_sized(const char *path, gk_config *out, size_t out_size, gk_err *err)
+{
+    if (!out || out_size < CONFIG_V1_SIZE)
+        return gk_err_set(err, GK_ERR_INVALID_ARG, "gk_config_load: out is %s", out ? "too small" : "NULL");
+    memset(out, 0, out_size < sizeof *out ? out_size : sizeof *out);
     if (!path)
         return gk_err_set(err, GK_ERR_INVALID_ARG, "gk_config_load: path is NULL");
 
     gk_status st;
+    gk_config *c = NULL;
     char *cfg_path = NULL, *dir = NULL, *gen_path = NULL, *cfg_text = NULL, *gen_text = NULL;
     if (gk_path_is_dir(path)) {
         dir = gk_strdup(path);
@@ -561,7 +589,8 @@ gk_status gk_config_load(const char *path, gk_config *out, gk_err *err)
         cfg_path = gk_strdup(path);
     }
     gen_path = dir ? gk_path_join(dir, "generation_config.json") : NULL;
-    if (!cfg_path || !gen_path) {
+    c = calloc(1, sizeof *c);
+    if (!cfg_path || !gen_path || !c) {
         st = gk_err_set(err, GK_ERR_NOMEM, "%s: out of memory", path);
         goto out_free;
     }
@@ -572,8 +601,11 @@ gk_status gk_config_load(const char *path, gk_config *out, gk_err *err)
     if ((lstat(gen_path, &sb) == 0 || errno != ENOENT) &&
         (st = gk_read_file(gen_path, &gen_text, NULL, err)) != GK_OK)
         goto out_free;
-    st = parse_texts(cfg_path, cfg_text, gen_path, gen_text, out, err);
+    st = parse_texts(cfg_path, cfg_text, gen_path, gen_text, c, err);
+    if (st == GK_OK)
+        store(c, out, out_size);
 out_free:
+    free(c);
     free(gen_text);
     free(cfg_text);
     free(gen_path);

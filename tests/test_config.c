@@ -536,9 +536,9 @@ static const bad_case bad_cases[] = {
     { "transformers 5 longrope",
       "{" MIN_LLAMA ", \"rope_parameters\": {\"rope_type\": \"longrope\", \"rope_theta\": 1e4}}",
       GK_ERR_UNSUPPORTED, "rope_parameters.rope_type", "longrope" },
-    { "per-layer-type rope_parameters",
-      "{" MIN_LLAMA ", \"rope_parameters\": {\"full_attention\": {\"rope_type\": \"default\"}}}",
-      GK_ERR_UNSUPPORTED, "rope_parameters", "full_attention" },
+    { "per-layer-type rope_parameters without full_attention",
+      "{" MIN_LLAMA ", \"rope_parameters\": {\"chunked_attention\": {\"rope_type\": \"default\"}}}",
+      GK_ERR_UNSUPPORTED, "rope_parameters", "chunked_attention" },
     { "llama3 rope without original context",
       "{" MIN_LLAMA ", \"rope_scaling\": {\"rope_type\": \"llama3\", \"factor\": 8.0, "
       "\"low_freq_factor\": 1.0, \"high_freq_factor\": 4.0}}",

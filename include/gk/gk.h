@@ -177,9 +177,19 @@ typedef enum gk_rope_scaling {
 
 #define GK_MAX_EOS 8
 
+#define GK_CONFIG_VERSION 2   /* 2: struct_size, version, the config.json text */
+#define GK_CONFIG_JSON_MAX 65536
+
 /* A model's hyperparameters: what transformers calls the config (TransformerConfig
- * in the original). Plain data: copy it freely. */
+ * in the original). Plain data: copy it freely.
+ *
+ * Growth: fields are only ever added at the end. gk_config_load and
+ * gk_config_parse are macros passing the caller's sizeof(gk_config), and the
+ * library writes no more than that, so an application built against an older
+ * header keeps working; struct_size and version say what the library filled. */
 typedef struct gk_config {
+    uint32_t struct_size;       /* bytes the library filled (<= the caller's sizeof) */
+    uint32_t version;           /* GK_CONFIG_VERSION of the library that filled it */
     char model_type[32];        /* "llama", "gpt2", ... ("" when absent) */
     char architecture[64];      /* architectures[0], "" when absent */
     int64_t n_vocab;
@@ -194,7 +204,8 @@ typedef struct gk_config {
     float norm_eps;
     gk_act act;
     bool has_norm_type;         /* norm/eps came from the file (rms_norm_eps or layer_norm_epsilon) */
-    float rope_theta;
+    float rope_theta;           /* of full-attention layers where rope_parameters is keyed by
+                                   layer type (transformers 5); gk_config_get_* reads the others */
     gk_rope_scaling rope_scaling;
     float rope_factor;
     float rope_low_freq_factor, rope_high_freq_factor;
@@ -202,13 +213,16 @@ typedef struct gk_config {
     bool tie_word_embeddings;
     bool attention_bias;        /* q/k/v (and o, for Llama) carry biases */
     bool mlp_bias;
-    int64_t sliding_window;     /* tokens a query may look back; 0 = unlimited. Not
-                                   implemented: a context longer than it is refused */
+    int64_t sliding_window;     /* tokens a query may look back (key j is seen from query i
+                                   when i - window < j <= i); 0 = unlimited */
     gk_dtype dtype;             /* torch_dtype / dtype; F32 when absent */
     /* generation_config.json (or config.json as a fallback) */
     int64_t bos_id;             /* -1 when absent */
     int n_eos;
     int64_t eos_ids[GK_MAX_EOS];
+    /* (version 2) config.json as read, for gk_config_get_*; "" when it is
+     * longer than GK_CONFIG_JSON_MAX - 1 bytes (the getters then say so) */
+    char json[GK_CONFIG_JSON_MAX];
 } gk_config;
 
 /* Parse config.json at `path` (a file, or a folder holding config.json), then
@@ -216,12 +230,37 @@ typedef struct gk_config {
  * a folder or a symlink loop, is GK_ERR_IO). Errors name the key:
  * GK_ERR_CONFIG for bad values (integers must lie in [0, 2^31), so products of
  * two fit int64), GK_ERR_FORMAT for broken JSON, GK_ERR_IO,
- * GK_ERR_INVALID_ARG for path or out NULL. *out is zeroed on failure. */
-GK_API gk_status gk_config_load(const char *path, gk_config *out, gk_err *err);
+ * GK_ERR_INVALID_ARG for path or out NULL, or out_size smaller than version
+ * 1's struct. The first out_size bytes of *out are zeroed on failure. */
+GK_API gk_status gk_config_load_sized(const char *path, gk_config *out, size_t out_size, gk_err *err);
+#define gk_config_load(path, out, err) gk_config_load_sized((path), (out), sizeof *(out), (err))
 /* The same from NUL-terminated JSON text already in memory (gen_json may be
  * NULL: no generation config; config_json or out NULL is GK_ERR_INVALID_ARG). */
-GK_API gk_status gk_config_parse(const char *config_json, const char *gen_json,
-                                 gk_config *out, gk_err *err);
+GK_API gk_status gk_config_parse_sized(const char *config_json, const char *gen_json, gk_config *out,
+                                       size_t out_size, gk_err *err);
+#define gk_config_parse(cfg_json, gen_json, out, err) \
+    gk_config_parse_sized((cfg_json), (gen_json), (out), sizeof *(out), (err))
+
+/* Any config.json value, for architecture plugins and applications. key is a
+ * path: "partial_rotary_factor", "rope_parameters.sliding_attention.rope_theta",
+ * "layer_types.3" (arrays take an index). Absent or null: *out = def and
+ * GK_OK. A value of the wrong type (a float where an integer is asked, a
+ * string for a bool...) is GK_ERR_CONFIG naming the key and the value. A
+ * config without its text (a struct from an older library, or a config.json
+ * over GK_CONFIG_JSON_MAX) is GK_ERR_UNSUPPORTED. */
+GK_API gk_status gk_config_get_int(const gk_config *c, const char *key, int64_t def, int64_t *out, gk_err *err);
+GK_API gk_status gk_config_get_float(const gk_config *c, const char *key, double def, double *out, gk_err *err);
+GK_API gk_status gk_config_get_bool(const gk_config *c, const char *key, bool def, bool *out, gk_err *err);
+/* Copies a string value into out[cap] (longer is GK_ERR_CONFIG); def may be NULL
+ * (then an absent key gives ""). */
+GK_API gk_status gk_config_get_string(const gk_config *c, const char *key, const char *def, char *out,
+                                      size_t cap, gk_err *err);
+/* A numeric array into out[cap]: *n = its length (0 when absent or null); a
+ * longer array or a non-number element is GK_ERR_CONFIG. */
+GK_API gk_status gk_config_get_array(const gk_config *c, const char *key, double *out, size_t cap, size_t *n,
+                                     gk_err *err);
+/* Whether key is present and not null. */
+GK_API bool gk_config_has(const gk_config *c, const char *key);
 
 /* ----------------------------------------------------------------- runtime */
 
