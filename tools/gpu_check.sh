@@ -41,7 +41,8 @@ case $rc in
 esac
 
 # ----------------------------------------------- models end to end
-for model in gpt2-tiny llama-tiny llama-tiny-f16-sharded qwen3-tiny; do
+# every checkpoint with goldens: the reference pack and the architecture fixtures
+for model in $(cd tests/data/models && for d in */; do [ -f "$d/golden.safetensors" ] && echo "${d%/}"; done); do
     for dtype in f32 f16 bf16; do
         name="$model/$dtype"
         log="$LOG/verify-$model-$dtype.log"
