@@ -984,3 +984,738 @@ Test(cpu_ref, graph_compute_names_the_op_and_tensor_it_cannot_run)
     gk_node alias = {.op = GK_OP_GELU_TANH, .src = {x}, .dst = x};
     cr_assert_eq(run(&alias, &err), GK_ERR_INVALID_ARG);
 }
+
+/* ======================================================= ABI 1.4 ops */
+
+/* An I32 tensor [rows][cols] holding vals. */
+static gk_tensor *ints2(int64_t rows, int64_t cols, const int32_t *vals, const char *name)
+{
+    gk_tensor *t = tensor(GK_DTYPE_I32, rows, cols, name);
+    upload(t, vals);
+    return t;
+}
+
+static int32_t *download_ints(const gk_tensor *t)
+{
+    return (int32_t *)download(t);  /* the same bytes: 4 per element */
+}
+
+/* -------------------------------------------------------------------- mul */
+
+Test(cpu_ref, mul_is_elementwise_and_broadcasts_a_row)
+{
+    const int64_t D = 37;
+    for (int w = 0; w < 3; w++)
+        for (int bc = 0; bc < 2; bc++)
+            for (int k = 0; k < 3; k++) {
+                int64_t n = ns[k], yr = bc ? 1 : n;
+                double *x = rnd_vec(n * D, 3.0, 0.0), *y = rnd_vec(yr * D, 2.0, 0.0);
+                gk_tensor *tx = act(n, D, x, "x");
+                gk_tensor *ty = filled(wtypes[w], yr, D, y, "scale.weight");
+                gk_tensor *dst = tensor(GK_DTYPE_F32, n, D, "prod");
+                gk_node nd = {.op = GK_OP_MUL, .src = {tx, ty}, .dst = dst};
+                run_ok(&nd, "mul");
+                double *want = malloc((size_t)(n * D) * sizeof *want);
+                for (int64_t t = 0; t < n; t++)
+                    for (int64_t j = 0; j < D; j++)
+                        want[t * D + j] = x[t * D + j] * y[(bc ? 0 : t) * D + j];
+                char what[64];
+                snprintf(what, sizeof what, "mul %s broadcast=%d n=%lld", dt_str(wtypes[w]), bc,
+                         (long long)n);
+                expect_close(dst, want, NULL, 1e-7, 0.0, what);
+                free(x);
+                free(y);
+                free(want);
+            }
+}
+
+/* -------------------------------------------------- scale and softcap */
+
+Test(cpu_ref, scale_is_x_times_f0_plus_f1)
+{
+    const int64_t D = 37;
+    const float sc[3][2] = {{2.5f, 0.0f}, {-0.125f, 3.0f}, {1.0f, -1.5f}};
+    for (int c = 0; c < 3; c++)
+        for (int k = 0; k < 3; k++) {
+            int64_t n = ns[k];
+            double *x = rnd_vec(n * D, 4.0, 0.0);
+            gk_tensor *tx = act(n, D, x, "x");
+            gk_tensor *dst = tensor(GK_DTYPE_F32, n, D, "scaled");
+            gk_node nd = {.op = GK_OP_SCALE, .src = {tx}, .dst = dst, .f = {sc[c][0], sc[c][1]}};
+            run_ok(&nd, "scale");
+            double *want = malloc((size_t)(n * D) * sizeof *want);
+            for (int64_t e = 0; e < n * D; e++)
+                want[e] = x[e] * (double)sc[c][0] + (double)sc[c][1];
+            expect_close(dst, want, NULL, 1e-6, 1e-6, "scale");
+            free(x);
+            free(want);
+        }
+}
+
+Test(cpu_ref, softcap_is_cap_times_tanh_of_x_over_cap)
+{
+    const int64_t D = 37;
+    const float caps[3] = {30.0f, 50.0f, 2.5f};  /* Gemma 2's final and attention caps, a tight one */
+    for (int c = 0; c < 3; c++)
+        for (int k = 0; k < 3; k++) {
+            int64_t n = ns[k];
+            double *x = rnd_vec(n * D, 100.0, 0.0);
+            x[0] = 0.0;
+            if (n > 1)
+                x[1] = 1e4;  /* saturates at the cap */
+            gk_tensor *tx = act(n, D, x, "logits");
+            gk_tensor *dst = tensor(GK_DTYPE_F32, n, D, "capped");
+            gk_node nd = {.op = GK_OP_SOFTCAP, .src = {tx}, .dst = dst, .f = {caps[c]}};
+            run_ok(&nd, "softcap");
+            double *want = malloc((size_t)(n * D) * sizeof *want);
+            for (int64_t e = 0; e < n * D; e++)
+                want[e] = caps[c] * tanh(x[e] / caps[c]);
+            expect_close(dst, want, NULL, 1e-6, 1e-6, "softcap");
+            free(x);
+            free(want);
+        }
+}
+
+/* ------------------------------------------------------------------ gelu */
+
+static double gelu_erf_oracle(double x) { return 0.5 * x * (1.0 + erf(x / sqrt(2.0))); }
+
+static double gelu_tanh_oracle(double x)
+{
+    return 0.5 * x * (1.0 + tanh(sqrt(2.0 / M_PI) * (x + 0.044715 * x * x * x)));
+}
+
+Test(cpu_ref, gelu_is_the_exact_erf_gelu)
+{
+    const int64_t D = 37;
+    for (int k = 0; k < 3; k++) {
+        int64_t n = ns[k];
+        double *x = rnd_vec(n * D, 6.0, 0.0);
+        x[0] = 0.0;
+        if (n > 1) {
+            x[1] = -20.0;
+            x[2] = 20.0;
+        }
+        gk_tensor *tx = act(n, D, x, "ffn_up");
+        gk_tensor *dst = tensor(GK_DTYPE_F32, n, D, "ffn_act");
+        gk_node nd = {.op = GK_OP_GELU, .src = {tx}, .dst = dst};
+        run_ok(&nd, "gelu");
+        double *want = malloc((size_t)(n * D) * sizeof *want);
+        for (int64_t e = 0; e < n * D; e++)
+            want[e] = gelu_erf_oracle(x[e]);
+        expect_close(dst, want, NULL, 1e-5, 1e-6, "gelu");
+        free(x);
+        free(want);
+    }
+}
+
+Test(cpu_ref, geglu_is_gelu_of_gate_times_up_in_both_modes)
+{
+    const int64_t D = 37, n = 33;
+    for (int mode = 0; mode < 2; mode++) {
+        double *g = rnd_vec(n * D, 4.0, 0.0), *u = rnd_vec(n * D, 2.0, 0.0);
+        gk_tensor *tg = act(n, D, g, "ffn_gate"), *tu = act(n, D, u, "ffn_up");
+        gk_tensor *dst = tensor(GK_DTYPE_F32, n, D, "ffn_act");
+        gk_node nd = {.op = GK_OP_GEGLU, .src = {tg, tu}, .dst = dst, .i = {mode}};
+        run_ok(&nd, "geglu");
+        double *want = malloc((size_t)(n * D) * sizeof *want);
+        double worst_other = 0.0;  /* how far the other mode's formula is */
+        for (int64_t e = 0; e < n * D; e++) {
+            double tn = gelu_tanh_oracle(g[e]) * u[e], ex = gelu_erf_oracle(g[e]) * u[e];
+            want[e] = mode ? ex : tn;
+            worst_other = fmax(worst_other, fabs(mode ? tn - ex : ex - tn));
+        }
+        expect_close(dst, want, NULL, 1e-5, 1e-6, mode ? "geglu erf" : "geglu tanh");
+        /* the two modes differ by far more than the tolerance, so the mode is seen */
+        cr_assert(worst_other > 1e-4, "the inputs do not tell the modes apart (%g)", worst_other);
+        free(g);
+        free(u);
+        free(want);
+    }
+}
+
+/* --------------------------------------------------------------- softmax */
+
+Test(cpu_ref, softmax_is_row_wise_and_survives_large_values)
+{
+    const int64_t dims[3] = {1, 8, 37};
+    for (int di = 0; di < 3; di++)
+        for (int k = 0; k < 3; k++) {
+            int64_t n = ns[k], D = dims[di];
+            double *x = rnd_vec(n * D, 20.0, 0.0);
+            for (int64_t j = 0; j < D; j++)
+                x[j] += 200.0;  /* exp(200) overflows float: the max must be subtracted */
+            gk_tensor *tx = act(n, D, x, "router_logits");
+            gk_tensor *dst = tensor(GK_DTYPE_F32, n, D, "router_probs");
+            gk_node nd = {.op = GK_OP_SOFTMAX, .src = {tx}, .dst = dst};
+            run_ok(&nd, "softmax");
+            double *want = malloc((size_t)(n * D) * sizeof *want);
+            for (int64_t t = 0; t < n; t++) {
+                double max = -INFINITY, sum = 0.0;
+                for (int64_t j = 0; j < D; j++)
+                    max = fmax(max, x[t * D + j]);
+                for (int64_t j = 0; j < D; j++)
+                    sum += exp(x[t * D + j] - max);
+                for (int64_t j = 0; j < D; j++)
+                    want[t * D + j] = exp(x[t * D + j] - max) / sum;
+            }
+            char what[64];
+            snprintf(what, sizeof what, "softmax D=%lld n=%lld", (long long)D, (long long)n);
+            expect_close(dst, want, NULL, 1e-5, 1e-7, what);
+            free(x);
+            free(want);
+        }
+}
+
+/* ------------------------------------------------------------------ topk */
+
+/* The columns of row r [E] by value descending, equal values by column
+ * ascending: an insertion sort on (value desc, column asc). */
+static void topk_oracle(const double *r, int64_t E, int32_t *order)
+{
+    for (int64_t e = 0; e < E; e++) {
+        int64_t i = e;
+        while (i > 0 && r[order[i - 1]] < r[e])
+            i--;
+        memmove(order + i + 1, order + i, (size_t)(e - i) * sizeof *order);
+        order[i] = (int32_t)e;
+    }
+}
+
+Test(cpu_ref, topk_takes_the_largest_first_and_the_lower_column_on_ties)
+{
+    const int64_t E = 11, n = 9;
+    const int32_t ks[3] = {1, 2, 11};
+    double *x = rnd_vec(n * E, 1.0, 0.0);
+    for (int64_t e = 0; e < n * E; e++)  /* values in {-3 .. 3}: many ties */
+        x[e] = round(x[e] * 3.0);
+    for (int64_t j = 0; j < E; j++)  /* row 0: all equal */
+        x[j] = 0.5;
+    x[E + 10] = x[E + 3] = 7.0;  /* row 1: a tie at the top */
+    for (int ki = 0; ki < 3; ki++) {
+        int32_t k = ks[ki];
+        gk_tensor *tx = act(n, E, x, "router_logits");
+        gk_tensor *dst = tensor(GK_DTYPE_I32, n, k, "experts");
+        gk_node nd = {.op = GK_OP_TOPK, .src = {tx}, .dst = dst, .i = {k}};
+        run_ok(&nd, "topk");
+        int32_t *got = download_ints(dst), order[11];
+        for (int64_t t = 0; t < n; t++) {
+            topk_oracle(x + t * E, E, order);
+            for (int32_t j = 0; j < k; j++)
+                cr_assert_eq(got[t * k + j], order[j], "topk k=%d: row %lld slot %d is %d, want %d", k,
+                             (long long)t, j, got[t * k + j], order[j]);
+        }
+        if (k >= 2) {
+            cr_assert_eq(got[0], 0);
+            cr_assert_eq(got[1], 1);
+            cr_assert_eq(got[k], 3, "row 1's tie: the lower column first");
+            cr_assert_eq(got[k + 1], 10);
+        }
+        free(got);
+    }
+    free(x);
+}
+
+/* ---------------------------------------------------------------- gather */
+
+Test(cpu_ref, gather_picks_columns_per_row_and_zero_for_an_id_out_of_range)
+{
+    const int64_t E = 8, n = 5, k = 3;
+    double *x = rnd_vec(n * E, 2.0, 0.0);
+    int32_t id[5 * 3];
+    for (int64_t e = 0; e < n * k; e++)
+        id[e] = (int32_t)((e * 5 + 1) % E);
+    id[4] = -1;
+    id[7] = (int32_t)E;
+    id[13] = 1 << 30;
+    gk_tensor *tx = act(n, E, x, "router_probs");
+    gk_tensor *ids = ints2(n, k, id, "experts");
+    gk_tensor *dst = tensor(GK_DTYPE_F32, n, k, "expert_weights");
+    gk_node nd = {.op = GK_OP_GATHER, .src = {tx, ids}, .dst = dst};
+    run_ok(&nd, "gather");
+    double want[5 * 3];
+    for (int64_t t = 0; t < n; t++)
+        for (int64_t j = 0; j < k; j++) {
+            int32_t c = id[t * k + j];
+            want[t * k + j] = c >= 0 && c < E ? x[t * E + c] : 0.0;
+        }
+    expect_close(dst, want, NULL, 0.0, 0.0, "gather");
+    free(x);
+}
+
+/* ------------------------------------------------------------- linear_id */
+
+Test(cpu_ref, linear_id_multiplies_each_slot_by_its_expert)
+{
+    const int64_t E = 5, in = 37, out = 6, k = 2;
+    for (int w = 0; w < 3; w++)
+        for (int own = 0; own < 2; own++)  /* x [n][in] shared, or [n][k*in] per slot */
+            for (int ki = 0; ki < 3; ki++) {
+                int64_t n = ns[ki], xc = own ? k * in : in;
+                double *x = rnd_vec(n * xc, 1.0, 0.0), *wv = rnd_vec(E * out * in, 0.5, 0.0);
+                /* expert 4 is never selected: poison it where the dtype has a NaN
+                 * encoding here, so that reading it shows */
+                if (wtypes[w] != GK_DTYPE_F16)
+                    for (int64_t e = 4 * out * in; e < E * out * in; e++)
+                        wv[e] = NAN;
+                int32_t *id = malloc((size_t)(n * k) * sizeof *id);
+                for (int64_t e = 0; e < n * k; e++)
+                    id[e] = (int32_t)((e * 3 + e / 2) % 4);
+                id[0] = 2;
+                id[1] = 2;  /* both slots of a token on one expert */
+                gk_tensor *tx = act(n, xc, x, "x");
+                gk_tensor *tw = filled(wtypes[w], E * out, in, wv, "blk.0.experts.w1");
+                gk_tensor *ids = ints2(n, k, id, "experts");
+                gk_tensor *dst = tensor(GK_DTYPE_F32, n, k * out, "ffn_gate");
+                gk_node nd = {.op = GK_OP_LINEAR_ID, .src = {tx, tw, ids}, .dst = dst,
+                              .i = {(int32_t)E}};
+                run_ok(&nd, "linear_id");
+
+                double *want = malloc((size_t)(n * k * out) * sizeof *want);
+                double *mag = malloc((size_t)(n * k * out) * sizeof *mag);
+                for (int64_t t = 0; t < n; t++)
+                    for (int64_t j = 0; j < k; j++)
+                        for (int64_t o = 0; o < out; o++) {
+                            const double *xj = x + t * xc + (own ? j * in : 0);
+                            const double *row = wv + (id[t * k + j] * out + o) * in;
+                            double s = 0.0, m = 0.0;
+                            for (int64_t i = 0; i < in; i++) {
+                                s += xj[i] * row[i];
+                                m += fabs(xj[i] * row[i]);
+                            }
+                            want[(t * k + j) * out + o] = s;
+                            mag[(t * k + j) * out + o] = m;
+                        }
+                char what[96];
+                snprintf(what, sizeof what, "linear_id %s x=[%lld][%lld]", dt_str(wtypes[w]),
+                         (long long)n, (long long)xc);
+                expect_close(dst, want, mag, 1e-5, 0.0, what);
+                free(x);
+                free(wv);
+                free(id);
+                free(want);
+                free(mag);
+            }
+}
+
+Test(cpu_ref, linear_id_with_an_expert_out_of_range_writes_zeros_and_reads_nothing_outside)
+{
+    const int64_t E = 3, in = 8, out = 4, k = 2, n = 2;
+    double *x = rnd_vec(n * in, 1.0, 0.0), *wv = rnd_vec(E * out * in, 1.0, 0.0);
+    const int32_t id[4] = {1, 3, -1, 0};
+    gk_tensor *tx = act(n, in, x, "x");
+    gk_tensor *tw = filled(GK_DTYPE_F32, E * out, in, wv, "experts.w1");
+    gk_tensor *dst = tensor(GK_DTYPE_F32, n, k * out, "out");
+    gk_node nd = {.op = GK_OP_LINEAR_ID, .src = {tx, tw, ints2(n, k, id, "experts")}, .dst = dst,
+                  .i = {(int32_t)E}};
+    run_ok(&nd, "linear_id out of range");
+    double want[2 * 2 * 4];
+    for (int64_t t = 0; t < n; t++)
+        for (int64_t j = 0; j < k; j++)
+            for (int64_t o = 0; o < out; o++) {
+                int32_t e = id[t * k + j];
+                double s = 0.0;
+                for (int64_t i = 0; e >= 0 && e < E && i < in; i++)
+                    s += x[t * in + i] * wv[(e * out + o) * in + i];
+                want[(t * k + j) * out + o] = s;
+            }
+    expect_close(dst, want, NULL, 1e-5, 1e-6, "linear_id out of range");
+    free(x);
+    free(wv);
+}
+
+/* --------------------------------------------------------------- moe_sum */
+
+Test(cpu_ref, moe_sum_weights_and_adds_the_slot_blocks)
+{
+    const int64_t D = 37;
+    const int64_t kk[2] = {1, 3};
+    for (int ki = 0; ki < 2; ki++)
+        for (int t3 = 0; t3 < 3; t3++) {
+            int64_t n = ns[t3], k = kk[ki];
+            double *x = rnd_vec(n * k * D, 2.0, 0.0), *w = rnd_vec(n * k, 0.5, 0.5);
+            gk_tensor *tx = act(n, k * D, x, "experts_out");
+            gk_tensor *tw = act(n, k, w, "expert_weights");
+            gk_tensor *dst = tensor(GK_DTYPE_F32, n, D, "ffn_out");
+            gk_node nd = {.op = GK_OP_MOE_SUM, .src = {tx, tw}, .dst = dst};
+            run_ok(&nd, "moe_sum");
+            double *want = malloc((size_t)(n * D) * sizeof *want);
+            double *mag = malloc((size_t)(n * D) * sizeof *mag);
+            for (int64_t t = 0; t < n; t++)
+                for (int64_t c = 0; c < D; c++) {
+                    want[t * D + c] = mag[t * D + c] = 0.0;
+                    for (int64_t j = 0; j < k; j++) {
+                        double p = w[t * k + j] * x[t * k * D + j * D + c];
+                        want[t * D + c] += p;
+                        mag[t * D + c] += fabs(p);
+                    }
+                }
+            expect_close(dst, want, mag, 1e-6, 0.0, "moe_sum");
+            free(x);
+            free(w);
+            free(want);
+            free(mag);
+        }
+}
+
+/* ------------------------------------------------------ rms_norm offset */
+
+Test(cpu_ref, rms_norm_with_a_weight_offset_multiplies_by_offset_plus_w)
+{
+    const int64_t D = 37, hd = 8, H = 4;
+    for (int w = 0; w < 3; w++)
+        for (int grp = 0; grp < 2; grp++) {
+            int64_t n = 7, d = grp ? H * hd : D, g = grp ? hd : d;
+            double *x = rnd_vec(n * d, 2.0, 0.5), *wv = rnd_vec(g, 0.3, 0.0);  /* Gemma: w near 0 */
+            gk_tensor *tx = act(n, d, x, "x");
+            gk_tensor *tw = filled(wtypes[w], 1, g, wv, "input_layernorm.weight");
+            gk_tensor *dst = tensor(GK_DTYPE_F32, n, d, "attn_norm");
+            gk_node nd = {.op = GK_OP_RMS_NORM, .src = {tx, tw}, .dst = dst,
+                          .i = {grp ? (int32_t)hd : 0}, .f = {1e-6f, 1.0f}};
+            run_ok(&nd, "rms_norm offset");
+            double *w1 = malloc((size_t)g * sizeof *w1), *want = malloc((size_t)(n * d) * sizeof *want);
+            for (int64_t j = 0; j < g; j++)
+                w1[j] = 1.0 + wv[j];
+            rms_oracle(x, w1, n, d, g, 1e-6, want);
+            char what[64];
+            snprintf(what, sizeof what, "rms_norm offset %s group=%lld", dt_str(wtypes[w]), (long long)g);
+            expect_close(dst, want, NULL, 1e-5, 1e-6, what);
+            free(x);
+            free(wv);
+            free(w1);
+            free(want);
+        }
+}
+
+/* ------------------------------------------------------ rope rotary_dim */
+
+Test(cpu_ref, rope_with_a_rotary_dim_turns_only_the_first_columns_of_each_head)
+{
+    const int64_t hd = 16, H = 3, n = 7, D = H * hd;
+    const int32_t rots[3] = {4, 8, 16};
+    const int32_t p[7] = {0, 1, 5, 17, 100, 2047, 65535};
+    for (int ri = 0; ri < 3; ri++) {
+        int64_t r = rots[ri], half = r / 2;
+        double *x = rnd_vec(n * D, 1.0, 0.0);
+        double *inv = malloc((size_t)half * sizeof *inv);
+        for (int64_t i = 0; i < half; i++)  /* 1 / theta^(2i/r) */
+            inv[i] = 1.0 / pow(10000.0, 2.0 * (double)i / (double)r);
+        gk_tensor *tx = act(n, D, x, "k"), *tinv = act(1, half, inv, "inv_freq");
+        gk_tensor *dst = tensor(GK_DTYPE_F32, n, D, "k_rope");
+        gk_node nd = {.op = GK_OP_ROPE, .src = {tx, ints(n, p, "pos"), tinv}, .dst = dst,
+                      .i = {(int32_t)hd, (int32_t)r}, .f = {1.0f}};
+        run_ok(&nd, "rope rotary_dim");
+
+        double *want = malloc((size_t)(n * D) * sizeof *want);
+        for (int64_t e = 0; e < n * D; e++)
+            want[e] = x[e];
+        for (int64_t t = 0; t < n; t++)
+            for (int64_t h = 0; h < H; h++)
+                for (int64_t i = 0; i < half; i++) {
+                    float angle = (float)p[t] * (float)inv[i];
+                    double c = cos((double)angle), s = sin((double)angle);
+                    double x1 = x[t * D + h * hd + i], x2 = x[t * D + h * hd + i + half];
+                    want[t * D + h * hd + i] = x1 * c - x2 * s;
+                    want[t * D + h * hd + i + half] = x2 * c + x1 * s;
+                }
+        char what[64];
+        snprintf(what, sizeof what, "rope hd=%lld rotary_dim=%lld", (long long)hd, (long long)r);
+        expect_close(dst, want, NULL, 1e-5, 1e-6, what);
+        /* the columns past r are the input, bit for bit */
+        float *got = download(dst);
+        for (int64_t t = 0; t < n; t++)
+            for (int64_t h = 0; h < H; h++)
+                for (int64_t e = r; e < hd; e++)
+                    cr_assert_eq(got[t * D + h * hd + e], (float)x[t * D + h * hd + e],
+                                 "%s: pass-through column %lld of head %lld, token %lld", what,
+                                 (long long)e, (long long)h, (long long)t);
+        free(got);
+        free(x);
+        free(inv);
+        free(want);
+    }
+}
+
+/* ----------------------------------------- attention window and softcap */
+
+/* attn_oracle with a window W (0 = off: query t sees keys t-W < j <= t) and a
+ * softcap c (0 = off) on the scaled scores. */
+static void attn_oracle_ex(const double *q, const double *k, const double *v, int64_t n, int64_t H,
+                           int64_t Hkv, int64_t hd, int64_t window, double cap, double *out)
+{
+    int64_t qw = H * hd, kvw = Hkv * hd;
+    double scale = (double)(float)(1.0 / sqrt((double)hd));
+    double *p = malloc((size_t)n * sizeof *p);
+    for (int64_t t = 0; t < n; t++)
+        for (int64_t h = 0; h < H; h++) {
+            int64_t kh = h / (H / Hkv), j0 = window > 0 ? t - window + 1 : 0;
+            if (j0 < 0)
+                j0 = 0;
+            double max = -INFINITY, sum = 0.0;
+            for (int64_t j = j0; j <= t; j++) {
+                double s = 0.0;
+                for (int64_t e = 0; e < hd; e++)
+                    s += q[t * qw + h * hd + e] * k[j * kvw + kh * hd + e];
+                s *= scale;
+                p[j] = cap > 0.0 ? cap * tanh(s / cap) : s;
+                max = fmax(max, p[j]);
+            }
+            for (int64_t j = j0; j <= t; j++)
+                sum += p[j] = exp(p[j] - max);
+            for (int64_t e = 0; e < hd; e++) {
+                double o = 0.0;
+                for (int64_t j = j0; j <= t; j++)
+                    o += p[j] / sum * v[j * kvw + kh * hd + e];
+                out[t * qw + h * hd + e] = o;
+            }
+        }
+    free(p);
+}
+
+/* One attention of n tokens at positions 0..n-1 with window and softcap into
+ * a fresh F32 cache; returns the output downloaded. */
+static float *attn_run(int64_t H, int64_t Hkv, int64_t hd, int64_t n, const double *q, const double *k,
+                       const double *v, int32_t window, float cap)
+{
+    attn_case a = attn_new(H, Hkv, hd, 40);
+    int32_t p[40];
+    for (int64_t t = 0; t < n; t++)
+        p[t] = (int32_t)t;
+    gk_tensor *dst = tensor(GK_DTYPE_F32, n, H * hd, "attn");
+    gk_node nd = attn_node(&a, slice(q, 0, n, H * hd, "q"), slice(k, 0, n, Hkv * hd, "k"),
+                           slice(v, 0, n, Hkv * hd, "v"), ints(n, p, "pos"), dst);
+    nd.i[3] = window;
+    nd.f[1] = cap;
+    run_ok(&nd, "attn window/softcap");
+    return download(dst);
+}
+
+/* q, k, v [n][*] of random values already rounded to float. */
+static void attn_inputs(int64_t n, int64_t H, int64_t Hkv, int64_t hd, double **q, double **k, double **v)
+{
+    *q = rnd_vec(n * H * hd, 2.0, 0.0);
+    *k = rnd_vec(n * Hkv * hd, 2.0, 0.0);
+    *v = rnd_vec(n * Hkv * hd, 1.0, 0.0);
+    for (int64_t e = 0; e < n * H * hd; e++)
+        (*q)[e] = (float)(*q)[e];
+    for (int64_t e = 0; e < n * Hkv * hd; e++) {
+        (*k)[e] = (float)(*k)[e];
+        (*v)[e] = (float)(*v)[e];
+    }
+}
+
+static void expect_close_f(const float *got, const double *want, int64_t ne, double rtol, double atol,
+                           const char *what)
+{
+    for (int64_t e = 0; e < ne; e++)
+        cr_assert(fabs(got[e] - want[e]) <= atol + rtol * fabs(want[e]) && !isnan(got[e]),
+                  "%s: element %lld is %.9g, want %.9g", what, (long long)e, got[e], want[e]);
+}
+
+Test(cpu_ref, attn_with_a_window_sees_only_the_last_w_rows)
+{
+    const int64_t H = 4, Hkv = 2, hd = 8, n = 33, qw = H * hd, kvw = Hkv * hd;
+    const int32_t windows[3] = {1, 5, 16};
+    double *q, *k, *v;
+    attn_inputs(n, H, Hkv, hd, &q, &k, &v);
+    double *want = malloc((size_t)(n * qw) * sizeof *want);
+    for (int wi = 0; wi < 3; wi++) {
+        float *got = attn_run(H, Hkv, hd, n, q, k, v, windows[wi], 0.0f);
+        attn_oracle_ex(q, k, v, n, H, Hkv, hd, windows[wi], 0.0, want);
+        char what[64];
+        snprintf(what, sizeof what, "attn window=%d", windows[wi]);
+        expect_close_f(got, want, n * qw, 1e-5, 1e-5, what);
+        if (windows[wi] == 1)  /* each token sees itself only: its own v */
+            for (int64_t t = 0; t < n; t++)
+                for (int64_t h = 0; h < H; h++)
+                    for (int64_t e = 0; e < hd; e++)
+                        cr_assert_eq(got[t * qw + h * hd + e], (float)v[t * kvw + h / (H / Hkv) * hd + e],
+                                     "window 1: token %lld head %lld", (long long)t, (long long)h);
+        free(got);
+    }
+    /* the full causal result is farther from a windowed one than rounding */
+    float *full = attn_run(H, Hkv, hd, n, q, k, v, 0, 0.0f);
+    attn_oracle_ex(q, k, v, n, H, Hkv, hd, 5, 0.0, want);
+    double worst = 0.0;
+    for (int64_t e = 0; e < n * qw; e++)
+        worst = fmax(worst, fabs(full[e] - want[e]));
+    cr_assert(worst > 1e-3, "window 5 and no window agree (%g): the window is not seen", worst);
+    free(full);
+    free(want);
+    free(q);
+    free(k);
+    free(v);
+}
+
+Test(cpu_ref, attn_with_window_0_or_a_window_past_every_row_is_the_causal_result_bit_for_bit)
+{
+    const int64_t H = 4, Hkv = 2, hd = 8, n = 33, qw = H * hd;
+    double *q, *k, *v;
+    attn_inputs(n, H, Hkv, hd, &q, &k, &v);
+    float *off = attn_run(H, Hkv, hd, n, q, k, v, 0, 0.0f);
+    float *wide = attn_run(H, Hkv, hd, n, q, k, v, 40, 0.0f);
+    float *exact = attn_run(H, Hkv, hd, n, q, k, v, 33, 0.0f);  /* token 32 sees row 0 still */
+    cr_assert(memcmp(off, wide, (size_t)(n * qw) * sizeof *off) == 0, "window 40 differs from window 0");
+    cr_assert(memcmp(off, exact, (size_t)(n * qw) * sizeof *off) == 0, "window 33 differs from window 0");
+    double *want = malloc((size_t)(n * qw) * sizeof *want);
+    attn_oracle(q, k, v, n, H, Hkv, hd, want);
+    expect_close_f(off, want, n * qw, 1e-5, 1e-5, "window 0 vs the causal oracle");
+    free(off);
+    free(wide);
+    free(exact);
+    free(want);
+    free(q);
+    free(k);
+    free(v);
+}
+
+Test(cpu_ref, attn_window_over_a_filled_cache_counts_from_the_position)
+{
+    /* prefill 20 tokens, then one decode step at position 20 with window 6:
+     * it sees rows 15..20 of the cache only */
+    const int64_t H = 2, Hkv = 1, hd = 8, N = 21, qw = H * hd, kvw = Hkv * hd;
+    const int32_t W = 6;
+    double *q, *k, *v;
+    attn_inputs(N, H, Hkv, hd, &q, &k, &v);
+    attn_case a = attn_new(H, Hkv, hd, 32);
+    int32_t p[21];
+    for (int64_t t = 0; t < N; t++)
+        p[t] = (int32_t)t;
+    gk_tensor *pre = tensor(GK_DTYPE_F32, 20, qw, "attn");
+    gk_node nd = attn_node(&a, slice(q, 0, 20, qw, "q"), slice(k, 0, 20, kvw, "k"), slice(v, 0, 20, kvw, "v"),
+                           ints(20, p, "pos"), pre);
+    nd.i[3] = W;
+    run_ok(&nd, "prefill");
+    gk_tensor *dec = tensor(GK_DTYPE_F32, 1, qw, "attn");
+    gk_node step = attn_node(&a, slice(q, 20, 1, qw, "q"), slice(k, 20, 1, kvw, "k"),
+                             slice(v, 20, 1, kvw, "v"), ints(1, p + 20, "pos"), dec);
+    step.i[3] = W;
+    run_ok(&step, "decode");
+    double *want = malloc((size_t)(N * qw) * sizeof *want);
+    attn_oracle_ex(q, k, v, N, H, Hkv, hd, W, 0.0, want);
+    expect_close(pre, want, NULL, 1e-5, 1e-5, "prefill with window");
+    expect_close(dec, want + 20 * qw, NULL, 1e-5, 1e-5, "decode with window");
+    free(want);
+    free(q);
+    free(k);
+    free(v);
+}
+
+Test(cpu_ref, attn_softcap_caps_the_scaled_scores_before_the_softmax)
+{
+    const int64_t H = 4, Hkv = 2, hd = 8, n = 17, qw = H * hd;
+    const float caps[2] = {0.5f, 50.0f};
+    double *q, *k, *v;
+    attn_inputs(n, H, Hkv, hd, &q, &k, &v);
+    for (int64_t e = 0; e < n * qw; e++)
+        q[e] = (float)(q[e] * 2.0);  /* scores of several units: a cap of 0.5 bites */
+    double *want = malloc((size_t)(n * qw) * sizeof *want), *plain = malloc((size_t)(n * qw) * sizeof *plain);
+    attn_oracle_ex(q, k, v, n, H, Hkv, hd, 0, 0.0, plain);
+    for (int ci = 0; ci < 2; ci++)
+        for (int wi = 0; wi < 2; wi++) {
+            int32_t W = wi ? 4 : 0;
+            float *got = attn_run(H, Hkv, hd, n, q, k, v, W, caps[ci]);
+            attn_oracle_ex(q, k, v, n, H, Hkv, hd, W, caps[ci], want);
+            char what[64];
+            snprintf(what, sizeof what, "attn softcap=%g window=%d", caps[ci], W);
+            expect_close_f(got, want, n * qw, 1e-5, 1e-5, what);
+            if (ci == 0 && W == 0) {
+                double worst = 0.0;
+                for (int64_t e = 0; e < n * qw; e++)
+                    worst = fmax(worst, fabs(got[e] - plain[e]));
+                cr_assert(worst > 1e-3, "softcap 0.5 is not seen (%g)", worst);
+            }
+            free(got);
+        }
+    free(want);
+    free(plain);
+    free(q);
+    free(k);
+    free(v);
+}
+
+/* ---------------------------------------------------- 1.4 node checking */
+
+Test(cpu_ref, supports_node_checks_the_shapes_and_parameters_of_the_1_4_ops)
+{
+    gk_tensor *x = tensor(GK_DTYPE_F32, 3, 8, "x");
+    gk_tensor *x2 = tensor(GK_DTYPE_F32, 3, 8, "x2");
+    gk_tensor *row = tensor(GK_DTYPE_BF16, 1, 8, "row");
+    gk_tensor *row7 = tensor(GK_DTYPE_F32, 1, 7, "row7");
+    gk_tensor *two = tensor(GK_DTYPE_F32, 2, 8, "two_rows");
+    gk_tensor *out8 = tensor(GK_DTYPE_F32, 3, 8, "out8");
+    gk_tensor *out4 = tensor(GK_DTYPE_F32, 3, 4, "out4");
+    gk_tensor *out2 = tensor(GK_DTYPE_F32, 3, 2, "out2");
+    gk_tensor *out6 = tensor(GK_DTYPE_F32, 3, 6, "out6");
+    gk_tensor *top2 = tensor(GK_DTYPE_I32, 3, 2, "top2");
+    gk_tensor *ids2 = tensor(GK_DTYPE_I32, 3, 2, "ids2");
+    gk_tensor *ids2r = tensor(GK_DTYPE_I32, 2, 2, "ids2_rows");
+    gk_tensor *w12 = tensor(GK_DTYPE_F16, 12, 8, "experts_w");   /* E = 4, out = 3 */
+    gk_tensor *w12_4 = tensor(GK_DTYPE_F16, 12, 4, "experts_w4"); /* in = 4: x cols 8 = k*in */
+    gk_tensor *w12_3 = tensor(GK_DTYPE_F16, 12, 3, "experts_w3"); /* in = 3: 8 is neither */
+    gk_tensor *wts = tensor(GK_DTYPE_F32, 3, 2, "weights");
+    gk_tensor *ids = tensor(GK_DTYPE_I32, 1, 3, "pos");
+    gk_tensor *inv2 = tensor(GK_DTYPE_F32, 1, 2, "inv_freq2");
+    gk_tensor *c = tensor(GK_DTYPE_F32, 16, 8, "cache");
+
+    gk_node good[] = {
+        {.op = GK_OP_MUL, .src = {x, x2}, .dst = out8},
+        {.op = GK_OP_MUL, .src = {x, row}, .dst = out8},
+        {.op = GK_OP_SCALE, .src = {x}, .dst = out8, .f = {2.0f, 1.0f}},
+        {.op = GK_OP_SOFTCAP, .src = {x}, .dst = out8, .f = {30.0f}},
+        {.op = GK_OP_GELU, .src = {x}, .dst = out8},
+        {.op = GK_OP_GEGLU, .src = {x, x2}, .dst = out8, .i = {1}},
+        {.op = GK_OP_SOFTMAX, .src = {x}, .dst = out8},
+        {.op = GK_OP_TOPK, .src = {x}, .dst = top2, .i = {2}},
+        {.op = GK_OP_GATHER, .src = {x, ids2}, .dst = out2},
+        {.op = GK_OP_LINEAR_ID, .src = {x, w12, ids2}, .dst = out6, .i = {4}},
+        {.op = GK_OP_LINEAR_ID, .src = {x, w12_4, ids2}, .dst = out6, .i = {4}},
+        {.op = GK_OP_MOE_SUM, .src = {x, wts}, .dst = out4},
+        {.op = GK_OP_ROPE, .src = {x, ids, inv2}, .dst = out8, .i = {8, 4}},
+        {.op = GK_OP_ATTN, .src = {x, x, x, ids, c, c}, .dst = out8, .i = {1, 1, 8, 4}, .f = {0.3f, 50.0f}},
+        {.op = GK_OP_RMS_NORM, .src = {x, row}, .dst = out8, .f = {1e-6f, 1.0f}},
+    };
+    for (size_t i = 0; i < sizeof good / sizeof good[0]; i++)
+        cr_assert(ops->supports_node(be, &good[i]), "good node %zu (op %d) refused", i, (int)good[i].op);
+
+    gk_node bad[] = {
+        {.op = GK_OP_MUL, .src = {x, row7}, .dst = out8},                    /* cols 7 vs 8 */
+        {.op = GK_OP_MUL, .src = {x, two}, .dst = out8},                     /* 2 rows vs 3 */
+        {.op = GK_OP_MUL, .src = {x, x2}, .dst = out4},                      /* dst shape */
+        {.op = GK_OP_SOFTCAP, .src = {x}, .dst = out8, .f = {0.0f}},         /* cap 0 */
+        {.op = GK_OP_GEGLU, .src = {x, x2}, .dst = out8, .i = {2}},          /* no mode 2 */
+        {.op = GK_OP_GEGLU, .src = {x, two}, .dst = out8},                   /* up shape */
+        {.op = GK_OP_TOPK, .src = {x}, .dst = top2, .i = {9}},               /* k > E */
+        {.op = GK_OP_TOPK, .src = {x}, .dst = out2, .i = {2}},               /* F32 dst */
+        {.op = GK_OP_TOPK, .src = {x}, .dst = top2, .i = {3}},               /* dst cols vs k */
+        {.op = GK_OP_GATHER, .src = {x, ids2r}, .dst = out2},                /* ids rows */
+        {.op = GK_OP_GATHER, .src = {x, wts}, .dst = out2},                  /* F32 ids */
+        {.op = GK_OP_LINEAR_ID, .src = {x, w12, ids2}, .dst = out6, .i = {5}},   /* 12 % 5 */
+        {.op = GK_OP_LINEAR_ID, .src = {x, w12, ids2}, .dst = out6, .i = {0}},   /* no experts */
+        {.op = GK_OP_LINEAR_ID, .src = {x, w12_3, ids2}, .dst = out6, .i = {4}}, /* x cols */
+        {.op = GK_OP_LINEAR_ID, .src = {x, w12, ids2}, .dst = out8, .i = {4}},   /* dst cols */
+        {.op = GK_OP_LINEAR_ID, .src = {x, w12, ids2r}, .dst = out6, .i = {4}},  /* ids rows */
+        {.op = GK_OP_MOE_SUM, .src = {x, tensor(GK_DTYPE_F32, 3, 3, "w3")}, .dst = out4}, /* 8 % 3 */
+        {.op = GK_OP_MOE_SUM, .src = {x, wts}, .dst = out8},                 /* dst cols */
+        {.op = GK_OP_ROPE, .src = {x, ids, inv2}, .dst = out8, .i = {8, 3}},  /* odd rotary dim */
+        {.op = GK_OP_ROPE, .src = {x, ids, inv2}, .dst = out8, .i = {8, 10}}, /* rotary > head */
+        {.op = GK_OP_ROPE, .src = {x, ids, inv2}, .dst = out8, .i = {8, 0}},  /* inv_freq [1][4] wanted */
+        {.op = GK_OP_ROPE, .src = {x, ids, inv2}, .dst = out8, .i = {8, -4}}, /* negative */
+        {.op = GK_OP_ATTN, .src = {x, x, x, ids, c, c}, .dst = out8, .i = {1, 1, 8, -1}}, /* window */
+        {.op = GK_OP_ATTN, .src = {x, x, x, ids, c, c}, .dst = out8, .i = {1, 1, 8}, .f = {0.3f, -1.0f}},
+        {.op = GK_OP_ATTN, .src = {x, x, x, ids, c, c}, .dst = out8, .i = {1, 1, 8}, .f = {0.3f, NAN}},
+        {.op = GK_OP_RMS_NORM, .src = {x, row}, .dst = out8, .f = {1e-6f, INFINITY}},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        cr_assert(!ops->supports_node(be, &bad[i]), "bad node %zu (op %d) accepted", i, (int)bad[i].op);
+        char why[256] = "";
+        cr_assert(ops->explain_node, "cpu_ref explains its refusals");
+        ops->explain_node(be, &bad[i], why, sizeof why);
+        cr_assert(strncmp(why, "cpu_ref: ", 9) == 0 && strlen(why) > 12, "bad node %zu: why is '%s'", i, why);
+    }
+    char why[256] = "";
+    ops->explain_node(be, &bad[0], why, sizeof why);
+    cr_assert(strstr(why, "row7"), "names the operand: %s", why);
+    ops->explain_node(be, &bad[19], why, sizeof why);
+    cr_assert(strstr(why, "rotary dim i[1]"), "names the parameter: %s", why);
+}

@@ -135,7 +135,7 @@ def models():
             num_attention_heads=4, num_key_value_heads=2, head_dim=16,
             hidden_activation="gelu_pytorch_tanh", rms_norm_eps=1e-6, tie_word_embeddings=True,
             rope_parameters=rope(10000.0), query_pre_attn_scalar=24, sliding_window=16,
-            layer_types=[SW, FA, SW], attn_logit_softcapping=5.0, final_logit_softcapping=3.0),
+            layer_types=[SW, FA, SW], attn_logit_softcapping=5.0, final_logit_softcapping=15.0),
          torch.bfloat16, 211, {}),
         ("gemma3-tiny", tf.Gemma3ForCausalLM, lambda: tf.Gemma3TextConfig(
             **common, hidden_size=64, intermediate_size=128, num_hidden_layers=3,

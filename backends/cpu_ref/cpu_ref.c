@@ -116,13 +116,14 @@ static gk_status op_layer_norm(const cpu_state *cs, const gk_node *nd, gk_err *e
     return GK_OK;
 }
 
-/* LlamaRMSNorm per group of G columns: w * (x * rsqrt(mean(x^2) + eps)). */
+/* LlamaRMSNorm per group of G columns: w * (x * rsqrt(mean(x^2) + eps)); with
+ * a weight offset f[1] (1.4) GemmaRMSNorm's (offset + w) in float. */
 static gk_status op_rms_norm(const cpu_state *cs, const gk_node *nd, gk_err *err)
 {
     const gk_tensor *x = nd->src[0], *w = nd->src[1];
     int64_t n = x->rows, d = x->cols;
     int64_t g = nd->i[0] == 0 ? d : nd->i[0];
-    float eps = nd->f[0];
+    float eps = nd->f[0], offset = nd->f[1];
     for (int64_t t = 0; t < n; t++) {
         for (int64_t g0 = 0; g0 < d; g0 += g) {
             const float *xr = f32(x) + t * d + g0;
@@ -131,8 +132,11 @@ static gk_status op_rms_norm(const cpu_state *cs, const gk_node *nd, gk_err *err
             for (int64_t j = 0; j < g; j++)
                 sq += (double)xr[j] * xr[j];
             float r = (float)(1.0 / sqrt(sq / (double)g + eps));
-            for (int64_t j = 0; j < g; j++)
-                yr[j] = weight_at(cs, w, j) * (xr[j] * r);
+            for (int64_t j = 0; j < g; j++) {
+                /* offset 0 multiplies by w itself (a -0 weight stays -0) */
+                float wj = offset != 0.0f ? offset + weight_at(cs, w, j) : weight_at(cs, w, j);
+                yr[j] = wj * (xr[j] * r);
+            }
         }
     }
     return GK_OK;
@@ -154,12 +158,19 @@ static gk_status op_linear(const cpu_state *cs, const gk_node *nd, gk_err *err)
 }
 
 /* HF rotate-half RoPE. As in transformers, the angle pos * inv_freq is a
- * float32 product and cos/sin are scaled by f[0] (attention_scaling). */
+ * float32 product and cos/sin are scaled by f[0] (attention_scaling). With a
+ * rotary_dim r < hd (1.4, partial rotary) the halves are those of the first r
+ * columns of each head and the other hd - r columns are copied. */
 static gk_status op_rope(const cpu_state *cs, const gk_node *nd, gk_err *err)
 {
     const gk_tensor *x = nd->src[0], *pos = nd->src[1], *inv_freq = nd->src[2];
-    int64_t n = x->rows, d = x->cols, hd = nd->i[0], half = hd / 2;
+    int64_t n = x->rows, d = x->cols, hd = nd->i[0];
+    int64_t rot = nd->i[1] == 0 ? hd : nd->i[1], half = rot / 2;
     float scale = nd->f[0];
+    for (int64_t t = 0; t < n; t++)
+        for (int64_t h0 = 0; h0 < d; h0 += hd)
+            for (int64_t e = rot; e < hd; e++)
+                f32(nd->dst)[t * d + h0 + e] = f32(x)[t * d + h0 + e];
     for (int64_t t = 0; t < n; t++) {
         for (int64_t i = 0; i < half; i++) {
             float angle = (float)i32(pos)[t] * f32(inv_freq)[i];
@@ -192,7 +203,9 @@ static void cache_store(const gk_tensor *c, int64_t off, const float *x, int64_t
 /* Store k, v at cache rows pos[t] (in the caches' dtype: F32, or F16/BF16 as
  * the model's KV cache is kept); then each query head attends causally to
  * cache rows 0..pos[t] of its kv head (GQA: H/Hkv query heads share one),
- * reading the stored values. */
+ * reading the stored values. (1.4) A window W > 0 keeps only rows
+ * pos[t] - W < j; a softcap c > 0 turns each score s into c * tanh(s / c)
+ * (Gemma 2) before the softmax. */
 static gk_status op_attn(const cpu_state *cs, const gk_node *nd, gk_err *err)
 {
     const gk_tensor *q = nd->src[0], *k = nd->src[1], *v = nd->src[2], *pos = nd->src[3];
@@ -200,7 +213,8 @@ static gk_status op_attn(const cpu_state *cs, const gk_node *nd, gk_err *err)
     int64_t n = q->rows, n_ctx = kc->rows;
     int64_t nh = nd->i[0], nkv = nd->i[1], hd = nd->i[2], group = nh / nkv;
     int64_t qw = nh * hd, kvw = nkv * hd;
-    float scale = nd->f[0];
+    int64_t window = nd->i[3];
+    float scale = nd->f[0], cap = nd->f[1];
 
     for (int64_t t = 0; t < n; t++) {
         int32_t p = i32(pos)[t];
@@ -221,32 +235,35 @@ static gk_status op_attn(const cpu_state *cs, const gk_node *nd, gk_err *err)
     }
     for (int64_t t = 0; t < n; t++) {
         int64_t p = i32(pos)[t];
+        int64_t j0 = window > 0 && p - window + 1 > 0 ? p - window + 1 : 0;  /* first row seen */
         for (int64_t h = 0; h < nh; h++) {
             int64_t kvh = h / group;
             const float *qr = f32(q) + t * qw + h * hd;
             float *out = f32(nd->dst) + t * qw + h * hd;
 
             float max = -INFINITY;
-            for (int64_t j = 0; j <= p; j++) {
+            for (int64_t j = j0; j <= p; j++) {
                 int64_t kr = j * kvw + kvh * hd;
                 float s = 0.0f;
                 for (int64_t e = 0; e < hd; e++)
                     s += qr[e] * weight_at(cs, kc, kr + e);
                 prob[j] = s * scale;
+                if (cap > 0.0f)
+                    prob[j] = cap * tanhf(prob[j] / cap);
                 if (prob[j] > max)
                     max = prob[j];
             }
             float sum = 0.0f;
-            for (int64_t j = 0; j <= p; j++) {
+            for (int64_t j = j0; j <= p; j++) {
                 prob[j] = expf(prob[j] - max);
                 sum += prob[j];
             }
-            for (int64_t j = 0; j <= p; j++)
+            for (int64_t j = j0; j <= p; j++)
                 prob[j] /= sum;
 
             for (int64_t e = 0; e < hd; e++)
                 out[e] = 0.0f;
-            for (int64_t j = 0; j <= p; j++) {
+            for (int64_t j = j0; j <= p; j++) {
                 int64_t vr = j * kvw + kvh * hd;
                 for (int64_t e = 0; e < hd; e++)
                     out[e] += prob[j] * weight_at(cs, vc, vr + e);
@@ -257,15 +274,18 @@ static gk_status op_attn(const cpu_state *cs, const gk_node *nd, gk_err *err)
     return GK_OK;
 }
 
-/* GPT-2's gelu_new. */
-static gk_status op_gelu_tanh(const cpu_state *cs, const gk_node *nd, gk_err *err)
+/* GPT-2's gelu_new, which is also gelu_pytorch_tanh (GK_OP_GEGLU's i[0] = 0). */
+static float gelu_tanh(float x)
 {
     const float k = 0.7978845608028654f;  /* sqrt(2/pi) */
+    return 0.5f * x * (1.0f + tanhf(k * (x + 0.044715f * x * x * x)));
+}
+
+static gk_status op_gelu_tanh(const cpu_state *cs, const gk_node *nd, gk_err *err)
+{
     int64_t ne = gk_tensor_nelem(nd->dst);
-    for (int64_t e = 0; e < ne; e++) {
-        float x = f32(nd->src[0])[e];
-        f32(nd->dst)[e] = 0.5f * x * (1.0f + tanhf(k * (x + 0.044715f * x * x * x)));
-    }
+    for (int64_t e = 0; e < ne; e++)
+        f32(nd->dst)[e] = gelu_tanh(f32(nd->src[0])[e]);
     return GK_OK;
 }
 
@@ -276,6 +296,162 @@ static gk_status op_silu_mul(const cpu_state *cs, const gk_node *nd, gk_err *err
         float g = f32(nd->src[0])[e];
         f32(nd->dst)[e] = g / (1.0f + expf(-g)) * f32(nd->src[1])[e];
     }
+    return GK_OK;
+}
+
+/* ------------------------------------------------- the 1.4 vocabulary */
+
+/* x * y, y of [n][D] or a [1][D] row for every token, F32 or a weight dtype. */
+static gk_status op_mul(const cpu_state *cs, const gk_node *nd, gk_err *err)
+{
+    const gk_tensor *x = nd->src[0], *y = nd->src[1];
+    int64_t n = x->rows, d = x->cols;
+    for (int64_t t = 0; t < n; t++)
+        for (int64_t j = 0; j < d; j++) {
+            int64_t yi = (y->rows == 1 ? 0 : t * d) + j;
+            f32(nd->dst)[t * d + j] = f32(x)[t * d + j] * weight_at(cs, y, yi);
+        }
+    return GK_OK;
+}
+
+static gk_status op_scale(const cpu_state *cs, const gk_node *nd, gk_err *err)
+{
+    int64_t ne = gk_tensor_nelem(nd->dst);
+    for (int64_t e = 0; e < ne; e++)
+        f32(nd->dst)[e] = f32(nd->src[0])[e] * nd->f[0] + nd->f[1];
+    return GK_OK;
+}
+
+/* Gemma 2's cap: c * tanh(x / c). */
+static gk_status op_softcap(const cpu_state *cs, const gk_node *nd, gk_err *err)
+{
+    float c = nd->f[0];
+    int64_t ne = gk_tensor_nelem(nd->dst);
+    for (int64_t e = 0; e < ne; e++)
+        f32(nd->dst)[e] = c * tanhf(f32(nd->src[0])[e] / c);
+    return GK_OK;
+}
+
+/* torch.nn.functional.gelu(x), approximate='none'. */
+static float gelu_erf(float x) { return 0.5f * x * (1.0f + erff(x * 0.70710678118654752f)); }
+
+static gk_status op_gelu(const cpu_state *cs, const gk_node *nd, gk_err *err)
+{
+    int64_t ne = gk_tensor_nelem(nd->dst);
+    for (int64_t e = 0; e < ne; e++)
+        f32(nd->dst)[e] = gelu_erf(f32(nd->src[0])[e]);
+    return GK_OK;
+}
+
+/* gelu(gate) * up; i[0] 0 = tanh GELU, 1 = exact GELU. */
+static gk_status op_geglu(const cpu_state *cs, const gk_node *nd, gk_err *err)
+{
+    int64_t ne = gk_tensor_nelem(nd->dst);
+    for (int64_t e = 0; e < ne; e++) {
+        float g = f32(nd->src[0])[e];
+        f32(nd->dst)[e] = (nd->i[0] == 1 ? gelu_erf(g) : gelu_tanh(g)) * f32(nd->src[1])[e];
+    }
+    return GK_OK;
+}
+
+/* Row-wise softmax: exp(x - max) / sum, the sum in double. */
+static gk_status op_softmax(const cpu_state *cs, const gk_node *nd, gk_err *err)
+{
+    const gk_tensor *x = nd->src[0];
+    int64_t n = x->rows, d = x->cols;
+    for (int64_t t = 0; t < n; t++) {
+        const float *xr = f32(x) + t * d;
+        float *yr = f32(nd->dst) + t * d;
+        float max = -INFINITY;
+        for (int64_t j = 0; j < d; j++)
+            if (xr[j] > max)
+                max = xr[j];
+        double sum = 0.0;
+        for (int64_t j = 0; j < d; j++) {
+            yr[j] = expf(xr[j] - max);
+            sum += yr[j];
+        }
+        for (int64_t j = 0; j < d; j++)
+            yr[j] = (float)(yr[j] / sum);
+    }
+    return GK_OK;
+}
+
+/* a ranks above b: larger, a NaN below every number. */
+static bool ranks_above(float a, float b) { return !isnan(a) && (isnan(b) || a > b); }
+
+/* The columns of the k largest values of each row, largest first; of equal
+ * values the lower column first. k passes of a plain arg-max. */
+static gk_status op_topk(const cpu_state *cs, const gk_node *nd, gk_err *err)
+{
+    const gk_tensor *x = nd->src[0];
+    int64_t n = x->rows, ne = x->cols, k = nd->i[0];
+    bool *taken = malloc((size_t)ne * sizeof *taken);  /* [E] */
+    if (!taken)
+        return gk_err_set(err, GK_ERR_NOMEM, "cpu_ref: topk: %zu bytes", (size_t)ne * sizeof *taken);
+    for (int64_t t = 0; t < n; t++) {
+        const float *xr = f32(x) + t * ne;
+        memset(taken, 0, (size_t)ne * sizeof *taken);
+        for (int64_t j = 0; j < k; j++) {
+            int64_t best = -1;
+            for (int64_t e = 0; e < ne; e++)
+                if (!taken[e] && (best < 0 || ranks_above(xr[e], xr[best])))
+                    best = e;
+            taken[best] = true;
+            ((int32_t *)nd->dst->data)[t * k + j] = (int32_t)best;
+        }
+    }
+    free(taken);
+    return GK_OK;
+}
+
+/* dst[t][j] = x[t][ids[t][j]]; an id outside [0, E) gives 0 (the builder's
+ * ids come from topk, so one out of range is a bug upstream; nothing outside
+ * the row is read). */
+static gk_status op_gather(const cpu_state *cs, const gk_node *nd, gk_err *err)
+{
+    const gk_tensor *x = nd->src[0], *ids = nd->src[1];
+    int64_t n = x->rows, ne = x->cols, k = ids->cols;
+    for (int64_t t = 0; t < n; t++)
+        for (int64_t j = 0; j < k; j++) {
+            int64_t id = i32(ids)[t * k + j];
+            f32(nd->dst)[t * k + j] = id >= 0 && id < ne ? f32(x)[t * ne + id] : 0.0f;
+        }
+    return GK_OK;
+}
+
+/* Block j of row t = x_j W_e^T with e = ids[t][j], W_e the rows e*out .. of
+ * the stacked weight; x_j is the whole row of x [n][in] or block j of x
+ * [n][k*in]. Only the selected experts' rows are read; an expert id outside
+ * [0, E) gives a block of zeros. */
+static gk_status op_linear_id(const cpu_state *cs, const gk_node *nd, gk_err *err)
+{
+    const gk_tensor *x = nd->src[0], *w = nd->src[1], *ids = nd->src[2];
+    int64_t n = x->rows, k = ids->cols, in = w->cols, n_exp = nd->i[0];
+    int64_t out = w->rows / n_exp, xc = x->cols;
+    for (int64_t t = 0; t < n; t++)
+        for (int64_t j = 0; j < k; j++) {
+            int64_t e = i32(ids)[t * k + j];
+            const float *xj = f32(x) + t * xc + (xc == in ? 0 : j * in);
+            float *yj = f32(nd->dst) + t * k * out + j * out;
+            for (int64_t o = 0; o < out; o++)
+                yj[o] = e >= 0 && e < n_exp ? dot_weight_row(cs, w, e * out + o, xj, in) : 0.0f;
+        }
+    return GK_OK;
+}
+
+/* dst[t] = sum over j ascending of w[t][j] * block j of x[t], in float. */
+static gk_status op_moe_sum(const cpu_state *cs, const gk_node *nd, gk_err *err)
+{
+    const gk_tensor *x = nd->src[0], *w = nd->src[1];
+    int64_t n = x->rows, k = w->cols, d = x->cols / k;
+    for (int64_t t = 0; t < n; t++)
+        for (int64_t c = 0; c < d; c++) {
+            float acc = 0.0f;
+            for (int64_t j = 0; j < k; j++)
+                acc += f32(w)[t * k + j] * f32(x)[t * k * d + j * d + c];
+            f32(nd->dst)[t * d + c] = acc;
+        }
     return GK_OK;
 }
 
@@ -377,6 +553,8 @@ static gk_status check_node(const gk_node *nd, bool run, gk_err *err)
         int64_t g = nd->i[0] == 0 ? x->cols : nd->i[0];
         if (g < 1 || x->cols % g != 0)
             return bad_param(nd, err, "group size i[0] must divide the columns");
+        if (!isfinite(nd->f[1]))
+            return bad_param(nd, err, "weight offset f[1] must be finite");
         if ((s = need(nd, 1, "weight", DT_WEIGHT, 1, g, run, err)) ||
             (s = need(nd, -1, "dst", DT_ACT, x->rows, x->cols, run, err)))
             return s;
@@ -392,11 +570,13 @@ static gk_status check_node(const gk_node *nd, bool run, gk_err *err)
     case GK_OP_ROPE: {
         if ((s = need(nd, 0, "x", DT_ACT, ANY, ANY, run, err)))
             return s;
-        int64_t hd = nd->i[0];
+        int64_t hd = nd->i[0], rot = nd->i[1] == 0 ? hd : nd->i[1];
         if (hd < 2 || hd % 2 != 0 || x->cols % hd != 0)
             return bad_param(nd, err, "head dim i[0] must be even and divide the columns");
+        if (rot < 2 || rot % 2 != 0 || rot > hd)
+            return bad_param(nd, err, "rotary dim i[1] must be 0 or even, >= 2 and <= head dim i[0]");
         if ((s = need(nd, 1, "pos", DT_INT, 1, x->rows, run, err)) ||
-            (s = need(nd, 2, "inv_freq", DT_ACT, 1, hd / 2, run, err)) ||
+            (s = need(nd, 2, "inv_freq", DT_ACT, 1, rot / 2, run, err)) ||
             (s = need(nd, -1, "dst", DT_ACT, x->rows, x->cols, run, err)))
             return s;
         break;
@@ -406,6 +586,8 @@ static gk_status check_node(const gk_node *nd, bool run, gk_err *err)
         if (nh < 1 || nkv < 1 || hd < 1 || nh % nkv != 0)
             return bad_param(nd, err, "heads i[0] must be a multiple of kv heads i[1] "
                                       "and head dim i[2] positive");
+        if (nd->i[3] < 0 || !(nd->f[1] >= 0.0f && isfinite(nd->f[1])))
+            return bad_param(nd, err, "window i[3] must be >= 0 and softcap f[1] finite and >= 0");
         if ((s = need(nd, 0, "q", DT_ACT, ANY, nh * hd, run, err)) ||
             (s = need(nd, 1, "k", DT_ACT, x->rows, nkv * hd, run, err)) ||
             (s = need(nd, 2, "v", DT_ACT, x->rows, nkv * hd, run, err)) ||
@@ -435,6 +617,73 @@ static gk_status check_node(const gk_node *nd, bool run, gk_err *err)
             return bad_param(nd, err, "more than 2^31 - 1 logits");
         break;
     }
+    case GK_OP_MUL:
+        if ((s = need(nd, 0, "x", DT_ACT, ANY, ANY, run, err)) ||
+            (s = need(nd, 1, "y", DT_WEIGHT, y && y->rows == 1 ? 1 : x->rows, x->cols, run, err)) ||
+            (s = need(nd, -1, "dst", DT_ACT, x->rows, x->cols, run, err)))
+            return s;
+        break;
+    case GK_OP_SOFTCAP:
+        if (!(nd->f[0] > 0.0f && isfinite(nd->f[0])))
+            return bad_param(nd, err, "cap f[0] must be finite and > 0");
+        /* fall through */
+    case GK_OP_SCALE:
+    case GK_OP_GELU:
+    case GK_OP_SOFTMAX:
+        if ((s = need(nd, 0, "x", DT_ACT, ANY, ANY, run, err)) ||
+            (s = need(nd, -1, "dst", DT_ACT, x->rows, x->cols, run, err)))
+            return s;
+        break;
+    case GK_OP_GEGLU:
+        if (nd->i[0] != 0 && nd->i[0] != 1)
+            return bad_param(nd, err, "i[0] must be 0 (tanh GELU) or 1 (exact GELU)");
+        if ((s = need(nd, 0, "gate", DT_ACT, ANY, ANY, run, err)) ||
+            (s = need(nd, 1, "up", DT_ACT, x->rows, x->cols, run, err)) ||
+            (s = need(nd, -1, "dst", DT_ACT, x->rows, x->cols, run, err)))
+            return s;
+        break;
+    case GK_OP_TOPK:
+        if ((s = need(nd, 0, "x", DT_ACT, ANY, ANY, run, err)))
+            return s;
+        if (nd->i[0] < 1 || nd->i[0] > x->cols || x->cols > INT32_MAX)
+            return bad_param(nd, err, "k i[0] must be in [1, columns of x] (at most 2^31 - 1)");
+        if ((s = need(nd, -1, "dst", DT_INT, x->rows, nd->i[0], run, err)))
+            return s;
+        break;
+    case GK_OP_GATHER:
+        if ((s = need(nd, 0, "x", DT_ACT, ANY, ANY, run, err)) ||
+            (s = need(nd, 1, "ids", DT_INT, x->rows, ANY, run, err)) ||
+            (s = need(nd, -1, "dst", DT_ACT, x->rows, y->cols, run, err)))
+            return s;
+        break;
+    case GK_OP_LINEAR_ID: {
+        const gk_tensor *ids = nd->src[2];
+        int64_t n_exp = nd->i[0];
+        if ((s = need(nd, 0, "x", DT_ACT, ANY, ANY, run, err)) ||
+            (s = need(nd, 1, "weight", DT_WEIGHT, ANY, ANY, run, err)))
+            return s;
+        if (n_exp < 1 || y->rows % n_exp != 0)
+            return bad_param(nd, err, "expert count i[0] must be >= 1 and divide the weight's rows");
+        if ((s = need(nd, 2, "ids", DT_INT, x->rows, ANY, run, err)))
+            return s;
+        int64_t in = y->cols, k = ids->cols, out = y->rows / n_exp;
+        if (x->cols != in && (x->cols % k != 0 || x->cols / k != in))
+            return bad_param(nd, err, "x must have the weight's columns (in) or k * in");
+        if (nd->src[3])
+            return bad_param(nd, err, "no bias operand (src3)");
+        if ((s = need(nd, -1, "dst", DT_ACT, x->rows, k * out, run, err)))
+            return s;
+        break;
+    }
+    case GK_OP_MOE_SUM:
+        if ((s = need(nd, 0, "x", DT_ACT, ANY, ANY, run, err)) ||
+            (s = need(nd, 1, "weights", DT_ACT, x->rows, ANY, run, err)))
+            return s;
+        if (x->cols % y->cols != 0)
+            return bad_param(nd, err, "x's columns must be k (the weights' columns) times D");
+        if ((s = need(nd, -1, "dst", DT_ACT, x->rows, x->cols / y->cols, run, err)))
+            return s;
+        break;
     default:
         return gk_err_set(err, GK_ERR_UNSUPPORTED, "cpu_ref: unknown op %d", (int)nd->op);
     }
@@ -569,6 +818,21 @@ static bool cpu_supports_node(void *state, const gk_node *node)
     return node && check_node(node, false, NULL) == GK_OK;
 }
 
+/* The message check_node gives for the refusal (it names the operand or the
+ * parameter). */
+static void cpu_explain_node(void *state, const gk_node *node, char *why, size_t len)
+{
+    gk_err err = {0};
+    if (!why || len == 0)
+        return;
+    if (!node)
+        snprintf(why, len, "cpu_ref: no node");
+    else if (check_node(node, false, &err) != GK_OK)
+        snprintf(why, len, "%s", err.msg);
+    else
+        snprintf(why, len, "cpu_ref: runs this node");
+}
+
 typedef gk_status (*op_fn)(const cpu_state *cs, const gk_node *nd, gk_err *err);
 
 static const op_fn op_table[GK_OP_COUNT] = {
@@ -577,6 +841,11 @@ static const op_fn op_table[GK_OP_COUNT] = {
     [GK_OP_LINEAR] = op_linear,         [GK_OP_ROPE] = op_rope,
     [GK_OP_ATTN] = op_attn,             [GK_OP_GELU_TANH] = op_gelu_tanh,
     [GK_OP_SILU_MUL] = op_silu_mul,     [GK_OP_SAMPLE] = op_sample,
+    [GK_OP_MUL] = op_mul,               [GK_OP_SCALE] = op_scale,
+    [GK_OP_SOFTCAP] = op_softcap,       [GK_OP_GELU] = op_gelu,
+    [GK_OP_GEGLU] = op_geglu,           [GK_OP_SOFTMAX] = op_softmax,
+    [GK_OP_TOPK] = op_topk,             [GK_OP_GATHER] = op_gather,
+    [GK_OP_LINEAR_ID] = op_linear_id,   [GK_OP_MOE_SUM] = op_moe_sum,
 };
 
 static gk_status cpu_graph_compute(void *state, const gk_graph *g, gk_err *err)
@@ -606,6 +875,7 @@ static const gk_backend_ops cpu_ops = {
     .supports_node = cpu_supports_node,
     .graph_compute = cpu_graph_compute,
     .synchronize = NULL,
+    .explain_node = cpu_explain_node,
 };
 
 GK_PLUGIN_DEFINE(GK_PLUGIN_KIND_BACKEND, "cpu_ref",
