@@ -613,3 +613,156 @@ out_free:
     free(dir);
     return st;
 }
+
+/* ------------------------------------------------------------ getters */
+
+/* Parse c's config.json text and find key (a dotted path; a number indexes an
+ * array). *root is what to cJSON_Delete; *v NULL when absent. */
+static gk_status lookup(const gk_config *c, const char *key, cJSON **root, const cJSON **v, gk_err *err)
+{
+    *root = NULL;
+    *v = NULL;
+    if (!c || !key)
+        return gk_err_set(err, GK_ERR_INVALID_ARG, "gk_config_get: %s is NULL", c ? "key" : "the config");
+    if (c->struct_size < sizeof *c || c->version < 2 || !c->json[0])
+        return gk_err_set(err, GK_ERR_UNSUPPORTED,
+                          "config.json: key '%s' cannot be read: the config holds no config.json text (a struct from "
+                          "an older library, or a file over %d bytes)",
+                          key, GK_CONFIG_JSON_MAX - 1);
+    *root = cJSON_Parse(c->json);
+    if (!*root)
+        return gk_err_set(err, GK_ERR_NOMEM, "out of memory parsing config.json for key '%s'", key);
+    const cJSON *cur = *root;
+    char part[128];
+    for (const char *p = key; cur;) {
+        size_t n = strcspn(p, ".");
+        if (n == 0 || n >= sizeof part)
+            return gk_err_set(err, GK_ERR_INVALID_ARG, "config.json: malformed key '%s'", key);
+        memcpy(part, p, n);
+        part[n] = '\0';
+        if (cJSON_IsArray(cur)) {
+            char *end;
+            long idx = strtol(part, &end, 10);
+            cur = *end || idx < 0 ? NULL : cJSON_GetArrayItem(cur, (int)idx);
+        } else {
+            cur = cJSON_IsObject(cur) ? cJSON_GetObjectItemCaseSensitive(cur, part) : NULL;
+        }
+        if (!p[n])
+            break;
+        p += n + 1;
+    }
+    *v = cur && !cJSON_IsNull(cur) ? cur : NULL;
+    return GK_OK;
+}
+
+static gk_status wrong_type(const cJSON *v, const char *key, const char *want, gk_err *err)
+{
+    char val[64];
+    gk_json_describe(v, val, sizeof val);
+    return gk_err_set(err, GK_ERR_CONFIG, "config.json: '%s' must be %s, got %s", key, want, val);
+}
+
+bool gk_config_has(const gk_config *c, const char *key)
+{
+    cJSON *root;
+    const cJSON *v;
+    bool has = lookup(c, key, &root, &v, NULL) == GK_OK && v;
+    cJSON_Delete(root);
+    return has;
+}
+
+gk_status gk_config_get_int(const gk_config *c, const char *key, int64_t def, int64_t *out, gk_err *err)
+{
+    cJSON *root;
+    const cJSON *v;
+    gk_status st = lookup(c, key, &root, &v, err);
+    if (st == GK_OK && !v)
+        *out = def;
+    else if (st == GK_OK && (!cJSON_IsNumber(v) || v->valuedouble != floor(v->valuedouble) ||
+                             fabs(v->valuedouble) > 9007199254740992.0))
+        st = wrong_type(v, key, "an integer", err);
+    else if (st == GK_OK)
+        *out = (int64_t)v->valuedouble;
+    cJSON_Delete(root);
+    return st;
+}
+
+gk_status gk_config_get_float(const gk_config *c, const char *key, double def, double *out, gk_err *err)
+{
+    cJSON *root;
+    const cJSON *v;
+    gk_status st = lookup(c, key, &root, &v, err);
+    if (st == GK_OK && !v)
+        *out = def;
+    else if (st == GK_OK && !cJSON_IsNumber(v))
+        st = wrong_type(v, key, "a number", err);
+    else if (st == GK_OK)
+        *out = v->valuedouble;
+    cJSON_Delete(root);
+    return st;
+}
+
+gk_status gk_config_get_bool(const gk_config *c, const char *key, bool def, bool *out, gk_err *err)
+{
+    cJSON *root;
+    const cJSON *v;
+    gk_status st = lookup(c, key, &root, &v, err);
+    if (st == GK_OK && !v)
+        *out = def;
+    else if (st == GK_OK && !cJSON_IsBool(v))
+        st = wrong_type(v, key, "true or false", err);
+    else if (st == GK_OK)
+        *out = cJSON_IsTrue(v);
+    cJSON_Delete(root);
+    return st;
+}
+
+gk_status gk_config_get_string(const gk_config *c, const char *key, const char *def, char *out, size_t cap,
+                               gk_err *err)
+{
+    cJSON *root;
+    const cJSON *v;
+    if (!out || cap == 0)
+        return gk_err_set(err, GK_ERR_INVALID_ARG, "gk_config_get_string: no room for '%s'", key ? key : "?");
+    out[0] = '\0';
+    gk_status st = lookup(c, key, &root, &v, err);
+    const char *s = st != GK_OK ? NULL : v ? (cJSON_IsString(v) ? v->valuestring : NULL) : (def ? def : "");
+    if (st == GK_OK && !s)
+        st = wrong_type(v, key, "a string", err);
+    else if (st == GK_OK && strlen(s) >= cap)
+        st = gk_err_set(err, GK_ERR_CONFIG, "config.json: '%s' is longer than %zu bytes", key, cap - 1);
+    else if (st == GK_OK)
+        memcpy(out, s, strlen(s) + 1);
+    cJSON_Delete(root);
+    return st;
+}
+
+gk_status gk_config_get_array(const gk_config *c, const char *key, double *out, size_t cap, size_t *n, gk_err *err)
+{
+    cJSON *root;
+    const cJSON *v;
+    if (!n)
+        return gk_err_set(err, GK_ERR_INVALID_ARG, "gk_config_get_array: n is NULL");
+    *n = 0;
+    gk_status st = lookup(c, key, &root, &v, err);
+    if (st == GK_OK && v && !cJSON_IsArray(v))
+        st = wrong_type(v, key, "an array of numbers", err);
+    size_t len = st == GK_OK && v ? (size_t)cJSON_GetArraySize(v) : 0;
+    if (st == GK_OK && len > cap)
+        st = gk_err_set(err, GK_ERR_CONFIG, "config.json: '%s' has %zu elements, more than the %zu expected", key, len,
+                        cap);
+    size_t i = 0;
+    for (const cJSON *it = v ? v->child : NULL; st == GK_OK && it; it = it->next, i++) {
+        if (!cJSON_IsNumber(it)) {
+            char k[160];
+            snprintf(k, sizeof k, "%s.%zu", key, i);
+            st = wrong_type(it, k, "a number", err);
+        } else {
+            out[i] = it->valuedouble;
+        }
+    }
+    if (st == GK_OK)
+        *n = len;
+    cJSON_Delete(root);
+    return st;
+}

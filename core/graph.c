@@ -9,6 +9,8 @@
 #include "model_impl.h"
 
 #include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -18,9 +20,75 @@ const char *gk_op_name(gk_op op)
         [GK_OP_GET_ROWS] = "get_rows", [GK_OP_ADD] = "add", [GK_OP_LAYER_NORM] = "layer_norm",
         [GK_OP_RMS_NORM] = "rms_norm", [GK_OP_LINEAR] = "linear", [GK_OP_ROPE] = "rope",
         [GK_OP_ATTN] = "attn", [GK_OP_GELU_TANH] = "gelu_tanh", [GK_OP_SILU_MUL] = "silu_mul",
-        [GK_OP_SAMPLE] = "sample",
+        [GK_OP_SAMPLE] = "sample", [GK_OP_MUL] = "mul", [GK_OP_SCALE] = "scale",
+        [GK_OP_SOFTCAP] = "softcap", [GK_OP_GELU] = "gelu", [GK_OP_GEGLU] = "geglu",
+        [GK_OP_SOFTMAX] = "softmax", [GK_OP_TOPK] = "topk", [GK_OP_GATHER] = "gather",
+        [GK_OP_LINEAR_ID] = "linear_id", [GK_OP_MOE_SUM] = "moe_sum",
     };
     return (unsigned)op < GK_OP_COUNT ? names[op] : "?";
+}
+
+/* ------------------------------------------------------- op parameters */
+
+static const gk_op_param p_rms[] = {
+    {"group", 'i', 0, 0, 0}, {"eps", 'f', 0, 0, 0}, {"weight_offset", 'f', 1, 4, 0},
+};
+static const gk_op_param p_layer_norm[] = {{"eps", 'f', 0, 0, 0}};
+static const gk_op_param p_rope[] = {
+    {"head_dim", 'i', 0, 0, 0}, {"rotary_dim", 'i', 1, 4, 0}, {"scale", 'f', 0, 0, 1},
+};
+static const gk_op_param p_attn[] = {
+    {"n_head", 'i', 0, 0, 0}, {"n_head_kv", 'i', 1, 0, 0}, {"head_dim", 'i', 2, 0, 0},
+    {"window", 'i', 3, 4, 0}, {"scale", 'f', 0, 0, 0}, {"softcap", 'f', 1, 4, 0},
+};
+static const gk_op_param p_sample[] = {
+    {"top_k", 'i', 0, 2, 0}, {"penalty_window", 'i', 1, 3, 0}, {"temperature", 'f', 0, 2, 0},
+    {"top_p", 'f', 1, 2, 1}, {"min_p", 'f', 2, 3, 0},
+};
+static const gk_op_param p_scale[] = {{"scale", 'f', 0, 4, 1}, {"bias", 'f', 1, 4, 0}};
+static const gk_op_param p_softcap[] = {{"cap", 'f', 0, 4, 0}};
+static const gk_op_param p_geglu[] = {{"exact", 'i', 0, 4, 0}};
+static const gk_op_param p_topk[] = {{"k", 'i', 0, 4, 0}};
+static const gk_op_param p_linear_id[] = {{"n_expert", 'i', 0, 4, 0}};
+
+#define PARAMS(a) a, sizeof a / sizeof a[0]
+static const struct {
+    const gk_op_param *p;
+    size_t n;
+    uint32_t since;
+} op_info[GK_OP_COUNT] = {
+    [GK_OP_LAYER_NORM] = {PARAMS(p_layer_norm), 0}, [GK_OP_RMS_NORM] = {PARAMS(p_rms), 0},
+    [GK_OP_ROPE] = {PARAMS(p_rope), 0},             [GK_OP_ATTN] = {PARAMS(p_attn), 0},
+    [GK_OP_SAMPLE] = {PARAMS(p_sample), 2},         [GK_OP_MUL] = {NULL, 0, 4},
+    [GK_OP_SCALE] = {PARAMS(p_scale), 4},           [GK_OP_SOFTCAP] = {PARAMS(p_softcap), 4},
+    [GK_OP_GELU] = {NULL, 0, 4},                    [GK_OP_GEGLU] = {PARAMS(p_geglu), 4},
+    [GK_OP_SOFTMAX] = {NULL, 0, 4},                 [GK_OP_TOPK] = {PARAMS(p_topk), 4},
+    [GK_OP_GATHER] = {NULL, 0, 4},                  [GK_OP_LINEAR_ID] = {PARAMS(p_linear_id), 4},
+    [GK_OP_MOE_SUM] = {NULL, 0, 4},
+};
+
+const gk_op_param *gk_op_params(gk_op op, size_t *n)
+{
+    bool in = (unsigned)op < GK_OP_COUNT;
+    if (n)
+        *n = in ? op_info[op].n : 0;
+    return in ? op_info[op].p : NULL;
+}
+
+uint32_t gk_op_since_minor(gk_op op) { return (unsigned)op < GK_OP_COUNT ? op_info[op].since : UINT32_MAX; }
+
+/* The first parameter of nd set away from its default that a backend of ABI
+ * 1.minor predates; NULL when none. */
+static const gk_op_param *newer_param(const gk_node *nd, uint32_t minor)
+{
+    size_t n;
+    const gk_op_param *p = gk_op_params(nd->op, &n);
+    for (size_t i = 0; i < n; i++) {
+        double v = p[i].kind == 'i' ? (double)nd->i[p[i].slot] : (double)nd->f[p[i].slot];
+        if (p[i].since_minor > minor && v != p[i].def)
+            return &p[i];
+    }
+    return NULL;
 }
 
 /* ------------------------------------------------------------- tensors */
@@ -76,15 +144,43 @@ static gk_node *new_node(gk_builder *b, gk_op op, gk_tensor *dst)
     return nd;
 }
 
+static void fail_msg(gk_builder *b, gk_status code, const char *fmt, va_list ap)
+{
+    if (!b || b->fail_code)
+        return;
+    b->failed = true;
+    b->fail_code = code;
+    vsnprintf(b->fail_msg, sizeof b->fail_msg, fmt, ap);
+}
+
+void gk_builder_fail(gk_builder *b, gk_status code, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    fail_msg(b, code ? code : GK_ERR_INTERNAL, fmt, ap);
+    va_end(ap);
+}
+
 /* Any NULL input poisons the build (a missing weight is caught at load). */
-static bool inputs_ok(gk_builder *b, const gk_tensor *x)
+static bool inputs_ok_(gk_builder *b, const gk_tensor *x, const char *name, int il)
 {
     if (!b)
         return false;
-    if (!x)
-        b->failed = true;
+    if (!x && !b->failed) {
+        if (b->missing_name[0])
+            gk_builder_fail(b, GK_ERR_FORMAT,
+                            "node '%s' (layer %d) has no input: the weight '%s' (layer %d) is absent from the "
+                            "checkpoint",
+                            name ? name : "?", il, b->missing_name, b->missing_layer);
+        else
+            b->failed = true;
+    }
     return !b->failed;
 }
+#define inputs_ok(b, x) inputs_ok_((b), (x), name, il)
+
+static void shape_fail(gk_builder *b, const char *name, int il, const char *what, const gk_tensor *x,
+                       const gk_tensor *y);
 
 /* ------------------------------------------------------------- helpers */
 
@@ -92,7 +188,7 @@ const gk_config *gk_builder_config(const gk_builder *b) { return b ? &b->m->cfg 
 gk_tensor *gk_builder_ids(gk_builder *b) { return b ? b->fg->ids : NULL; }
 gk_tensor *gk_builder_pos(gk_builder *b) { return b ? b->fg->pos : NULL; }
 
-gk_tensor *gk_builder_weight(gk_builder *b, gk_role role, int il)
+static gk_tensor *weight_of(gk_builder *b, gk_role role, int il)
 {
     if (!b || (unsigned)role >= GK_W_COUNT)
         return NULL;
@@ -100,6 +196,66 @@ gk_tensor *gk_builder_weight(gk_builder *b, gk_role role, int il)
     if (m->lw[role])
         return il >= 0 && il < m->cfg.n_layer ? m->lw[role][il] : NULL;
     return m->w[role];
+}
+
+static const char *role_entry_name(const gk_model *m, gk_role role);
+
+/* Remember an absent weight, so that a node given it as input names it. */
+static gk_tensor *note_missing(gk_builder *b, gk_tensor *t, const char *what, int il)
+{
+    if (b && !t && what) {
+        snprintf(b->missing_name, sizeof b->missing_name, "%s", what);
+        b->missing_layer = il;
+    }
+    return t;
+}
+
+/* The table name of a role's entry, for messages. */
+static const char *role_entry_name(const gk_model *m, gk_role role)
+{
+    for (const gk_tensor_entry *e = m->arch->tensors; e->name; e++)
+        if (e->role == role)
+            return e->name;
+    return NULL;
+}
+
+gk_tensor *gk_builder_weight(gk_builder *b, gk_role role, int il)
+{
+    if (!b)
+        return NULL;
+    return note_missing(b, weight_of(b, role, il), (unsigned)role < GK_W_COUNT ? role_entry_name(b->m, role) : NULL,
+                        il);
+}
+
+bool gk_builder_has_weight(gk_builder *b, gk_role role, int il) { return weight_of(b, role, il) != NULL; }
+
+gk_tensor *gk_builder_head_weight(gk_builder *b)
+{
+    if (!b)
+        return NULL;
+    return b->m->w[GK_W_LM_HEAD] ? b->m->w[GK_W_LM_HEAD] : b->m->w[GK_W_TOK_EMBD];
+}
+
+gk_tensor *gk_builder_weight_named(gk_builder *b, const char *table_name, int il)
+{
+    if (!b || !table_name)
+        return NULL;
+    gk_model *m = b->m;
+    size_t i = 0;
+    for (const gk_tensor_entry *e = m->arch->tensors; e->name; e++, i++) {
+        if (e->role != GK_W_NAMED || strcmp(e->name, table_name) != 0)
+            continue;
+        bool layered = e->flags & GK_TF_LAYER;
+        if (layered && (il < 0 || il >= m->cfg.n_layer)) {
+            gk_builder_fail(b, GK_ERR_INVALID_ARG, "weight '%s' asked for layer %d, outside [0, %lld)",
+                            table_name, il, (long long)m->cfg.n_layer);
+            return NULL;
+        }
+        return note_missing(b, m->ew && m->ew[i] ? m->ew[i][layered ? il : 0] : NULL, table_name, il);
+    }
+    gk_builder_fail(b, GK_ERR_INTERNAL, "architecture '%s' asked for weight '%s', which its tensor table lacks",
+                    m->arch->spec->name, table_name);
+    return NULL;
 }
 
 static gk_tensor *unary(gk_builder *b, gk_op op, gk_tensor *x, int64_t cols, const char *name, int il)
@@ -129,8 +285,12 @@ gk_tensor *gk_build_get_rows(gk_builder *b, gk_tensor *table, gk_tensor *ids, co
 
 gk_tensor *gk_build_add(gk_builder *b, gk_tensor *x, gk_tensor *y, const char *name, int il)
 {
-    if (!inputs_ok(b, y))
+    if (!inputs_ok(b, y) || !inputs_ok(b, x))
         return NULL;
+    if (x->rows != y->rows || x->cols != y->cols) {
+        shape_fail(b, name, il, "add of two shapes", x, y);
+        return NULL;
+    }
     gk_tensor *d = unary(b, GK_OP_ADD, x, x ? x->cols : 0, name, il);
     if (d)
         b->fg->g.nodes[b->fg->g.n_nodes - 1].src[1] = y;
@@ -181,8 +341,16 @@ gk_tensor *gk_build_norm(gk_builder *b, gk_tensor *x, gk_tensor *w, gk_tensor *b
 gk_tensor *gk_build_linear(gk_builder *b, gk_tensor *x, gk_tensor *w, gk_tensor *bias,
                            const char *name, int il)
 {
-    if (!inputs_ok(b, w))
+    if (!inputs_ok(b, w) || !inputs_ok(b, x))
         return NULL;
+    if (x->cols != w->cols) {
+        shape_fail(b, name, il, "linear of x by a weight of another width", x, w);
+        return NULL;
+    }
+    if (bias && bias->cols * bias->rows != w->rows) {
+        shape_fail(b, name, il, "linear bias of the wrong length", w, bias);
+        return NULL;
+    }
     gk_tensor *d = unary(b, GK_OP_LINEAR, x, w->rows, name, il);
     if (d) {
         gk_node *nd = &b->fg->g.nodes[b->fg->g.n_nodes - 1];
@@ -192,29 +360,118 @@ gk_tensor *gk_build_linear(gk_builder *b, gk_tensor *x, gk_tensor *w, gk_tensor 
     return d;
 }
 
-gk_tensor *gk_build_rope(gk_builder *b, gk_tensor *x, const char *name, int il)
+/* The frequencies for o: the model's own table when o asks for the config's rope. */
+static gk_tensor *rope_table(gk_builder *b, const gk_rope_opts *o, int64_t r)
 {
-    gk_tensor *d = unary(b, GK_OP_ROPE, x, x ? x->cols : 0, name, il);
+    gk_model *m = b->m;
+    const gk_config *c = &m->cfg;
+    float theta = o->theta > 0 ? o->theta : c->rope_theta;
+    gk_rope_scaling sc = o->use_config_scaling ? c->rope_scaling : o->scaling;
+    float factor = o->use_config_scaling ? c->rope_factor : (o->factor > 0 ? o->factor : 1.0f);
+    if (theta == c->rope_theta && r == c->head_dim && sc == c->rope_scaling &&
+        (sc == GK_ROPE_NONE || factor == c->rope_factor))
+        return m->inv_freq;
+    for (int i = 0; i < m->n_ropes; i++) {
+        gk_rope_table *t = &m->ropes[i];
+        if (t->theta == theta && t->rotary_dim == r && t->scaling == sc && t->factor == factor)
+            return t->t;
+    }
+    if (m->n_ropes == GK_MAX_ROPE_TABLES) {
+        gk_builder_fail(b, GK_ERR_UNSUPPORTED, "more than %d distinct RoPE settings in one model",
+                        GK_MAX_ROPE_TABLES);
+        return NULL;
+    }
+    int64_t half = r / 2;
+    float *inv = malloc((size_t)(half ? half : 1) * sizeof *inv);
+    gk_tensor *t = NULL;
+    gk_err err = {0};
+    if (!inv || gk_model_tensor_new(m, GK_DTYPE_F32, 1, half, "inv_freq", -1, &t, &err) != GK_OK) {
+        free(inv);
+        gk_builder_fail(b, GK_ERR_NOMEM, "out of memory for RoPE frequencies%s%s", err.msg[0] ? ": " : "",
+                        err.msg);
+        return NULL;
+    }
+    gk_rope_freqs(c, theta, r, sc, factor, inv);
+    gk_status st = m->be.ops->buffer_write(m->be.state, t->data, 0, inv, (size_t)half * sizeof *inv, &err);
+    free(inv);
+    if (st != GK_OK) {
+        gk_model_tensor_free(m, t);
+        gk_builder_fail(b, st, "uploading RoPE frequencies: %s", err.msg);
+        return NULL;
+    }
+    m->ropes[m->n_ropes++] = (gk_rope_table){theta, factor, r, sc, t};
+    return t;
+}
+
+gk_tensor *gk_build_rope_ex(gk_builder *b, gk_tensor *x, const gk_rope_opts *o, const char *name, int il)
+{
+    if (!inputs_ok(b, x))
+        return NULL;
+    const gk_config *c = &b->m->cfg;
+    gk_rope_opts def = {.use_config_scaling = true};
+    if (!o)
+        o = &def;
+    int64_t hd = c->head_dim, r = o->rotary_dim ? o->rotary_dim : hd;
+    if (r < 2 || r > hd || r % 2 || hd <= 0 || x->cols % hd) {
+        gk_builder_fail(b, GK_ERR_CONFIG,
+                        "node '%s' (layer %d): RoPE over %lld of head_dim %lld columns on [%lld][%lld] (rotary_dim "
+                        "must be even, 2..head_dim, and the columns whole heads)",
+                        name ? name : "?", il, (long long)r, (long long)hd, (long long)x->rows, (long long)x->cols);
+        return NULL;
+    }
+    gk_tensor *freqs = rope_table(b, o, r);
+    if (!freqs)
+        return NULL;
+    gk_tensor *d = unary(b, GK_OP_ROPE, x, x->cols, name, il);
     if (d) {
         gk_node *nd = &b->fg->g.nodes[b->fg->g.n_nodes - 1];
         nd->src[1] = b->fg->pos;
-        nd->src[2] = b->m->inv_freq;
-        nd->i[0] = (int32_t)b->m->cfg.head_dim;
-        nd->f[0] = 1.0f;
+        nd->src[2] = freqs;
+        nd->i[0] = (int32_t)hd;
+        nd->i[1] = r == hd ? 0 : (int32_t)r;
+        nd->f[0] = o->attention_scaling > 0 ? o->attention_scaling : 1.0f;
     }
     return d;
 }
 
-gk_tensor *gk_build_attn(gk_builder *b, gk_tensor *q, gk_tensor *k, gk_tensor *v, int il)
+gk_tensor *gk_build_rope(gk_builder *b, gk_tensor *x, const char *name, int il)
 {
+    return gk_build_rope_ex(b, x, NULL, name, il);
+}
+
+gk_tensor *gk_build_attn_ex(gk_builder *b, gk_tensor *q, gk_tensor *k, gk_tensor *v, int il, const gk_attn_opts *o)
+{
+    const char *name = "attn";
     if (!b)
         return NULL;
     const gk_config *c = &b->m->cfg;
-    if (!inputs_ok(b, k) || !inputs_ok(b, v) || il < 0 || il >= c->n_layer) {
-        b->failed = true;
+    if (!inputs_ok(b, q) || !inputs_ok(b, k) || !inputs_ok(b, v))
+        return NULL;
+    if (il < 0 || il >= c->n_layer) {
+        gk_builder_fail(b, GK_ERR_INVALID_ARG, "attention of layer %d, outside [0, %lld)", il,
+                        (long long)c->n_layer);
         return NULL;
     }
-    gk_tensor *d = unary(b, GK_OP_ATTN, q, q ? q->cols : 0, "attn", il);
+    int64_t kv = c->n_head_kv * c->head_dim;
+    if (q->cols != c->n_head * c->head_dim || k->cols != kv || v->cols != kv || k->rows != q->rows ||
+        v->rows != q->rows) {
+        gk_builder_fail(b, GK_ERR_CONFIG,
+                        "attention of layer %d: q [%lld][%lld], k [%lld][%lld], v [%lld][%lld] do not fit %lld heads "
+                        "and %lld kv heads of head_dim %lld",
+                        il, (long long)q->rows, (long long)q->cols, (long long)k->rows, (long long)k->cols,
+                        (long long)v->rows, (long long)v->cols, (long long)c->n_head, (long long)c->n_head_kv,
+                        (long long)c->head_dim);
+        return NULL;
+    }
+    gk_attn_opts def = {0};
+    if (!o)
+        o = &def;
+    if (o->window < 0 || o->window > INT32_MAX || o->softcap < 0 || !(o->scale >= 0)) {
+        gk_builder_fail(b, GK_ERR_CONFIG, "attention of layer %d: window %lld, softcap %g, scale %g out of range", il,
+                        (long long)o->window, (double)o->softcap, (double)o->scale);
+        return NULL;
+    }
+    gk_tensor *d = unary(b, GK_OP_ATTN, q, q->cols, "attn", il);
     if (d) {
         gk_node *nd = &b->fg->g.nodes[b->fg->g.n_nodes - 1];
         nd->src[1] = k;
@@ -225,9 +482,52 @@ gk_tensor *gk_build_attn(gk_builder *b, gk_tensor *q, gk_tensor *k, gk_tensor *v
         nd->i[0] = (int32_t)c->n_head;
         nd->i[1] = (int32_t)c->n_head_kv;
         nd->i[2] = (int32_t)c->head_dim;
-        nd->f[0] = 1.0f / sqrtf((float)c->head_dim);
+        nd->i[3] = (int32_t)o->window;
+        nd->f[0] = o->scale > 0 ? o->scale : 1.0f / sqrtf((float)c->head_dim);
+        nd->f[1] = o->softcap;
     }
     return d;
+}
+
+int64_t gk_builder_layer_window(gk_builder *b, int il)
+{
+    if (!b)
+        return 0;
+    const gk_config *c = &b->m->cfg;
+    if (c->sliding_window <= 0 && !gk_config_has(c, "layer_types"))
+        return 0;
+    char key[48], type[32];
+    snprintf(key, sizeof key, "layer_types.%d", il);
+    gk_err err = {0};
+    if (gk_config_has(c, "layer_types")) {
+        if (gk_config_get_string(c, key, NULL, type, sizeof type, &err) != GK_OK) {
+            gk_builder_fail(b, err.code, "%s", err.msg);
+            return 0;
+        }
+        if (!strcmp(type, "full_attention"))
+            return 0;
+        if (!strcmp(type, "sliding_attention") && c->sliding_window > 0)
+            return c->sliding_window;
+        gk_builder_fail(b, GK_ERR_UNSUPPORTED,
+                        "config.json: '%s' is \"%s\" (known: full_attention, and sliding_attention with a "
+                        "sliding_window)",
+                        key, type);
+        return 0;
+    }
+    if (!strcmp(c->model_type, "qwen2") || !strcmp(c->model_type, "qwen3") || !strcmp(c->model_type, "qwen3_moe")) {
+        int64_t first = 0;
+        if (gk_config_get_int(c, "max_window_layers", c->n_layer, &first, &err) != GK_OK) {
+            gk_builder_fail(b, err.code, "%s", err.msg);
+            return 0;
+        }
+        return il >= first ? c->sliding_window : 0;
+    }
+    return c->sliding_window;
+}
+
+gk_tensor *gk_build_attn(gk_builder *b, gk_tensor *q, gk_tensor *k, gk_tensor *v, int il)
+{
+    return gk_build_attn_ex(b, q, k, v, il, NULL);
 }
 
 gk_tensor *gk_build_gelu_tanh(gk_builder *b, gk_tensor *x, const char *name, int il)
@@ -242,6 +542,161 @@ gk_tensor *gk_build_silu_mul(gk_builder *b, gk_tensor *gate, gk_tensor *up, cons
     gk_tensor *d = unary(b, GK_OP_SILU_MUL, gate, gate ? gate->cols : 0, name, il);
     if (d)
         b->fg->g.nodes[b->fg->g.n_nodes - 1].src[1] = up;
+    return d;
+}
+
+/* ------------------------------------------------ ABI 1.4 vocabulary */
+
+/* A node of op over x with one more input y (may be NULL), dst [x->rows][cols]. */
+static gk_tensor *binary(gk_builder *b, gk_op op, gk_tensor *x, gk_tensor *y, gk_dtype dt, int64_t cols,
+                         const char *name, int il)
+{
+    if (!inputs_ok(b, x))
+        return NULL;
+    gk_tensor *d = new_tensor(b, dt, x->rows, cols, name, il);
+    gk_node *nd = new_node(b, op, d);
+    if (!nd)
+        return NULL;
+    nd->src[0] = x;
+    nd->src[1] = y;
+    return d;
+}
+
+static gk_node *last_node(gk_builder *b) { return &b->fg->g.nodes[b->fg->g.n_nodes - 1]; }
+
+static void shape_fail(gk_builder *b, const char *name, int il, const char *what, const gk_tensor *x,
+                       const gk_tensor *y)
+{
+    gk_builder_fail(b, GK_ERR_CONFIG, "node '%s' (layer %d): %s: [%lld][%lld] ('%s') and [%lld][%lld] ('%s')",
+                    name ? name : "?", il, what, (long long)x->rows, (long long)x->cols, x->name, (long long)y->rows,
+                    (long long)y->cols, y->name);
+}
+
+gk_tensor *gk_build_mul(gk_builder *b, gk_tensor *x, gk_tensor *y, const char *name, int il)
+{
+    if (!inputs_ok(b, x) || !inputs_ok(b, y))
+        return NULL;
+    if (y->cols != x->cols || (y->rows != x->rows && y->rows != 1)) {
+        shape_fail(b, name, il, "mul needs equal shapes or a [1][D] second operand", x, y);
+        return NULL;
+    }
+    return binary(b, GK_OP_MUL, x, y, GK_DTYPE_F32, x->cols, name, il);
+}
+
+gk_tensor *gk_build_scale(gk_builder *b, gk_tensor *x, float scale, float bias, const char *name, int il)
+{
+    gk_tensor *d = binary(b, GK_OP_SCALE, x, NULL, GK_DTYPE_F32, x ? x->cols : 0, name, il);
+    if (d) {
+        last_node(b)->f[0] = scale;
+        last_node(b)->f[1] = bias;
+    }
+    return d;
+}
+
+gk_tensor *gk_build_softcap(gk_builder *b, gk_tensor *x, float cap, const char *name, int il)
+{
+    if (b && !(cap > 0)) {
+        gk_builder_fail(b, GK_ERR_CONFIG, "node '%s' (layer %d): softcap %g must be > 0", name ? name : "?", il,
+                        (double)cap);
+        return NULL;
+    }
+    gk_tensor *d = binary(b, GK_OP_SOFTCAP, x, NULL, GK_DTYPE_F32, x ? x->cols : 0, name, il);
+    if (d)
+        last_node(b)->f[0] = cap;
+    return d;
+}
+
+gk_tensor *gk_build_gelu(gk_builder *b, gk_tensor *x, const char *name, int il)
+{
+    return binary(b, GK_OP_GELU, x, NULL, GK_DTYPE_F32, x ? x->cols : 0, name, il);
+}
+
+gk_tensor *gk_build_geglu(gk_builder *b, gk_tensor *gate, gk_tensor *up, bool tanh_approx, const char *name, int il)
+{
+    if (!inputs_ok(b, gate) || !inputs_ok(b, up))
+        return NULL;
+    if (gate->rows != up->rows || gate->cols != up->cols) {
+        shape_fail(b, name, il, "geglu needs gate and up of one shape", gate, up);
+        return NULL;
+    }
+    gk_tensor *d = binary(b, GK_OP_GEGLU, gate, up, GK_DTYPE_F32, gate->cols, name, il);
+    if (d)
+        last_node(b)->i[0] = tanh_approx ? 0 : 1;
+    return d;
+}
+
+gk_tensor *gk_build_softmax(gk_builder *b, gk_tensor *x, const char *name, int il)
+{
+    return binary(b, GK_OP_SOFTMAX, x, NULL, GK_DTYPE_F32, x ? x->cols : 0, name, il);
+}
+
+gk_tensor *gk_build_topk(gk_builder *b, gk_tensor *x, int k, const char *name, int il)
+{
+    if (!inputs_ok(b, x))
+        return NULL;
+    if (k < 1 || k > x->cols) {
+        gk_builder_fail(b, GK_ERR_CONFIG, "node '%s' (layer %d): top-%d of %lld columns", name ? name : "?", il, k,
+                        (long long)x->cols);
+        return NULL;
+    }
+    gk_tensor *d = binary(b, GK_OP_TOPK, x, NULL, GK_DTYPE_I32, k, name, il);
+    if (d)
+        last_node(b)->i[0] = k;
+    return d;
+}
+
+gk_tensor *gk_build_gather(gk_builder *b, gk_tensor *x, gk_tensor *ids, const char *name, int il)
+{
+    if (!inputs_ok(b, x) || !inputs_ok(b, ids))
+        return NULL;
+    if (ids->dtype != GK_DTYPE_I32 || ids->rows != x->rows) {
+        shape_fail(b, name, il, "gather needs I32 ids with a row per row of x", x, ids);
+        return NULL;
+    }
+    return binary(b, GK_OP_GATHER, x, ids, GK_DTYPE_F32, ids->cols, name, il);
+}
+
+gk_tensor *gk_build_linear_id(gk_builder *b, gk_tensor *x, gk_tensor *w, gk_tensor *ids, int64_t n_expert,
+                              const char *name, int il)
+{
+    if (!inputs_ok(b, x) || !inputs_ok(b, w) || !inputs_ok(b, ids))
+        return NULL;
+    int64_t k = ids->cols;
+    if (n_expert < 1 || w->rows % n_expert || ids->dtype != GK_DTYPE_I32 || ids->rows != x->rows ||
+        (x->cols != w->cols && x->cols != k * w->cols)) {
+        gk_builder_fail(b, GK_ERR_CONFIG,
+                        "node '%s' (layer %d): expert linear of x [%lld][%lld] through %lld experts stacked in '%s' "
+                        "[%lld][%lld] with ids [%lld][%lld] (x must be [n][in] or [n][k*in], the rows a multiple of "
+                        "the experts)",
+                        name ? name : "?", il, (long long)x->rows, (long long)x->cols, (long long)n_expert, w->name,
+                        (long long)w->rows, (long long)w->cols, (long long)ids->rows, (long long)ids->cols);
+        return NULL;
+    }
+    gk_tensor *d = binary(b, GK_OP_LINEAR_ID, x, w, GK_DTYPE_F32, k * (w->rows / n_expert), name, il);
+    if (d) {
+        last_node(b)->src[2] = ids;
+        last_node(b)->i[0] = (int32_t)n_expert;
+    }
+    return d;
+}
+
+gk_tensor *gk_build_moe_sum(gk_builder *b, gk_tensor *x, gk_tensor *weights, const char *name, int il)
+{
+    if (!inputs_ok(b, x) || !inputs_ok(b, weights))
+        return NULL;
+    if (weights->rows != x->rows || weights->cols < 1 || x->cols % weights->cols) {
+        shape_fail(b, name, il, "moe_sum needs x [n][k*D] and weights [n][k]", x, weights);
+        return NULL;
+    }
+    return binary(b, GK_OP_MOE_SUM, x, weights, GK_DTYPE_F32, x->cols / weights->cols, name, il);
+}
+
+gk_tensor *gk_build_rms_norm_offset(gk_builder *b, gk_tensor *x, gk_tensor *w, int64_t group, float eps,
+                                    float offset, const char *name, int il)
+{
+    gk_tensor *d = gk_build_rms_norm(b, x, w, group, eps, name, il);
+    if (d)
+        last_node(b)->f[1] = offset;
     return d;
 }
 
@@ -302,15 +757,36 @@ gk_status gk_fgraph_check(gk_model *m, const gk_fgraph *fg, gk_err *err)
 {
     for (size_t i = 0; i < fg->g.n_nodes; i++) {
         const gk_node *nd = &fg->g.nodes[i];
+        /* what the backend predates it never sees */
+        uint32_t minor = m->be.abi_minor;
+        if (gk_op_since_minor(nd->op) > minor)
+            return gk_err_set(err, GK_ERR_UNSUPPORTED,
+                              "backend '%s' (built for ABI %d.%u) cannot run op '%s' (node '%s', layer %d): the op "
+                              "needs ABI %d.%u",
+                              m->be.name, GK_ABI_MAJOR, minor, gk_op_name(nd->op), nd->dst->name, nd->dst->layer,
+                              GK_ABI_MAJOR, gk_op_since_minor(nd->op));
+        const gk_op_param *p = newer_param(nd, minor);
+        if (p)
+            return gk_err_set(err, GK_ERR_UNSUPPORTED,
+                              "backend '%s' (built for ABI %d.%u) cannot run node '%s' (op '%s', layer %d): its "
+                              "parameter '%s' = %g needs ABI %d.%u",
+                              m->be.name, GK_ABI_MAJOR, minor, nd->dst->name, gk_op_name(nd->op), nd->dst->layer,
+                              p->name, p->kind == 'i' ? (double)nd->i[p->slot] : (double)nd->f[p->slot],
+                              GK_ABI_MAJOR, p->since_minor);
         if (!m->be.ops->supports_node(m->be.state, nd)) {
+            void (*explain)(void *, const gk_node *, char *, size_t) = GK_BACKEND_OP(m->be.ops, explain_node);
+            char why[160] = "";
+            if (explain)
+                explain(m->be.state, nd, why, sizeof why);
             char types[64] = "";
             size_t used = 0;
             for (int k = 0; k < GK_MAX_SRC && nd->src[k]; k++)
                 used += (size_t)snprintf(types + used, sizeof types - used, "%s%s", k ? ", " : "",
                                          gk_dtype_name(nd->src[k]->dtype));
             return gk_err_set(err, GK_ERR_UNSUPPORTED,
-                              "backend '%s' cannot run op '%s' (node '%s', layer %d; operands %s)",
-                              m->be.name, gk_op_name(nd->op), nd->dst->name, nd->dst->layer, types);
+                              "backend '%s' cannot run op '%s' (node '%s', layer %d; operands %s)%s%s",
+                              m->be.name, gk_op_name(nd->op), nd->dst->name, nd->dst->layer, types,
+                              why[0] ? ": " : "", why);
         }
     }
     return GK_OK;
@@ -324,10 +800,11 @@ void gk_fgraph_new_id(gk_fgraph *fg)
 
 static gk_status finish(gk_model *m, gk_builder *b, gk_status st, gk_fgraph **out, gk_err *err)
 {
-    if (st == GK_OK && b->failed)
+    if (st == GK_OK && b->failed && b->fail_code)
+        st = gk_err_set(err, b->fail_code, "architecture '%s': %s", m->arch->spec->name, b->fail_msg);
+    else if (st == GK_OK && b->failed)
         st = gk_err_set(err, GK_ERR_NOMEM,
-                        "out of memory (or a missing weight or a NULL or out-of-range builder argument) building "
-                        "the graph");
+                        "out of memory (or a NULL or out-of-range builder argument) building the graph");
     if (st == GK_OK)
         st = place_arena(m, b->fg, err);
     if (st == GK_OK)
@@ -358,6 +835,25 @@ gk_status gk_fgraph_build_forward(gk_model *m, int64_t n, gk_fgraph **out, gk_er
     return finish(m, &b, st, out, err);
 }
 
+/* The LM head: the architecture's hook, else linear by the head weight. */
+static gk_status build_logits(gk_builder *b, gk_tensor *hidden, gk_tensor **logits, gk_err *err)
+{
+    gk_model *m = b->m;
+    gk_status (*hook)(gk_builder *, gk_tensor *, gk_tensor **, gk_err *) = GK_ARCH_OP(m->arch, build_head);
+    *logits = NULL;
+    if (!hidden || b->failed)
+        return GK_OK; /* finish() reports the failure */
+    if (!hook) {
+        *logits = gk_build_linear(b, hidden, gk_builder_head_weight(b), NULL, "logits", -1);
+        return GK_OK;
+    }
+    gk_status st = hook(b, hidden, logits, err);
+    if (st == GK_OK && !b->failed && (!*logits || (*logits)->rows != hidden->rows || (*logits)->cols != m->cfg.n_vocab))
+        st = gk_err_set(err, GK_ERR_INTERNAL, "architecture '%s': its build_head made no [%lld][%lld] logits",
+                        m->arch->spec->name, (long long)hidden->rows, (long long)m->cfg.n_vocab);
+    return st;
+}
+
 gk_status gk_fgraph_build_head(gk_model *m, gk_tensor *hidden, gk_fgraph **out, gk_err *err)
 {
     *out = NULL;
@@ -366,9 +862,8 @@ gk_status gk_fgraph_build_head(gk_model *m, gk_tensor *hidden, gk_fgraph **out, 
         return gk_err_set(err, GK_ERR_NOMEM, "out of memory");
     fg->g.n_tokens = hidden->rows;
     gk_builder b = {.m = m, .fg = fg};
-    gk_tensor *head = m->w[GK_W_LM_HEAD] ? m->w[GK_W_LM_HEAD] : m->w[GK_W_TOK_EMBD];
-    fg->out = gk_build_linear(&b, hidden, head, NULL, "logits", -1);
-    return finish(m, &b, GK_OK, out, err);
+    gk_status st = build_logits(&b, hidden, &fg->out, err);
+    return finish(m, &b, st, out, err);
 }
 
 gk_status gk_fgraph_build_step(gk_model *m, gk_fgraph **out, gk_err *err)
@@ -387,9 +882,9 @@ gk_status gk_fgraph_build_step(gk_model *m, gk_fgraph **out, gk_err *err)
     if (st == GK_OK && !b.failed && (!hidden || hidden->rows != 1 || hidden->cols != m->cfg.n_embd))
         st = gk_err_set(err, GK_ERR_INTERNAL, "architecture '%s' built no [1][%lld] output", m->arch->spec->name,
                         (long long)m->cfg.n_embd);
-    if (st == GK_OK) {
-        gk_tensor *head = m->w[GK_W_LM_HEAD] ? m->w[GK_W_LM_HEAD] : m->w[GK_W_TOK_EMBD];
-        fg->out = gk_build_linear(&b, hidden, head, NULL, "logits", -1);
+    if (st == GK_OK)
+        st = build_logits(&b, hidden, &fg->out, err);
+    if (st == GK_OK && fg->out) {
         /* the sampled id becomes the next step's input */
         gk_node *nd = new_node(&b, GK_OP_SAMPLE, fg->ids);
         if (nd) {

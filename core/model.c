@@ -56,8 +56,11 @@ void gk_model_tensor_free(gk_model *m, gk_tensor *t)
 
 /* ------------------------------------------------------------ weights */
 
-static int64_t dim_value(const gk_config *c, gk_dim d)
+static int64_t dim_value(const gk_model *m, gk_dim d)
 {
+    const gk_config *c = &m->cfg;
+    if (d >= GK_DIM_KEY0 && d < GK_DIM_KEY0 + GK_MAX_DIM_KEYS)
+        return m->dims[d - GK_DIM_KEY0];
     switch (d) {
     case GK_DIM_NONE: return 0;
     case GK_DIM_ONE: return 1;
@@ -69,18 +72,48 @@ static int64_t dim_value(const gk_config *c, gk_dim d)
     case GK_DIM_HEAD: return c->head_dim;
     case GK_DIM_POS: return c->n_ctx_train;
     case GK_DIM_QKV: return (c->n_head + 2 * c->n_head_kv) * c->head_dim;
+    default: return 0;
     }
-    return 0;
 }
 
-/* The checkpoint name of an entry (prefix tried in order); false when absent. */
+/* The architecture's config sizes (GK_DIM_KEY), read once at load. */
+static gk_status read_dims(gk_model *m, gk_err *err)
+{
+    const gk_dim_key *k = GK_ARCH_OP(m->arch, dim_keys);
+    for (int i = 0; k && k[i].key; i++) {
+        if (i == GK_MAX_DIM_KEYS)
+            return gk_err_set(err, GK_ERR_PLUGIN, "architecture '%s' declares more than %d dim_keys",
+                              m->arch->spec->name, GK_MAX_DIM_KEYS);
+        const char *key = k[i].key;
+        if (!gk_config_has(&m->cfg, key) && k[i].alt && gk_config_has(&m->cfg, k[i].alt))
+            key = k[i].alt;
+        int64_t v;
+        gk_status st = gk_config_get_int(&m->cfg, key, k[i].def, &v, err);
+        if (st != GK_OK)
+            return st;
+        if (v < 0)
+            return gk_err_set(err, GK_ERR_CONFIG, "config.json: missing key '%s' (the %s architecture needs it)", key,
+                              m->arch->spec->name);
+        if (v < 1 || v > INT32_MAX)
+            return gk_err_set(err, GK_ERR_CONFIG, "config.json: '%s' is %lld, expected 1 .. %d", key, (long long)v,
+                              INT32_MAX);
+        m->dims[i] = v;
+    }
+    return GK_OK;
+}
+
+/* The checkpoint name of an entry for layer il and expert ie (prefix tried in
+ * order); false when absent. */
 static bool resolve_name(const gk_arch_ops *arch, gk_safetensors *st, const gk_tensor_entry *e,
-                         int il, char *out, size_t len)
+                         int il, int ie, char *out, size_t len)
 {
     static const char *const no_prefix[] = {"", NULL};
     const char *const *prefixes = arch->name_prefixes ? arch->name_prefixes : no_prefix;
     char base[256];
-    snprintf(base, sizeof base, e->name, il);
+    if ((e->flags & GK_TF_EXPERT) && !(e->flags & GK_TF_LAYER))
+        snprintf(base, sizeof base, e->name, ie);
+    else
+        snprintf(base, sizeof base, e->name, il, ie);
     for (const char *const *p = prefixes; *p; p++) {
         snprintf(out, len, "%s%s", *p, base);
         if (gk_safetensors_has(st, out))
@@ -113,9 +146,42 @@ static void store_as(gk_dtype dt, const float *src, void *dst, size_t n)
     }
 }
 
-/* Load one table entry (one layer) into a new backend tensor. */
-static gk_status load_weight(gk_model *m, gk_safetensors *st, const gk_tensor_entry *e,
-                             const char *name, int il, gk_tensor **out, gk_err *err)
+/* How an entry's block sits in its stored tensor: `skip` rows before it and
+ * `total` rows in all (after transposing), `count` stacked copies. */
+typedef struct placement {
+    int64_t rows, cols, skip, total, count;
+} placement;
+
+static placement place(const gk_model *m, const gk_tensor_entry *e)
+{
+    placement pl = {0};
+    bool is_1d = e->shape[1] == GK_DIM_NONE;
+    pl.rows = is_1d ? 1 : dim_value(m, e->shape[0]);
+    pl.cols = is_1d ? dim_value(m, e->shape[0]) : dim_value(m, e->shape[1]);
+    int64_t unit = is_1d ? pl.cols : pl.rows; /* the split axis: rows, or a 1-D tensor's length */
+    pl.count = e->flags & (GK_TF_EXPERT | GK_TF_STACKED) ? dim_value(m, (gk_dim)e->n_parts) : 1;
+    pl.total = unit;
+    if (e->flags & GK_TF_SPLIT) {
+        pl.total = 0;
+        for (const gk_tensor_entry *o = m->arch->tensors; o->name; o++) {
+            if (!(o->flags & GK_TF_SPLIT) || strcmp(o->name, e->name) != 0)
+                continue;
+            int64_t u = o->shape[1] == GK_DIM_NONE ? dim_value(m, o->shape[0]) : dim_value(m, o->shape[0]);
+            pl.total += u;
+            if (o->part < e->part)
+                pl.skip += u;
+        }
+    } else if (e->part && !(e->flags & (GK_TF_EXPERT | GK_TF_STACKED))) {
+        pl.total = unit * e->n_parts;
+        pl.skip = unit * (e->part - 1);
+    }
+    return pl;
+}
+
+/* Load the stored tensor `name` (one expert's, or all of a stacked entry)
+ * into rows [dst_row, ..) of t. */
+static gk_status load_into(gk_model *m, gk_safetensors *st, const gk_tensor_entry *e, const char *name,
+                           const placement *pl, gk_tensor *t, int64_t dst_row, gk_err *err)
 {
     gk_tensor_info ti;
     gk_status s = gk_safetensors_info(st, name, &ti, err);
@@ -124,80 +190,74 @@ static gk_status load_weight(gk_model *m, gk_safetensors *st, const gk_tensor_en
     if (ti.dtype != GK_DTYPE_F32 && ti.dtype != GK_DTYPE_F16 && ti.dtype != GK_DTYPE_BF16)
         return gk_err_set(err, GK_ERR_UNSUPPORTED, "tensor '%s' is %s; only F32, F16 and BF16 weights load",
                           name, gk_dtype_name(ti.dtype));
-    int parts = e->part ? e->n_parts : 1;
-    bool is_1d = e->shape[1] == GK_DIM_NONE;
-    int64_t rows = is_1d ? 1 : dim_value(&m->cfg, e->shape[0]);
-    int64_t cols = is_1d ? dim_value(&m->cfg, e->shape[0]) : dim_value(&m->cfg, e->shape[1]);
-    /* Expected stored shape. */
-    int64_t want[2];
-    int want_dims = is_1d ? 1 : 2;
+    bool is_1d = e->shape[1] == GK_DIM_NONE, stacked = e->flags & GK_TF_STACKED;
+    int64_t want[3];
+    int want_dims = 0;
+    if (stacked)
+        want[want_dims++] = pl->count;
     if (is_1d) {
-        want[0] = cols * parts;
+        want[want_dims++] = pl->total;
     } else if (e->flags & GK_TF_TRANSPOSE) {
-        want[0] = cols;
-        want[1] = rows * parts;
+        want[want_dims++] = pl->cols;
+        want[want_dims++] = pl->total;
     } else {
-        want[0] = rows * parts;
-        want[1] = cols;
+        want[want_dims++] = pl->total;
+        want[want_dims++] = pl->cols;
     }
-    if (ti.n_dims != want_dims || ti.shape[0] != want[0] || (want_dims == 2 && ti.shape[1] != want[1])) {
-        char got[96];
+    bool ok = ti.n_dims == want_dims;
+    for (int i = 0; ok && i < want_dims; i++)
+        ok = ti.shape[i] == want[i];
+    if (!ok) {
+        char got[96], exp[96];
         shape_str(&ti, got, sizeof got);
-        if (want_dims == 1)
-            return gk_err_set(err, GK_ERR_FORMAT, "tensor '%s' has shape %s, expected [%lld] from config.json",
-                              name, got, (long long)want[0]);
-        return gk_err_set(err, GK_ERR_FORMAT, "tensor '%s' has shape %s, expected [%lld, %lld] from config.json",
-                          name, got, (long long)want[0], (long long)want[1]);
+        gk_tensor_info w = {.n_dims = want_dims};
+        for (int i = 0; i < want_dims; i++)
+            w.shape[i] = want[i];
+        shape_str(&w, exp, sizeof exp);
+        return gk_err_set(err, GK_ERR_FORMAT, "tensor '%s' has shape %s, expected %s from config.json", name, got,
+                          exp);
     }
-
-    gk_tensor *t;
-    s = gk_model_tensor_new(m, m->dtype, rows, cols, name, il, &t, err);
-    if (s != GK_OK)
-        return s;
-    size_t n = (size_t)(rows * cols);
-    if (ti.dtype == m->dtype && parts == 1 && !(e->flags & GK_TF_TRANSPOSE)) {
+    int64_t copies = stacked ? pl->count : 1;
+    size_t n = (size_t)(pl->rows * pl->cols), esz = gk_dtype_size(m->dtype);
+    bool plain = ti.dtype == m->dtype && pl->skip == 0 && pl->total == (is_1d ? pl->cols : pl->rows) &&
+                 !(e->flags & GK_TF_TRANSPOSE);
+    if (plain) {
         const void *raw;
         uint64_t nb;
         s = gk_safetensors_bytes(st, name, &raw, &nb, err);
         if (s == GK_OK)
-            s = m->be.ops->buffer_write(m->be.state, t->data, 0, raw, (size_t)nb, err);
-        goto out;
+            s = m->be.ops->buffer_write(m->be.state, t->data, (size_t)dst_row * (size_t)pl->cols * esz, raw,
+                                        (size_t)nb, err);
+        return s;
     }
-    size_t total = n * (size_t)parts;
-    float *all = malloc(total * sizeof(float));
+    size_t block = (size_t)(is_1d ? pl->total : pl->total * pl->cols); /* one copy's stored elements */
+    float *all = malloc(block * (size_t)copies * sizeof(float));
     float *sel = malloc(n * sizeof(float));
-    void *conv = malloc(n * gk_dtype_size(m->dtype));
+    void *conv = malloc(n * esz);
     if (!all || !sel || !conv) {
         s = gk_err_set(err, GK_ERR_NOMEM, "out of memory converting '%s'", name);
-        goto out_free;
+        goto out;
     }
-    s = gk_safetensors_read_f32(st, name, all, total, err);
-    if (s != GK_OK)
-        goto out_free;
-    int p = e->part ? e->part - 1 : 0;
-    if (e->flags & GK_TF_TRANSPOSE && !is_1d) {
-        /* stored [cols][parts*rows]: element (r, c) of part p is all[c][p*rows + r] */
-        int64_t stride = rows * parts;
-        for (int64_t r = 0; r < rows; r++)
-            for (int64_t c = 0; c < cols; c++)
-                sel[r * cols + c] = all[c * stride + p * rows + r];
-    } else {
-        memcpy(sel, all + (size_t)p * n, n * sizeof(float));
+    s = gk_safetensors_read_f32(st, name, all, block * (size_t)copies, err);
+    for (int64_t c = 0; s == GK_OK && c < copies; c++) {
+        const float *src = all + (size_t)c * block;
+        if (e->flags & GK_TF_TRANSPOSE && !is_1d) {
+            /* stored [cols][total]: element (r, k) of the block is src[k][skip + r] */
+            for (int64_t r = 0; r < pl->rows; r++)
+                for (int64_t k = 0; k < pl->cols; k++)
+                    sel[r * pl->cols + k] = src[k * pl->total + pl->skip + r];
+        } else {
+            memcpy(sel, src + (size_t)pl->skip * (is_1d ? 1 : (size_t)pl->cols), n * sizeof(float));
+        }
+        store_as(m->dtype, sel, conv, n);
+        s = m->be.ops->buffer_write(m->be.state, t->data, (size_t)(dst_row + c * pl->rows) * (size_t)pl->cols * esz,
+                                    conv, n * esz, err);
     }
-    store_as(m->dtype, sel, conv, n);
-    s = m->be.ops->buffer_write(m->be.state, t->data, 0, conv, n * gk_dtype_size(m->dtype), err);
-out_free:
+out:
     free(all);
     free(sel);
     free(conv);
-out:
-    if (s != GK_OK) {
-        gk_model_tensor_free(m, t);
-        return s;
-    }
-    m->weight_bytes += gk_tensor_nbytes(t);
-    *out = t;
-    return GK_OK;
+    return s;
 }
 
 /* Is this entry required for this model? */
@@ -212,54 +272,106 @@ static bool entry_required(const gk_model *m, const gk_tensor_entry *e)
     return !(e->flags & GK_TF_OPTIONAL);
 }
 
+static void claim(gk_safetensors *st, bool *claimed, const char *name)
+{
+    size_t n = gk_safetensors_count(st);
+    for (size_t i = 0; i < n; i++)
+        if (strcmp(gk_safetensors_name(st, i), name) == 0)
+            claimed[i] = true;
+}
+
+/* One table entry for one layer: into *slot (NULL: claim only). */
+static gk_status load_entry(gk_model *m, gk_safetensors *st, const gk_tensor_entry *e, int il, gk_tensor **slot,
+                            bool *claimed, gk_err *err)
+{
+    char name[320];
+    bool layered = e->flags & GK_TF_LAYER, experts = e->flags & GK_TF_EXPERT;
+    placement pl = place(m, e);
+    if ((e->flags & (GK_TF_EXPERT | GK_TF_STACKED)) && pl.count < 1)
+        return gk_err_set(err, GK_ERR_PLUGIN, "architecture '%s': entry '%s' has an expert count dim of 0",
+                          m->arch->spec->name, e->name);
+    int n_files = experts ? (int)pl.count : 1;
+    /* all present, or all absent */
+    int present = 0;
+    for (int ie = 0; ie < n_files; ie++) {
+        bool have = resolve_name(m->arch, st, e, il, ie, name, sizeof name);
+        present += have;
+        if (!have && (present || entry_required(m, e)) && e->role != GK_W_LM_HEAD)
+            return gk_err_set(err, GK_ERR_FORMAT, "missing tensor '%s' (%s architecture)", name, m->arch->spec->name);
+    }
+    if (!present)
+        return GK_OK;
+    resolve_name(m->arch, st, e, il, 0, name, sizeof name);
+    if ((e->flags & GK_TF_COND_BIAS) && !m->cfg.attention_bias)
+        return gk_err_set(err, GK_ERR_FORMAT, "tensor '%s' is present but config.json says attention_bias is false",
+                          name);
+    if ((e->flags & GK_TF_COND_MLP_BIAS) && !m->cfg.mlp_bias)
+        return gk_err_set(err, GK_ERR_FORMAT, "tensor '%s' is present but config.json says mlp_bias is false", name);
+    gk_status s = GK_OK;
+    if (slot && !*slot) {
+        int64_t rows;
+        if (!gk_i64_mul(pl.rows, pl.count, &rows))
+            return gk_err_set(err, GK_ERR_CONFIG, "tensor '%s': %lld experts of %lld rows overflow", name,
+                              (long long)pl.count, (long long)pl.rows);
+        s = gk_model_tensor_new(m, m->dtype, rows, pl.cols, name, layered ? il : -1, slot, err);
+        for (int ie = 0; s == GK_OK && ie < n_files; ie++) {
+            resolve_name(m->arch, st, e, il, ie, name, sizeof name);
+            s = load_into(m, st, e, name, &pl, *slot, experts ? ie * pl.rows : 0, err);
+        }
+        if (s != GK_OK) {
+            gk_model_tensor_free(m, *slot);
+            *slot = NULL;
+            return s;
+        }
+        m->weight_bytes += gk_tensor_nbytes(*slot);
+    }
+    for (int ie = 0; ie < n_files; ie++) {
+        resolve_name(m->arch, st, e, il, ie, name, sizeof name);
+        claim(st, claimed, name);
+    }
+    return s;
+}
+
 static gk_status load_weights(gk_model *m, gk_safetensors *st, const gk_model_opts *opts, uint64_t total,
                               gk_err *err)
 {
     size_t n_names = gk_safetensors_count(st);
     bool *claimed = calloc(n_names ? n_names : 1, sizeof *claimed);
-    if (!claimed)
+    m->n_entries = 0;
+    for (const gk_tensor_entry *e = m->arch->tensors; e->name; e++)
+        m->n_entries++;
+    m->ew = calloc(m->n_entries ? m->n_entries : 1, sizeof *m->ew);
+    if (!claimed || !m->ew) {
+        free(claimed);
         return gk_err_set(err, GK_ERR_NOMEM, "out of memory");
+    }
     gk_status s = GK_OK;
-    char name[320];
-    for (const gk_tensor_entry *e = m->arch->tensors; e->name && s == GK_OK; e++) {
+    size_t idx = 0;
+    for (const gk_tensor_entry *e = m->arch->tensors; e->name && s == GK_OK; e++, idx++) {
         bool layered = e->flags & GK_TF_LAYER;
         int n_l = layered ? (int)m->cfg.n_layer : 1;
-        if (layered && e->role != GK_W_UNUSED && !m->lw[e->role]) {
-            m->lw[e->role] = calloc((size_t)n_l, sizeof(gk_tensor *));
-            if (!m->lw[e->role]) {
+        if ((unsigned)e->role >= GK_W_COUNT) {
+            s = gk_err_set(err, GK_ERR_PLUGIN, "architecture '%s': entry '%s' has role %d, outside gk_role",
+                           m->arch->spec->name, e->name, (int)e->role);
+            break;
+        }
+        gk_tensor ***arr = e->role == GK_W_NAMED ? &m->ew[idx] : layered && e->role != GK_W_UNUSED ? &m->lw[e->role]
+                                                                                                    : NULL;
+        if (arr && !*arr) {
+            *arr = calloc((size_t)n_l, sizeof(gk_tensor *));
+            if (!*arr) {
                 s = gk_err_set(err, GK_ERR_NOMEM, "out of memory");
                 break;
             }
         }
         for (int il = 0; il < n_l && s == GK_OK; il++) {
-            bool have = resolve_name(m->arch, st, e, il, name, sizeof name);
-            if (!have) {
-                if (entry_required(m, e) && e->role != GK_W_LM_HEAD)
-                    s = gk_err_set(err, GK_ERR_FORMAT, "missing tensor '%s' (%s architecture)", name,
-                                   m->arch->spec->name);
-                continue;
-            }
-            if ((e->flags & GK_TF_COND_BIAS) && !m->cfg.attention_bias) {
-                s = gk_err_set(err, GK_ERR_FORMAT,
-                               "tensor '%s' is present but config.json says attention_bias is false", name);
-                continue;
-            }
-            if ((e->flags & GK_TF_COND_MLP_BIAS) && !m->cfg.mlp_bias) {
-                s = gk_err_set(err, GK_ERR_FORMAT,
-                               "tensor '%s' is present but config.json says mlp_bias is false", name);
-                continue;
-            }
             /* a tied head's own copy and known-unused tensors are claimed, not loaded */
             bool skip = e->role == GK_W_UNUSED || (e->role == GK_W_LM_HEAD && m->cfg.tie_word_embeddings);
-            gk_tensor **slot = skip ? NULL : layered ? &m->lw[e->role][il] : &m->w[e->role];
-            if (slot && !*slot) {
-                s = load_weight(m, st, e, name, layered ? il : -1, slot, err);
-                if (s == GK_OK && opts->progress)
-                    opts->progress(m->weight_bytes, total, opts->progress_user);
-            }
-            for (size_t i = 0; i < n_names; i++)
-                if (strcmp(gk_safetensors_name(st, i), name) == 0)
-                    claimed[i] = true;
+            gk_tensor **slot = skip ? NULL : arr ? &(*arr)[il] : &m->w[e->role];
+            uint64_t before = m->weight_bytes;
+            s = load_entry(m, st, e, layered ? il : -1, slot, claimed, err);
+            if (s == GK_OK && m->weight_bytes != before && opts->progress)
+                opts->progress(m->weight_bytes, total, opts->progress_user);
         }
     }
     if (s == GK_OK && !m->w[GK_W_LM_HEAD] && !m->cfg.tie_word_embeddings)
@@ -280,26 +392,27 @@ static gk_status load_weights(gk_model *m, gk_safetensors *st, const gk_model_op
 
 /* inv_freq[i] = theta^(-2i/d), then the checkpoint's scaling (as transformers'
  * rope init functions compute it). */
-static void rope_freqs(const gk_config *c, float *inv, int64_t half)
+void gk_rope_freqs(const gk_config *c, float theta, int64_t r, gk_rope_scaling scaling, float factor, float *inv)
 {
+    int64_t half = r / 2;
     for (int64_t i = 0; i < half; i++) {
-        float expo = (float)(2 * i) / (float)c->head_dim;
-        inv[i] = (float)(1.0 / pow((double)c->rope_theta, (double)expo));
+        float expo = (float)(2 * i) / (float)r;
+        inv[i] = (float)(1.0 / pow((double)theta, (double)expo));
     }
-    if (c->rope_scaling == GK_ROPE_LINEAR) {
+    if (scaling == GK_ROPE_LINEAR) {
         for (int64_t i = 0; i < half; i++)
-            inv[i] /= c->rope_factor;
-    } else if (c->rope_scaling == GK_ROPE_LLAMA3) {
+            inv[i] /= factor;
+    } else if (scaling == GK_ROPE_LLAMA3) {
         double old = (double)c->rope_orig_ctx;
         double lo = c->rope_low_freq_factor, hi = c->rope_high_freq_factor;
         double low_wavelen = old / lo, high_wavelen = old / hi;
         for (int64_t i = 0; i < half; i++) {
             double f = inv[i], wavelen = 2.0 * M_PI / f;
             if (wavelen > low_wavelen) {
-                f = f / c->rope_factor;
+                f = f / factor;
             } else if (wavelen >= high_wavelen) {
                 double smooth = (old / wavelen - lo) / (hi - lo);
-                f = (1.0 - smooth) * f / c->rope_factor + smooth * f;
+                f = (1.0 - smooth) * f / factor + smooth * f;
             }
             inv[i] = (float)f;
         }
@@ -343,7 +456,7 @@ static gk_status alloc_caches(gk_model *m, gk_err *err)
     float *inv = malloc((size_t)(half ? half : 1) * sizeof(float));
     if (!inv)
         return gk_err_set(err, GK_ERR_NOMEM, "out of memory");
-    rope_freqs(c, inv, half);
+    gk_rope_freqs(c, c->rope_theta, c->head_dim, c->rope_scaling, c->rope_factor, inv);
     gk_status s = gk_model_tensor_new(m, GK_DTYPE_F32, 1, half, "inv_freq", -1, &m->inv_freq, err);
     if (s == GK_OK)
         s = m->be.ops->buffer_write(m->be.state, m->inv_freq->data, 0, inv, (size_t)half * sizeof(float), err);
@@ -445,6 +558,11 @@ gk_status gk_model_load(gk_runtime *rt, const char *path, const gk_model_opts *o
             goto fail;
     }
     m->arch = gk_runtime_arch_ops(rt, spec->name);
+    gk_status (*adjust)(gk_config *, gk_err *) = GK_ARCH_OP(m->arch, adjust_config);
+    if (adjust && (s = adjust(&m->cfg, err)) != GK_OK)
+        goto fail;
+    if ((s = read_dims(m, err)) != GK_OK)
+        goto fail;
     if (m->arch->check_config) {
         s = m->arch->check_config(&m->cfg, err);
         if (s != GK_OK)
@@ -471,11 +589,14 @@ gk_status gk_model_load(gk_runtime *rt, const char *path, const gk_model_opts *o
         goto fail;
     int64_t train_ctx = m->cfg.n_ctx_train > 0 ? m->cfg.n_ctx_train : 4096;
     m->n_ctx = opts->n_ctx > 0 ? opts->n_ctx : (train_ctx < 4096 ? train_ctx : 4096);
-    if (m->cfg.sliding_window > 0 && m->n_ctx > m->cfg.sliding_window) {
+    /* An architecture built for ABI 1.4 applies the window itself
+     * (gk_build_attn_ex); an older one cannot, so its context stays within it. */
+    if (m->cfg.sliding_window > 0 && m->n_ctx > m->cfg.sliding_window &&
+        m->arch->struct_size < offsetof(gk_arch_ops, build_head) + sizeof m->arch->build_head) {
         s = gk_err_set(err, GK_ERR_UNSUPPORTED,
-                       "config.json: sliding_window is %lld tokens and sliding-window attention is not "
-                       "implemented, so the context must not exceed it (asked for %lld)",
-                       (long long)m->cfg.sliding_window, (long long)m->n_ctx);
+                       "config.json: sliding_window is %lld tokens and architecture '%s' was built for an ABI "
+                       "without sliding-window attention, so the context must not exceed it (asked for %lld)",
+                       (long long)m->cfg.sliding_window, spec->name, (long long)m->n_ctx);
         goto fail;
     }
     if (spec->use_pos_embed && m->n_ctx > train_ctx) {
@@ -556,7 +677,17 @@ void gk_model_destroy(gk_model *m)
                 gk_model_tensor_free(m, m->v_cache[l]);
         }
         gk_model_tensor_free(m, m->inv_freq);
+        for (int i = 0; i < m->n_ropes; i++)
+            gk_model_tensor_free(m, m->ropes[i].t);
+        for (size_t i = 0; m->ew && i < m->n_entries; i++) {
+            bool layered = m->arch->tensors[i].flags & GK_TF_LAYER;
+            for (int64_t l = 0; m->ew[i] && l < (layered ? m->cfg.n_layer : 1); l++)
+                gk_model_tensor_free(m, m->ew[i][l]);
+        }
     }
+    for (size_t i = 0; m->ew && i < m->n_entries; i++)
+        free(m->ew[i]);
+    free(m->ew);
     for (int r = 0; r < GK_W_COUNT; r++)
         free(m->lw[r]);
     free(m->k_cache);

@@ -33,7 +33,23 @@ struct gk_builder {
     gk_model *m;
     gk_fgraph *fg;
     bool failed;
+    /* the first failure's cause when known (a missing weight, gk_builder_fail);
+     * code 0: out of memory or a NULL argument */
+    gk_status fail_code;
+    char fail_msg[256];
+    /* the last weight asked for and absent (may be an optional one) */
+    char missing_name[128];
+    int missing_layer;
 };
+
+/* RoPE frequencies made for a gk_rope_opts (gk_build_rope_ex), kept with the model. */
+#define GK_MAX_ROPE_TABLES 8
+typedef struct gk_rope_table {
+    float theta, factor;
+    int64_t rotary_dim;
+    gk_rope_scaling scaling;
+    gk_tensor *t;
+} gk_rope_table;
 
 struct gk_model {
     gk_runtime *rt;
@@ -45,6 +61,11 @@ struct gk_model {
     gk_tensor *w[GK_W_COUNT];     /* non-layer weights */
     gk_tensor **lw[GK_W_COUNT];   /* [n_layer] per-layer weights, NULL when absent */
     gk_tensor *inv_freq;          /* F32 [1][head_dim/2], RoPE frequencies after scaling */
+    gk_rope_table ropes[GK_MAX_ROPE_TABLES]; /* others, made on demand */
+    int n_ropes;
+    size_t n_entries;             /* rows of the architecture's tensor table */
+    gk_tensor ***ew;              /* [n_entries][n_layer, or 1] GK_W_NAMED weights */
+    int64_t dims[GK_MAX_DIM_KEYS]; /* GK_DIM_KEY(i) values */
     gk_dtype kv_dtype;            /* of the caches: F32, F16 or BF16 */
     gk_tensor **k_cache, **v_cache; /* [n_layer] each kv_dtype [n_ctx][Hkv*hd] */
     uint64_t weight_bytes;
@@ -62,6 +83,9 @@ struct gk_model {
                                      [0, n_past) (keep_cache) */
 };
 
+/* The rope frequencies of the config (theta, scaling) for rotary dim r. */
+GK_INTERNAL void gk_rope_freqs(const gk_config *c, float theta, int64_t r, gk_rope_scaling scaling, float factor,
+                               float *inv);
 /* Build the forward graph for n tokens through the architecture plugin. */
 GK_INTERNAL gk_status gk_fgraph_build_forward(gk_model *m, int64_t n, gk_fgraph **out, gk_err *err);
 /* A graph applying the LM head to `hidden` (an existing tensor, not owned). */

@@ -99,9 +99,10 @@ static gk_status check_ops(const gk_plugin_desc *d, const char *path, gk_err *er
                               path, d->name, missing);
     } else {
         const gk_arch_ops *o = d->ops;
-        if (o->struct_size < sizeof(gk_arch_ops))
-            return gk_err_set(err, GK_ERR_ABI, "%s: architecture ops table is %u bytes, expected %zu",
-                              path, o->struct_size, sizeof(gk_arch_ops));
+        /* 1.4 added optional entries at the end: older tables end before them */
+        if (o->struct_size < offsetof(gk_arch_ops, dim_keys))
+            return gk_err_set(err, GK_ERR_ABI, "%s: architecture ops table is %u bytes, older than ABI %d.0's %zu",
+                              path, o->struct_size, GK_ABI_MAJOR, offsetof(gk_arch_ops, dim_keys));
         const char *missing = !o->spec ? "spec" : !o->spec->name ? "spec.name"
             : !o->tensors ? "tensors" : !o->build ? "build" : NULL;
         if (missing)
@@ -116,7 +117,10 @@ gk_status gk_plugin_open(const char *path, const char *name, gk_plugin_kind kind
 {
     memset(out, 0, sizeof *out);
     gk_status st;
-    void *dl = dlopen(path, RTLD_NOW | RTLD_LOCAL);
+    /* Lazy binding: a plugin built for a newer core may call helpers this core
+     * lacks; it is refused by its descriptor's version below before any of
+     * its other code runs, not by the dynamic linker's "undefined symbol". */
+    void *dl = dlopen(path, RTLD_LAZY | RTLD_LOCAL);
     if (!dl)
         return gk_err_set(err, GK_ERR_PLUGIN, "cannot open plugin %s: %s", path, dlerror());
 
@@ -139,9 +143,14 @@ gk_status gk_plugin_open(const char *path, const char *name, gk_plugin_kind kind
         st = gk_err_set(err, GK_ERR_PLUGIN, "%s: entry symbol returned no descriptor", path);
         goto out_close;
     }
-    if (d->abi_major != GK_ABI_MAJOR || d->abi_minor > GK_ABI_MINOR) {
+    if (d->abi_major != GK_ABI_MAJOR) {
         st = gk_err_set(err, GK_ERR_ABI, "%s: ABI mismatch: plugin built for %u.%u, core is %d.%d",
                         path, d->abi_major, d->abi_minor, GK_ABI_MAJOR, GK_ABI_MINOR);
+        goto out_close;
+    }
+    if (d->abi_minor > GK_ABI_MINOR) {
+        st = gk_err_set(err, GK_ERR_ABI, "%s: plugin '%s' needs ABI %u.%u; this core is ABI %d.%d (update gk)", path,
+                        d->name ? d->name : name, d->abi_major, d->abi_minor, GK_ABI_MAJOR, GK_ABI_MINOR);
         goto out_close;
     }
     if (d->struct_size < offsetof(gk_plugin_desc, reserved)) {

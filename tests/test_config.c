@@ -672,3 +672,95 @@ Test(config_load, unreadable_generation_config_is_io_error_naming_it)
     unlink(cfg);
     rmdir(dir);
 }
+
+/* ------------------------------------------------------------ getters */
+
+static const char *getter_json =
+    "{" MIN_LLAMA ", \"partial_rotary_factor\": 0.25, \"num_local_experts\": 8, \"use_qkv_bias\": true,"
+    " \"hidden_activation\": \"gelu_pytorch_tanh\", \"layer_types\": [\"sliding_attention\", \"full_attention\"],"
+    " \"rope_parameters\": {\"full_attention\": {\"rope_type\": \"linear\", \"factor\": 8.0, \"rope_theta\": 1e6},"
+    " \"sliding_attention\": {\"rope_type\": \"default\", \"rope_theta\": 10000}},"
+    " \"long_factor\": [1, 2.5, 3], \"nothing\": null}";
+
+Test(config_getters, read_any_key_by_path_with_defaults)
+{
+    gk_config c;
+    gk_err err = {0};
+    cr_assert_eq(gk_config_parse(getter_json, NULL, &c, &err), GK_OK, "%s", err.msg);
+    cr_expect_eq(c.struct_size, sizeof c);
+    cr_expect_eq(c.version, GK_CONFIG_VERSION);
+    int64_t i;
+    double f;
+    bool b;
+    char s[32];
+    cr_expect_eq(gk_config_get_int(&c, "num_local_experts", -1, &i, &err), GK_OK);
+    cr_expect_eq(i, 8);
+    cr_expect_eq(gk_config_get_int(&c, "num_experts", 7, &i, &err), GK_OK);
+    cr_expect_eq(i, 7, "absent: the default");
+    cr_expect_eq(gk_config_get_int(&c, "nothing", 3, &i, &err), GK_OK);
+    cr_expect_eq(i, 3, "null: the default");
+    cr_expect_eq(gk_config_get_float(&c, "partial_rotary_factor", 1.0, &f, &err), GK_OK);
+    cr_expect_eq(f, 0.25);
+    cr_expect_eq(gk_config_get_float(&c, "rope_parameters.sliding_attention.rope_theta", 0, &f, &err), GK_OK);
+    cr_expect_eq(f, 10000.0);
+    cr_expect_eq(gk_config_get_bool(&c, "use_qkv_bias", false, &b, &err), GK_OK);
+    cr_expect(b);
+    cr_expect_eq(gk_config_get_string(&c, "layer_types.1", NULL, s, sizeof s, &err), GK_OK);
+    cr_expect_str_eq(s, "full_attention");
+    cr_expect_eq(gk_config_get_string(&c, "layer_types.2", "full_attention", s, sizeof s, &err), GK_OK);
+    cr_expect_str_eq(s, "full_attention", "past the end: the default");
+    double arr[4];
+    size_t n;
+    cr_expect_eq(gk_config_get_array(&c, "long_factor", arr, 4, &n, &err), GK_OK);
+    cr_expect(n == 3 && arr[0] == 1 && arr[1] == 2.5 && arr[2] == 3);
+    cr_expect(gk_config_has(&c, "hidden_activation"));
+    cr_expect_not(gk_config_has(&c, "nothing"));
+    /* the per-layer-type rope: the config's own is full attention's */
+    cr_expect_eq(c.rope_theta, 1e6f);
+    cr_expect_eq(c.rope_scaling, GK_ROPE_LINEAR);
+    cr_expect_eq(c.rope_factor, 8.0f);
+}
+
+Test(config_getters, wrong_types_name_the_key_and_value)
+{
+    gk_config c;
+    gk_err err = {0};
+    cr_assert_eq(gk_config_parse(getter_json, NULL, &c, &err), GK_OK, "%s", err.msg);
+    int64_t i;
+    bool b;
+    char s[8];
+    double arr[2];
+    size_t n;
+    cr_expect_eq(gk_config_get_int(&c, "partial_rotary_factor", 0, &i, &err), GK_ERR_CONFIG);
+    cr_expect(strstr(err.msg, "'partial_rotary_factor' must be an integer, got 0.25"), "%s", err.msg);
+    cr_expect_eq(gk_config_get_bool(&c, "hidden_activation", false, &b, &err), GK_ERR_CONFIG);
+    cr_expect(strstr(err.msg, "'hidden_activation' must be true or false"), "%s", err.msg);
+    cr_expect_eq(gk_config_get_string(&c, "layer_types.0", NULL, s, sizeof s, &err), GK_ERR_CONFIG);
+    cr_expect(strstr(err.msg, "'layer_types.0' is longer than 7 bytes"), "%s", err.msg);
+    cr_expect_eq(gk_config_get_array(&c, "long_factor", arr, 2, &n, &err), GK_ERR_CONFIG);
+    cr_expect(strstr(err.msg, "'long_factor' has 3 elements"), "%s", err.msg);
+    cr_expect_eq(gk_config_get_array(&c, "layer_types", arr, 2, &n, &err), GK_ERR_CONFIG);
+    cr_expect(strstr(err.msg, "'layer_types.0' must be a number"), "%s", err.msg);
+    /* a config without its text (as from an older library) says so */
+    c.version = 1;
+    cr_expect_eq(gk_config_get_int(&c, "num_local_experts", 0, &i, &err), GK_ERR_UNSUPPORTED);
+    cr_expect(strstr(err.msg, "'num_local_experts'"), "%s", err.msg);
+}
+
+/* An application built against an older, smaller gk_config gets only what
+ * fits: nothing past its size is written. */
+Test(config_getters, a_smaller_struct_is_filled_only_to_its_size)
+{
+    size_t v1 = offsetof(gk_config, json);
+    unsigned char *buf = malloc(sizeof(gk_config));
+    memset(buf, 0xAB, sizeof(gk_config));
+    gk_err err = {0};
+    cr_assert_eq(gk_config_parse_sized(getter_json, NULL, (gk_config *)buf, v1, &err), GK_OK, "%s", err.msg);
+    gk_config *c = (gk_config *)buf;
+    cr_expect_eq(c->struct_size, v1);
+    cr_expect_eq(c->n_layer, 2);
+    cr_expect_eq(buf[v1], 0xAB, "byte past the caller's struct untouched");
+    cr_expect_eq(buf[sizeof(gk_config) - 1], 0xAB);
+    cr_expect_eq(gk_config_parse_sized(getter_json, NULL, (gk_config *)buf, v1 - 1, &err), GK_ERR_INVALID_ARG);
+    free(buf);
+}

@@ -198,7 +198,7 @@ Test(gkrun, inspect_bad_input_fails_with_a_message)
  * float32 on the reference backend, through every check of verify. */
 Test(gkrun, verify_every_reference_model_on_cpu_ref, .timeout = 300)
 {
-    const char *models[] = {"gpt2-tiny", "llama-tiny", "llama-tiny-f16-sharded", "qwen3-tiny"};
+    const char *models[] = {"gpt2-tiny", "llama-tiny", "llama-tiny-f16-sharded", "qwen3-tiny", "mistral-window"};
     for (size_t i = 0; i < sizeof models / sizeof models[0]; i++) {
         char *out;
         int rc = run(&out, "verify %s/models/%s --backend cpu_ref --dtype f32", data_dir(), models[i]);

@@ -179,6 +179,20 @@ Test(plugin, abi_mismatch_names_both_versions)
     cr_expect(strstr(err.msg, want), "%s", err.msg);
 }
 
+/* A plugin built for a newer minor that calls a helper this core lacks is
+ * refused by version: "needs ABI 1.x", never the dynamic linker's
+ * "undefined symbol". */
+Test(plugin, newer_abi_plugin_is_refused_by_version_not_by_symbol)
+{
+    gk_err err = {0};
+    cr_assert_eq(create_expect_fail(broken_ini("future", "cpu_ref"), &err), GK_ERR_ABI, "%s", err.msg);
+    char want[80];
+    snprintf(want, sizeof want, "plugin 'future' needs ABI %d.%d; this core is ABI %d.%d", GK_ABI_MAJOR,
+             GK_ABI_MINOR + 1, GK_ABI_MAJOR, GK_ABI_MINOR);
+    cr_expect(strstr(err.msg, want), "%s", err.msg);
+    cr_expect_null(strstr(err.msg, "undefined symbol"), "%s", err.msg);
+}
+
 /* A data object exported under the entry's name is refused, not called. */
 Test(plugin, entry_symbol_that_is_data_is_refused)
 {
@@ -510,4 +524,55 @@ Test(registry, null_and_out_of_range_arguments)
     cr_expect_eq(gk_model_load(NULL, dir, NULL, &m, &err), GK_ERR_INVALID_ARG);
     cr_expect(strstr(err.msg, "rt is NULL"), "%s", err.msg);
     cr_expect_null(m);
+}
+
+/* A backend built before a parameter existed never sees it: the nosample
+ * backend (ABI 1.1) is refused at load for Mistral's sliding window (ATTN
+ * i[3], ABI 1.4), naming the node, the op and the parameter; cpu_ref (1.4)
+ * runs the same checkpoint. */
+Test(plugin, backend_older_than_a_parameter_refuses_it_by_name)
+{
+    gk_runtime *rt;
+    gk_err err = {0};
+    cr_assert_eq(gk_runtime_create(broken_ini("llama", "cpu_ref, nosample"), &rt, &err), GK_OK, "%s", err.msg);
+    char dir[1024];
+    snprintf(dir, sizeof dir, "%s/models/mistral-window", data_dir());
+    gk_model_opts mo = {.backend = "nosample"};
+    gk_model *m = (gk_model *)0x1;
+    cr_expect_eq(gk_model_load(rt, dir, &mo, &m, &err), GK_ERR_UNSUPPORTED, "%s", err.msg);
+    cr_expect_null(m);
+    cr_expect(strstr(err.msg, "backend 'nosample' (built for ABI 1.1) cannot run node 'attn' (op 'attn', layer 0): "
+                              "its parameter 'window' = 16 needs ABI 1.4"),
+              "%s", err.msg);
+    mo.backend = "cpu_ref";
+    cr_expect_eq(gk_model_load(rt, dir, &mo, &m, &err), GK_OK, "%s", err.msg);
+    gk_model_destroy(m);
+    /* the same backend still runs a graph without the new parameter */
+    snprintf(dir, sizeof dir, "%s/models/llama-tiny", data_dir());
+    mo.backend = "nosample";
+    cr_expect_eq(gk_model_load(rt, dir, &mo, &m, &err), GK_OK, "%s", err.msg);
+    gk_model_destroy(m);
+    gk_runtime_destroy(rt);
+}
+
+/* Every parameter the core knows names the minor that introduced it; the
+ * ones 1.4 added are there with their defaults. */
+Test(plugin, op_parameter_table)
+{
+    size_t n;
+    const gk_op_param *p = gk_op_params(GK_OP_ATTN, &n);
+    cr_assert_eq(n, 6);
+    bool window = false, softcap = false;
+    for (size_t i = 0; i < n; i++) {
+        window = window || (!strcmp(p[i].name, "window") && p[i].kind == 'i' && p[i].slot == 3 && p[i].since_minor == 4);
+        softcap = softcap || (!strcmp(p[i].name, "softcap") && p[i].kind == 'f' && p[i].slot == 1 && p[i].since_minor == 4);
+    }
+    cr_expect(window && softcap);
+    cr_expect_eq(gk_op_since_minor(GK_OP_MOE_SUM), 4);
+    cr_expect_eq(gk_op_since_minor(GK_OP_LINEAR), 0);
+    cr_expect_eq(gk_op_since_minor(GK_OP_SAMPLE), 2);
+    cr_expect_null(gk_op_params(GK_OP_COUNT, &n));
+    cr_expect_eq(n, 0);
+    for (int op = 0; op < GK_OP_COUNT; op++)
+        cr_expect_str_neq(gk_op_name((gk_op)op), "?", "op %d has no name", op);
 }

@@ -3,9 +3,9 @@
  * Pre-norm decoder blocks with RMSNorm, grouped-query attention with RoPE and a
  * SiLU-gated MLP, as transformers' modeling_llama.py. Qwen2 is the same graph
  * with q/k/v biases (config attention_bias, implied for model_type qwen2);
- * Mistral is the same graph. Not here: sliding-window attention; the core
- * refuses a context longer than config.json's sliding_window (Mistral v0.1:
- * 4096, which is also the default context cap).
+ * Mistral is the same graph with sliding-window attention on every layer
+ * (config sliding_window); Qwen2's window covers layers from
+ * max_window_layers on (gk_builder_layer_window).
  */
 #include <gk/gk_plugin.h>
 
@@ -79,7 +79,8 @@ static gk_tensor *block(gk_builder *b, gk_tensor *x, int il)
     gk_tensor *v = gk_build_linear(b, h, W(GK_W_V), W(GK_W_V_B), "v", il);
     q = gk_build_rope(b, q, "q_rope", il);
     k = gk_build_rope(b, k, "k_rope", il);
-    gk_tensor *a = gk_build_attn(b, q, k, v, il);
+    gk_attn_opts ao = {.window = gk_builder_layer_window(b, il)};
+    gk_tensor *a = gk_build_attn_ex(b, q, k, v, il, &ao);
     a = gk_build_linear(b, a, W(GK_W_O), W(GK_W_O_B), "attn_out", il);
     x = gk_build_add(b, x, a, "attn_res", il);
 

@@ -72,7 +72,8 @@ static gk_tensor *block(gk_builder *b, gk_tensor *x, int il)
     k = gk_build_rms_norm(b, k, W(GK_W_K_NORM), c->head_dim, c->norm_eps, "k_norm", il);
     q = gk_build_rope(b, q, "q_rope", il);
     k = gk_build_rope(b, k, "k_rope", il);
-    gk_tensor *a = gk_build_attn(b, q, k, v, il);
+    gk_attn_opts ao = {.window = gk_builder_layer_window(b, il)};
+    gk_tensor *a = gk_build_attn_ex(b, q, k, v, il, &ao);
     a = gk_build_linear(b, a, W(GK_W_O), W(GK_W_O_B), "attn_out", il);
     x = gk_build_add(b, x, a, "attn_res", il);
 

@@ -29,10 +29,17 @@
  * scale, as in cpu_ref. Positions outside the cache are noted in the error
  * word by kv_store_kernel and clamped by the others, so nothing reads out of
  * bounds. Every kernel is PDL-ready (cuda_common.cuh).
- * Not here: sliding windows, ALiBi, paged caches.
+ * (1.4) A sliding window W (i[3]) makes token t see only rows pos[t]-W+1..pos[t]:
+ * the decode kernel splits just those rows, the tiled and flash kernels start
+ * at the earliest row their block's queries see and mask per query. A
+ * softcap c (f[1]) turns each visible score s into c*tanh(s/c) before the
+ * softmax. Both are plain kernel arguments: with W = 0 and c = 0 every kernel
+ * computes what it did before, bit for bit.
+ * Not here: ALiBi, paged caches.
  */
 #include "cuda_common.cuh"
 
+#include <limits.h>
 #include <math.h>
 
 #define ATT_THREADS 128
@@ -96,6 +103,14 @@ __global__ void kv_store_kernel(const float *__restrict__ k, const float *__rest
 
 static __device__ __forceinline__ int clamp_pos(int p, int n_ctx) { return min(max(p, 0), n_ctx - 1); }
 
+/* A visible key's score: dot * scale, then (1.4) cap * tanh(score / cap)
+ * when the node has a softcap (cap 0: the score as it always was). */
+static __device__ __forceinline__ float attn_score(float dot, float scale, float cap)
+{
+    float s = dot * scale;
+    return cap != 0.0f ? cap * tanhf(s / cap) : s;
+}
+
 /* ------------------------------------------------------- decode (splits) */
 
 /* grid (max_splits, Hkv * tiles of GT query heads, n). Lane li of row group
@@ -106,7 +121,8 @@ template <typename T, int HD, int GT>
 __global__ void __launch_bounds__(ATT_THREADS)
     attn_decode_kernel(const float *__restrict__ q, const T *__restrict__ kc, const T *__restrict__ vc,
                        const int32_t *__restrict__ pos, float *__restrict__ out, float *__restrict__ part,
-                       unsigned *__restrict__ tickets, int H, int Hkv, int n_ctx, int max_splits, float scale)
+                       unsigned *__restrict__ tickets, int H, int Hkv, int n_ctx, int max_splits, float scale,
+                       int window, float cap)
 {
     constexpr int VB = HD * (int)sizeof(T) / 16; /* vectors in a head's row */
     constexpr int LPR = VB < 32 ? VB : 32;
@@ -128,13 +144,14 @@ __global__ void __launch_bounds__(ATT_THREADS)
     const int t = blockIdx.z, split = blockIdx.x;
     const int G = H / Hkv, n_gt = (G + GT - 1) / GT;
     const int kvh = blockIdx.y / n_gt, g0 = (blockIdx.y % n_gt) * GT;
-    /* this token's rows 0..p, cut into at most max_splits chunks */
-    const int rows = clamp_pos(pos[t], n_ctx) + 1;
-    const int chunk = max((rows + max_splits - 1) / max_splits, DEC_MIN_ROWS);
-    const int used = (rows + chunk - 1) / chunk;
+    /* this token's rows lo..p (lo = 0 without a window), cut into at most
+     * max_splits chunks */
+    const int rows = clamp_pos(pos[t], n_ctx) + 1, lo = window > 0 ? max(rows - window, 0) : 0;
+    const int chunk = max((rows - lo + max_splits - 1) / max_splits, DEC_MIN_ROWS);
+    const int used = (rows - lo + chunk - 1) / chunk;
     if (split >= used)
         return;
-    const int r_begin = split * chunk, r_end = min(rows, r_begin + chunk);
+    const int r_begin = lo + split * chunk, r_end = min(rows, r_begin + chunk);
     const size_t kvw = (size_t)Hkv * HD;
 
     float qv[GT][EPL], m[GT], l[GT], acc[GT][EPL];
@@ -187,7 +204,7 @@ __global__ void __launch_bounds__(ATT_THREADS)
 #pragma unroll
                 for (int o = LPR / 2; o >= 1; o >>= 1)
                     d += __shfl_xor_sync(0xffffffffu, d, o);
-                s[u][g] = in ? d * scale : -INFINITY;
+                s[u][g] = in ? attn_score(d, scale, cap) : -INFINITY;
             }
         }
         float vf[U][EPL];
@@ -386,7 +403,7 @@ template <typename T, int HDP, int BQ>
 __global__ void __launch_bounds__(ATT_THREADS)
     attn_tiled_kernel(const float *__restrict__ q, const T *__restrict__ kc, const T *__restrict__ vc,
                       const int32_t *__restrict__ pos, float *__restrict__ out, int n, int H, int Hkv, int hd,
-                      int n_ctx, float scale)
+                      int n_ctx, float scale, int window, float cap)
 {
     constexpr int RQ = BQ / 16, CK = TILE_BK / 8, CO = HDP / 8;
     extern __shared__ float4 smem4[];
@@ -408,9 +425,15 @@ __global__ void __launch_bounds__(ATT_THREADS)
         Qs[r * ld + e] = t0 + r < n ? q[(t0 + r) * qw + (size_t)h * hd + e] : 0.0f;
     }
     __syncthreads();
-    int kmax = -1, myp[RQ];
-    for (int r = 0; r < BQ; r++)
+    /* keys kmin..kmax: from the earliest row a query's window reaches (0
+     * without a window) to the block's last position */
+    int kmax = -1, kmin = INT_MAX, myp[RQ];
+    for (int r = 0; r < BQ; r++) {
         kmax = max(kmax, s_pos[r]);
+        if (s_pos[r] >= 0)
+            kmin = min(kmin, window > 0 ? max(s_pos[r] - window + 1, 0) : 0);
+    }
+    kmin = kmin == INT_MAX ? 0 : kmin / TILE_BK * TILE_BK;
 #pragma unroll
     for (int i = 0; i < RQ; i++)
         myp[i] = s_pos[ty * RQ + i];
@@ -425,7 +448,7 @@ __global__ void __launch_bounds__(ATT_THREADS)
             o[i][c] = 0.0f;
     }
 
-    for (int j0 = 0; j0 <= kmax; j0 += TILE_BK) {
+    for (int j0 = kmin; j0 <= kmax; j0 += TILE_BK) {
         __syncthreads(); /* the last tile's readers are done */
         for (int i = tid; i < TILE_BK * hd; i += ATT_THREADS) {
             int r = i / hd, e = i % hd, j = j0 + r;
@@ -463,7 +486,8 @@ __global__ void __launch_bounds__(ATT_THREADS)
 #pragma unroll
             for (int c = 0; c < CK; c++) {
                 int j = j0 + tx + 8 * c;
-                s[i][c] = j <= myp[i] ? s[i][c] * scale : -INFINITY;
+                const bool vis = j <= myp[i] && (window <= 0 || j > myp[i] - window);
+                s[i][c] = vis ? attn_score(s[i][c], scale, cap) : -INFINITY;
                 mx = fmaxf(mx, s[i][c]);
             }
             mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
@@ -627,7 +651,7 @@ static cudaError_t decode_launch(cu_ctx *c, const attn_shape &a, const gk_node *
     return cu_launch(c, attn_decode_kernel<T, HD, GT>, grid, dim3(ATT_THREADS), 0, (const float *)nd->src[0]->data,
                      (const T *)nd->src[4]->data, (const T *)nd->src[5]->data, (const int32_t *)nd->src[3]->data,
                      (float *)nd->dst->data, a.max_splits > 1 ? (float *)c->scratch : nullptr, c->tickets, a.H,
-                     a.Hkv, a.n_ctx, a.max_splits, nd->f[0]);
+                     a.Hkv, a.n_ctx, a.max_splits, nd->f[0], nd->i[3], nd->f[1]);
 }
 
 template <typename T, int HD>
@@ -659,7 +683,7 @@ static cudaError_t tiled_launch(cu_ctx *c, const attn_shape &a, const gk_node *n
     return cu_launch(c, attn_tiled_kernel<T, HDP, BQ>, grid, dim3(ATT_THREADS), tiled_smem(a.hd, BQ),
                      (const float *)nd->src[0]->data, (const T *)nd->src[4]->data, (const T *)nd->src[5]->data,
                      (const int32_t *)nd->src[3]->data, (float *)nd->dst->data, a.n, a.H, a.Hkv, a.hd, a.n_ctx,
-                     nd->f[0]);
+                     nd->f[0], nd->i[3], nd->f[1]);
 }
 
 template <typename T>

@@ -25,7 +25,11 @@
  * position are never read (zeros in shared memory), so nothing reads outside
  * the cache. Padding rows past n compute on zeros and are never written.
  * Not here: decode (n <= 8: attention.cu's decode kernel), other head dims,
- * F32 caches, sliding windows, ALiBi, wgmma/TMA (plain sm_80 instructions).
+ * F32 caches, ALiBi, wgmma/TMA (plain sm_80 instructions).
+ * (1.4) A sliding window starts the key tiles at the earliest row the
+ * block's queries see and masks each row's lower bound too; a softcap turns
+ * the raw scores into cap tanh(s scale / cap) before the log2-domain softmax.
+ * With neither, the kernel computes what it did before.
  * tests/gpu/flash_harness.cu checks it against float64 and times it.
  */
 #include "cuda_common.cuh"
@@ -110,7 +114,7 @@ template <typename T, int HD>
 __global__ void __launch_bounds__(FA_THREADS, fa_minb(HD))
     attn_flash_kernel(const float *__restrict__ q, const T *__restrict__ kc, const T *__restrict__ vc,
                       const int32_t *__restrict__ pos, float *__restrict__ out, int n, int H, int Hkv, int n_ctx,
-                      float scale_log2)
+                      float scale_log2, int window, float cap, float cap_in)
 {
     constexpr int BK = fa_bk(HD);     /* cache rows per key tile */
     constexpr int LDS = HD + FA_PAD;  /* shared row stride, elements */
@@ -153,10 +157,16 @@ __global__ void __launch_bounds__(FA_THREADS, fa_minb(HD))
     }
     __syncthreads();
 
-    /* kmax: the block's last key; [wmin, wmax]: its warp's real rows */
-    int kmax = 0, wmin = INT_MAX, wmax = -1;
-    for (int r = 0; r < FA_BQ; r++)
+    /* kmax: the block's last key; kmin: the earliest any of its rows sees
+     * (0 without a window); [wmin, wmax]: its warp's real rows */
+    int kmax = 0, wmin = INT_MAX, wmax = -1, kmin = INT_MAX;
+    for (int r = 0; r < FA_BQ; r++) {
         kmax = max(kmax, s_pos[r]);
+        if (s_pos[r] >= 0)
+            kmin = min(kmin, window > 0 ? max(s_pos[r] - window + 1, 0) : 0);
+    }
+    if (kmin == INT_MAX)
+        kmin = 0;
 #pragma unroll
     for (int r = 0; r < 16; r++) {
         int p = s_pos[warp * 16 + r];
@@ -194,15 +204,16 @@ __global__ void __launch_bounds__(FA_THREADS, fa_minb(HD))
     for (int nb = 0; nb < ON; nb++)
         o[nb][0] = o[nb][1] = o[nb][2] = o[nb][3] = 0.0f;
 
-    const int n_tiles = kmax / BK + 1;
+    const int it0 = kmin / BK, n_tiles = kmax / BK + 1;
     /* tile it+1 loads while tile it is used. (Waiting for K and V apart, with
      * a barrier between S and P V, measured 6% slower: the warps of a block
      * no longer overlap one's softmax with another's mma.) */
-    load_tile(0, 0);
+    load_tile(0, it0 * BK);
     fa_cp_commit();
-    for (int it = 0; it < n_tiles; it++) {
-        const int j0 = it * BK, buf = it & 1;
-        const bool active = j0 <= wmax; /* else no row of this warp sees the tile */
+    for (int it = it0; it < n_tiles; it++) {
+        const int j0 = it * BK, buf = (it - it0) & 1;
+        /* else no row of this warp sees the tile */
+        const bool active = j0 <= wmax && (window <= 0 || j0 + BK - 1 > wmin - window);
         if (it + 1 < n_tiles)
             load_tile(buf ^ 1, j0 + BK);
         fa_cp_commit();
@@ -227,16 +238,27 @@ __global__ void __launch_bounds__(FA_THREADS, fa_minb(HD))
                 }
             }
 
-            /* causal mask, online softmax in the log2 domain (scale > 0, so
-             * the max of raw scores is the max of scaled ones) */
-            const bool mask = j0 + BK - 1 > wmin;
+            /* (1.4) softcap: s -> cap tanh(s scale / cap), and scale_log2 is
+             * then log2 e alone */
+            if (cap != 0.0f) {
+#pragma unroll
+                for (int nb = 0; nb < SN; nb++)
+#pragma unroll
+                    for (int e = 0; e < 4; e++)
+                        s[nb][e] = cap * tanhf(s[nb][e] * cap_in);
+            }
+            /* causal mask (and the window's lower bound), online softmax in
+             * the log2 domain (scale > 0, so the max of raw scores is the
+             * max of scaled ones) */
+            const bool mask = j0 + BK - 1 > wmin || (window > 0 && j0 <= wmax - window);
+            const int lb_lo = window > 0 ? p_lo - window : INT_MIN, lb_hi = window > 0 ? p_hi - window : INT_MIN;
             float mx_lo = -INFINITY, mx_hi = -INFINITY;
 #pragma unroll
             for (int nb = 0; nb < SN; nb++) {
                 const int j = j0 + nb * 8 + 2 * c;
 #pragma unroll
                 for (int e = 0; e < 4; e++)
-                    if (mask && j + (e & 1) > (e < 2 ? p_lo : p_hi))
+                    if (mask && (j + (e & 1) > (e < 2 ? p_lo : p_hi) || j + (e & 1) <= (e < 2 ? lb_lo : lb_hi)))
                         s[nb][e] = -INFINITY;
                 mx_lo = fmaxf(mx_lo, fmaxf(s[nb][0], s[nb][1]));
                 mx_hi = fmaxf(mx_hi, fmaxf(s[nb][2], s[nb][3]));
@@ -343,11 +365,14 @@ static gk_status flash_launch(cu_ctx *c, const gk_node *nd, gk_err *err)
         smem_raised = true;
     }
     const int n = (int)nd->src[0]->rows;
+    const float cap = nd->f[1];
     dim3 grid(nd->i[0], cu_div_up(n, FA_BQ));
     cudaError_t e = cu_launch(c, attn_flash_kernel<T, HD>, grid, dim3(FA_THREADS), smem,
                               (const float *)nd->src[0]->data, (const T *)nd->src[4]->data,
                               (const T *)nd->src[5]->data, (const int32_t *)nd->src[3]->data, (float *)nd->dst->data,
-                              n, nd->i[0], nd->i[1], (int)nd->src[4]->rows, nd->f[0] * 1.4426950408889634f);
+                              n, nd->i[0], nd->i[1], (int)nd->src[4]->rows,
+                              cap != 0.0f ? 1.4426950408889634f : nd->f[0] * 1.4426950408889634f, nd->i[3], cap,
+                              cap != 0.0f ? nd->f[0] / cap : 0.0f);
     return cu_launch_result(e, nd, "attn_flash_kernel", err);
 }
 

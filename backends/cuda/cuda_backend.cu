@@ -23,6 +23,7 @@
 #include "cuda_common.cuh"
 
 #include <dlfcn.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -270,6 +271,10 @@ static gk_status take_note(cuda_state *s, gk_err *err)
     if (code == CU_ERR_BAD_ID)
         return gk_err_set(err, GK_ERR_INVALID_ARG, "cuda: get_rows: id %d at %d outside the table of %d rows",
                           value, index, limit);
+    if (code == CU_ERR_BAD_INDEX)
+        return gk_err_set(err, GK_ERR_INVALID_ARG,
+                          "cuda: gather / linear_id: index %d of token %d outside 0..%d (columns / experts)", value,
+                          index, limit - 1);
     return gk_err_set(err, GK_ERR_INVALID_ARG, "cuda: attn: position %d at %d outside the %d rows of the KV cache",
                       value, index, limit);
 }
@@ -373,67 +378,195 @@ static bool fits(const gk_tensor *t, unsigned dtypes, int64_t rows, int64_t cols
            (cols == ANY || t->cols == cols);
 }
 
+/* A refusal: false, with why (when wanted) saying what the kernels cannot take. */
+static bool refuse(char *why, size_t len, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static bool refuse(char *why, size_t len, const char *fmt, ...)
+{
+    if (why && len) {
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(why, len, fmt, ap);
+        va_end(ap);
+    }
+    return false;
+}
+
+/* The dtypes and shapes of an op's operands as its kernels need them. */
+static bool bad_operands(const gk_node *nd, char *why, size_t len, const char *want)
+{
+    return refuse(why, len, "%s: operands outside what the kernels take (%s)", gk_op_name(nd->op), want);
+}
+
 /* What the kernels take: cpu_ref's shape rules (caches F32, F16 or BF16),
- * plus head dim <= 256 and biases of the weight's dtype. */
-static bool cu_node_ok(const gk_node *nd)
+ * plus head dim <= 256 and biases of the weight's dtype; when not, why says
+ * which parameter or operand (why may be NULL). */
+static bool node_check(const gk_node *nd, char *why, size_t len)
 {
     const gk_tensor *x = nd->src[0], *y = nd->src[1], *d = nd->dst;
     switch (nd->op) {
     case GK_OP_GET_ROWS:
-        return fits(x, DT_WEIGHT, ANY, ANY) && fits(y, DT_INT, 1, ANY) && fits(d, DT_ACT, y->cols, x->cols);
+        if (fits(x, DT_WEIGHT, ANY, ANY) && fits(y, DT_INT, 1, ANY) && fits(d, DT_ACT, y->cols, x->cols))
+            return true;
+        return bad_operands(nd, why, len, "table F32/F16/BF16 [V][D], ids I32 [1][n], dst F32 [n][D]");
     case GK_OP_ADD:
     case GK_OP_SILU_MUL:
-        return fits(x, DT_ACT, ANY, ANY) && fits(y, DT_ACT, x->rows, x->cols) && fits(d, DT_ACT, x->rows, x->cols);
+        if (fits(x, DT_ACT, ANY, ANY) && fits(y, DT_ACT, x->rows, x->cols) && fits(d, DT_ACT, x->rows, x->cols))
+            return true;
+        return bad_operands(nd, why, len, "F32 [n][D] twice -> F32 [n][D]");
+    case GK_OP_GEGLU:
+        if (nd->i[0] != 0 && nd->i[0] != 1)
+            return refuse(why, len, "geglu: GELU kind i[0] = %d (0 tanh, 1 erf)", (int)nd->i[0]);
+        if (fits(x, DT_ACT, ANY, ANY) && fits(y, DT_ACT, x->rows, x->cols) && fits(d, DT_ACT, x->rows, x->cols))
+            return true;
+        return bad_operands(nd, why, len, "F32 [n][D] twice -> F32 [n][D]");
+    case GK_OP_SOFTCAP:
+        if (!(nd->f[0] != 0.0f) || !isfinite(nd->f[0]))
+            return refuse(why, len, "softcap: cap f[0] = %g (nonzero and finite)", (double)nd->f[0]);
+        [[fallthrough]];
     case GK_OP_GELU_TANH:
-        return fits(x, DT_ACT, ANY, ANY) && fits(d, DT_ACT, x->rows, x->cols);
+    case GK_OP_GELU:
+    case GK_OP_SCALE:
+        if (fits(x, DT_ACT, ANY, ANY) && fits(d, DT_ACT, x->rows, x->cols))
+            return true;
+        return bad_operands(nd, why, len, "F32 [n][D] -> F32 [n][D]");
+    case GK_OP_SOFTMAX:
+        if (fits(x, DT_ACT, ANY, ANY) && fits(d, DT_ACT, x->rows, x->cols))
+            return true;
+        return bad_operands(nd, why, len, "F32 [n][D] -> F32 [n][D]");
+    case GK_OP_MUL:
+        if (fits(x, DT_ACT, ANY, ANY) && (fits(y, DT_WEIGHT, x->rows, x->cols) || fits(y, DT_WEIGHT, 1, x->cols)) &&
+            fits(d, DT_ACT, x->rows, x->cols))
+            return true;
+        return bad_operands(nd, why, len, "F32 [n][D] times F32/F16/BF16 [n][D] or [1][D] -> F32 [n][D]");
+    case GK_OP_TOPK: {
+        int64_t k = nd->i[0];
+        if (!fits(x, DT_ACT, ANY, ANY) || !fits(d, DT_INT, x->rows, ANY))
+            return bad_operands(nd, why, len, "F32 [n][E] -> I32 [n][k]");
+        if (k < 1 || k > x->cols || d->cols != k)
+            return refuse(why, len, "topk: k i[0] = %lld with E %lld and dst [%lld][%lld]", (long long)k,
+                          (long long)x->cols, (long long)d->rows, (long long)d->cols);
+        if (k > CU_TOPK_MAX_K || x->cols > CU_TOPK_MAX_E || x->rows > INT32_MAX)
+            return refuse(why, len, "topk: k %lld of E %lld (the kernel takes k <= %d, E <= %d)", (long long)k,
+                          (long long)x->cols, CU_TOPK_MAX_K, CU_TOPK_MAX_E);
+        return true;
+    }
+    case GK_OP_GATHER:
+        if (fits(x, DT_ACT, ANY, ANY) && fits(y, DT_INT, x->rows, ANY) && fits(d, DT_ACT, x->rows, y->cols))
+            return true;
+        return bad_operands(nd, why, len, "F32 [n][E], ids I32 [n][k] -> F32 [n][k]");
+    case GK_OP_MOE_SUM:
+        if (fits(y, DT_ACT, ANY, ANY) && fits(x, DT_ACT, y->rows, ANY) && fits(d, DT_ACT, y->rows, ANY) &&
+            x->cols == y->cols * d->cols)
+            return true;
+        return bad_operands(nd, why, len, "F32 [n][k*D], weights F32 [n][k] -> F32 [n][D]");
+    case GK_OP_LINEAR_ID: {
+        const gk_tensor *ids = nd->src[2];
+        int64_t E = nd->i[0];
+        if (!fits(x, DT_ACT, ANY, ANY) || !fits(y, DT_WEIGHT, ANY, ANY) || !fits(ids, DT_INT, x->rows, ANY) ||
+            !fits(d, DT_ACT, x->rows, ANY) || nd->src[3])
+            return bad_operands(nd, why, len, "x F32 [n][in] or [n][k*in], W F32/F16/BF16 [E*out][in], ids I32 "
+                                              "[n][k] -> F32 [n][k*out]");
+        if (E < 1 || y->rows % E != 0)
+            return refuse(why, len, "linear_id: E i[0] = %lld does not divide the %lld rows of the stacked experts",
+                          (long long)E, (long long)y->rows);
+        int64_t k = ids->cols, out = y->rows / E;
+        if ((x->cols != y->cols && x->cols != k * y->cols) || d->cols != k * out)
+            return bad_operands(nd, why, len, "x [n][in] or [n][k*in], dst [n][k*out]");
+        if (x->rows > 65535 || k > 65535)
+            return refuse(why, len, "linear_id: %lld tokens x %lld slots (the kernel takes up to 65535 each)",
+                          (long long)x->rows, (long long)k);
+        return true;
+    }
     case GK_OP_LAYER_NORM:
-        return fits(x, DT_ACT, ANY, ANY) && fits(y, DT_WEIGHT, 1, x->cols) &&
-               (!nd->src[2] || (fits(nd->src[2], DT_WEIGHT, 1, x->cols) && nd->src[2]->dtype == y->dtype)) &&
-               fits(d, DT_ACT, x->rows, x->cols);
+        if (fits(x, DT_ACT, ANY, ANY) && fits(y, DT_WEIGHT, 1, x->cols) &&
+            (!nd->src[2] || (fits(nd->src[2], DT_WEIGHT, 1, x->cols) && nd->src[2]->dtype == y->dtype)) &&
+            fits(d, DT_ACT, x->rows, x->cols))
+            return true;
+        return bad_operands(nd, why, len, "x F32 [n][D], w [1][D], bias of w's dtype [1][D] or none");
     case GK_OP_RMS_NORM: {
         if (!fits(x, DT_ACT, ANY, ANY))
-            return false;
+            return bad_operands(nd, why, len, "x F32 [n][D]");
         int64_t g = nd->i[0] == 0 ? x->cols : nd->i[0];
-        return g >= 1 && x->cols % g == 0 && fits(y, DT_WEIGHT, 1, g) && fits(d, DT_ACT, x->rows, x->cols);
+        if (g < 1 || x->cols % g != 0)
+            return refuse(why, len, "rms_norm: group i[0] = %d does not divide D %lld", (int)nd->i[0],
+                          (long long)x->cols);
+        if (!isfinite(nd->f[1]))
+            return refuse(why, len, "rms_norm: weight offset f[1] = %g", (double)nd->f[1]);
+        if (fits(y, DT_WEIGHT, 1, g) && fits(d, DT_ACT, x->rows, x->cols))
+            return true;
+        return bad_operands(nd, why, len, "x F32 [n][D], w F32/F16/BF16 [1][G] -> F32 [n][D]");
     }
     case GK_OP_LINEAR:
-        return fits(x, DT_ACT, ANY, ANY) && fits(y, DT_WEIGHT, ANY, x->cols) &&
-               (!nd->src[2] || (fits(nd->src[2], DT_WEIGHT, 1, y->rows) && nd->src[2]->dtype == y->dtype)) &&
-               fits(d, DT_ACT, x->rows, y->rows);
+        if (fits(x, DT_ACT, ANY, ANY) && fits(y, DT_WEIGHT, ANY, x->cols) &&
+            (!nd->src[2] || (fits(nd->src[2], DT_WEIGHT, 1, y->rows) && nd->src[2]->dtype == y->dtype)) &&
+            fits(d, DT_ACT, x->rows, y->rows))
+            return true;
+        return bad_operands(nd, why, len, "x F32 [n][in], W F32/F16/BF16 [out][in], bias of W's dtype [1][out]");
     case GK_OP_ROPE: {
         if (!fits(x, DT_ACT, ANY, ANY))
-            return false;
-        int64_t hd = nd->i[0];
-        return hd >= 2 && hd % 2 == 0 && x->cols % hd == 0 && fits(y, DT_INT, 1, x->rows) &&
-               fits(nd->src[2], DT_ACT, 1, hd / 2) && fits(d, DT_ACT, x->rows, x->cols);
+            return bad_operands(nd, why, len, "x F32 [n][H*hd]");
+        int64_t hd = nd->i[0], r = nd->i[1] == 0 ? hd : nd->i[1];
+        if (hd < 2 || hd % 2 != 0 || x->cols % hd != 0)
+            return refuse(why, len, "rope: head_dim i[0] = %lld with %lld columns", (long long)hd, (long long)x->cols);
+        if (r < 2 || r % 2 != 0 || r > hd)
+            return refuse(why, len, "rope: rotary_dim i[1] = %d with head_dim %lld (even, 2..head_dim)",
+                          (int)nd->i[1], (long long)hd);
+        if (fits(y, DT_INT, 1, x->rows) && fits(nd->src[2], DT_ACT, 1, r / 2) && fits(d, DT_ACT, x->rows, x->cols))
+            return true;
+        return bad_operands(nd, why, len, "pos I32 [1][n], inv_freq F32 [1][rotary_dim/2], dst F32 like x");
     }
     case GK_OP_ATTN: {
         int64_t nh = nd->i[0], nkv = nd->i[1], hd = nd->i[2];
-        if (nh < 1 || nkv < 1 || hd < 1 || hd > CU_ATTN_MAX_HEAD_DIM || nh % nkv != 0)
-            return false;
-        return fits(x, DT_ACT, ANY, nh * hd) && fits(y, DT_ACT, x->rows, nkv * hd) &&
-               fits(nd->src[2], DT_ACT, x->rows, nkv * hd) && fits(nd->src[3], DT_INT, 1, x->rows) &&
-               fits(nd->src[4], DT_WEIGHT, ANY, nkv * hd) &&
-               fits(nd->src[5], DT(nd->src[4]->dtype), nd->src[4]->rows, nkv * hd) &&
-               fits(d, DT_ACT, x->rows, nh * hd);
+        if (nh < 1 || nkv < 1 || hd < 1 || nh % nkv != 0)
+            return refuse(why, len, "attn: heads %lld / %lld, head_dim %lld", (long long)nh, (long long)nkv,
+                          (long long)hd);
+        if (hd > CU_ATTN_MAX_HEAD_DIM)
+            return refuse(why, len, "attn: head_dim %lld (the kernels take up to %d)", (long long)hd,
+                          CU_ATTN_MAX_HEAD_DIM);
+        if (nd->i[3] < 0)
+            return refuse(why, len, "attn: window i[3] = %d", (int)nd->i[3]);
+        if (!(nd->f[1] >= 0.0f) || !isfinite(nd->f[1]))
+            return refuse(why, len, "attn: softcap f[1] = %g (0 = off, else positive)", (double)nd->f[1]);
+        if (fits(x, DT_ACT, ANY, nh * hd) && fits(y, DT_ACT, x->rows, nkv * hd) &&
+            fits(nd->src[2], DT_ACT, x->rows, nkv * hd) && fits(nd->src[3], DT_INT, 1, x->rows) &&
+            fits(nd->src[4], DT_WEIGHT, ANY, nkv * hd) &&
+            fits(nd->src[5], DT(nd->src[4]->dtype), nd->src[4]->rows, nkv * hd) && fits(d, DT_ACT, x->rows, nh * hd))
+            return true;
+        return bad_operands(nd, why, len, "q, k, v F32, pos I32 [1][n], caches alike F32/F16/BF16 [n_ctx][Hkv*hd]");
     }
     case GK_OP_SAMPLE: {
         float temp = nd->f[0], top_p = nd->f[1];
         /* (ABI 1.3) min-p f[2]; the penalty window i[1] over ring src3 with the penalties src4 */
         float min_p = nd->f[2];
-        return temp >= 0.0f && isfinite(temp) && top_p > 0.0f && top_p <= 1.0f && nd->i[0] >= 0 &&
-               min_p >= 0.0f && min_p <= 1.0f && nd->i[1] >= 0 &&
-               (nd->i[1] == 0 || (fits(nd->src[3], DT_INT, 1, ANY) && nd->src[3]->cols <= INT32_MAX &&
-                                  fits(nd->src[4], DT_ACT, 1, 4))) &&
-               fits(x, DT_ACT, 1, ANY) && fits(y, DT_INT, 1, 4) && (!nd->src[2] || fits(nd->src[2], DT_INT, 1, 1)) &&
-               fits(d, DT_INT, 1, 1);
+        if (temp >= 0.0f && isfinite(temp) && top_p > 0.0f && top_p <= 1.0f && nd->i[0] >= 0 &&
+            min_p >= 0.0f && min_p <= 1.0f && nd->i[1] >= 0 &&
+            (nd->i[1] == 0 || (fits(nd->src[3], DT_INT, 1, ANY) && nd->src[3]->cols <= INT32_MAX &&
+                               fits(nd->src[4], DT_ACT, 1, 4))) &&
+            fits(x, DT_ACT, 1, ANY) && fits(y, DT_INT, 1, 4) && (!nd->src[2] || fits(nd->src[2], DT_INT, 1, 1)) &&
+            fits(d, DT_INT, 1, 1))
+            return true;
+        return bad_operands(nd, why, len, "logits F32 [1][V], ctl I32 [1][4], parameters in range");
     }
     default:
-        return false;
+        return refuse(why, len, "op %d (%s) is not one the cuda backend runs", (int)nd->op, gk_op_name(nd->op));
     }
 }
 
+static bool cu_node_ok(const gk_node *nd) { return node_check(nd, NULL, 0); }
+
 static bool cuda_supports(void *state, const gk_node *node) { return node && cu_node_ok(node); }
+
+static void cuda_explain(void *state, const gk_node *node, char *why, size_t len)
+{
+    if (!why || !len)
+        return;
+    if (!node) {
+        snprintf(why, len, "no node");
+        return;
+    }
+    if (node_check(node, why, len))
+        snprintf(why, len, "%s: supported", gk_op_name(node->op));
+}
 
 /* ------------------------------------------------------------ dispatch */
 
@@ -462,14 +595,25 @@ static gk_status launch_node(cu_ctx *c, const gk_node *nd, gk_err *err)
     case GK_OP_GELU_TANH: return cu_gelu_tanh(c, nd, err);
     case GK_OP_SILU_MUL: return cu_silu_mul(c, nd, err);
     case GK_OP_SAMPLE: return cu_sample_node(c, nd, err);
+    case GK_OP_MUL: return cu_mul(c, nd, err);
+    case GK_OP_SCALE: return cu_scale(c, nd, err);
+    case GK_OP_SOFTCAP: return cu_softcap(c, nd, err);
+    case GK_OP_GELU: return cu_gelu(c, nd, err);
+    case GK_OP_GEGLU: return cu_geglu(c, nd, err);
+    case GK_OP_SOFTMAX: return cu_softmax(c, nd, err);
+    case GK_OP_TOPK: return cu_topk(c, nd, err);
+    case GK_OP_GATHER: return cu_gather(c, nd, err);
+    case GK_OP_LINEAR_ID: return cu_linear_id(c, nd, err);
+    case GK_OP_MOE_SUM: return cu_moe_sum(c, nd, err);
     default: return gk_err_set(err, GK_ERR_UNSUPPORTED, "cuda: unknown op %d", (int)nd->op);
     }
 }
 
-/* A whole-row norm whose output only LINEAR nodes read next: the prologue. */
+/* A whole-row norm whose output only LINEAR nodes read next: the prologue
+ * (which has no weight offset). */
 static bool is_row_norm(const gk_node *nd)
 {
-    return (nd->op == GK_OP_RMS_NORM && (nd->i[0] == 0 || nd->i[0] == nd->src[0]->cols)) ||
+    return (nd->op == GK_OP_RMS_NORM && (nd->i[0] == 0 || nd->i[0] == nd->src[0]->cols) && nd->f[1] == 0.0f) ||
            nd->op == GK_OP_LAYER_NORM;
 }
 
@@ -578,9 +722,10 @@ static gk_status prepare(cuda_state *s, const gk_graph *g, gk_err *err)
     size_t need = 0;
     for (size_t i = 0; i < g->n_nodes; i++) {
         const gk_node *nd = &g->nodes[i];
-        if (!cu_node_ok(nd))
-            return gk_err_set(err, GK_ERR_UNSUPPORTED, "cuda: cannot run op '%s' (node '%.48s')",
-                              gk_op_name(nd->op), nd->dst ? nd->dst->name : "");
+        char why[160];
+        if (!node_check(nd, why, sizeof why))
+            return gk_err_set(err, GK_ERR_UNSUPPORTED, "cuda: cannot run op '%s' (node '%.48s'): %s",
+                              gk_op_name(nd->op), nd->dst ? nd->dst->name : "", why);
         for (int k = 0; k < GK_MAX_SRC; k++)
             if ((nd->src[k] && !nd->src[k]->data) || !nd->dst->data)
                 return gk_err_set(err, GK_ERR_INVALID_ARG, "cuda: %s -> '%.48s': a tensor has no data",
@@ -879,6 +1024,7 @@ static const gk_backend_ops ops = {
     .sample = cuda_sample,
     .read_async = cuda_read_async,
     .read_wait = cuda_read_wait,
+    .explain_node = cuda_explain,
 };
 
 extern "C" {

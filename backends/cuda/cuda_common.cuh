@@ -117,7 +117,8 @@ enum {
     CU_EW_LIMIT,      /* table rows / cache rows */
     CU_EW_COUNT
 };
-enum cu_err_code { CU_ERR_NONE = 0, CU_ERR_BAD_ID = 1, CU_ERR_BAD_POS = 2 };
+enum cu_err_code { CU_ERR_NONE = 0, CU_ERR_BAD_ID = 1, CU_ERR_BAD_POS = 2,
+                   CU_ERR_BAD_INDEX = 3 /* gather column / linear_id expert */ };
 
 static __device__ __forceinline__ void cu_note(int *ew, int code, int value, int index, int limit)
 {
@@ -164,6 +165,23 @@ gk_status cu_attn(cu_ctx *c, const gk_node *nd, gk_err *err);
  * itself calls only the second). */
 gk_status cu_attn_store(cu_ctx *c, const gk_node *nd, gk_err *err);
 gk_status cu_attn_stored(cu_ctx *c, const gk_node *nd, gk_err *err);
+
+/* ABI 1.4's general vocabulary (vocab.cu) and the expert-indexed linear
+ * (linear_id.cu). TOPK keeps a row of E values and E flags in shared memory
+ * (cu_topk_smem bytes), so cu_node_ok bounds E by CU_TOPK_MAX_E. */
+gk_status cu_mul(cu_ctx *c, const gk_node *nd, gk_err *err);
+gk_status cu_scale(cu_ctx *c, const gk_node *nd, gk_err *err);
+gk_status cu_softcap(cu_ctx *c, const gk_node *nd, gk_err *err);
+gk_status cu_gelu(cu_ctx *c, const gk_node *nd, gk_err *err);
+gk_status cu_geglu(cu_ctx *c, const gk_node *nd, gk_err *err);
+gk_status cu_softmax(cu_ctx *c, const gk_node *nd, gk_err *err);
+#define CU_TOPK_MAX_E 8192
+#define CU_TOPK_MAX_K 64
+size_t cu_topk_smem(int64_t e_cols);
+gk_status cu_topk(cu_ctx *c, const gk_node *nd, gk_err *err);
+gk_status cu_gather(cu_ctx *c, const gk_node *nd, gk_err *err);
+gk_status cu_moe_sum(cu_ctx *c, const gk_node *nd, gk_err *err);
+gk_status cu_linear_id(cu_ctx *c, const gk_node *nd, gk_err *err);
 
 /* ---------------------------------------------------- fused decode GEMV */
 

@@ -1,5 +1,6 @@
 /* norm.cu - the CUDA kernels of RMS_NORM (whole rows, or groups of G columns
- * for QK-norm) and LAYER_NORM.
+ * for QK-norm; (1.4) with f[1] added to the weight, Gemma's 1 + w) and
+ * LAYER_NORM.
  *
  * One block per row (or per group): the block sums in float with a
  * warp-shuffle tree, then writes w * (x * r) exactly as cpu_ref does, with
@@ -18,10 +19,18 @@ static unsigned norm_threads(int64_t d)
     return (unsigned)(t < 256 ? t : 256);
 }
 
+/* RMS_NORM's weight: (1.4) f[1] + w, or w itself when the offset is 0 (so a
+ * -0 weight stays -0 and the default path is what it always was). */
+template <typename T> static __device__ __forceinline__ float norm_weight(T w, float off)
+{
+    float v = cu_to_f32(w);
+    return off != 0.0f ? off + v : v;
+}
+
 /* grid (n * groups); block b norms group b % groups of row b / groups. */
 template <typename T>
 __global__ void rms_norm_kernel(const float *__restrict__ x, const T *__restrict__ w,
-                                float *__restrict__ dst, int g, float eps)
+                                float *__restrict__ dst, int g, float eps, float off)
 {
     cu_pdl_enter();
     __shared__ float red[32];
@@ -33,7 +42,7 @@ __global__ void rms_norm_kernel(const float *__restrict__ x, const T *__restrict
     sq = cu_block_sum(sq, red);
     float r = 1.0f / sqrtf(sq / (float)g + eps);
     for (int j = threadIdx.x; j < g; j += blockDim.x)
-        yr[j] = cu_to_f32(w[j]) * (xr[j] * r);
+        yr[j] = norm_weight(w[j], off) * (xr[j] * r);
 }
 
 gk_status cu_rms_norm(cu_ctx *c, const gk_node *nd, gk_err *err)
@@ -43,7 +52,7 @@ gk_status cu_rms_norm(cu_ctx *c, const gk_node *nd, gk_err *err)
     /* groups tile each row, and rows follow each other: block b is group b */
     unsigned blocks = (unsigned)(x->rows * (d / g));
     CU_WEIGHT_SWITCH(w->dtype, T, {
-        cu_launch(c, rms_norm_kernel<T>, dim3(blocks), dim3(norm_threads(g)), 0, (const float *)x->data, (const T *)w->data, (float *)nd->dst->data, (int)g, nd->f[0]);
+        cu_launch(c, rms_norm_kernel<T>, dim3(blocks), dim3(norm_threads(g)), 0, (const float *)x->data, (const T *)w->data, (float *)nd->dst->data, (int)g, nd->f[0], nd->f[1]);
     });
     return cu_launch_check(nd, "rms_norm_kernel", err);
 }
@@ -90,7 +99,7 @@ gk_status cu_layer_norm(cu_ctx *c, const gk_node *nd, gk_err *err)
 template <typename T>
 __global__ void add_rms_norm_kernel(const float *__restrict__ a, const float *__restrict__ b,
                                     float *__restrict__ sum, const T *__restrict__ w,
-                                    float *__restrict__ dst, int d, float eps)
+                                    float *__restrict__ dst, int d, float eps, float w_off)
 {
     cu_pdl_enter();
     __shared__ float red[32];
@@ -104,7 +113,7 @@ __global__ void add_rms_norm_kernel(const float *__restrict__ a, const float *__
     sq = cu_block_sum(sq, red);
     float r = 1.0f / sqrtf(sq / (float)d + eps);
     for (int j = threadIdx.x; j < d; j += blockDim.x)
-        dst[off + j] = cu_to_f32(w[j]) * (sum[off + j] * r);
+        dst[off + j] = norm_weight(w[j], w_off) * (sum[off + j] * r);
 }
 
 template <typename T>
@@ -149,7 +158,7 @@ gk_status cu_add_norm(cu_ctx *c, const gk_node *add, const gk_node *nd, gk_err *
     if (nd->op == GK_OP_RMS_NORM) {
         CU_WEIGHT_SWITCH(w->dtype, T, {
             cu_launch(c, add_rms_norm_kernel<T>, dim3(rows), dim3(threads), 0, a, b, (float *)x->data, (const T *)w->data,
-                                                                     (float *)nd->dst->data, (int)x->cols, nd->f[0]);
+                                                                     (float *)nd->dst->data, (int)x->cols, nd->f[0], nd->f[1]);
         });
         return cu_launch_check(nd, "add_rms_norm_kernel", err);
     }

@@ -7,6 +7,8 @@
  * new positions. A thread owns one frequency i and walks the heads of its
  * block, so each cos/sin is computed once per (token, block).
  * Two ROPE nodes at the same positions (q then k) share one launch.
+ * (1.4) A rotary_dim r below hd turns only the first r columns of each head
+ * (rotate-half within them, r/2 frequencies); the rest are copied.
  * Not here: the frequencies themselves (core/model.c computes inv_freq).
  */
 #include "cuda_common.cuh"
@@ -25,14 +27,14 @@ struct rope_pair {
 /* grid (n, head blocks of tensor 0 + of tensor 1); x and dst are
  * [n][n_heads * hd]. */
 __global__ void rope_kernel(const rope_pair rp, const int32_t *__restrict__ pos,
-                            const float *__restrict__ inv_freq, int hd, float scale)
+                            const float *__restrict__ inv_freq, int hd, int rot, float scale)
 {
     cu_pdl_enter();
     const bool second = blockIdx.y >= rp.split_y;
     const float *__restrict__ x = second ? rp.x[1] : rp.x[0];
     float *__restrict__ dst = second ? rp.dst[1] : rp.dst[0];
     const int n_heads = second ? rp.n_heads[1] : rp.n_heads[0];
-    int t = blockIdx.x, half = hd / 2;
+    int t = blockIdx.x, half = rot / 2;
     int h0 = (blockIdx.y - (second ? rp.split_y : 0)) * ROPE_HEADS_PER_BLOCK;
     int h1 = min(h0 + ROPE_HEADS_PER_BLOCK, n_heads);
     float p = (float)pos[t];
@@ -50,6 +52,10 @@ __global__ void rope_kernel(const rope_pair rp, const int32_t *__restrict__ pos,
             yr[i + half] = x2 * c + x1 * s;
         }
     }
+    /* (1.4) columns rot..hd of each head pass through (none when rot == hd) */
+    for (int h = h0; h < h1; h++)
+        for (int j = rot + threadIdx.x; j < hd; j += blockDim.x)
+            dst[row + (size_t)h * hd + j] = x[row + (size_t)h * hd + j];
 }
 
 /* Can b be rotated in the same launch as a (same tokens, positions,
@@ -58,14 +64,14 @@ bool cu_rope_pairs(const gk_node *a, const gk_node *b)
 {
     return a->op == GK_OP_ROPE && b->op == GK_OP_ROPE && b->src[0] != a->dst && a->src[1] == b->src[1] &&
            a->src[2] == b->src[2] &&
-           a->i[0] == b->i[0] && a->f[0] == b->f[0] && a->src[0]->rows == b->src[0]->rows;
+           a->i[0] == b->i[0] && a->i[1] == b->i[1] && a->f[0] == b->f[0] && a->src[0]->rows == b->src[0]->rows;
 }
 
 /* Rotate nds[0] (and nds[1] when count is 2) in one launch. */
 gk_status cu_rope_n(cu_ctx *c, const gk_node *const *nds, int count, gk_err *err)
 {
     const gk_node *nd = nds[0];
-    int hd = nd->i[0], half = hd / 2;
+    int hd = nd->i[0], rot = nd->i[1] ? nd->i[1] : hd, half = rot / 2;
     rope_pair rp = {};
     unsigned blocks_y = 0;
     for (int k = 0; k < 2; k++) {
@@ -83,7 +89,7 @@ gk_status cu_rope_n(cu_ctx *c, const gk_node *const *nds, int count, gk_err *err
         threads = 128;
     dim3 grid((unsigned)nd->src[0]->rows, blocks_y);
     cu_launch(c, rope_kernel, dim3(grid), dim3(threads), 0, rp, (const int32_t *)nd->src[1]->data,
-                                                 (const float *)nd->src[2]->data, hd, nd->f[0]);
+                                                 (const float *)nd->src[2]->data, hd, rot, nd->f[0]);
     return cu_launch_check(nd, "rope_kernel", err);
 }
 
@@ -187,7 +193,8 @@ int cu_rope_store_match(const gk_node *nodes, size_t count)
     if (count < o + 3)
         return 0;
     const gk_node *rq = &nodes[o], *rk = &nodes[o + 1], *at = &nodes[o + 2];
-    if (rq->op != GK_OP_ROPE || !cu_rope_pairs(rq, rk) || at->op != GK_OP_ATTN || at->src[0] != rq->dst ||
+    if (rq->op != GK_OP_ROPE || !cu_rope_pairs(rq, rk) || (rq->i[1] != 0 && rq->i[1] != rq->i[0]) ||
+        at->op != GK_OP_ATTN || at->src[0] != rq->dst ||
         at->src[1] != rk->dst || at->src[3] != rq->src[1] || rq->i[0] != at->i[2] ||
         rq->src[0]->cols != (int64_t)at->i[0] * at->i[2] || at->i[2] > CU_ATTN_MAX_HEAD_DIM ||
         at->src[2]->rows != rq->src[0]->rows)
@@ -195,7 +202,8 @@ int cu_rope_store_match(const gk_node *nodes, size_t count)
     if (qn) {
         const int64_t hd = at->i[2];
         if (kn->op != GK_OP_RMS_NORM || qn->i[0] != hd || kn->i[0] != hd || rq->src[0] != qn->dst ||
-            rk->src[0] != kn->dst || qn->src[1]->dtype != kn->src[1]->dtype || qn->f[0] != kn->f[0])
+            rk->src[0] != kn->dst || qn->src[1]->dtype != kn->src[1]->dtype || qn->f[0] != kn->f[0] ||
+            qn->f[1] != 0.0f || kn->f[1] != 0.0f)
             return 0;
     }
     return (int)o + 3;

@@ -806,20 +806,23 @@ static void expect_cache_row(const pt *c, int64_t r, const char *what)
     free(b);
 }
 
-/* One ATTN node over n tokens at positions p; compares the output and the
- * cache rows written. */
-static void attn_step(attn_fix *a, int64_t n, const int32_t *p, const char *tag)
+/* One ATTN node over n tokens at positions p, with (1.4) a sliding window
+ * (0 = off) and a softcap (0 = off); compares the output and the cache rows
+ * written. */
+static void attn_step_wc(attn_fix *a, int64_t n, const int32_t *p, const char *tag, int32_t window, float cap)
 {
     int64_t qw = a->H * a->hd, kvw = a->Hkv * a->hd;
     pt *q = pair_rnd(n, qw, 1.0, 0.0, "q", NULL), *k = pair_rnd(n, kvw, 1.0, 0.0, "k", NULL);
     pt *v = pair_rnd(n, kvw, 1.0, 0.0, "v", NULL), *pos = pair_i(n, p, "pos");
     pt *out = pair_new(GK_DTYPE_F32, n, qw, "attn");
     pnode pn = {.op = GK_OP_ATTN, .src = {q, k, v, pos, a->kc, a->vc}, .dst = out,
-                .i = {(int32_t)a->H, (int32_t)a->Hkv, (int32_t)a->hd}, .f = {1.0f / sqrtf((float)a->hd)}};
+                .i = {(int32_t)a->H, (int32_t)a->Hkv, (int32_t)a->hd, window},
+                .f = {1.0f / sqrtf((float)a->hd), cap}};
     run1(&pn, "attn");
-    char what[128];
-    snprintf(what, sizeof what, "attn %s %s cache H=%lld Hkv=%lld hd=%lld n=%lld pos[0]=%d", tag, dt_str(a->dt),
-             (long long)a->H, (long long)a->Hkv, (long long)a->hd, (long long)n, (int)p[0]);
+    char what[160];
+    snprintf(what, sizeof what, "attn %s %s cache H=%lld Hkv=%lld hd=%lld n=%lld pos[0]=%d window=%d softcap=%g", tag,
+             dt_str(a->dt), (long long)a->H, (long long)a->Hkv, (long long)a->hd, (long long)n, (int)p[0],
+             (int)window, (double)cap);
     /* prefill over a 16-bit cache may run on tensor cores, which take q and
      * the probabilities rounded to the cache dtype */
     double atol = 2e-5, rtol = 1e-5;
@@ -832,6 +835,11 @@ static void attn_step(attn_fix *a, int64_t n, const int32_t *p, const char *tag)
         expect_cache_row(a->kc, p[t], "k cache row");
         expect_cache_row(a->vc, p[t], "v cache row");
     }
+}
+
+static void attn_step(attn_fix *a, int64_t n, const int32_t *p, const char *tag)
+{
+    attn_step_wc(a, n, p, tag, 0, 0.0f);
 }
 
 static void attn_prefill_then_decode(int64_t H, int64_t Hkv, int64_t hd, int64_t n, gk_dtype dt)
@@ -1512,6 +1520,349 @@ Test(cuda_ops, a_graph_replayed_with_new_positions_matches_fresh_runs)
         /* cuBLAS (FP32) inside the capture */
         replay_case(GK_DTYPE_F32, 12, 3, qk);
     }
+}
+
+/* ------------------------------------------------ ABI 1.4 vocabulary
+ * Error bounds (per element, |cuda - cpu_ref|):
+ *   mul, gather, topk ids       exact (the same float operation / the same rule)
+ *   scale                       1 ulp (x f0 + f1 rounded twice here; an FMA on the host would differ)
+ *   softcap, gelu, geglu        1e-6 abs + 2e-6 rel  (CUDA tanhf/erff: 2 ulp)
+ *   softmax                     1e-7 abs + 1e-5 rel  (tree vs sequential sums)
+ *   moe_sum                     1e-6 abs + 1e-6 rel  (same order; libm-free)
+ *   linear_id                   1e-5 * sum|x w|      (as the GEMV); a second linear_id
+ *                               and moe_sum after it: 1e-4 rel + 2e-3 abs (the first's
+ *                               differences carried through |w| < 0.5, out <= 128)
+ *   rms_norm offset, rope rot   as rms_norm, rope above
+ *   attn window / softcap       as attn above (tensor cores for n > 8 over 16-bit caches)
+ */
+
+/* An I32 [rows][cols] tensor holding vals. */
+static pt *pair_i2(int64_t rows, int64_t cols, const int32_t *vals, const char *name)
+{
+    pt *p = pair_new(GK_DTYPE_I32, rows, cols, name);
+    pair_upload(p, vals);
+    return p;
+}
+
+Test(cuda_ops, mul_scale_softcap_gelu_geglu_and_softmax_match_cpu_ref)
+{
+    start();
+    const int64_t shapes[4][2] = {{1, 37}, {7, 1000}, {33, 4099}, {513, 64}};
+    for (int si = 0; si < 4; si++) {
+        int64_t n = shapes[si][0], D = shapes[si][1];
+        char what[96];
+        for (int w = 0; w < 3; w++)
+            for (int bc = 0; bc < 2; bc++) {
+                float *bv = rnd_vec((bc ? 1 : n) * D, 2.0, 0.5);
+                pt *a = pair_rnd(n, D, 4.0, 0.0, "a", NULL), *b = pair_f(wtypes[w], bc ? 1 : n, D, bv, "b");
+                free(bv);
+                pt *dst = pair_new(GK_DTYPE_F32, n, D, "mul");
+                pnode pn = {.op = GK_OP_MUL, .src = {a, b}, .dst = dst};
+                run1(&pn, "mul");
+                snprintf(what, sizeof what, "mul [%lld][%lld] by %s [%lld][%lld]", (long long)n, (long long)D,
+                         dt_str(wtypes[w]), (long long)(bc ? 1 : n), (long long)D);
+                expect_match(dst, NULL, 0.0, 0.0, what);
+            }
+        pt *a = pair_rnd(n, D, 4.0, 0.0, "a", NULL), *b = pair_rnd(n, D, 3.0, 0.5, "b", NULL);
+        struct {
+            gk_op op;
+            int32_t i0;
+            float f0, f1;
+            double rtol, atol;
+        } cs[7] = {
+            {GK_OP_SCALE, 0, 0.37f, -1.25f, 1.2e-7, 1e-7}, {GK_OP_SCALE, 0, 1.0f, 0.0f, 0.0, 0.0},
+            {GK_OP_SOFTCAP, 0, 3.0f, 0, 2e-6, 1e-6},    {GK_OP_SOFTCAP, 0, 30.0f, 0, 2e-6, 1e-6},
+            {GK_OP_GELU, 0, 0, 0, 2e-6, 1e-6},          {GK_OP_GEGLU, 0, 0, 0, 2e-6, 1e-6},
+            {GK_OP_GEGLU, 1, 0, 0, 2e-6, 1e-6},
+        };
+        for (int c = 0; c < 7; c++) {
+            pt *dst = pair_new(GK_DTYPE_F32, n, D, "out");
+            pnode pn = {.op = cs[c].op, .src = {a, cs[c].op == GK_OP_GEGLU ? b : NULL}, .dst = dst,
+                        .i = {cs[c].i0}, .f = {cs[c].f0, cs[c].f1}};
+            run1(&pn, gk_op_name(cs[c].op));
+            snprintf(what, sizeof what, "%s i0=%d f0=%g [%lld][%lld]", gk_op_name(cs[c].op), (int)cs[c].i0,
+                     (double)cs[c].f0, (long long)n, (long long)D);
+            expect_match(dst, NULL, cs[c].rtol, cs[c].atol, what);
+        }
+        /* softmax of logits spread over a wide range */
+        pt *x = pair_rnd(n, D, 12.0, 1.0, "logits", NULL), *dst = pair_new(GK_DTYPE_F32, n, D, "probs");
+        pnode pn = {.op = GK_OP_SOFTMAX, .src = {x}, .dst = dst};
+        run1(&pn, "softmax");
+        snprintf(what, sizeof what, "softmax [%lld][%lld]", (long long)n, (long long)D);
+        expect_match(dst, NULL, 1e-5, 1e-7, what);
+    }
+}
+
+Test(cuda_ops, topk_largest_first_with_ties_and_gather_match_cpu_ref)
+{
+    start();
+    const int64_t Es[5] = {8, 60, 128, 512, 1000}, ks[4] = {1, 2, 8, 32}, nn[3] = {1, 7, 33};
+    for (int ei = 0; ei < 5; ei++)
+        for (int ki = 0; ki < 4; ki++)
+            for (int ni = 0; ni < 3; ni++)
+                for (int tie = 0; tie < 2; tie++) {
+                    int64_t E = Es[ei], k = ks[ki], n = nn[ni];
+                    if (k > E)
+                        continue;
+                    float *v = rnd_vec(n * E, 3.0, 0.0);
+                    if (tie) /* few distinct values: many ties, broken by the lower column */
+                        for (int64_t i = 0; i < n * E; i++)
+                            v[i] = floorf(v[i] * 2.0f) / 2.0f;
+                    pt *x = pair_f(GK_DTYPE_F32, n, E, v, "router");
+                    free(v);
+                    pt *ids = pair_new(GK_DTYPE_I32, n, k, "topk"), *g = pair_new(GK_DTYPE_F32, n, k, "gathered");
+                    pnode pns[2] = {{.op = GK_OP_TOPK, .src = {x}, .dst = ids, .i = {(int32_t)k}},
+                                    {.op = GK_OP_GATHER, .src = {x, ids}, .dst = g}};
+                    pgraph pg;
+                    pgraph_init(&pg, pns, 2);
+                    pgraph_run(&pg, "topk + gather");
+                    int32_t *ri = malloc((size_t)(n * k) * 4), *ci = malloc((size_t)(n * k) * 4);
+                    cr_assert(ri && ci);
+                    gk_err err = {0};
+                    cr_assert_eq(be[REF].ops->buffer_read(be[REF].state, ids->t[REF].data, 0, ri, (size_t)(n * k) * 4,
+                                                          &err), GK_OK);
+                    cr_assert_eq(be[CU].ops->buffer_read(be[CU].state, ids->t[CU].data, 0, ci, (size_t)(n * k) * 4,
+                                                         &err), GK_OK);
+                    for (int64_t i = 0; i < n * k; i++)
+                        cr_assert_eq(ci[i], ri[i], "topk E=%lld k=%lld n=%lld ties=%d: [%lld][%lld] cuda %d, cpu_ref %d",
+                                     (long long)E, (long long)k, (long long)n, tie, (long long)(i / k),
+                                     (long long)(i % k), ci[i], ri[i]);
+                    free(ri);
+                    free(ci);
+                    char what[80];
+                    snprintf(what, sizeof what, "gather E=%lld k=%lld n=%lld", (long long)E, (long long)k, (long long)n);
+                    expect_match(g, NULL, 0.0, 0.0, what);
+                }
+}
+
+Test(cuda_ops, gather_with_a_bad_column_is_reported_at_synchronize)
+{
+    start();
+    pt *x = pair_rnd(2, 4, 1.0, 0.0, "router", NULL);
+    const int32_t bad[4] = {0, 1, 3, 4};
+    pt *ids = pair_i2(2, 2, bad, "ids"), *g = pair_new(GK_DTYPE_F32, 2, 2, "gathered");
+    pnode pn = {.op = GK_OP_GATHER, .src = {x, ids}, .dst = g};
+    gk_node nd = side_node(&pn, CU);
+    gk_graph gr = {.nodes = &nd, .n_nodes = 1, .n_tokens = 2};
+    gk_err err = {0};
+    gk_status st = be[CU].ops->graph_compute(be[CU].state, &gr, &err);
+    if (st == GK_OK)
+        st = be[CU].ops->synchronize(be[CU].state, &err);
+    cr_assert_eq(st, GK_ERR_INVALID_ARG, "status %d: %s", st, err.msg);
+    cr_assert(strstr(err.msg, "gather") && strstr(err.msg, "4"), "message: %s", err.msg);
+    cr_assert_eq(be[CU].ops->synchronize(be[CU].state, &err), GK_OK, "%s", err.msg);
+}
+
+/* Router -> top-k -> softmax of the picked -> expert linears -> weighted sum,
+ * as a Mixtral / Qwen-MoE block routes a token; every node checked. */
+static void moe_case(gk_dtype dt, int64_t n, int64_t E, int64_t k, int64_t in, int64_t out)
+{
+    float *xv, *wv = rnd_vec(E * out * in, 0.5, 0.0);
+    pt *x = pair_rnd(n, in, 1.0, 0.0, "x", &xv), *W = pair_f(dt, E * out, in, wv, "experts.up");
+    pt *W2 = pair_f(dt, E * in, out, wv, "experts.down"); /* the same values, [E*in][out] */
+    pt *router = pair_rnd(n, E, 3.0, 0.0, "router", NULL);
+    pt *ids = pair_new(GK_DTYPE_I32, n, k, "topk"), *g = pair_new(GK_DTYPE_F32, n, k, "picked");
+    pt *pw = pair_new(GK_DTYPE_F32, n, k, "weights"), *h = pair_new(GK_DTYPE_F32, n, k * out, "up");
+    pt *h2 = pair_new(GK_DTYPE_F32, n, k * in, "down"), *y = pair_new(GK_DTYPE_F32, n, in, "moe_out");
+    pnode pns[6] = {
+        {.op = GK_OP_TOPK, .src = {router}, .dst = ids, .i = {(int32_t)k}},
+        {.op = GK_OP_GATHER, .src = {router, ids}, .dst = g},
+        {.op = GK_OP_SOFTMAX, .src = {g}, .dst = pw},
+        {.op = GK_OP_LINEAR_ID, .src = {x, W, ids}, .dst = h, .i = {(int32_t)E}},      /* shared x */
+        {.op = GK_OP_LINEAR_ID, .src = {h, W2, ids}, .dst = h2, .i = {(int32_t)E}},    /* x per slot */
+        {.op = GK_OP_MOE_SUM, .src = {h2, pw}, .dst = y},
+    };
+    pgraph pg;
+    pgraph_init(&pg, pns, 6);
+    pgraph_run(&pg, "moe block");
+    char what[96];
+    snprintf(what, sizeof what, "moe %s n=%lld E=%lld k=%lld in=%lld out=%lld", dt_str(dt), (long long)n,
+             (long long)E, (long long)k, (long long)in, (long long)out);
+    expect_match(pw, NULL, 1e-5, 1e-7, what);
+    /* linear_id's bound: 1e-5 * sum_i |x_i w_ei| of the expert cpu_ref picked */
+    int32_t *id = malloc((size_t)(n * k) * 4);
+    cr_assert(id);
+    gk_err err = {0};
+    cr_assert_eq(be[REF].ops->buffer_read(be[REF].state, ids->t[REF].data, 0, id, (size_t)(n * k) * 4, &err), GK_OK);
+    double *mag = calloc((size_t)(n * k * out), sizeof *mag);
+    cr_assert(mag);
+    for (int64_t t = 0; t < n; t++)
+        for (int64_t j = 0; j < k; j++)
+            for (int64_t o = 0; o < out; o++) {
+                double m = 0.0;
+                for (int64_t i = 0; i < in; i++)
+                    m += fabs((double)xv[t * in + i] * wv[((int64_t)id[t * k + j] * out + o) * in + i]);
+                mag[(t * k + j) * out + o] = 1e-5 * m + 1e-7;
+            }
+    expect_match(h, mag, 1.0, 0.0, what);
+    free(mag);
+    /* the second linear_id and the sum: their inputs agree to the bound above */
+    expect_match(h2, NULL, 1e-4, 2e-3, what);
+    expect_match(y, NULL, 1e-4, 2e-3, what);
+    free(id);
+    free(xv);
+    free(wv);
+}
+
+Test(cuda_ops, moe_routing_linear_id_and_moe_sum_match_cpu_ref)
+{
+    start();
+    for (int w = 0; w < 3; w++) {
+        moe_case(wtypes[w], 1, 8, 2, 256, 128);   /* decode, vector loads */
+        moe_case(wtypes[w], 1, 64, 8, 96, 40);
+        moe_case(wtypes[w], 7, 8, 2, 37, 19);     /* odd widths: scalar loads */
+        moe_case(wtypes[w], 33, 128, 8, 64, 32);  /* prefill */
+    }
+}
+
+Test(cuda_ops, rms_norm_with_a_weight_offset_matches_cpu_ref_alone_and_fused)
+{
+    start();
+    const int64_t cases[3][2] = {{1000, 0}, {512, 64}, {2048, 0}};
+    for (int ci = 0; ci < 3; ci++)
+        for (int w = 0; w < 3; w++)
+            for (int k = 0; k < 3; k++) {
+                int64_t D = cases[ci][0], G = cases[ci][1], n = ns[k];
+                float *wv = rnd_vec(G ? G : D, 0.5, 0.0);
+                pt *x = pair_rnd(n, D, 2.0, 0.3, "x", NULL), *tw = pair_f(wtypes[w], 1, G ? G : D, wv, "norm.w");
+                pt *b = pair_rnd(n, D, 1.0, 0.0, "b", NULL);
+                free(wv);
+                pt *dst = pair_new(GK_DTYPE_F32, n, D, "norm"), *sum = pair_new(GK_DTYPE_F32, n, D, "res");
+                pt *dst2 = pair_new(GK_DTYPE_F32, n, D, "norm2");
+                pnode pn = {.op = GK_OP_RMS_NORM, .src = {x, tw}, .dst = dst, .i = {(int32_t)G}, .f = {1e-6f, 1.0f}};
+                run1(&pn, "rms_norm offset");
+                char what[96];
+                snprintf(what, sizeof what, "rms_norm+1 D=%lld G=%lld %s n=%lld", (long long)D, (long long)G,
+                         dt_str(wtypes[w]), (long long)n);
+                expect_match(dst, NULL, 1e-5, 1e-6, what);
+                /* add + norm (fused on the cuda side) and a norm feeding a linear */
+                float *lw = rnd_vec(64 * D, 0.5, 0.0);
+                pt *W = pair_f(wtypes[w], 64, D, lw, "proj");
+                pt *yl = pair_new(GK_DTYPE_F32, n, 64, "proj_out");
+                pnode pns[3] = {
+                    {.op = GK_OP_ADD, .src = {x, b}, .dst = sum},
+                    {.op = GK_OP_RMS_NORM, .src = {sum, tw}, .dst = dst2, .i = {(int32_t)G}, .f = {1e-6f, 1.0f}},
+                    {.op = GK_OP_LINEAR, .src = {dst2, W}, .dst = yl},
+                };
+                pgraph pg;
+                pgraph_init(&pg, pns, 3);
+                pgraph_run(&pg, "add + rms_norm offset + linear");
+                expect_match(sum, NULL, 0.0, 0.0, what);
+                expect_match(dst2, NULL, 1e-5, 1e-5, what);
+                /* the linear's bound as linear_case's, on cpu_ref's norm output */
+                float *hn = download(REF, &dst2->t[REF]);
+                double *mag = abs_dots(hn, lw, NULL, n, D, 64);
+                double rel = n <= 8 ? 3e-5 : wtypes[w] == GK_DTYPE_F32 ? 3e-5 : wtypes[w] == GK_DTYPE_F16 ? 2e-3 : 8e-3;
+                expect_match(yl, mag, rel, 1e-6, what);
+                free(mag);
+                free(hn);
+                free(lw);
+            }
+}
+
+Test(cuda_ops, rope_with_a_partial_rotary_dim_matches_cpu_ref)
+{
+    start();
+    /* head_dim, rotary_dim: a quarter (GPT-NeoX / Phi), a half (GLM), all */
+    const int64_t cases[4][2] = {{64, 16}, {128, 64}, {80, 32}, {64, 64}};
+    for (int ci = 0; ci < 4; ci++)
+        for (int k = 0; k < 4; k++) {
+            int64_t hd = cases[ci][0], r = cases[ci][1], H = 4, n = ns[k];
+            float *inv = malloc((size_t)(r / 2) * sizeof *inv);
+            int32_t *p = malloc((size_t)n * sizeof *p);
+            cr_assert(inv && p);
+            for (int64_t i = 0; i < r / 2; i++)
+                inv[i] = (float)(1.0 / pow(10000.0, (double)(2 * i) / (double)r));
+            for (int64_t t = 0; t < n; t++)
+                p[t] = (int32_t)(5 + 13 * t);
+            pt *x = pair_rnd(n, H * hd, 1.0, 0.0, "q", NULL), *y = pair_rnd(n, 2 * hd, 1.0, 0.0, "k", NULL);
+            pt *pos = pair_i(n, p, "pos"), *tf = pair_f(GK_DTYPE_F32, 1, r / 2, inv, "inv_freq");
+            pt *dq = pair_new(GK_DTYPE_F32, n, H * hd, "q_rope"), *dk = pair_new(GK_DTYPE_F32, n, 2 * hd, "k_rope");
+            pnode pns[2] = {
+                {.op = GK_OP_ROPE, .src = {x, pos, tf}, .dst = dq, .i = {(int32_t)hd, (int32_t)r}, .f = {1.0f}},
+                {.op = GK_OP_ROPE, .src = {y, pos, tf}, .dst = dk, .i = {(int32_t)hd, (int32_t)r}, .f = {1.0f}},
+            };
+            pgraph pg;
+            pgraph_init(&pg, pns, 2); /* q and k share a launch on the cuda side */
+            pgraph_run(&pg, "rope partial");
+            char what[80];
+            snprintf(what, sizeof what, "rope hd=%lld rot=%lld n=%lld", (long long)hd, (long long)r, (long long)n);
+            expect_match(dq, NULL, 1e-5, 1e-6, what);
+            expect_match(dk, NULL, 1e-5, 1e-6, what);
+            free(inv);
+            free(p);
+        }
+}
+
+/* Prefill then decode steps with a window and a softcap, over the decode,
+ * tiled and tensor-core kernels (head dims 64, 128; 256 as Gemma's; 80 and 20
+ * only the tiled kernel takes). */
+Test(cuda_ops, attn_with_sliding_window_and_softcap_matches_cpu_ref)
+{
+    start();
+    const int64_t hds[5] = {64, 128, 256, 80, 20};
+    const int32_t windows[3] = {0, 1, 24};
+    const float caps[2] = {0.0f, 0.7f}; /* scores of |q|,|k| < 1 vectors: 0.7 bends them */
+    for (int w = 0; w < 3; w++)
+        for (int d = 0; d < 5; d++)
+            for (int wi = 0; wi < 3; wi++)
+                for (int ci = 0; ci < 2; ci++) {
+                    if (wi == 0 && ci == 0)
+                        continue; /* the default: the tests above */
+                    attn_fix a = attn_fix_new(4, 2, hds[d], 512, false, wtypes[w]);
+                    int32_t p[160];
+                    for (int t = 0; t < 160; t++)
+                        p[t] = t;
+                    attn_step_wc(&a, 100, p, "prefill", windows[wi], caps[ci]);
+                    attn_step_wc(&a, 1, p + 100, "decode", windows[wi], caps[ci]);
+                    attn_step_wc(&a, 3, p + 101, "decode3", windows[wi], caps[ci]);
+                    attn_step_wc(&a, 9, p + 104, "prefill9", windows[wi], caps[ci]);
+                }
+    /* a long filled cache: the decode kernel splits only the window's rows */
+    for (int w = 0; w < 3; w++) {
+        attn_fix a = attn_fix_new(16, 4, 128, 4096, true, wtypes[w]);
+        const int32_t p1[1] = {4000}, p2[2] = {4095, 17}, p3[4] = {900, 40, 41, 2500};
+        attn_step_wc(&a, 1, p1, "long", 512, 0.0f);
+        attn_step_wc(&a, 1, p1, "long capped", 4096, 0.5f);
+        attn_step_wc(&a, 2, p2, "mixed", 100, 0.0f);
+        attn_step_wc(&a, 4, p3, "scattered", 33, 0.9f);
+    }
+}
+
+Test(cuda_ops, explain_node_names_what_was_refused)
+{
+    start();
+    plug *c = &be[CU];
+    cr_assert(GK_BACKEND_OP(c->ops, explain_node), "cuda has explain_node");
+    pt *q = pair_new(GK_DTYPE_F32, 1, 2 * 320, "q"), *k = pair_new(GK_DTYPE_F32, 1, 320, "k");
+    pt *v = pair_new(GK_DTYPE_F32, 1, 320, "v"), *kc = pair_new(GK_DTYPE_F32, 8, 320, "k_cache");
+    pt *vc = pair_new(GK_DTYPE_F32, 8, 320, "v_cache"), *pos = pair_new(GK_DTYPE_I32, 1, 1, "pos");
+    pt *out = pair_new(GK_DTYPE_F32, 1, 2 * 320, "attn");
+    pnode pn = {.op = GK_OP_ATTN, .src = {q, k, v, pos, kc, vc}, .dst = out, .i = {2, 1, 320}, .f = {0.05f, 50.0f}};
+    gk_node nd = side_node(&pn, CU);
+    cr_assert(!c->ops->supports_node(c->state, &nd));
+    char why[160] = "";
+    c->ops->explain_node(c->state, &nd, why, sizeof why);
+    cr_assert(strstr(why, "head_dim") && strstr(why, "320"), "why: %s", why);
+
+    pt *x = pair_new(GK_DTYPE_F32, 2, 40, "router"), *ids = pair_new(GK_DTYPE_I32, 2, 40, "topk");
+    pnode tk = {.op = GK_OP_TOPK, .src = {x}, .dst = ids, .i = {40}};
+    nd = side_node(&tk, CU);
+    cr_assert(c->ops->supports_node(c->state, &nd), "topk k = E = 40");
+    pt *big = pair_new(GK_DTYPE_F32, 1, 100, "wide"), *ids2 = pair_new(GK_DTYPE_I32, 1, 65, "topk");
+    pnode tk2 = {.op = GK_OP_TOPK, .src = {big}, .dst = ids2, .i = {65}};
+    nd = side_node(&tk2, CU);
+    cr_assert(!c->ops->supports_node(c->state, &nd), "k 65 is beyond the kernel");
+    c->ops->explain_node(c->state, &nd, why, sizeof why);
+    cr_assert(strstr(why, "topk") && strstr(why, "65"), "why: %s", why);
+
+    pt *xr = pair_new(GK_DTYPE_F32, 1, 128, "x"), *po = pair_new(GK_DTYPE_I32, 1, 1, "pos");
+    pt *fr = pair_new(GK_DTYPE_F32, 1, 40, "inv_freq"), *dr = pair_new(GK_DTYPE_F32, 1, 128, "x_rope");
+    pnode rp = {.op = GK_OP_ROPE, .src = {xr, po, fr}, .dst = dr, .i = {64, 96}};
+    nd = side_node(&rp, CU);
+    cr_assert(!c->ops->supports_node(c->state, &nd), "rotary_dim above head_dim");
+    c->ops->explain_node(c->state, &nd, why, sizeof why);
+    cr_assert(strstr(why, "rotary_dim"), "why: %s", why);
 }
 
 /* ------------------------------------------------------------------ main */

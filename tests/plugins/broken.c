@@ -49,7 +49,30 @@ static gk_status init_fail(const gk_host *h, void **state, gk_err *err)
     return gk_err_set(err, GK_ERR_DEVICE, "simulated failure: no device table");
 }
 
-#if defined(BROKEN_NO_ENTRY)
+#if defined(BROKEN_FUTURE)
+/* A plugin built for the next minor, calling a helper this core lacks: the
+ * loader must refuse it by version, not fail in the dynamic linker. */
+extern gk_tensor *gk_build_from_the_future(gk_builder *b);
+static gk_status future_build(gk_builder *b, gk_tensor **out, gk_err *err)
+{
+    (void)err;
+    *out = gk_build_from_the_future(b);
+    return GK_OK;
+}
+static const gk_arch_ops future_ops = {
+    .struct_size = sizeof(gk_arch_ops), .magic = GK_ARCH_OPS_MAGIC, .spec = &spec, .tensors = no_tensors,
+    .build = future_build,
+};
+__attribute__((visibility("default"))) const gk_plugin_desc *gk_plugin_entry(void);
+const gk_plugin_desc *gk_plugin_entry(void)
+{
+    static const gk_plugin_desc d = {
+        .abi_major = GK_ABI_MAJOR, .abi_minor = GK_ABI_MINOR + 1, .struct_size = sizeof(gk_plugin_desc),
+        .kind = GK_PLUGIN_KIND_ARCH, .name = PLUGIN_NAME, .ops = &future_ops,
+    };
+    return &d;
+}
+#elif defined(BROKEN_NO_ENTRY)
 __attribute__((visibility("default"))) int not_the_entry_symbol = 1;
 #elif defined(BROKEN_DATA_ENTRY)
 /* The entry's name on data: calling it would jump into .rodata. */
