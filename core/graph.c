@@ -514,7 +514,7 @@ int64_t gk_builder_layer_window(gk_builder *b, int il)
                         key, type);
         return 0;
     }
-    if (!strcmp(c->model_type, "qwen2") || !strcmp(c->model_type, "qwen3") || !strcmp(c->model_type, "qwen3_moe")) {
+    if (!strcmp(c->model_type, "qwen2") || !strcmp(c->model_type, "qwen3")) {
         int64_t first = 0;
         if (gk_config_get_int(c, "max_window_layers", c->n_layer, &first, &err) != GK_OK) {
             gk_builder_fail(b, err.code, "%s", err.msg);

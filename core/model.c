@@ -218,8 +218,8 @@ static gk_status load_into(gk_model *m, gk_safetensors *st, const gk_tensor_entr
                           exp);
     }
     int64_t copies = stacked ? pl->count : 1;
-    size_t n = (size_t)(pl->rows * pl->cols), esz = gk_dtype_size(m->dtype);
-    bool plain = ti.dtype == m->dtype && pl->skip == 0 && pl->total == (is_1d ? pl->cols : pl->rows) &&
+    size_t n = (size_t)(pl->rows * pl->cols), esz = gk_dtype_size(t->dtype);
+    bool plain = ti.dtype == t->dtype && pl->skip == 0 && pl->total == (is_1d ? pl->cols : pl->rows) &&
                  !(e->flags & GK_TF_TRANSPOSE);
     if (plain) {
         const void *raw;
@@ -249,7 +249,7 @@ static gk_status load_into(gk_model *m, gk_safetensors *st, const gk_tensor_entr
         } else {
             memcpy(sel, src + (size_t)pl->skip * (is_1d ? 1 : (size_t)pl->cols), n * sizeof(float));
         }
-        store_as(m->dtype, sel, conv, n);
+        store_as(t->dtype, sel, conv, n);
         s = m->be.ops->buffer_write(m->be.state, t->data, (size_t)(dst_row + c * pl->rows) * (size_t)pl->cols * esz,
                                     conv, n * esz, err);
     }
@@ -301,6 +301,9 @@ static gk_status load_entry(gk_model *m, gk_safetensors *st, const gk_tensor_ent
     }
     if (!present)
         return GK_OK;
+    for (int ie = 0; present < n_files && ie < n_files; ie++) /* some experts, not all */
+        if (!resolve_name(m->arch, st, e, il, ie, name, sizeof name))
+            return gk_err_set(err, GK_ERR_FORMAT, "missing tensor '%s' (%s architecture)", name, m->arch->spec->name);
     resolve_name(m->arch, st, e, il, 0, name, sizeof name);
     if ((e->flags & GK_TF_COND_BIAS) && !m->cfg.attention_bias)
         return gk_err_set(err, GK_ERR_FORMAT, "tensor '%s' is present but config.json says attention_bias is false",
@@ -707,6 +710,57 @@ gk_dtype gk_model_kv_dtype(const gk_model *m) { return m ? m->kv_dtype : GK_DTYP
 int64_t gk_model_n_past(const gk_model *m) { return m ? m->n_past : 0; }
 uint64_t gk_model_weight_bytes(const gk_model *m) { return m ? m->weight_bytes : 0; }
 uint64_t gk_model_mem_peak(const gk_model *m) { return m ? m->mem_peak : 0; }
+
+/* A model weight (not an activation of fg, a cache or an input). */
+static bool is_weight(const gk_model *m, const gk_fgraph *fg, const gk_tensor *t)
+{
+    if (!t || t == m->inv_freq || t->dtype == GK_DTYPE_I32)
+        return false;
+    for (size_t i = 0; i < fg->n_owned; i++)
+        if (fg->owned[i] == t)
+            return false;
+    for (int64_t l = 0; l < m->cfg.n_layer; l++)
+        if (t == m->k_cache[l] || t == m->v_cache[l])
+            return false;
+    for (int i = 0; i < m->n_ropes; i++)
+        if (t == m->ropes[i].t)
+            return false;
+    return true;
+}
+
+uint64_t gk_model_step_weight_bytes(const gk_model *m)
+{
+    if (!m || !m->g1)
+        return 0;
+    const gk_fgraph *fg = m->g1;
+    uint64_t total = 0;
+    /* each weight once, however many nodes read it */
+    const gk_tensor **seen = calloc(fg->g.n_nodes * GK_MAX_SRC + 1, sizeof *seen);
+    size_t n_seen = 0;
+    if (!seen)
+        return 0;
+    for (size_t i = 0; i < fg->g.n_nodes; i++) {
+        const gk_node *nd = &fg->g.nodes[i];
+        for (int k = 0; k < GK_MAX_SRC; k++) {
+            const gk_tensor *t = nd->src[k];
+            bool dup = false;
+            for (size_t j = 0; j < n_seen && !dup; j++)
+                dup = seen[j] == t;
+            if (dup || !is_weight(m, fg, t))
+                continue;
+            seen[n_seen++] = t;
+            uint64_t b = gk_tensor_nbytes(t);
+            if (nd->op == GK_OP_GET_ROWS && k == 0)
+                b = (uint64_t)t->cols * gk_dtype_size(t->dtype); /* one row */
+            else if (nd->op == GK_OP_LINEAR_ID && k == 1 && nd->i[0] > 0 && nd->src[2])
+                b = b / (uint64_t)nd->i[0] * (uint64_t)nd->src[2]->cols; /* k of E experts */
+            total += b;
+        }
+    }
+    free(seen);
+    const gk_tensor *head = m->w[GK_W_LM_HEAD] ? m->w[GK_W_LM_HEAD] : m->w[GK_W_TOK_EMBD];
+    return total + (head ? gk_tensor_nbytes(head) : 0);
+}
 
 gk_status gk_model_device(const gk_model *m, gk_device_props *out, gk_err *err)
 {

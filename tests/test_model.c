@@ -1383,3 +1383,28 @@ Test(model_errors, context_whose_cache_size_overflows_is_invalid_arg_naming_n_ct
     cr_expect(strstr(err.msg, "needs 562949.95 GB") && strstr(err.msg, "n_ctx"), "%s", err.msg);
     gk_runtime_destroy(rt);
 }
+
+/* The bytes a decode step reads, from the configs by hand: a dense model
+ * reads every weight but all of its embedding table (one row); Mixtral reads
+ * the router and k of its E experts. */
+Test(model, step_weight_bytes_count_what_a_step_reads)
+{
+    gk_runtime *rt = runtime();
+    gk_model *m = load(rt, "llama-tiny", "f32", 64);
+    const gk_config *c = gk_model_config(m);
+    uint64_t emb = (uint64_t)(c->n_vocab * c->n_embd) * 4, row = (uint64_t)c->n_embd * 4;
+    cr_expect_eq(gk_model_step_weight_bytes(m), gk_model_weight_bytes(m) - emb + row);
+    gk_model_destroy(m);
+
+    m = load(rt, "mixtral-tiny", "f32", 64);
+    c = gk_model_config(m);
+    int64_t D = 32, F = 96, L = 2, Q = 32, KV = 16, E = 4, K = 2, V = 384;
+    cr_assert_eq(c->n_embd, D);
+    int64_t layer = 2 * D /* norms */ + Q * D + 2 * KV * D + D * Q + E * D /* router */ + K * 3 * F * D;
+    uint64_t want = (uint64_t)(L * layer + D /* final norm */ + D /* one embedding row */ + V * D /* head */) * 4;
+    cr_expect_eq(gk_model_step_weight_bytes(m), want, "%llu, want %llu",
+                 (unsigned long long)gk_model_step_weight_bytes(m), (unsigned long long)want);
+    cr_expect_lt(gk_model_step_weight_bytes(m), gk_model_weight_bytes(m));
+    gk_model_destroy(m);
+    gk_runtime_destroy(rt);
+}

@@ -9,7 +9,8 @@
  * (as llama-bench's -d): decode then runs over a cache of DEPTH + PROMPT
  * tokens, and the prefill figure covers all DEPTH + PROMPT tokens. Decode
  * reads every weight once per token, so the roofline is peak bandwidth /
- * weight bytes; "streamed" counts weight bytes only (not the KV cache). One
+ * the weight bytes a step reads (gk_model_step_weight_bytes: an MoE's selected
+ * experts only); "streamed" counts weight bytes only (not the KV cache). One
  * warm-up run, then R measured runs: the median is printed with the spread
  * (min..max). Context plus new tokens must fit the model's
  * max_position_embeddings: a longer run would time attention the model was
@@ -186,8 +187,10 @@ int gkrun_bench(int argc, char **argv, const gkrun_common *common)
         goto out;
     }
     double wbytes = (double)gk_model_weight_bytes(m);
-    double achieved = dec.median * wbytes / 1e9;
-    double roof = dev.peak_bw_gbs > 0 ? dev.peak_bw_gbs * 1e9 / wbytes : 0;
+    /* what a step reads: the selected experts of an MoE, one embedding row */
+    double sbytes = (double)gk_model_step_weight_bytes(m);
+    double achieved = dec.median * sbytes / 1e9;
+    double roof = dev.peak_bw_gbs > 0 && sbytes > 0 ? dev.peak_bw_gbs * 1e9 / sbytes : 0;
     if (json) {
         cJSON *j = cJSON_CreateObject();
         cJSON_AddStringToObject(j, "model", dir);
@@ -197,6 +200,7 @@ int gkrun_bench(int argc, char **argv, const gkrun_common *common)
         cJSON_AddStringToObject(j, "backend", gk_model_backend_name(m));
         cJSON_AddStringToObject(j, "device", dev.name);
         cJSON_AddNumberToObject(j, "weight_bytes", wbytes);
+        cJSON_AddNumberToObject(j, "step_weight_bytes", sbytes);
         cJSON_AddNumberToObject(j, "depth", (double)depth);
         cJSON_AddNumberToObject(j, "n_prompt", (double)n_prompt);
         cJSON_AddNumberToObject(j, "n_prefill", (double)last.n_prompt); /* depth + prompt */
@@ -233,8 +237,8 @@ int gkrun_bench(int argc, char **argv, const gkrun_common *common)
                (long long)last.n_gen, dec.median, dec.median > 0 ? 1e3 / dec.median : 0.0, (long long)reps, dec.min,
                dec.max, achieved);
         if (roof > 0)
-            printf("roofline: %.1f GB/s peak -> %.1f tokens/s; decode at %.1f%% of it\n", dev.peak_bw_gbs, roof,
-                   100.0 * achieved / dev.peak_bw_gbs);
+            printf("roofline: %.2f GB read per step, %.1f GB/s peak -> %.1f tokens/s; decode at %.1f%% of it\n",
+                   sbytes / 1e9, dev.peak_bw_gbs, roof, 100.0 * achieved / dev.peak_bw_gbs);
         printf("peak memory on the backend: %.2f GB\n", gk_model_mem_peak(m) / 1e9);
     }
     rc = 0;

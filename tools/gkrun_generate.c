@@ -170,7 +170,7 @@ static void print_stats(gk_model *m, const gk_gen_stats *st, double t_load, uint
     bool have_dev = gk_model_device(m, &dev, &err) == GK_OK;
     double wbytes = (double)gk_model_weight_bytes(m);
     double dec = st->n_gen > 1 && st->t_decode_s > 0 ? (double)(st->n_gen - 1) / st->t_decode_s : 0;
-    double gbs = dec * wbytes / 1e9;
+    double gbs = dec * (double)gk_model_step_weight_bytes(m) / 1e9;
     fprintf(stderr, "\n\nload:    %.2f s (%s, %s weights %.2f GB, %s on %s)\n", t_load, gk_model_spec_of(m)->name,
             gk_dtype_name(gk_model_dtype(m)), wbytes / 1e9, gk_model_backend_name(m), have_dev ? dev.name : "?");
     fprintf(stderr, "prompt:  %lld tokens, prefill %.1f tokens/s\n", (long long)st->n_prompt,
@@ -201,9 +201,10 @@ static cJSON *stats_json(gk_model *m, const gk_gen_stats *st, double t_load, uin
     cJSON_AddNumberToObject(o, "generated_tokens", (double)st->n_gen);
     cJSON_AddNumberToObject(o, "decode_tokens_per_s", dec);
     cJSON_AddNumberToObject(o, "ms_per_token", dec > 0 ? 1e3 / dec : 0);
-    cJSON_AddNumberToObject(o, "weight_gb_per_s", dec * gk_model_weight_bytes(m) / 1e9);
+    cJSON_AddNumberToObject(o, "weight_gb_per_s", dec * gk_model_step_weight_bytes(m) / 1e9);
     if (have_dev && dev.peak_bw_gbs > 0)
-        cJSON_AddNumberToObject(o, "peak_bandwidth_fraction", dec * gk_model_weight_bytes(m) / 1e9 / dev.peak_bw_gbs);
+        cJSON_AddNumberToObject(o, "peak_bandwidth_fraction",
+                                dec * gk_model_step_weight_bytes(m) / 1e9 / dev.peak_bw_gbs);
     cJSON_AddNumberToObject(o, "peak_memory_bytes", (double)gk_model_mem_peak(m));
     cJSON_AddStringToObject(o, "backend", gk_model_backend_name(m));
     cJSON_AddStringToObject(o, "device", have_dev ? dev.name : "?");

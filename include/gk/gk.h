@@ -363,6 +363,12 @@ typedef struct gk_device_props {
 GK_API gk_status gk_model_device(const gk_model *m, gk_device_props *out, gk_err *err);
 /* Bytes of weights held by the backend. */
 GK_API uint64_t gk_model_weight_bytes(const gk_model *m);
+/* Weight bytes one decode step reads: every weight of the one-token graph and
+ * the LM head, but one row of an embedding table and, for an expert-indexed
+ * linear, only the k selected experts' share. Equals gk_model_weight_bytes
+ * for a dense model with an untied head less its embedding; the basis of
+ * a decode roofline. 0 for a NULL model. */
+GK_API uint64_t gk_model_step_weight_bytes(const gk_model *m);
 /* The most bytes the model has held on its backend at once since load:
  * weights, KV cache and activations. */
 GK_API uint64_t gk_model_mem_peak(const gk_model *m);

@@ -499,7 +499,7 @@ typedef struct gk_attn_opts {
 /* The sliding window of layer il as transformers decides it, 0 for full
  * attention: layer_types[il] when config.json has it ("sliding_attention":
  * sliding_window, "full_attention": 0, anything else fails the build naming
- * the key); else, for model_type qwen2 / qwen3 / qwen3_moe, sliding_window
+ * the key); else, for model_type qwen2 / qwen3, sliding_window
  * on layers il >= max_window_layers; else sliding_window on every layer
  * (Mistral). */
 GK_API int64_t gk_builder_layer_window(gk_builder *b, int il);
