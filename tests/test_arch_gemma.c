@@ -59,7 +59,7 @@ static char *read_text(const char *path)
 }
 
 /* Each fixture, its architecture, through every check of verify. */
-Test(arch_gemma, verify_every_gemma_model_on_cpu_ref, .timeout = 300)
+Test(arch_gemma, verify_every_gemma_model_on_cpu_ref)
 {
     struct { const char *dir, *arch; } models[] = {
         {"gemma-tiny", "gemma"}, {"gemma2-tiny", "gemma2"}, {"gemma3-tiny", "gemma3"},
@@ -139,7 +139,7 @@ static void gemma3_older_rope(cJSON *c)
 /* Configs that say the same as the fixture's in another way still match its
  * goldens: layer_types absent (Gemma2Config's alternating default, Gemma 3's
  * sliding_window_pattern), Gemma 3's older rope keys. */
-Test(arch_gemma, equivalent_configs_match_the_same_goldens, .timeout = 300)
+Test(arch_gemma, equivalent_configs_match_the_same_goldens)
 {
     struct { const char *model; void (*edit)(cJSON *); const char *what; } cases[] = {
         {"gemma2-tiny", drop_layer_types, "gemma2 without layer_types"},
@@ -181,7 +181,7 @@ static void bidirectional(cJSON *c)
 
 /* What the plugins cannot run is refused at load, naming the key (and the
  * value), before any check runs. */
-Test(arch_gemma, unrunnable_configs_are_refused_naming_the_key, .timeout = 120)
+Test(arch_gemma, unrunnable_configs_are_refused_naming_the_key)
 {
     struct { const char *model; void (*edit)(cJSON *); const char *want; } cases[] = {
         {"gemma2-tiny", unknown_layer_type, "'layer_types.1' \"chunked_attention\" is not supported"},

@@ -59,47 +59,47 @@ static void expect_verify_pass(const char *model)
     free(out);
 }
 
-Test(arch_more, phi3_fused_qkv_and_gate_up, .timeout = 300)
+Test(arch_more, phi3_fused_qkv_and_gate_up)
 {
     expect_verify_pass("phi3-tiny");
 }
 
-Test(arch_more, phi3_32_heads_of_head_dim_4, .timeout = 300)
+Test(arch_more, phi3_32_heads_of_head_dim_4)
 {
     expect_verify_pass("phi3-mini-shaped");
 }
 
-Test(arch_more, phi3_partial_rotary, .timeout = 300)
+Test(arch_more, phi3_partial_rotary)
 {
     expect_verify_pass("phi3-partial");
 }
 
-Test(arch_more, stablelm_layer_norm_qkv_bias_partial_rotary, .timeout = 300)
+Test(arch_more, stablelm_layer_norm_qkv_bias_partial_rotary)
 {
     expect_verify_pass("stablelm-tiny");
 }
 
-Test(arch_more, stablelm_parallel_residual, .timeout = 300)
+Test(arch_more, stablelm_parallel_residual)
 {
     expect_verify_pass("stablelm-parallel");
 }
 
-Test(arch_more, olmo2_post_norms_whole_row_qk_norm, .timeout = 300)
+Test(arch_more, olmo2_post_norms_whole_row_qk_norm)
 {
     expect_verify_pass("olmo2-tiny");
 }
 
-Test(arch_more, mixtral_top2_of_4_experts, .timeout = 300)
+Test(arch_more, mixtral_top2_of_4_experts)
 {
     expect_verify_pass("mixtral-tiny");
 }
 
-Test(arch_more, qwen3_moe_normalized_top_k_with_a_dense_layer, .timeout = 300)
+Test(arch_more, qwen3_moe_normalized_top_k_with_a_dense_layer)
 {
     expect_verify_pass("qwen3moe-tiny");
 }
 
-Test(arch_more, qwen3_moe_unnormalized_top_k, .timeout = 300)
+Test(arch_more, qwen3_moe_unnormalized_top_k)
 {
     expect_verify_pass("qwen3moe-nonorm");
 }
