@@ -576,3 +576,23 @@ Test(plugin, op_parameter_table)
     for (int op = 0; op < GK_OP_COUNT; op++)
         cr_expect_str_neq(gk_op_name((gk_op)op), "?", "op %d has no name", op);
 }
+
+/* An architecture built before sliding windows existed (its table ends at
+ * build) cannot apply one: a context longer than config.json's
+ * sliding_window is refused for it, never run unwindowed. */
+Test(plugin, old_architecture_cannot_run_past_a_sliding_window)
+{
+    gk_runtime *rt;
+    gk_err err = {0};
+    cr_assert_eq(gk_runtime_create(broken_ini("oldabi", "cpu_ref"), &rt, &err), GK_OK, "%s", err.msg);
+    char dir[1024];
+    snprintf(dir, sizeof dir, "%s/models/mistral-window", data_dir());
+    gk_model_opts mo = {.backend = "cpu_ref", .arch = "oldabi", .n_ctx = 64};
+    gk_model *m = (gk_model *)0x1;
+    cr_expect_eq(gk_model_load(rt, dir, &mo, &m, &err), GK_ERR_UNSUPPORTED, "%s", err.msg);
+    cr_expect_null(m);
+    cr_expect(strstr(err.msg, "sliding_window is 16 tokens and architecture 'oldabi' was built for an ABI without "
+                              "sliding-window attention") && strstr(err.msg, "asked for 64"),
+              "%s", err.msg);
+    gk_runtime_destroy(rt);
+}

@@ -110,9 +110,10 @@ static const gk_arch_ops untagged_ops = {
 GK_PLUGIN_DEFINE(GK_PLUGIN_KIND_ARCH, PLUGIN_NAME, "a 1.1 table without its magic", NULL, NULL, &untagged_ops)
 #elif defined(OLD_ABI_1_0)
 /* What a plugin built against ABI 1.0 looks like: no magic (0 in what was
- * padding), minor 0. It must still load. */
+ * padding), minor 0, a table ending at build (1.4 added entries after it).
+ * It must still load. */
 static const gk_arch_ops old_ops = {
-    .struct_size = sizeof(gk_arch_ops), .spec = &spec, .tensors = no_tensors, .build = build,
+    .struct_size = offsetof(gk_arch_ops, dim_keys), .spec = &spec, .tensors = no_tensors, .build = build,
 };
 __attribute__((visibility("default"))) const gk_plugin_desc *gk_plugin_entry(void);
 const gk_plugin_desc *gk_plugin_entry(void)
