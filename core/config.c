@@ -618,7 +618,7 @@ out_free:
 
 /* Parse c's config.json text and find key (a dotted path; a number indexes an
  * array). *root is what to cJSON_Delete; *v NULL when absent. */
-static gk_status lookup(const gk_config *c, const char *key, cJSON **root, const cJSON **v, gk_err *err)
+static gk_status lookup_raw(const gk_config *c, const char *key, cJSON **root, const cJSON **v, gk_err *err)
 {
     *root = NULL;
     *v = NULL;
@@ -651,8 +651,17 @@ static gk_status lookup(const gk_config *c, const char *key, cJSON **root, const
             break;
         p += n + 1;
     }
-    *v = cur && !cJSON_IsNull(cur) ? cur : NULL;
+    *v = cur;
     return GK_OK;
+}
+
+/* The same, null answered as absent. */
+static gk_status lookup(const gk_config *c, const char *key, cJSON **root, const cJSON **v, gk_err *err)
+{
+    gk_status st = lookup_raw(c, key, root, v, err);
+    if (*v && cJSON_IsNull(*v))
+        *v = NULL;
+    return st;
 }
 
 static gk_status wrong_type(const cJSON *v, const char *key, const char *want, gk_err *err)
@@ -669,6 +678,15 @@ bool gk_config_has(const gk_config *c, const char *key)
     bool has = lookup(c, key, &root, &v, NULL) == GK_OK && v;
     cJSON_Delete(root);
     return has;
+}
+
+bool gk_config_is_null(const gk_config *c, const char *key)
+{
+    cJSON *root;
+    const cJSON *v;
+    bool null = lookup_raw(c, key, &root, &v, NULL) == GK_OK && v && cJSON_IsNull(v);
+    cJSON_Delete(root);
+    return null;
 }
 
 gk_status gk_config_get_int(const gk_config *c, const char *key, int64_t def, int64_t *out, gk_err *err)

@@ -166,7 +166,7 @@ static placement place(const gk_model *m, const gk_tensor_entry *e)
         for (const gk_tensor_entry *o = m->arch->tensors; o->name; o++) {
             if (!(o->flags & GK_TF_SPLIT) || strcmp(o->name, e->name) != 0)
                 continue;
-            int64_t u = o->shape[1] == GK_DIM_NONE ? dim_value(m, o->shape[0]) : dim_value(m, o->shape[0]);
+            int64_t u = dim_value(m, o->shape[0]); /* rows, or a 1-D tensor's length */
             pl.total += u;
             if (o->part < e->part)
                 pl.skip += u;

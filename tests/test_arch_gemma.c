@@ -4,6 +4,8 @@
  * a config the plugins cannot run is refused with the key named. */
 #include <criterion/criterion.h>
 
+#include "gkrun_run.h"
+
 #include <cjson/cJSON.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -11,38 +13,6 @@
 #include <string.h>
 #include <sys/wait.h>
 #include <unistd.h>
-
-static const char *data_dir(void)
-{
-    const char *d = getenv("GK_TEST_DATA");
-    return d ? d : "data";
-}
-
-/* Run gkrun with the arguments (shell syntax); stdout+stderr into *out (heap).
- * Returns the exit code. */
-static int run(char **out, const char *fmt, ...)
-{
-    char cmd[4096];
-    va_list ap;
-    va_start(ap, fmt);
-    int n = snprintf(cmd, sizeof cmd, "%s/tools/gkrun ", getenv("GK_TEST_BUILD_ROOT"));
-    vsnprintf(cmd + n, sizeof cmd - (size_t)n, fmt, ap);
-    va_end(ap);
-    strncat(cmd, " 2>&1", sizeof cmd - strlen(cmd) - 1);
-    FILE *p = popen(cmd, "r");
-    cr_assert(p, "cannot run %s", cmd);
-    size_t cap = 1 << 16, len = 0;
-    char *buf = malloc(cap);
-    for (size_t r; (r = fread(buf + len, 1, cap - len - 1, p)) > 0;) {
-        len += r;
-        if (len + 1 == cap)
-            buf = realloc(buf, cap *= 2);
-    }
-    buf[len] = '\0';
-    int status = pclose(p);
-    *out = buf;
-    return WIFEXITED(status) ? WEXITSTATUS(status) : 128;
-}
 
 static char *read_text(const char *path)
 {

@@ -5,6 +5,8 @@
  * tensor at fault. */
 #include <criterion/criterion.h>
 
+#include "gkrun_run.h"
+
 #include <cjson/cJSON.h>
 #include <stdarg.h>
 #include <stdint.h>
@@ -14,44 +16,12 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-static const char *data_dir(void)
-{
-    const char *d = getenv("GK_TEST_DATA");
-    return d ? d : "data";
-}
-
-/* Run gkrun with the arguments (shell syntax); stdout+stderr into *out (heap).
- * Returns the exit code. */
-static int gkrun(char **out, const char *fmt, ...)
-{
-    char cmd[4096];
-    va_list ap;
-    va_start(ap, fmt);
-    int n = snprintf(cmd, sizeof cmd, "%s/tools/gkrun ", getenv("GK_TEST_BUILD_ROOT"));
-    vsnprintf(cmd + n, sizeof cmd - (size_t)n, fmt, ap);
-    va_end(ap);
-    strncat(cmd, " 2>&1", sizeof cmd - strlen(cmd) - 1);
-    FILE *p = popen(cmd, "r");
-    cr_assert(p, "cannot run %s", cmd);
-    size_t cap = 1 << 16, len = 0;
-    char *buf = malloc(cap);
-    for (size_t r; (r = fread(buf + len, 1, cap - len - 1, p)) > 0;) {
-        len += r;
-        if (len + 1 == cap)
-            buf = realloc(buf, cap *= 2);
-    }
-    buf[len] = '\0';
-    int status = pclose(p);
-    *out = buf;
-    return WIFEXITED(status) ? WEXITSTATUS(status) : 128;
-}
-
 /* Each checkpoint passes every check of verify on the reference backend in
  * float32, at verify's own tolerances. */
 static void expect_verify_pass(const char *model)
 {
     char *out;
-    int rc = gkrun(&out, "verify %s/models/%s --backend cpu_ref --dtype f32", data_dir(), model);
+    int rc = run(&out, "verify %s/models/%s --backend cpu_ref --dtype f32", data_dir(), model);
     cr_expect_eq(rc, 0, "%s: exit %d\n%s", model, rc, out);
     cr_expect(strstr(out, "0 failed: PASS"), "%s:\n%s", model, out);
     cr_expect(strstr(out, "20/20 tokens match  PASS"), "%s:\n%s", model, out);
@@ -157,7 +127,7 @@ static void expect_refused(const char *model, const char *key, const char *json,
 {
     char *dir = copy_with(model, key, json);
     char *out;
-    int rc = gkrun(&out, "verify '%s' --backend cpu_ref --dtype f32", dir);
+    int rc = run(&out, "verify '%s' --backend cpu_ref --dtype f32", dir);
     cr_expect_neq(rc, 0, "%s with %s = %s: exit 0\n%s", model, key, json, out);
     cr_expect(strstr(out, word1), "%s with %s = %s: no '%s' in\n%s", model, key, json, word1, out);
     if (word2)
@@ -278,7 +248,7 @@ Test(arch_more, mixtral_missing_expert_tensor_named)
     snprintf(path, sizeof path, "%s/model.safetensors", dir);
     drop_tensor(path, gone);
     char *out;
-    int rc = gkrun(&out, "verify '%s' --backend cpu_ref --dtype f32", dir);
+    int rc = run(&out, "verify '%s' --backend cpu_ref --dtype f32", dir);
     cr_expect_neq(rc, 0, "%s", out);
     cr_expect(strstr(out, gone), "no '%s' in\n%s", gone, out);
     /* and it is the tensor that is missing, not the rewritten file that is broken */

@@ -715,6 +715,9 @@ Test(config_getters, read_any_key_by_path_with_defaults)
     cr_expect(n == 3 && arr[0] == 1 && arr[1] == 2.5 && arr[2] == 3);
     cr_expect(gk_config_has(&c, "hidden_activation"));
     cr_expect_not(gk_config_has(&c, "nothing"));
+    cr_expect(gk_config_is_null(&c, "nothing"), "present as null");
+    cr_expect_not(gk_config_is_null(&c, "num_experts"), "absent is not null");
+    cr_expect_not(gk_config_is_null(&c, "num_local_experts"), "a number is not null");
     /* the per-layer-type rope: the config's own is full attention's */
     cr_expect_eq(c.rope_theta, 1e6f);
     cr_expect_eq(c.rope_scaling, GK_ROPE_LINEAR);

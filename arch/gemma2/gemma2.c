@@ -67,28 +67,11 @@ static const gk_model_spec spec = {
 
 /* ------------------------------------------------------------ config.json */
 
-/* Whether config.json writes key at all (null included): the getters answer
- * null as absent, but Gemma2Config gives an absent softcap its default and a
- * null one None. */
-static bool key_written(const gk_config *c, const char *key)
-{
-    char quoted[80];
-    snprintf(quoted, sizeof quoted, "\"%s\"", key);
-    for (const char *p = strstr(c->json, quoted); p; p = strstr(p + 1, quoted)) {
-        const char *q = p + strlen(quoted);
-        while (*q == ' ' || *q == '\t' || *q == '\n' || *q == '\r')
-            q++;
-        if (*q == ':')
-            return true;
-    }
-    return false;
-}
-
 /* A softcap: the config's value, def when absent, 0 (off) when null. */
 static gk_status read_softcap(const gk_config *c, const char *key, double def, double *out, gk_err *err)
 {
     if (!gk_config_has(c, key)) {
-        *out = key_written(c, key) ? 0.0 : def;
+        *out = gk_config_is_null(c, key) ? 0.0 : def;
         return GK_OK;
     }
     gk_status st = gk_config_get_float(c, key, def, out, err);
@@ -140,7 +123,7 @@ static gk_status adjust_config(gk_config *c, gk_err *err)
                           "(known: gelu_pytorch_tanh, gelu, gelu_new, gelu_fast)", act);
     if (!gk_config_has(c, "head_dim"))
         c->head_dim = 256;
-    if (!key_written(c, "sliding_window"))
+    if (!gk_config_has(c, "sliding_window") && !gk_config_is_null(c, "sliding_window"))
         c->sliding_window = 4096;
     return GK_OK;
 }

@@ -76,23 +76,6 @@ static const gk_model_spec spec = {
 
 /* ------------------------------------------------------------ config.json */
 
-/* Whether config.json writes key at all (null included): the getters answer
- * null as absent, but Gemma3TextConfig gives an absent sliding_window its
- * default and a null one None. */
-static bool key_written(const gk_config *c, const char *key)
-{
-    char quoted[80];
-    snprintf(quoted, sizeof quoted, "\"%s\"", key);
-    for (const char *p = strstr(c->json, quoted); p; p = strstr(p + 1, quoted)) {
-        const char *q = p + strlen(quoted);
-        while (*q == ' ' || *q == '\t' || *q == '\n' || *q == '\r')
-            q++;
-        if (*q == ':')
-            return true;
-    }
-    return false;
-}
-
 /* rope_parameters keyed by layer type (transformers 5), or the older flat keys. */
 static bool per_layer_rope(const gk_config *c)
 {
@@ -189,7 +172,7 @@ static gk_status adjust_config(gk_config *c, gk_err *err)
                           "(known: gelu_pytorch_tanh, gelu, gelu_new, gelu_fast)", act);
     if (!gk_config_has(c, "head_dim"))
         c->head_dim = 256;
-    if (!key_written(c, "sliding_window"))
+    if (!gk_config_has(c, "sliding_window") && !gk_config_is_null(c, "sliding_window"))
         c->sliding_window = 4096;
     const char *full_theta = "rope_parameters.full_attention.rope_theta";
     if (gk_config_has(c, full_theta)) {

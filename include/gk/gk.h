@@ -261,6 +261,9 @@ GK_API gk_status gk_config_get_array(const gk_config *c, const char *key, double
                                      gk_err *err);
 /* Whether key is present and not null. */
 GK_API bool gk_config_has(const gk_config *c, const char *key);
+/* Whether key is present with the value null (transformers often gives an
+ * absent key its default and a null one None). */
+GK_API bool gk_config_is_null(const gk_config *c, const char *key);
 
 /* ----------------------------------------------------------------- runtime */
 
