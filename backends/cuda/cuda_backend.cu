@@ -720,6 +720,9 @@ static gk_status launch_all(cu_ctx *c, const gk_graph *g, gk_err *err)
 static gk_status prepare(cuda_state *s, const gk_graph *g, gk_err *err)
 {
     size_t need = 0;
+    s->ctx.split_act = false;
+    for (size_t i = 0; i < g->n_nodes; i++)
+        s->ctx.split_act = s->ctx.split_act || g->nodes[i].op == GK_OP_TOPK;
     for (size_t i = 0; i < g->n_nodes; i++) {
         const gk_node *nd = &g->nodes[i];
         char why[160];

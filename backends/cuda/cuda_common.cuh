@@ -34,6 +34,10 @@ typedef struct cu_ctx {
     size_t scratch_bytes;
     int *err_dev;             /* device view of the error word (mapped host memory) */
     bool pdl;                 /* launches carry programmatic dependent launch (sm_90+) */
+    /* The graph routes tokens (GK_OP_TOPK): its bf16 prefill GEMMs take the
+     * activations as a bf16 pair (hi + lo, two GEMMs, ~16 mantissa bits)
+     * instead of one bf16 rounding, whose error an expert choice amplifies. */
+    bool split_act;
     unsigned *tickets;        /* [CU_TICKETS] zero between kernels: a grid's blocks count
                                  themselves here so its last block can finish the work */
 } cu_ctx;

@@ -244,6 +244,18 @@ __global__ void to_dtype_kernel(const float *__restrict__ x, T *__restrict__ dst
         dst[i] = cu_from_f32<T>(x[i]);
 }
 
+/* x = hi + lo with hi = bf16(x), lo = bf16(x - hi). */
+__global__ void split_bf16_kernel(const float *__restrict__ x, __nv_bfloat16 *__restrict__ hi,
+                                  __nv_bfloat16 *__restrict__ lo, int64_t ne)
+{
+    cu_pdl_enter();
+    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < ne; i += (int64_t)gridDim.x * blockDim.x) {
+        __nv_bfloat16 h = __float2bfloat16_rn(x[i]);
+        hi[i] = h;
+        lo[i] = __float2bfloat16_rn(x[i] - __bfloat162float(h));
+    }
+}
+
 template <typename T>
 __global__ void add_bias_kernel(float *__restrict__ y, const T *__restrict__ bias, int64_t ne, int out)
 {
@@ -274,6 +286,23 @@ static gk_status gemm(cu_ctx *c, const gk_node *nd, gk_err *err)
     int64_t nx = (int64_t)n * in, ny = (int64_t)n * out;
     const void *B = x->data;
     cudaDataType_t ab = CUDA_R_32F;
+    const float one = 1.0f, zero = 0.0f;
+    if (std::is_same<T, __nv_bfloat16>::value && c->split_act) {
+        /* y = W hi + W lo: the activations to ~16 bits, the weights as stored */
+        __nv_bfloat16 *hi = (__nv_bfloat16 *)c->scratch, *lo = hi + nx;
+        cu_launch(c, split_bf16_kernel, dim3(grid_for(c, nx)), dim3(256), 0, (const float *)x->data, hi, lo, nx);
+        gk_status s = cu_launch_check(nd, "split_bf16_kernel", err);
+        for (int part = 0; part < 2 && s == GK_OK; part++)
+            s = blas_check(cublasGemmEx(c->blas, CUBLAS_OP_T, CUBLAS_OP_N, out, n, in, &one, w->data, CUDA_R_16BF, in,
+                                        part ? lo : hi, CUDA_R_16BF, in, part ? &one : &zero, nd->dst->data,
+                                        CUDA_R_32F, out, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
+                           nd, err);
+        if (s != GK_OK || !b)
+            return s;
+        cu_launch(c, add_bias_kernel<T>, dim3(grid_for(c, ny)), dim3(256), 0, (float *)nd->dst->data,
+                  (const T *)b->data, ny, out);
+        return cu_launch_check(nd, "add_bias_kernel", err);
+    }
     if (sizeof(T) == 2) {
         cu_launch(c, to_dtype_kernel<T>, dim3(grid_for(c, nx)), dim3(256), 0, (const float *)x->data, (T *)c->scratch, nx);
         gk_status s = cu_launch_check(nd, "to_dtype_kernel", err);
@@ -282,7 +311,6 @@ static gk_status gemm(cu_ctx *c, const gk_node *nd, gk_err *err)
         B = c->scratch;
         ab = std::is_same<T, __half>::value ? CUDA_R_16F : CUDA_R_16BF;
     }
-    const float one = 1.0f, zero = 0.0f;
     gk_status s = blas_check(cublasGemmEx(c->blas, CUBLAS_OP_T, CUBLAS_OP_N, out, n, in, &one, w->data, ab, in,
                                           B, ab, in, &zero, nd->dst->data, CUDA_R_32F, out, CUBLAS_COMPUTE_32F,
                                           CUBLAS_GEMM_DEFAULT),
@@ -301,7 +329,8 @@ size_t cu_linear_scratch(const cu_ctx *c, const gk_node *nd)
     const gk_tensor *x = nd->src[0], *w = nd->src[1];
     if (x->rows <= GEMV_MAX_TOKENS || w->dtype == GK_DTYPE_F32)
         return 0;
-    return (size_t)(x->rows * x->cols) * 2;
+    bool pair = c->split_act && w->dtype == GK_DTYPE_BF16;
+    return (size_t)(x->rows * x->cols) * 2 * (pair ? 2 : 1);
 }
 
 gk_status cu_linear(cu_ctx *c, const gk_node *nd, gk_err *err)

@@ -695,6 +695,37 @@ Test(cuda_ops, linear_cublas_path_matches_cpu_ref)
                 linear_case(wtypes[w], cases[c][0], cases[c][1], cases[c][2], hb);
 }
 
+/* In a graph that routes tokens (a TOPK node), a bf16 prefill GEMM takes its
+ * activations as a bf16 pair (hi + lo): within 1e-4 of cpu_ref's float32
+ * activations, where one bf16 rounding of them (the 8e-3 bound above) would
+ * not be. */
+Test(cuda_ops, bf16_prefill_linear_in_a_routed_graph_keeps_its_activations)
+{
+    start();
+    const int64_t cases[3][3] = {{33, 64, 32}, {76, 1000, 8}, {513, 256, 128}};
+    for (int c = 0; c < 3; c++) {
+        int64_t n = cases[c][0], in = cases[c][1], out = cases[c][2];
+        float *xv, *wv = rnd_vec(out * in, 0.5, 0.0);
+        pt *x = pair_rnd(n, in, 1.0, 0.1, "x", &xv);
+        pt *w = pair_f(GK_DTYPE_BF16, out, in, wv, "router.weight");
+        pt *logits = pair_new(GK_DTYPE_F32, n, out, "router");
+        pt *ids = pair_new(GK_DTYPE_I32, n, 2, "expert_ids");
+        pnode pns[2] = {{.op = GK_OP_LINEAR, .src = {x, w}, .dst = logits},
+                        {.op = GK_OP_TOPK, .src = {logits}, .dst = ids, .i = {2}}};
+        pgraph pg;
+        pgraph_init(&pg, pns, 2);
+        pgraph_run(&pg, "routed linear");
+        double *mag = abs_dots(xv, wv, NULL, n, in, out);
+        char what[96];
+        snprintf(what, sizeof what, "routed linear bf16 n=%lld in=%lld out=%lld", (long long)n, (long long)in,
+                 (long long)out);
+        expect_match(logits, mag, 1e-4, 1e-7, what);
+        free(xv);
+        free(wv);
+        free(mag);
+    }
+}
+
 /* LINEAR nodes that read the same x (q, k, v; gate, up) run as one grouped
  * GEMV launch on the cuda side; each output must still match its own node on
  * cpu_ref. Groups of 3 and 2, unequal widths, with and without biases, and a
