@@ -250,6 +250,7 @@ static gk_status decode_on_device(gen *gn, bool *unsupported, bool *refused, gk_
     while (done < want) {
         while (issued < want && issued - done < (pipelined ? 2 : 1)) {
             s = ops->graph_compute(m->be.state, &g->g, err);
+            gk_model_wrote(m, pos + issued + 1); /* a ring's rows, even for a step nobody reads */
             if (s == GK_OK && pipelined)
                 s = read_async(m->be.state, g->ids->data, 0, sizeof(int32_t), &ticket[issued % 2], err);
             if (s != GK_OK)
@@ -346,6 +347,10 @@ gk_status gk_model_generate(gk_model *m, const int32_t *prompt, int64_t n_prompt
             reuse++;
         if (reuse == n_prompt)
             reuse--;
+        /* a ring cache may have overwritten what that prefix needs: then
+         * the whole prompt runs again, as llama.cpp does */
+        if (reuse > 0 && reuse < gk_model_min_keep(m))
+            reuse = 0;
     }
     gk_status s = gk_model_truncate(m, reuse, err);
     g.st.n_reused = reuse;

@@ -39,7 +39,7 @@ static const gk_op_param p_rope[] = {
 };
 static const gk_op_param p_attn[] = {
     {"n_head", 'i', 0, 0, 0}, {"n_head_kv", 'i', 1, 0, 0}, {"head_dim", 'i', 2, 0, 0},
-    {"window", 'i', 3, 4, 0}, {"scale", 'f', 0, 0, 0}, {"softcap", 'f', 1, 4, 0},
+    {"window", 'i', 3, 4, 0}, {"scale", 'f', 0, 0, 0}, {"softcap", 'f', 1, 4, 0}, {"ring", 'f', 2, 4, 0},
 };
 static const gk_op_param p_sample[] = {
     {"top_k", 'i', 0, 2, 0}, {"penalty_window", 'i', 1, 3, 0}, {"temperature", 'f', 0, 2, 0},
@@ -483,6 +483,10 @@ gk_tensor *gk_build_attn_ex(gk_builder *b, gk_tensor *q, gk_tensor *k, gk_tensor
         nd->i[1] = (int32_t)c->n_head_kv;
         nd->i[2] = (int32_t)c->head_dim;
         nd->i[3] = (int32_t)o->window;
+        /* a ring cache: fewer rows than positions, position p in row p % rows */
+        nd->f[2] = b->m->k_cache[il]->rows < b->m->n_ctx ? 1.0f : 0.0f;
+        if (b->m->win)
+            b->m->win[il] = o->window;
         nd->f[0] = o->scale > 0 ? o->scale : 1.0f / sqrtf((float)c->head_dim);
         nd->f[1] = o->softcap;
     }

@@ -178,10 +178,10 @@ static placement place(const gk_model *m, const gk_tensor_entry *e)
     return pl;
 }
 
-/* Load the stored tensor `name` (one expert's, or all of a stacked entry)
- * into rows [dst_row, ..) of t. */
-static gk_status load_into(gk_model *m, gk_safetensors *st, const gk_tensor_entry *e, const char *name,
-                           const placement *pl, gk_tensor *t, int64_t dst_row, gk_err *err)
+/* Is the stored tensor `name` of a weight dtype and of the shape the config
+ * gives this entry? Checked before anything is allocated for it. */
+static gk_status check_stored(gk_safetensors *st, const gk_tensor_entry *e, const char *name, const placement *pl,
+                              gk_tensor_info *out, gk_err *err)
 {
     gk_tensor_info ti;
     gk_status s = gk_safetensors_info(st, name, &ti, err);
@@ -217,6 +217,20 @@ static gk_status load_into(gk_model *m, gk_safetensors *st, const gk_tensor_entr
         return gk_err_set(err, GK_ERR_FORMAT, "tensor '%s' has shape %s, expected %s from config.json", name, got,
                           exp);
     }
+    *out = ti;
+    return GK_OK;
+}
+
+/* Load the stored tensor `name` (one expert's, or all of a stacked entry)
+ * into rows [dst_row, ..) of t. */
+static gk_status load_into(gk_model *m, gk_safetensors *st, const gk_tensor_entry *e, const char *name,
+                           const placement *pl, gk_tensor *t, int64_t dst_row, gk_err *err)
+{
+    gk_tensor_info ti;
+    gk_status s = check_stored(st, e, name, pl, &ti, err);
+    if (s != GK_OK)
+        return s;
+    bool is_1d = e->shape[1] == GK_DIM_NONE, stacked = e->flags & GK_TF_STACKED;
     int64_t copies = stacked ? pl->count : 1;
     size_t n = (size_t)(pl->rows * pl->cols), esz = gk_dtype_size(t->dtype);
     bool plain = ti.dtype == t->dtype && pl->skip == 0 && pl->total == (is_1d ? pl->cols : pl->rows) &&
@@ -316,7 +330,14 @@ static gk_status load_entry(gk_model *m, gk_safetensors *st, const gk_tensor_ent
         if (!gk_i64_mul(pl.rows, pl.count, &rows))
             return gk_err_set(err, GK_ERR_CONFIG, "tensor '%s': %lld experts of %lld rows overflow", name,
                               (long long)pl.count, (long long)pl.rows);
-        s = gk_model_tensor_new(m, m->dtype, rows, pl.cols, name, layered ? il : -1, slot, err);
+        gk_tensor_info ti;
+        for (int ie = 0; s == GK_OK && ie < n_files; ie++) {
+            resolve_name(m->arch, st, e, il, ie, name, sizeof name);
+            s = check_stored(st, e, name, &pl, &ti, err);
+        }
+        resolve_name(m->arch, st, e, il, 0, name, sizeof name);
+        if (s == GK_OK)
+            s = gk_model_tensor_new(m, m->dtype, rows, pl.cols, name, layered ? il : -1, slot, err);
         for (int ie = 0; s == GK_OK && ie < n_files; ie++) {
             resolve_name(m->arch, st, e, il, ie, name, sizeof name);
             s = load_into(m, st, e, name, &pl, *slot, experts ? ie * pl.rows : 0, err);
@@ -464,15 +485,25 @@ static gk_status alloc_caches(gk_model *m, gk_err *err)
     if (s == GK_OK)
         s = m->be.ops->buffer_write(m->be.state, m->inv_freq->data, 0, inv, (size_t)half * sizeof(float), err);
     free(inv);
+    /* the caches' descriptors: their rows (and memory) come after the
+     * first graph build says which layers have a window (place_caches) */
     m->k_cache = calloc((size_t)c->n_layer, sizeof *m->k_cache);
     m->v_cache = calloc((size_t)c->n_layer, sizeof *m->v_cache);
-    if (s == GK_OK && (!m->k_cache || !m->v_cache))
+    m->win = calloc((size_t)c->n_layer, sizeof *m->win);
+    if (s == GK_OK && (!m->k_cache || !m->v_cache || !m->win))
         s = gk_err_set(err, GK_ERR_NOMEM, "out of memory");
     int64_t kv = c->n_head_kv * c->head_dim;
     for (int64_t l = 0; l < c->n_layer && s == GK_OK; l++) {
-        s = gk_model_tensor_new(m, m->kv_dtype, m->n_ctx, kv, "k_cache", (int)l, &m->k_cache[l], err);
-        if (s == GK_OK)
-            s = gk_model_tensor_new(m, m->kv_dtype, m->n_ctx, kv, "v_cache", (int)l, &m->v_cache[l], err);
+        for (int i = 0; i < 2 && s == GK_OK; i++) {
+            gk_tensor *t = calloc(1, sizeof *t);
+            if (!t) {
+                s = gk_err_set(err, GK_ERR_NOMEM, "out of memory");
+                break;
+            }
+            *t = (gk_tensor){.dtype = m->kv_dtype, .rows = m->n_ctx, .cols = kv, .layer = (int)l};
+            snprintf(t->name, sizeof t->name, "%s", i ? "v_cache" : "k_cache");
+            *(i ? &m->v_cache[l] : &m->k_cache[l]) = t;
+        }
     }
     if (s == GK_OK) {
         m->host_logits = malloc((size_t)c->n_vocab * sizeof(float));
@@ -481,6 +512,45 @@ static gk_status alloc_caches(gk_model *m, gk_err *err)
     if (s == GK_OK && (!m->host_logits || !m->cache_ids))
         s = gk_err_set(err, GK_ERR_NOMEM, "out of memory");
     return s;
+}
+
+/* Rows for each layer's caches, then their memory. A layer whose attention
+ * was built with a window W keeps a ring of W + n_ubatch - 1 rows (a chunk
+ * of n_ubatch tokens stores its keys before it attends, and its first query
+ * still needs the W - 1 before it) where that is fewer than n_ctx and the
+ * backend knows rings (ABI 1.4); every other layer keeps n_ctx rows. */
+static gk_status place_caches(gk_model *m, uint64_t mem_free, gk_err *err)
+{
+    const gk_config *c = &m->cfg;
+    int64_t ubatch = m->n_ubatch_opt > 0 ? m->n_ubatch_opt : GK_RING_UBATCH;
+    m->n_ring = 0;
+    for (int64_t l = 0; l < c->n_layer; l++) {
+        int64_t rows = m->n_ctx;
+        if (m->be.abi_minor >= 4 && m->win[l] > 0 && m->win[l] + ubatch - 1 < m->n_ctx)
+            rows = m->win[l] + ubatch - 1;
+        m->n_ring += rows < m->n_ctx;
+        m->k_cache[l]->rows = m->v_cache[l]->rows = rows;
+    }
+    /* micro-batches: as asked, else GK_RING_UBATCH where a ring needs them */
+    m->n_ubatch = m->n_ubatch_opt > 0 ? m->n_ubatch_opt : m->n_ring ? GK_RING_UBATCH : 0;
+    uint64_t bytes = 0;
+    for (int64_t l = 0; l < c->n_layer; l++)
+        bytes += 2 * (uint64_t)gk_tensor_nbytes(m->k_cache[l]); /* each fits: n_ctx rows did */
+    if (mem_free && bytes > mem_free)
+        return gk_err_set(err, GK_ERR_NOMEM,
+                          "out of memory: the %lld-token KV cache needs %.2f GB and %.2f GB is free after the "
+                          "weights; a shorter context (n_ctx, gkrun --ctx) needs less",
+                          (long long)m->n_ctx, bytes / 1e9, mem_free / 1e9);
+    for (int64_t l = 0; l < c->n_layer; l++) {
+        for (int i = 0; i < 2; i++) {
+            gk_tensor *t = i ? m->v_cache[l] : m->k_cache[l];
+            gk_status s = m->be.ops->buffer_alloc(m->be.state, gk_tensor_nbytes(t), &t->data, err);
+            if (s != GK_OK)
+                return s;
+            gk_model_mem_add(m, gk_tensor_nbytes(t));
+        }
+    }
+    return GK_OK;
 }
 
 /* Bytes of the K and V caches, kv_dtype [n_layer][n_ctx][Hkv*hd] each; false
@@ -510,21 +580,37 @@ static uint64_t planned_weight_bytes(const gk_model *m, gk_safetensors *st)
     return total;
 }
 
-gk_status gk_model_load(gk_runtime *rt, const char *path, const gk_model_opts *opts, gk_model **out,
-                        gk_err *err)
+/* What applications built before gk_model_opts grew n_ubatch call. */
+gk_status(gk_model_load)(gk_runtime *rt, const char *path, const gk_model_opts *opts, gk_model **out, gk_err *err)
+{
+    return gk_model_load_sized(rt, path, opts, offsetof(gk_model_opts, n_ubatch), out, err);
+}
+
+gk_status gk_model_load_sized(gk_runtime *rt, const char *path, const gk_model_opts *user_opts, size_t opts_size,
+                              gk_model **out, gk_err *err)
 {
     if (!out)
         return gk_err_set(err, GK_ERR_INVALID_ARG, "gk_model_load: out is NULL");
     *out = NULL;
     if (!rt || !path)
         return gk_err_set(err, GK_ERR_INVALID_ARG, "gk_model_load: %s is NULL", rt ? "path" : "rt");
-    gk_model_opts defaults = {0};
-    if (!opts)
-        opts = &defaults;
+    if (user_opts && opts_size < offsetof(gk_model_opts, n_ubatch))
+        return gk_err_set(err, GK_ERR_INVALID_ARG, "gk_model_load: opts_size %zu is smaller than the first "
+                          "gk_model_opts (%zu bytes)", opts_size, offsetof(gk_model_opts, n_ubatch));
+    /* the caller's fields; those its header did not have stay 0 */
+    gk_model_opts copy = {0};
+    if (user_opts)
+        memcpy(&copy, user_opts, opts_size < sizeof copy ? opts_size : sizeof copy);
+    const gk_model_opts *opts = &copy;
     if (opts->n_ctx < 0)
         return gk_err_set(err, GK_ERR_INVALID_ARG,
                           "n_ctx (the context length) must be >= 0 (0 = the model's default), got %lld",
                           (long long)opts->n_ctx);
+    if (opts->n_ubatch < 0)
+        return gk_err_set(err, GK_ERR_INVALID_ARG,
+                          "n_ubatch (tokens per forward graph, gkrun --ubatch) must be >= 0 (0 = the default), "
+                          "got %lld",
+                          (long long)opts->n_ubatch);
     gk_model *m = calloc(1, sizeof *m);
     if (!m)
         return gk_err_set(err, GK_ERR_NOMEM, "out of memory");
@@ -622,7 +708,15 @@ gk_status gk_model_load(gk_runtime *rt, const char *path, const gk_model_opts *o
                        (long long)m->n_ctx);
         goto fail;
     }
-    if (props.mem_free && need > props.mem_free) {
+    /* where a layer may have a window, rings may make the cache smaller: it
+     * is checked once the first graph says (place_caches) */
+    bool windowed = m->cfg.sliding_window > 0 || gk_config_has(&m->cfg, "layer_types");
+    if (props.mem_free && windowed && w_bytes > props.mem_free) {
+        s = gk_err_set(err, GK_ERR_NOMEM, "out of memory on %s: the weights need %.2f GB, %.2f GB is free",
+                       props.name, w_bytes / 1e9, props.mem_free / 1e9);
+        goto fail;
+    }
+    if (props.mem_free && !windowed && need > props.mem_free) {
         s = gk_err_set(err, GK_ERR_NOMEM,
                        "out of memory on %s: the model needs %.2f GB (weights and a %lld-token KV cache), %.2f GB is "
                        "free; a shorter context (n_ctx, gkrun --ctx) needs less",
@@ -636,13 +730,32 @@ gk_status gk_model_load(gk_runtime *rt, const char *path, const gk_model_opts *o
                        (long long)m->n_ctx, (long long)INT32_MAX);
         goto fail;
     }
+    m->n_ubatch_opt = opts->n_ubatch;
     s = load_weights(m, st, opts, w_bytes, err);
     if (s == GK_OK)
         s = alloc_caches(m, err);
     /* Build the decode graph now: an op the backend cannot run is an error at
-     * load, naming the op, not at the first token. */
+     * load, naming the op, not at the first token. This first build also
+     * says which layers have windows; with the caches placed, it is built
+     * again (ring layers' attention nodes then carry n_ctx). */
     if (s == GK_OK)
         s = gk_fgraph_build_forward(m, 1, &m->g1, err);
+    if (s == GK_OK) {
+        uint64_t free_now = 0;
+        if (props.mem_free) {
+            gk_device_props now;
+            memset(&now, 0, sizeof now);
+            s = m->be.ops->device_props(m->be.state, &now, err);
+            free_now = now.mem_free ? now.mem_free : 1;
+        }
+        if (s == GK_OK)
+            s = place_caches(m, free_now, err);
+    }
+    if (s == GK_OK && m->n_ring) {
+        gk_fgraph_destroy(m, m->g1);
+        m->g1 = NULL;
+        s = gk_fgraph_build_forward(m, 1, &m->g1, err);
+    }
     if (s != GK_OK)
         goto fail;
     m->fwd = m->g1;
@@ -695,6 +808,7 @@ void gk_model_destroy(gk_model *m)
         free(m->lw[r]);
     free(m->k_cache);
     free(m->v_cache);
+    free(m->win);
     free(m->host_logits);
     free(m->cache_ids);
     free(m);
@@ -779,20 +893,9 @@ static gk_status run(gk_model *m, gk_fgraph *fg, gk_err *err)
     return m->be.ops->graph_compute(m->be.state, &fg->g, err);
 }
 
-gk_status gk_model_forward(gk_model *m, const int32_t *ids, int64_t n, float *hidden, gk_err *err)
+/* One graph of n tokens (at most n_ubatch) at positions n_past.. */
+static gk_status forward_one(gk_model *m, const int32_t *ids, int64_t n, float *hidden, gk_err *err)
 {
-    if (!m || !ids)
-        return gk_err_set(err, GK_ERR_INVALID_ARG, "gk_model_forward: %s is NULL", m ? "ids" : "the model");
-    if (n <= 0)
-        return gk_err_set(err, GK_ERR_INVALID_ARG, "forward needs at least one token");
-    if (n > m->n_ctx - m->n_past) /* not n_past + n: a huge n must not overflow */
-        return gk_err_set(err, GK_ERR_INVALID_ARG,
-                          "%lld tokens after %lld cached ones exceed the context of %lld tokens",
-                          (long long)n, (long long)m->n_past, (long long)m->n_ctx);
-    for (int64_t i = 0; i < n; i++)
-        if (ids[i] < 0 || ids[i] >= m->cfg.n_vocab)
-            return gk_err_set(err, GK_ERR_INVALID_ARG, "token id %d at index %lld is outside the vocabulary of %lld",
-                              ids[i], (long long)i, (long long)m->cfg.n_vocab);
     gk_status s;
     /* the graph of this size: the one-token graph, or the kept one of another
      * size (rebuilt when the size changed) */
@@ -825,10 +928,37 @@ gk_status gk_model_forward(gk_model *m, const int32_t *ids, int64_t n, float *hi
         return s;
     memcpy(m->cache_ids + m->n_past, ids, (size_t)n * sizeof *ids);
     m->n_past += n;
+    gk_model_wrote(m, m->n_past);
     m->ran = true;
     if (hidden)
         s = m->be.ops->buffer_read(m->be.state, m->fwd->out->data, 0, hidden,
                                    gk_tensor_nbytes(m->fwd->out), err);
+    return s;
+}
+
+gk_status gk_model_forward(gk_model *m, const int32_t *ids, int64_t n, float *hidden, gk_err *err)
+{
+    if (!m || !ids)
+        return gk_err_set(err, GK_ERR_INVALID_ARG, "gk_model_forward: %s is NULL", m ? "ids" : "the model");
+    if (n <= 0)
+        return gk_err_set(err, GK_ERR_INVALID_ARG, "forward needs at least one token");
+    if (n > m->n_ctx - m->n_past) /* not n_past + n: a huge n must not overflow */
+        return gk_err_set(err, GK_ERR_INVALID_ARG,
+                          "%lld tokens after %lld cached ones exceed the context of %lld tokens",
+                          (long long)n, (long long)m->n_past, (long long)m->n_ctx);
+    for (int64_t i = 0; i < n; i++)
+        if (ids[i] < 0 || ids[i] >= m->cfg.n_vocab)
+            return gk_err_set(err, GK_ERR_INVALID_ARG, "token id %d at index %lld is outside the vocabulary of %lld",
+                              ids[i], (long long)i, (long long)m->cfg.n_vocab);
+    /* micro-batches of at most n_ubatch tokens, in order */
+    int64_t step = m->n_ubatch > 0 && m->n_ubatch < n ? m->n_ubatch : n;
+    gk_status s = GK_OK;
+    m->fwd_chunks = 0;
+    for (int64_t done = 0; s == GK_OK && done < n; done += step) {
+        int64_t k = n - done < step ? n - done : step;
+        s = forward_one(m, ids + done, k, hidden ? hidden + done * m->cfg.n_embd : NULL, err);
+        m->fwd_chunks++;
+    }
     return s;
 }
 
@@ -838,6 +968,12 @@ gk_status gk_model_logits(gk_model *m, float *logits, gk_err *err)
         return gk_err_set(err, GK_ERR_INVALID_ARG, "gk_model_logits: %s is NULL", m ? "logits" : "the model");
     if (!m->ran)
         return gk_err_set(err, GK_ERR_INVALID_ARG, "logits asked with no forward call to read (none ran yet, or generate ran since)");
+    if (m->fwd_chunks > 1)
+        return gk_err_set(err, GK_ERR_INVALID_ARG,
+                          "the last forward ran as %lld micro-batches of at most %lld tokens (n_ubatch), and only "
+                          "the last one's rows are kept; forward at most n_ubatch tokens at a time to read the "
+                          "logits of every row",
+                          (long long)m->fwd_chunks, (long long)m->n_ubatch);
     gk_status s = GK_OK;
     gk_fgraph *f = m->fwd;
     if (!f->head)
@@ -884,8 +1020,42 @@ gk_status gk_model_truncate(gk_model *m, int64_t n_keep, gk_err *err)
     if (n_keep < 0 || n_keep > m->n_past)
         return gk_err_set(err, GK_ERR_INVALID_ARG, "cannot keep %lld of %lld cached tokens",
                           (long long)n_keep, (long long)m->n_past);
+    int64_t least = gk_model_min_keep(m);
+    if (n_keep > 0 && n_keep < least) {
+        int64_t l = 0;
+        while (l < m->cfg.n_layer && m->k_cache[l]->rows == m->n_ctx)
+            l++;
+        return gk_err_set(err, GK_ERR_INVALID_ARG,
+                          "cannot keep %lld of %lld cached tokens: layer %lld's sliding-window cache is a ring of "
+                          "%lld rows, and positions up to %lld have overwritten what the first %lld need; keep 0 "
+                          "or at least %lld",
+                          (long long)n_keep, (long long)m->n_past, (long long)l, (long long)m->k_cache[l]->rows,
+                          (long long)(m->kv_hi - 1), (long long)n_keep, (long long)least);
+    }
     m->n_past = n_keep;
+    if (n_keep == 0)
+        m->kv_hi = 0; /* every row is rewritten before it is read again */
     return GK_OK;
+}
+
+/* Position p of a ring of R = W + U - 1 rows is intact while nothing at
+ * p + R or later was written; the next query at n_keep needs
+ * n_keep - W + 1 on, so n_keep + U must exceed the highest position written
+ * (kv_hi - 1). */
+int64_t gk_model_min_keep(const gk_model *m)
+{
+    if (!m || !m->n_ring || m->kv_hi - m->n_ubatch <= 0)
+        return 0;
+    return m->kv_hi - m->n_ubatch;
+}
+
+int64_t gk_model_n_ubatch(const gk_model *m) { return m ? m->n_ubatch : 0; }
+
+int64_t gk_model_cache_rows(const gk_model *m, int64_t il)
+{
+    if (!m || il < 0 || il >= m->cfg.n_layer || !m->k_cache)
+        return 0;
+    return m->k_cache[il]->rows;
 }
 
 /* ------------------------------------------------------- node access */

@@ -42,6 +42,9 @@ struct gk_builder {
     int missing_layer;
 };
 
+/* Micro-batch of a model with ring caches when gk_model_opts.n_ubatch is 0. */
+#define GK_RING_UBATCH 512
+
 /* RoPE frequencies made for a gk_rope_opts (gk_build_rope_ex), kept with the model. */
 #define GK_MAX_ROPE_TABLES 8
 typedef struct gk_rope_table {
@@ -67,7 +70,16 @@ struct gk_model {
     gk_tensor ***ew;              /* [n_entries][n_layer, or 1] GK_W_NAMED weights */
     int64_t dims[GK_MAX_DIM_KEYS]; /* GK_DIM_KEY(i) values */
     gk_dtype kv_dtype;            /* of the caches: F32, F16 or BF16 */
-    gk_tensor **k_cache, **v_cache; /* [n_layer] each kv_dtype [n_ctx][Hkv*hd] */
+    gk_tensor **k_cache, **v_cache; /* [n_layer] each kv_dtype [rows][Hkv*hd]: n_ctx rows,
+                                       or a ring (gk_model_cache_rows) */
+    int64_t *win;                 /* [n_layer] the window each layer's attention was built
+                                     with (gk_build_attn_ex; 0 = none) */
+    int n_ring;                   /* layers whose caches are rings */
+    int64_t n_ubatch_opt;         /* gk_model_opts.n_ubatch as given */
+    int64_t n_ubatch;             /* tokens per forward graph (0 = no limit) */
+    int64_t kv_hi;                /* 1 + the highest position written since the cache
+                                     was last cleared (what a ring may have overwritten) */
+    int64_t fwd_chunks;           /* micro-batches the last forward ran as */
     uint64_t weight_bytes;
     uint64_t mem_bytes;           /* everything allocated on the backend now */
     uint64_t mem_peak;            /* the most mem_bytes has been */
@@ -101,6 +113,12 @@ GK_INTERNAL void gk_fgraph_destroy(gk_model *m, gk_fgraph *fg);
 /* Check every node with the backend's supports_node; an unsupported op is an
  * error naming it (never a silent fallback). */
 GK_INTERNAL gk_status gk_fgraph_check(gk_model *m, const gk_fgraph *fg, gk_err *err);
+/* Positions below `end` have been written to the caches. */
+static inline void gk_model_wrote(gk_model *m, int64_t end)
+{
+    if (end > m->kv_hi)
+        m->kv_hi = end;
+}
 /* Account n bytes allocated on the backend (the peak follows). */
 static inline void gk_model_mem_add(gk_model *m, uint64_t n)
 {

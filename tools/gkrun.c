@@ -29,11 +29,12 @@ typedef struct command {
 static const char *const generate_values[] = {
     "-m", "--model", "-p", "--prompt", "-f", "--file", "--prompt-file", "-n", "--n-predict", "--temp", "--top-k",
     "--top-p", "--min-p", "--repeat-penalty", "--repeat-last-n", "--presence-penalty", "--frequency-penalty",
-    "-s", "--seed", "--backend", "--dtype", "--kv-dtype", "-c", "--ctx", "--ctx-size", "--stop", "-sys",
+    "-s", "--seed", "--backend", "--dtype", "--kv-dtype", "-c", "--ctx", "--ctx-size", "-ub", "--ubatch",
+    "--ubatch-size", "--stop", "-sys",
     "--system-prompt", "--config", NULL};
-static const char *const verify_values[] = {"--backend", "--dtype", "--kv-dtype", "--tol", NULL};
+static const char *const verify_values[] = {"--backend", "--dtype", "--kv-dtype", "--ubatch", "--tol", NULL};
 static const char *const compare_values[] = {"-m", "--backend", "--reference", "--dtype", "--kv-dtype", "--ids",
-                                             "--tol", NULL};
+                                             "--ubatch", "--tol", NULL};
 static const char *const bench_values[] = {"-m", "--backend", "--dtype", "--kv-dtype", "-p", "-n", "-d", "--reps",
                                            NULL};
 static const char *const tokenizer_values[] = {"-m", "--tokenizer", NULL};
@@ -44,14 +45,16 @@ static const command commands[] = {
     {"inspect", "usage: gkrun inspect PATH [--json]\n"
                 "  tensors, dtypes, shapes, architecture and config of a .safetensors file, an index or a folder\n",
      no_values},
-    {"verify", "usage: gkrun verify DIR|FILE.json [--backend NAME] [--dtype f32|f16|bf16] [--kv-dtype D] [--tol X]\n"
+    {"verify", "usage: gkrun verify DIR|FILE.json [--backend NAME] [--dtype f32|f16|bf16] [--kv-dtype D]\n"
+               "                    [--ubatch N] [--tol X]\n"
                "  check a model (golden.safetensors), a tokenizer (tokenizer.json + golden.json) or chat-template\n"
                "  goldens (FILE.json or a folder of them) against reference data; --tol: finite, > 0 (the default\n"
-               "  depends on the dtype)\n",
+               "  depends on the dtype); --ubatch: tokens per forward graph, 1 to 2^31-1\n",
      verify_values},
     {"compare", "usage: gkrun compare -m DIR [--backend cuda] [--reference cpu_ref] [--dtype D] [--kv-dtype D]\n"
-                "                     [--ids 1,2,3] [--tol X] [--all]\n"
-                "  diff every graph node between two backends; --ids: 0 to 2^31-1 each; --tol: finite, > 0\n",
+                "                     [--ids 1,2,3] [--ubatch N] [--tol X] [--all]\n"
+                "  diff every graph node between two backends; --ids: 0 to 2^31-1 each; --tol: finite, > 0;\n"
+                "  --ubatch N: tokens per forward graph (the last micro-batch is compared)\n",
      compare_values},
     {"bench", "usage: gkrun bench -m DIR [--backend NAME] [--dtype D] [--kv-dtype D] [-p N] [-n N] [-d DEPTH]\n"
               "                   [--reps R] [--json]\n"
@@ -94,6 +97,8 @@ void gkrun_usage(FILE *f)
             "  -p, --prompt TEXT        -f, --file, --prompt-file FILE    (neither: stdin)\n"
             "  --backend NAME (auto)    --dtype f32|f16|bf16|auto    --kv-dtype f32|f16|bf16|auto\n"
             "  -c, --ctx, --ctx-size N  context, 1 to 2^31-1 (the model's max positions, at most 4096)\n"
+            "  -ub, --ubatch, --ubatch-size N  tokens per forward graph, 1 to 2^31-1 (512 where a\n"
+            "                           sliding window keeps a ring cache, else the whole prompt)\n"
             "  -i, --chat, --interactive   chat with the model's template;\n"
             "  -sys, --system-prompt TEXT  the system message of the chat\n"
             "output:\n"
@@ -185,6 +190,26 @@ static size_t utf8_seq(const unsigned char *p, size_t n, uint32_t *cp)
         return 0;
     *cp = v;
     return len;
+}
+
+const char *gkrun_cache_desc(const gk_model *m, char *buf, size_t len)
+{
+    int64_t n_layer = gk_model_config(m)->n_layer, n_ring = 0, rows = 0;
+    for (int64_t l = 0; l < n_layer; l++) {
+        int64_t r = gk_model_cache_rows(m, l);
+        if (r < gk_model_n_ctx(m)) {
+            n_ring++;
+            rows = r > rows ? r : rows;
+        }
+    }
+    if (n_ring)
+        snprintf(buf, len, "%lld-token KV cache, rings of at most %lld rows on %lld of %lld layers, %lld tokens per "
+                 "forward graph",
+                 (long long)gk_model_n_ctx(m), (long long)rows, (long long)n_ring, (long long)n_layer,
+                 (long long)gk_model_n_ubatch(m));
+    else
+        snprintf(buf, len, "%lld-token KV cache", (long long)gk_model_n_ctx(m));
+    return buf;
 }
 
 size_t gkrun_put_escaped(FILE *f, const char *s, size_t len)

@@ -33,5 +33,7 @@ gk_runtime *gkrun_runtime(const gkrun_common *c);
  * a backslash is doubled, valid UTF-8 passes through. Returns the bytes
  * written (for padding a table column). */
 size_t gkrun_put_escaped(FILE *f, const char *s, size_t len);
+/* "4096-token KV cache", with the sliding-window rings where there are any. */
+const char *gkrun_cache_desc(const gk_model *m, char *buf, size_t len);
 
 #endif

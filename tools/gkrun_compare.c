@@ -55,6 +55,7 @@ int gkrun_compare(int argc, char **argv, const gkrun_common *common)
 {
     const char *dir = NULL, *backend = "cuda", *reference = "cpu_ref", *dtype = NULL, *kv_dtype = NULL, *ids_s = NULL;
     double tol = 0; /* 0: the default for the dtype */
+    int64_t ubatch = 0;
     bool all = false;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "-m") && i + 1 < argc)
@@ -69,6 +70,10 @@ int gkrun_compare(int argc, char **argv, const gkrun_common *common)
             kv_dtype = argv[++i];
         else if (!strcmp(argv[i], "--ids") && i + 1 < argc)
             ids_s = argv[++i];
+        else if (!strcmp(argv[i], "--ubatch") && i + 1 < argc) {
+            if (!gkrun_arg_i64("--ubatch", argv[++i], 1, INT32_MAX, &ubatch))
+                return 2;
+        }
         else if (!strcmp(argv[i], "--tol") && i + 1 < argc) {
             if (!gkrun_arg_f64_pos("--tol", argv[++i], INFINITY, &tol))
                 return 2;
@@ -99,8 +104,8 @@ int gkrun_compare(int argc, char **argv, const gkrun_common *common)
     gk_err err = {0};
     gk_model *a = NULL, *b = NULL;
     float *xa = NULL, *xb = NULL;
-    gk_model_opts oa = {.backend = backend, .dtype = dtype, .kv_dtype = kv_dtype},
-                  ob = {.backend = reference, .dtype = dtype, .kv_dtype = kv_dtype};
+    gk_model_opts oa = {.backend = backend, .dtype = dtype, .kv_dtype = kv_dtype, .n_ubatch = ubatch},
+                  ob = {.backend = reference, .dtype = dtype, .kv_dtype = kv_dtype, .n_ubatch = ubatch};
     if (gk_model_load(rt, dir, &oa, &a, &err) != GK_OK || gk_model_load(rt, dir, &ob, &b, &err) != GK_OK) {
         rc = gkrun_fail(&err);
         goto out;
@@ -123,11 +128,20 @@ int gkrun_compare(int argc, char **argv, const gkrun_common *common)
         fprintf(stderr, "gkrun compare: out of memory\n");
         goto out;
     }
-    if (gk_model_forward(a, ids, n, NULL, &err) != GK_OK || gk_model_logits(a, xa, &err) != GK_OK ||
-        gk_model_forward(b, ids, n, NULL, &err) != GK_OK || gk_model_logits(b, xb, &err) != GK_OK) {
+    /* the ids before the last micro-batch, then that one: its nodes and
+     * logits are compared (all of them without micro-batches) */
+    int64_t ub = gk_model_n_ubatch(a), last = ub > 0 && ub < n ? ub : n, head = n - last;
+    if ((head && (gk_model_forward(a, ids, head, NULL, &err) != GK_OK ||
+                  gk_model_forward(b, ids, head, NULL, &err) != GK_OK)) ||
+        gk_model_forward(a, ids + head, last, NULL, &err) != GK_OK || gk_model_logits(a, xa, &err) != GK_OK ||
+        gk_model_forward(b, ids + head, last, NULL, &err) != GK_OK || gk_model_logits(b, xb, &err) != GK_OK) {
         rc = gkrun_fail(&err);
         goto out;
     }
+    if (head)
+        printf("compare: %lld tokens as micro-batches of %lld; the last %lld are compared\n", (long long)n,
+               (long long)ub, (long long)last);
+    n = last;
     gk_dtype dt = gk_model_dtype(a);
     if (tol <= 0)
         tol = dt == GK_DTYPE_F16 ? 1e-2 : dt == GK_DTYPE_BF16 ? 3e-2 : 1e-3;

@@ -39,6 +39,7 @@ typedef struct gen_args {
     const char *system_prompt; /* -sys: the chat's system message (NULL: none) */
     int64_t n_new;           /* -1: until EOS or the context is full */
     int64_t n_ctx;           /* 0: the library's default */
+    int64_t n_ubatch;        /* 0: the library's default */
     float temp, top_p;
     int top_k;
     uint64_t seed;
@@ -184,7 +185,9 @@ static void print_stats(gk_model *m, const gk_gen_stats *st, double t_load, uint
     fprintf(stderr, "\nweights: %.1f GB/s", gbs);
     if (have_dev && dev.peak_bw_gbs > 0)
         fprintf(stderr, " = %.1f%% of the device's %.0f GB/s", 100.0 * gbs / dev.peak_bw_gbs, dev.peak_bw_gbs);
-    fprintf(stderr, "\nmemory:  %.3f GB peak on the backend\n", gk_model_mem_peak(m) / 1e9);
+    char kv[160];
+    fprintf(stderr, "\nmemory:  %.3f GB peak on the backend (%s)\n", gk_model_mem_peak(m) / 1e9,
+            gkrun_cache_desc(m, kv, sizeof kv));
 }
 
 static cJSON *stats_json(gk_model *m, const gk_gen_stats *st, double t_load, uint64_t seed, bool sampled)
@@ -399,7 +402,8 @@ static int parse(int argc, char **argv, gen_args *a, chain *ch, user_set *u)
         else if (is(o, "--ctx", "-c", "--ctx-size") && has) {
             /* the library checks the KV cache against the device's memory */
             ok = gkrun_arg_i64(o, argv[++i], 1, INT32_MAX, &a->n_ctx);
-        } else if (!strcmp(o, "--json"))
+        } else if (is(o, "--ubatch", "-ub", "--ubatch-size") && has)
+            ok = gkrun_arg_i64(o, argv[++i], 1, INT32_MAX, &a->n_ubatch); else if (!strcmp(o, "--json"))
             a->json = true;
         else if (is(o, "--chat", "-i", "--interactive"))
             a->chat = true;
@@ -576,7 +580,8 @@ int gkrun_generate(int argc, char **argv, const gkrun_common *common)
     if (!rt)
         goto out;
     int last_pct = -1;
-    gk_model_opts mo = {.backend = a.backend, .dtype = a.dtype, .n_ctx = a.n_ctx, .kv_dtype = a.kv_dtype};
+    gk_model_opts mo = {.backend = a.backend, .dtype = a.dtype, .n_ctx = a.n_ctx, .kv_dtype = a.kv_dtype,
+                        .n_ubatch = a.n_ubatch};
     if (isatty(STDERR_FILENO) && !a.json) {
         mo.progress = progress;
         mo.progress_user = &last_pct;

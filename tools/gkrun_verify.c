@@ -165,6 +165,22 @@ static void fail_line(verify *v, const char *what, const gk_err *err)
     v->n_fail++;
 }
 
+/* ids from an empty cache, a micro-batch (gk_model_n_ubatch) per forward
+ * call, so the logits of every row can be read: into got [n][n_vocab]. */
+static bool forward_logits(verify *v, const int32_t *ids, int64_t n, float *got, gk_err *err)
+{
+    int64_t ub = gk_model_n_ubatch(v->m), step = ub > 0 && ub < n ? ub : n;
+    if (gk_model_truncate(v->m, 0, err) != GK_OK)
+        return false;
+    for (int64_t t = 0; t < n; t += step) {
+        int64_t k = n - t < step ? n - t : step;
+        if (gk_model_forward(v->m, ids + t, k, NULL, err) != GK_OK ||
+            gk_model_logits(v->m, got + t * v->n_vocab, err) != GK_OK)
+            return false;
+    }
+    return true;
+}
+
 /* One forward pass over prompt K without the cache: logits at every position. */
 static void check_prompt(verify *v, int k)
 {
@@ -183,8 +199,7 @@ static void check_prompt(verify *v, int k)
     snprintf(what, sizeof what, "prompt p%d logits (%lld tokens)", k, (long long)n);
     if (!ids || !want || !got) {
         v->n_fail++;
-    } else if (gk_model_truncate(v->m, 0, &err) != GK_OK || gk_model_forward(v->m, ids, n, NULL, &err) != GK_OK ||
-               gk_model_logits(v->m, got, &err) != GK_OK) {
+    } else if (!forward_logits(v, ids, n, got, &err)) {
         fail_line(v, what, &err);
     } else {
         compare(v, what, got, want, n, v->n_vocab, true);
@@ -194,47 +209,68 @@ static void check_prompt(verify *v, int k)
     free(got);
 }
 
-/* Hidden states of p1 after each block (read from the graph's named nodes). */
+/* The index of node `name` of layer `layer` in the last forward, or -1. */
+static size_t find_node(gk_model *m, const char *name, int layer)
+{
+    size_t idx = (size_t)-1;
+    for (size_t i = 0; i < gk_model_node_count(m); i++) {
+        const char *nm;
+        int l;
+        gk_model_node_info(m, i, &nm, &l, NULL, NULL);
+        if (!strcmp(nm, name) && l == layer)
+            idx = i;
+    }
+    return idx;
+}
+
+/* Hidden states of p1 after each block (read from the graph's named nodes,
+ * a micro-batch at a time). */
 static void check_hidden(verify *v)
 {
     int64_t n = 0;
     int32_t *ids = golden_ids(v, "p1.ids", &n);
     gk_err err = {0};
-    if (!ids || gk_model_truncate(v->m, 0, &err) != GK_OK || gk_model_forward(v->m, ids, n, NULL, &err) != GK_OK) {
-        fail_line(v, "p1 hidden states", &err);
-        free(ids);
-        return;
-    }
-    free(ids);
     int64_t n_layer = gk_model_config(v->m)->n_layer;
-    float *got = alloc_rows(n, v->n_embd);
-    for (int64_t L = 0; got && L <= n_layer; L++) {
+    float *got = ids ? alloc_rows((n_layer + 1) * n, v->n_embd) : NULL; /* [L][n][n_embd] */
+    bool *found = calloc((size_t)n_layer + 1, sizeof *found);
+    int64_t ub = gk_model_n_ubatch(v->m), step = ub > 0 && ub < n ? ub : n;
+    bool ok = ids && got && found && gk_model_truncate(v->m, 0, &err) == GK_OK;
+    for (int64_t L = 0; ok && L <= n_layer; L++)
+        found[L] = true;
+    for (int64_t t = 0; ok && t < n; t += step) {
+        int64_t k = n - t < step ? n - t : step;
+        ok = gk_model_forward(v->m, ids + t, k, NULL, &err) == GK_OK;
+        for (int64_t L = 0; ok && L <= n_layer; L++) {
+            const char *want_node = L == 0 ? "embd" : L == n_layer ? "out_norm" : "l_out";
+            size_t idx = find_node(v->m, want_node, L == 0 || L == n_layer ? -1 : (int)(L - 1));
+            if (idx == (size_t)-1)
+                found[L] = false;
+            else
+                ok = gk_model_node_read(v->m, idx, got + (L * n + t) * v->n_embd, &err) == GK_OK;
+        }
+    }
+    if (!ok) {
+        fail_line(v, "p1 hidden states", &err);
+        n_layer = -1;
+    }
+    for (int64_t L = 0; L <= n_layer; L++) {
         const char *want_node = L == 0 ? "embd" : L == n_layer ? "out_norm" : "l_out";
-        int want_layer = L == 0 || L == n_layer ? -1 : (int)(L - 1);
         char gname[48], what[64];
         snprintf(gname, sizeof gname, "p1.hidden.%lld", (long long)L);
         snprintf(what, sizeof what, "p1 hidden state %lld (%s)", (long long)L, want_node);
-        size_t idx = (size_t)-1;
-        for (size_t i = 0; i < gk_model_node_count(v->m); i++) {
-            const char *name;
-            int layer;
-            gk_model_node_info(v->m, i, &name, &layer, NULL, NULL);
-            if (!strcmp(name, want_node) && layer == want_layer)
-                idx = i;
-        }
         size_t cnt;
         float *want = golden_f32(v, gname, &cnt);
-        if (!want || idx == (size_t)-1 || cnt != (size_t)(n * v->n_embd)) {
+        if (!want || !found[L] || cnt != (size_t)(n * v->n_embd)) {
             printf("%-36s missing node or golden tensor  FAIL\n", what);
             v->n_fail++;
-        } else if (gk_model_node_read(v->m, idx, got, &err) != GK_OK) {
-            fail_line(v, what, &err);
         } else {
-            compare(v, what, got, want, n, v->n_embd, false);
+            compare(v, what, got + L * n * v->n_embd, want, n, v->n_embd, false);
         }
         free(want);
     }
+    free(found);
     free(got);
+    free(ids);
 }
 
 /* Feed ids one token at a time through the cache; compare each step's logits. */
@@ -304,9 +340,14 @@ int gkrun_verify(int argc, char **argv, const gkrun_common *common)
 {
     const char *dir = NULL, *backend = NULL, *dtype = NULL, *kv_dtype = NULL;
     double tol = 0; /* 0: the default for the dtype */
+    int64_t ubatch = 0;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--backend") && i + 1 < argc)
             backend = argv[++i];
+        else if (!strcmp(argv[i], "--ubatch") && i + 1 < argc) {
+            if (!gkrun_arg_i64("--ubatch", argv[++i], 1, INT32_MAX, &ubatch))
+                return 2;
+        }
         else if (!strcmp(argv[i], "--dtype") && i + 1 < argc)
             dtype = argv[++i];
         else if (!strcmp(argv[i], "--kv-dtype") && i + 1 < argc)
@@ -321,7 +362,8 @@ int gkrun_verify(int argc, char **argv, const gkrun_common *common)
             dir = argv[i];
     }
     if (!dir) {
-        fprintf(stderr, "usage: gkrun verify DIR [--backend NAME] [--dtype f32|f16|bf16] [--kv-dtype D] [--tol X]\n");
+        fprintf(stderr, "usage: gkrun verify DIR [--backend NAME] [--dtype f32|f16|bf16] [--kv-dtype D] [--ubatch N] "
+                        "[--tol X]\n");
         return 2;
     }
     if (gkrun_is_chat_golden(dir))
@@ -342,7 +384,7 @@ int gkrun_verify(int argc, char **argv, const gkrun_common *common)
         rc = gkrun_fail(&err);
         goto out;
     }
-    gk_model_opts mo = {.backend = backend, .dtype = dtype, .kv_dtype = kv_dtype};
+    gk_model_opts mo = {.backend = backend, .dtype = dtype, .kv_dtype = kv_dtype, .n_ubatch = ubatch};
     if (gk_model_load(rt, dir, &mo, &v.m, &err) != GK_OK) {
         rc = gkrun_fail(&err);
         goto out;
@@ -352,8 +394,10 @@ int gkrun_verify(int argc, char **argv, const gkrun_common *common)
     gk_dtype dt = gk_model_dtype(v.m);
     v.low_precision = dt != GK_DTYPE_F32;
     v.tol = tol > 0 ? tol : dt == GK_DTYPE_F16 ? 1e-2 : dt == GK_DTYPE_BF16 ? 3e-2 : 1e-3;
-    printf("verify %s: %s on %s, %s weights, tolerance %s %g\n", dir, gk_model_spec_of(v.m)->name,
-           gk_model_backend_name(v.m), gk_dtype_name(dt), v.low_precision ? "x max|golden|" : "abs", v.tol);
+    char kv[160];
+    printf("verify %s: %s on %s, %s weights, tolerance %s %g, %s\n", dir, gk_model_spec_of(v.m)->name,
+           gk_model_backend_name(v.m), gk_dtype_name(dt), v.low_precision ? "x max|golden|" : "abs", v.tol,
+           gkrun_cache_desc(v.m, kv, sizeof kv));
 
     for (int k = 0; k < 4; k++)
         check_prompt(&v, k);

@@ -210,63 +210,74 @@ static gk_status op_attn(const cpu_state *cs, const gk_node *nd, gk_err *err)
 {
     const gk_tensor *q = nd->src[0], *k = nd->src[1], *v = nd->src[2], *pos = nd->src[3];
     const gk_tensor *kc = nd->src[4], *vc = nd->src[5];
-    int64_t n = q->rows, n_ctx = kc->rows;
+    int64_t n = q->rows, rows = kc->rows;
     int64_t nh = nd->i[0], nkv = nd->i[1], hd = nd->i[2], group = nh / nkv;
     int64_t qw = nh * hd, kvw = nkv * hd;
     int64_t window = nd->i[3];
     float scale = nd->f[0], cap = nd->f[1];
+    bool ring = nd->f[2] != 0.0f; /* position p in row p % rows */
 
+    int64_t p_lo = INT64_MAX, p_hi = -1;
     for (int64_t t = 0; t < n; t++) {
         int32_t p = i32(pos)[t];
-        if (p < 0 || p >= n_ctx)
+        if (p < 0 || (!ring && p >= rows))
             return gk_err_set(err, GK_ERR_INVALID_ARG,
                               "cpu_ref: attn: position %d at %lld outside the %lld rows of '%.48s'",
-                              (int)p, (long long)t, (long long)n_ctx, kc->name);
+                              (int)p, (long long)t, (long long)rows, kc->name);
+        p_lo = p < p_lo ? p : p_lo;
+        p_hi = p > p_hi ? p : p_hi;
     }
-    float *prob = malloc((size_t)n_ctx * sizeof *prob);  /* [n_ctx] */
+    /* a ring: what the node stores must not overwrite a key one of its
+     * tokens sees (the earliest is p_lo - W + 1) */
+    if (ring && (window <= 0 || p_hi - p_lo + window > rows))
+        return gk_err_set(err, GK_ERR_INVALID_ARG,
+                          "cpu_ref: attn: a ring cache of %lld rows cannot serve positions %lld..%lld with a "
+                          "window of %lld",
+                          (long long)rows, (long long)p_lo, (long long)p_hi, (long long)window);
+    float *prob = malloc((size_t)rows * sizeof *prob);  /* the scores of the <= rows keys seen */
     if (!prob)
         return gk_err_set(err, GK_ERR_NOMEM, "cpu_ref: attn: %zu bytes of scores",
-                          (size_t)n_ctx * sizeof *prob);
+                          (size_t)rows * sizeof *prob);
 
     for (int64_t t = 0; t < n; t++) {
-        int64_t p = i32(pos)[t];
-        cache_store(kc, p * kvw, f32(k) + t * kvw, kvw);
-        cache_store(vc, p * kvw, f32(v) + t * kvw, kvw);
+        int64_t r = i32(pos)[t] % rows;
+        cache_store(kc, r * kvw, f32(k) + t * kvw, kvw);
+        cache_store(vc, r * kvw, f32(v) + t * kvw, kvw);
     }
     for (int64_t t = 0; t < n; t++) {
         int64_t p = i32(pos)[t];
-        int64_t j0 = window > 0 && p - window + 1 > 0 ? p - window + 1 : 0;  /* first row seen */
+        int64_t j0 = window > 0 && p - window + 1 > 0 ? p - window + 1 : 0;  /* first position seen */
         for (int64_t h = 0; h < nh; h++) {
             int64_t kvh = h / group;
             const float *qr = f32(q) + t * qw + h * hd;
             float *out = f32(nd->dst) + t * qw + h * hd;
 
-            float max = -INFINITY;
+            float max = -INFINITY; /* prob[j - j0]: the score of position j */
             for (int64_t j = j0; j <= p; j++) {
-                int64_t kr = j * kvw + kvh * hd;
+                int64_t kr = j % rows * kvw + kvh * hd;
                 float s = 0.0f;
                 for (int64_t e = 0; e < hd; e++)
                     s += qr[e] * weight_at(cs, kc, kr + e);
-                prob[j] = s * scale;
+                prob[j - j0] = s * scale;
                 if (cap > 0.0f)
-                    prob[j] = cap * tanhf(prob[j] / cap);
-                if (prob[j] > max)
-                    max = prob[j];
+                    prob[j - j0] = cap * tanhf(prob[j - j0] / cap);
+                if (prob[j - j0] > max)
+                    max = prob[j - j0];
             }
             float sum = 0.0f;
             for (int64_t j = j0; j <= p; j++) {
-                prob[j] = expf(prob[j] - max);
-                sum += prob[j];
+                prob[j - j0] = expf(prob[j - j0] - max);
+                sum += prob[j - j0];
             }
             for (int64_t j = j0; j <= p; j++)
-                prob[j] /= sum;
+                prob[j - j0] /= sum;
 
             for (int64_t e = 0; e < hd; e++)
                 out[e] = 0.0f;
             for (int64_t j = j0; j <= p; j++) {
-                int64_t vr = j * kvw + kvh * hd;
+                int64_t vr = j % rows * kvw + kvh * hd;
                 for (int64_t e = 0; e < hd; e++)
-                    out[e] += prob[j] * weight_at(cs, vc, vr + e);
+                    out[e] += prob[j - j0] * weight_at(cs, vc, vr + e);
             }
         }
     }
@@ -588,6 +599,8 @@ static gk_status check_node(const gk_node *nd, bool run, gk_err *err)
                                       "and head dim i[2] positive");
         if (nd->i[3] < 0 || !(nd->f[1] >= 0.0f && isfinite(nd->f[1])))
             return bad_param(nd, err, "window i[3] must be >= 0 and softcap f[1] finite and >= 0");
+        if (nd->f[2] != 0.0f && nd->i[3] <= 0)
+            return bad_param(nd, err, "a ring cache (f[2]) needs a window i[3]");
         if ((s = need(nd, 0, "q", DT_ACT, ANY, nh * hd, run, err)) ||
             (s = need(nd, 1, "k", DT_ACT, x->rows, nkv * hd, run, err)) ||
             (s = need(nd, 2, "v", DT_ACT, x->rows, nkv * hd, run, err)) ||

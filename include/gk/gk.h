@@ -327,6 +327,11 @@ typedef struct gk_model_opts {
     /* (optional) called as weights upload: bytes done of total. */
     void (*progress)(uint64_t done, uint64_t total, void *user);
     void *progress_user;
+    /* (ABI 1.4) the most tokens one forward graph takes (llama.cpp's
+     * n_ubatch): a longer gk_model_forward runs as several micro-batches.
+     * 0 = 512 where a layer keeps a sliding-window ring cache (see
+     * gk_model_cache_rows), else the whole call in one graph. */
+    int64_t n_ubatch;
 } gk_model_opts;
 
 /* Load a model folder (config.json + safetensors), a .safetensors file or an
@@ -339,8 +344,16 @@ typedef struct gk_model_opts {
  * GK_ERR_INVALID_ARG naming n_ctx; weights plus cache beyond the device's free
  * memory is GK_ERR_NOMEM giving both sizes; more than 2^31 - 1 positions is
  * GK_ERR_INVALID_ARG. */
-GK_API gk_status gk_model_load(gk_runtime *rt, const char *path, const gk_model_opts *opts,
-                               gk_model **out, gk_err *err);
+GK_API gk_status gk_model_load_sized(gk_runtime *rt, const char *path, const gk_model_opts *opts,
+                                     size_t opts_size, gk_model **out, gk_err *err);
+/* gk_model_load passes the caller's sizeof(gk_model_opts), so fields added
+ * at its end are read only from callers that know them. The function
+ * gk_model_load, which applications built before n_ubatch call, takes the
+ * struct as it was then. */
+GK_API gk_status(gk_model_load)(gk_runtime *rt, const char *path, const gk_model_opts *opts, gk_model **out,
+                                 gk_err *err);
+#define gk_model_load(rt, path, opts, out, err) \
+    gk_model_load_sized((rt), (path), (opts), sizeof(gk_model_opts), (out), (err))
 GK_API void gk_model_destroy(gk_model *m);
 
 /* Getters: a NULL model gives NULL (pointers), GK_DTYPE_COUNT (dtype) or 0. */
@@ -353,6 +366,14 @@ GK_API int64_t gk_model_n_ctx(const gk_model *m);
 GK_API gk_dtype gk_model_kv_dtype(const gk_model *m);
 /* Tokens currently in the KV cache. */
 GK_API int64_t gk_model_n_past(const gk_model *m);
+/* The most tokens one forward graph takes (gk_model_opts.n_ubatch as
+ * resolved; 0 = no limit). */
+GK_API int64_t gk_model_n_ubatch(const gk_model *m);
+/* Rows of layer il's K (and V) cache: n_ctx, or fewer where the layer's
+ * attention has a sliding window W and the backend keeps a ring of
+ * W + n_ubatch - 1 rows (position p in row p % rows). 0 for a NULL model or
+ * a layer outside [0, n_layer). */
+GK_API int64_t gk_model_cache_rows(const gk_model *m, int64_t il);
 /* What the backend runs on. */
 typedef struct gk_device_props {
     char name[128];          /* "NVIDIA H100 80GB HBM3", "cpu" */
@@ -386,11 +407,20 @@ GK_API gk_status gk_model_forward(gk_model *m, const int32_t *ids, int64_t n,
 /* Logits [n][n_vocab] of the last forward call (rows selected: all of them).
  * GK_ERR_INVALID_ARG when m or logits is NULL or no forward call ran yet;
  * gk_model_generate leaves none to read (its decode steps are graphs of their
- * own), until the next gk_model_forward. */
+ * own), until the next gk_model_forward. A forward of more than n_ubatch
+ * tokens keeps only its last micro-batch's rows: its logits are
+ * GK_ERR_INVALID_ARG saying so (forward at most n_ubatch tokens at a time to
+ * read every row). */
 GK_API gk_status gk_model_logits(gk_model *m, float *logits, gk_err *err);
 /* Drop cached positions >= n_keep (0 clears the cache). GK_ERR_INVALID_ARG
- * when m is NULL or n_keep is outside [0, n_past] (nothing changes). */
+ * when m is NULL or n_keep is outside [0, n_past] (nothing changes), and
+ * where a ring cache (gk_model_cache_rows) has overwritten rows the kept
+ * positions need: then n_keep must be 0 or at least gk_model_min_keep. */
 GK_API gk_status gk_model_truncate(gk_model *m, int64_t n_keep, gk_err *err);
+/* The smallest n_keep > 0 gk_model_truncate accepts now (0 without ring
+ * caches): positions written since the cache was last cleared, less
+ * n_ubatch. */
+GK_API int64_t gk_model_min_keep(const gk_model *m);
 
 /* Graph nodes of the last forward call, for comparing backends node by node.
  * Names are valid until the next forward call. Before any forward call (or

@@ -88,7 +88,11 @@ typedef enum gk_op {
                            stored. -> [n][H*hd]
                            (1.4) i[3] window W (0 = off): token t sees only rows j with
                            pos[t] - W < j; f[1] softcap c (0 = off): scores s*scale
-                           become c*tanh(s*scale/c) before the softmax */
+                           become c*tanh(s*scale/c) before the softmax; f[2] ring (0 =
+                           off): the caches hold R rows, fewer than the positions,
+                           and position p is row p % R (the core gives one only with
+                           W > 0 and R >= W + n - 1, so the n rows stored first never
+                           overwrite a key a token of the node sees) */
     GK_OP_GELU_TANH,    /* src0 -> 0.5x(1+tanh(sqrt(2/pi)(x+0.044715x^3))) */
     GK_OP_SILU_MUL,     /* src0 gate, src1 up -> silu(gate) * up */
     GK_OP_SAMPLE,       /* (ABI 1.2) src0 logits F32 [1][V]; src1 ctl I32 [1][4] =
@@ -182,10 +186,12 @@ typedef struct gk_attn_params {
     float scale;          /* f[0]: on q.k */
     float softcap;        /* f[1] (1.4): scores -> softcap * tanh(scores / softcap) before
                              the softmax; 0 = off */
+    int32_t ring;         /* f[2] (1.4) nonzero: the caches are a ring, position p in row
+                             p % rows (any p >= 0 is valid); 0 = row p, p < rows */
 } gk_attn_params;
 static inline gk_attn_params gk_node_attn_params(const gk_node *n)
 {
-    gk_attn_params p = {n->i[0], n->i[1], n->i[2], n->i[3], n->f[0], n->f[1]};
+    gk_attn_params p = {n->i[0], n->i[1], n->i[2], n->i[3], n->f[0], n->f[1], n->f[2] != 0.0f};
     return p;
 }
 typedef struct gk_rope_params {
