@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # gpu_check.sh - the CUDA backend's checks, for a machine with a GPU: the
 # op-by-op parity suite (cuda against cpu_ref), then `gkrun verify` of every
-# reference model in f32, f16 and bf16 on the cuda backend, then generate
+# reference model in f32, f16 and bf16 on the cuda backend, the windowed ones
+# again on ring caches (--ubatch 4 and 12), then generate
 # parity (llama-tiny f32, cuda against cpu_ref, token for token, with min-p
 # and the penalties sampled on the device), with a compact summary. Exits non-zero when anything fails, and also when the suite skips
 # (on a GPU machine a skip means the GPU was not usable).
@@ -72,6 +73,28 @@ for model in $(cd tests/data/models && for d in */; do [ -f "$d/golden.safetenso
             grep -E "FAIL|error|rror:" "$log" | head -8 | sed 's/^/    /'
             failed=1
         fi
+    done
+done
+
+# ------------------------- sliding-window layers on ring caches (ABI 1.4)
+# micro-batches of 4 (the decode kernel) and 12 (the prefill kernels) make
+# rings of W + U - 1 rows that the goldens' prompts wrap several times
+for model in mistral-window gemma2-tiny gemma3-tiny; do
+    for ub in 4 12; do
+        for dtype in f32 f16 bf16; do
+            name="$model/$dtype ring u$ub"
+            log="$LOG/ring-$model-$dtype-$ub.log"
+            "$GKRUN" verify "tests/data/models/$model" --backend cuda --dtype "$dtype" --ubatch $ub >"$log" 2>&1
+            rc=$?
+            line=$(grep -E "^summary:" "$log" | tail -1)
+            if [ $rc -eq 0 ] && grep -q "rings of at most" "$log"; then
+                summary+=("$(printf '%-33s PASS  %s' "$name" "$line")")
+            else
+                summary+=("$(printf '%-33s FAIL  %s' "$name" "${line:-exit $rc}")")
+                grep -E "FAIL|error|rror:|^verify" "$log" | head -8 | sed 's/^/    /'
+                failed=1
+            fi
+        done
     done
 done
 

@@ -74,16 +74,16 @@
 template <typename T, bool V4>
 __global__ void kv_store_kernel(const float *__restrict__ k, const float *__restrict__ v,
                                 const int32_t *__restrict__ pos, T *__restrict__ kc, T *__restrict__ vc, int kvw,
-                                int n_ctx, int *ew)
+                                int n_ctx, int n_pos, int *ew)
 {
     cu_pdl_enter();
     int t = blockIdx.x, p = pos[t];
-    if (p < 0 || p >= n_ctx) {
+    if (p < 0 || p >= n_pos) {
         if (threadIdx.x == 0)
-            cu_note(ew, CU_ERR_BAD_POS, p, t, n_ctx);
+            cu_note(ew, CU_ERR_BAD_POS, p, t, n_pos);
         return;
     }
-    size_t src = (size_t)t * kvw, dst = (size_t)p * kvw;
+    size_t src = (size_t)t * kvw, dst = (size_t)cu_cache_row(p, n_ctx) * kvw;
     if (V4) {
         for (int i = threadIdx.x; i < kvw / 4; i += blockDim.x) {
             float4 a = reinterpret_cast<const float4 *>(k + src)[i], b = reinterpret_cast<const float4 *>(v + src)[i];
@@ -121,8 +121,8 @@ template <typename T, int HD, int GT>
 __global__ void __launch_bounds__(ATT_THREADS)
     attn_decode_kernel(const float *__restrict__ q, const T *__restrict__ kc, const T *__restrict__ vc,
                        const int32_t *__restrict__ pos, float *__restrict__ out, float *__restrict__ part,
-                       unsigned *__restrict__ tickets, int H, int Hkv, int n_ctx, int max_splits, float scale,
-                       int window, float cap)
+                       unsigned *__restrict__ tickets, int H, int Hkv, int n_ctx, int n_pos, int max_splits,
+                       float scale, int window, float cap)
 {
     constexpr int VB = HD * (int)sizeof(T) / 16; /* vectors in a head's row */
     constexpr int LPR = VB < 32 ? VB : 32;
@@ -144,9 +144,9 @@ __global__ void __launch_bounds__(ATT_THREADS)
     const int t = blockIdx.z, split = blockIdx.x;
     const int G = H / Hkv, n_gt = (G + GT - 1) / GT;
     const int kvh = blockIdx.y / n_gt, g0 = (blockIdx.y % n_gt) * GT;
-    /* this token's rows lo..p (lo = 0 without a window), cut into at most
-     * max_splits chunks */
-    const int rows = clamp_pos(pos[t], n_ctx) + 1, lo = window > 0 ? max(rows - window, 0) : 0;
+    /* this token's positions lo..p (lo = 0 without a window), cut into at
+     * most max_splits chunks; position j is cache row cu_cache_row(j) */
+    const int rows = clamp_pos(pos[t], n_pos) + 1, lo = window > 0 ? max(rows - window, 0) : 0;
     const int chunk = max((rows - lo + max_splits - 1) / max_splits, DEC_MIN_ROWS);
     const int used = (rows - lo + chunk - 1) / chunk;
     if (split >= used)
@@ -175,7 +175,7 @@ __global__ void __launch_bounds__(ATT_THREADS)
         uint4 kr[U][VPL], vr[U][VPL];
 #pragma unroll
         for (int u = 0; u < U; u++) {
-            const size_t row = (size_t)min(base + u * RPW + grp, r_end - 1); /* past the end: masked */
+            const size_t row = (size_t)cu_cache_row(min(base + u * RPW + grp, r_end - 1), n_ctx); /* past the end: masked */
 #pragma unroll
             for (int j = 0; j < VPL; j++) {
                 kr[u][j] = cu_ld_nc16(reinterpret_cast<const uint4 *>(kb + row * kvw + (j * LPR + li) * EPV));
@@ -403,7 +403,7 @@ template <typename T, int HDP, int BQ>
 __global__ void __launch_bounds__(ATT_THREADS)
     attn_tiled_kernel(const float *__restrict__ q, const T *__restrict__ kc, const T *__restrict__ vc,
                       const int32_t *__restrict__ pos, float *__restrict__ out, int n, int H, int Hkv, int hd,
-                      int n_ctx, float scale, int window, float cap)
+                      int n_ctx, int n_pos, float scale, int window, float cap)
 {
     constexpr int RQ = BQ / 16, CK = TILE_BK / 8, CO = HDP / 8;
     extern __shared__ float4 smem4[];
@@ -419,7 +419,7 @@ __global__ void __launch_bounds__(ATT_THREADS)
     const int t0 = blockIdx.x * BQ, h = blockIdx.y, kvh = h / (H / Hkv);
     const size_t qw = (size_t)H * hd, kvw = (size_t)Hkv * hd;
     if (tid < BQ)
-        s_pos[tid] = t0 + tid < n ? clamp_pos(pos[t0 + tid], n_ctx) : -1;
+        s_pos[tid] = t0 + tid < n ? clamp_pos(pos[t0 + tid], n_pos) : -1;
     for (int i = tid; i < BQ * hd; i += ATT_THREADS) {
         int r = i / hd, e = i % hd;
         Qs[r * ld + e] = t0 + r < n ? q[(t0 + r) * qw + (size_t)h * hd + e] : 0.0f;
@@ -453,7 +453,7 @@ __global__ void __launch_bounds__(ATT_THREADS)
         for (int i = tid; i < TILE_BK * hd; i += ATT_THREADS) {
             int r = i / hd, e = i % hd, j = j0 + r;
             bool in = j <= kmax;
-            size_t off = (size_t)j * kvw + (size_t)kvh * hd + e;
+            size_t off = (size_t)cu_cache_row(in ? j : 0, n_ctx) * kvw + (size_t)kvh * hd + e;
             Ks[r * ld + e] = in ? cu_to_f32(kc[off]) : 0.0f;
             Vs[r * hd + e] = in ? cu_to_f32(vc[off]) : 0.0f;
         }
@@ -651,7 +651,7 @@ static cudaError_t decode_launch(cu_ctx *c, const attn_shape &a, const gk_node *
     return cu_launch(c, attn_decode_kernel<T, HD, GT>, grid, dim3(ATT_THREADS), 0, (const float *)nd->src[0]->data,
                      (const T *)nd->src[4]->data, (const T *)nd->src[5]->data, (const int32_t *)nd->src[3]->data,
                      (float *)nd->dst->data, a.max_splits > 1 ? (float *)c->scratch : nullptr, c->tickets, a.H,
-                     a.Hkv, a.n_ctx, a.max_splits, nd->f[0], nd->i[3], nd->f[1]);
+                     a.Hkv, a.n_ctx, cu_cache_positions(nd), a.max_splits, nd->f[0], nd->i[3], nd->f[1]);
 }
 
 template <typename T, int HD>
@@ -683,7 +683,7 @@ static cudaError_t tiled_launch(cu_ctx *c, const attn_shape &a, const gk_node *n
     return cu_launch(c, attn_tiled_kernel<T, HDP, BQ>, grid, dim3(ATT_THREADS), tiled_smem(a.hd, BQ),
                      (const float *)nd->src[0]->data, (const T *)nd->src[4]->data, (const T *)nd->src[5]->data,
                      (const int32_t *)nd->src[3]->data, (float *)nd->dst->data, a.n, a.H, a.Hkv, a.hd, a.n_ctx,
-                     nd->f[0], nd->i[3], nd->f[1]);
+                     cu_cache_positions(nd), nd->f[0], nd->i[3], nd->f[1]);
 }
 
 template <typename T>
@@ -736,18 +736,18 @@ gk_status cu_attn_setup(cu_ctx *c, gk_err *err)
 gk_status cu_attn_store(cu_ctx *c, const gk_node *nd, gk_err *err)
 {
     const gk_tensor *k = nd->src[1], *v = nd->src[2];
-    int kvw = (int)k->cols, n_ctx = (int)nd->src[4]->rows;
+    int kvw = (int)k->cols, n_ctx = (int)nd->src[4]->rows, n_pos = cu_cache_positions(nd);
     bool v4 = kvw % 4 == 0 && cu_aligned16(k->data) && cu_aligned16(v->data);
     cudaError_t e;
     CU_WEIGHT_SWITCH(nd->src[4]->dtype, T, {
         if (v4)
             e = cu_launch(c, kv_store_kernel<T, true>, dim3((unsigned)k->rows), dim3(ATT_THREADS), 0,
                           (const float *)k->data, (const float *)v->data, (const int32_t *)nd->src[3]->data,
-                          (T *)nd->src[4]->data, (T *)nd->src[5]->data, kvw, n_ctx, c->err_dev);
+                          (T *)nd->src[4]->data, (T *)nd->src[5]->data, kvw, n_ctx, n_pos, c->err_dev);
         else
             e = cu_launch(c, kv_store_kernel<T, false>, dim3((unsigned)k->rows), dim3(ATT_THREADS), 0,
                           (const float *)k->data, (const float *)v->data, (const int32_t *)nd->src[3]->data,
-                          (T *)nd->src[4]->data, (T *)nd->src[5]->data, kvw, n_ctx, c->err_dev);
+                          (T *)nd->src[4]->data, (T *)nd->src[5]->data, kvw, n_ctx, n_pos, c->err_dev);
     });
     return cu_launch_result(e, nd, "kv_store_kernel", err);
 }

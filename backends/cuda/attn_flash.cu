@@ -114,7 +114,7 @@ template <typename T, int HD>
 __global__ void __launch_bounds__(FA_THREADS, fa_minb(HD))
     attn_flash_kernel(const float *__restrict__ q, const T *__restrict__ kc, const T *__restrict__ vc,
                       const int32_t *__restrict__ pos, float *__restrict__ out, int n, int H, int Hkv, int n_ctx,
-                      float scale_log2, int window, float cap, float cap_in)
+                      int n_pos, float scale_log2, int window, float cap, float cap_in)
 {
     constexpr int BK = fa_bk(HD);     /* cache rows per key tile */
     constexpr int LDS = HD + FA_PAD;  /* shared row stride, elements */
@@ -135,7 +135,7 @@ __global__ void __launch_bounds__(FA_THREADS, fa_minb(HD))
 
     cu_pdl_wait();
     if (tid < FA_BQ)
-        s_pos[tid] = t0 + tid < n ? fa_clamp_pos(pos[t0 + tid], n_ctx) : -1;
+        s_pos[tid] = t0 + tid < n ? fa_clamp_pos(pos[t0 + tid], n_pos) : -1;
 
     /* Q as A fragments: a0 (g, 2c), a1 (g+8, 2c), a2 (g, 2c+8), a3 (g+8, 2c+8) */
     uint32_t qa[KS][4];
@@ -192,7 +192,7 @@ __global__ void __launch_bounds__(FA_THREADS, fa_minb(HD))
         for (int k = 0; k < BK * CPR / FA_THREADS; k++) {
             int i = tid + k * FA_THREADS, r = i / CPR, ch = i % CPR, j = j0 + r;
             bool in = j <= kmax;
-            size_t off = (size_t)(in ? j : 0) * kvw + ch * 8;
+            size_t off = (size_t)cu_cache_row(in ? j : 0, n_ctx) * kvw + ch * 8; /* a ring: row j % n_ctx */
             uint32_t so = (uint32_t)(((buf * BK + r) * LDS + ch * 8) * sizeof(T));
             fa_cp16(ks_addr + so, kb + off, in);
             fa_cp16(vs_addr + so, vb + off, in);
@@ -370,7 +370,7 @@ static gk_status flash_launch(cu_ctx *c, const gk_node *nd, gk_err *err)
     cudaError_t e = cu_launch(c, attn_flash_kernel<T, HD>, grid, dim3(FA_THREADS), smem,
                               (const float *)nd->src[0]->data, (const T *)nd->src[4]->data,
                               (const T *)nd->src[5]->data, (const int32_t *)nd->src[3]->data, (float *)nd->dst->data,
-                              n, nd->i[0], nd->i[1], (int)nd->src[4]->rows,
+                              n, nd->i[0], nd->i[1], (int)nd->src[4]->rows, cu_cache_positions(nd),
                               cap != 0.0f ? 1.4426950408889634f : nd->f[0] * 1.4426950408889634f, nd->i[3], cap,
                               cap != 0.0f ? nd->f[0] / cap : 0.0f);
     return cu_launch_result(e, nd, "attn_flash_kernel", err);

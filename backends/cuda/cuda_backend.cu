@@ -527,6 +527,8 @@ static bool node_check(const gk_node *nd, char *why, size_t len)
             return refuse(why, len, "attn: window i[3] = %d", (int)nd->i[3]);
         if (!(nd->f[1] >= 0.0f) || !isfinite(nd->f[1]))
             return refuse(why, len, "attn: softcap f[1] = %g (0 = off, else positive)", (double)nd->f[1]);
+        if (nd->f[2] != 0.0f && nd->i[3] <= 0)
+            return refuse(why, len, "attn: a ring cache (f[2]) needs a window i[3]");
         if (fits(x, DT_ACT, ANY, nh * hd) && fits(y, DT_ACT, x->rows, nkv * hd) &&
             fits(nd->src[2], DT_ACT, x->rows, nkv * hd) && fits(nd->src[3], DT_INT, 1, x->rows) &&
             fits(nd->src[4], DT_WEIGHT, ANY, nkv * hd) &&

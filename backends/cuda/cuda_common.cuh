@@ -13,6 +13,7 @@
 #ifndef GK_CUDA_COMMON_CUH
 #define GK_CUDA_COMMON_CUH
 
+#include <limits.h>
 #include <gk/gk_plugin.h>
 
 #include <cublas_v2.h>
@@ -296,6 +297,15 @@ static inline bool cu_aligned16(const void *p) { return ((uintptr_t)p & 15u) == 
 static inline unsigned cu_div_up(int64_t a, int64_t b) { return (unsigned)((a + b - 1) / b); }
 
 /* ------------------------------------------------------- device helpers */
+
+/* The cache row of position p (>= 0): p itself in a cache of n_ctx rows,
+ * p % rows in a ring (ATTN's f[2], ABI 1.4). */
+static __device__ __forceinline__ int cu_cache_row(int p, int rows) { return p < rows ? p : p % rows; }
+/* The positions a cache serves: its rows, or every one for a ring. */
+static inline int cu_cache_positions(const gk_node *nd)
+{
+    return nd->f[2] != 0.0f ? INT_MAX : (int)nd->src[4]->rows;
+}
 
 static __device__ __forceinline__ float cu_to_f32(float v) { return v; }
 static __device__ __forceinline__ float cu_to_f32(__half v) { return __half2float(v); }

@@ -109,7 +109,8 @@ struct rope_store_args {
     void *kc, *vc;               /* caches [n_ctx][Hkv*hd] */
     const int32_t *pos;
     const float *inv_freq;       /* [hd/2] */
-    int H, Hkv, hd, n_ctx;
+    int H, Hkv, hd, n_ctx;       /* n_ctx: the caches' rows */
+    int n_pos;                   /* the positions they serve (INT_MAX: a ring, row p % n_ctx) */
     float eps, scale;
     int *ew;
 };
@@ -127,15 +128,16 @@ __global__ void rope_store_kernel(const rope_store_args a)
     const int t = blockIdx.x, y = blockIdx.y, hd = a.hd, half = hd / 2;
     const int kvw = a.Hkv * hd;
     const int p = a.pos[t];
-    const bool p_ok = p >= 0 && p < a.n_ctx;
+    const bool p_ok = p >= 0 && p < a.n_pos;
     if (y == 0 && threadIdx.x == 0 && !p_ok)
-        cu_note(a.ew, CU_ERR_BAD_POS, p, t, a.n_ctx);
+        cu_note(a.ew, CU_ERR_BAD_POS, p, t, a.n_pos);
+    const size_t row = p_ok ? (size_t)cu_cache_row(p, a.n_ctx) : 0;
     if (y >= a.H + a.Hkv) { /* a value head: into the cache */
         const int h = y - a.H - a.Hkv;
         const float *src = a.v + (size_t)t * kvw + (size_t)h * hd;
         if (p_ok)
             for (int j = threadIdx.x; j < hd; j += blockDim.x)
-                ((CT *)a.vc)[(size_t)p * kvw + (size_t)h * hd + j] = cu_from_f32<CT>(src[j]);
+                ((CT *)a.vc)[row * kvw + (size_t)h * hd + j] = cu_from_f32<CT>(src[j]);
         return;
     }
     const bool is_q = y < a.H;
@@ -159,7 +161,7 @@ __global__ void rope_store_kernel(const rope_store_args a)
     }
     __syncthreads();
     float *dst = (is_q ? a.q_rope : a.k_rope) + (size_t)t * w + (size_t)h * hd;
-    CT *cache = (CT *)a.kc + (size_t)p * kvw + (size_t)h * hd;
+    CT *cache = (CT *)a.kc + row * kvw + (size_t)h * hd;
     const float pf = (float)p;
     for (int i = threadIdx.x; i < half; i += blockDim.x) {
         float angle = pf * a.inv_freq[i], s, c;
@@ -234,6 +236,7 @@ gk_status cu_rope_store(cu_ctx *c, const gk_node *nodes, int count, gk_err *err)
     a.Hkv = at->i[1];
     a.hd = at->i[2];
     a.n_ctx = (int)at->src[4]->rows;
+    a.n_pos = cu_cache_positions(at);
     a.scale = rq->f[0];
     a.ew = c->err_dev;
     unsigned threads = (unsigned)((a.hd / 2 + 31) / 32 * 32);

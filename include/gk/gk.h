@@ -340,9 +340,14 @@ typedef struct gk_model_opts {
  * is a bias tensor the config's attention_bias / mlp_bias does not announce).
  * opts may be NULL (all defaults); rt, path or out NULL is GK_ERR_INVALID_ARG.
  * The context is checked before anything is uploaded, in this order: n_ctx < 0
- * is GK_ERR_INVALID_ARG; a KV cache whose size overflows 64 bits is
- * GK_ERR_INVALID_ARG naming n_ctx; weights plus cache beyond the device's free
- * memory is GK_ERR_NOMEM giving both sizes; more than 2^31 - 1 positions is
+ * or n_ubatch < 0 is GK_ERR_INVALID_ARG; a KV cache whose size overflows 64
+ * bits is GK_ERR_INVALID_ARG naming n_ctx; weights plus cache beyond the
+ * device's free memory is GK_ERR_NOMEM giving both sizes; more than 2^31 - 1
+ * positions is GK_ERR_INVALID_ARG. Where config.json has a sliding window
+ * (or layer_types), layers may keep smaller ring caches: the weights alone
+ * are checked first, and the cache, once its rows are known, against what
+ * is free after them (GK_ERR_NOMEM naming both). opts_size below
+ * offsetof(gk_model_opts, n_ubatch) with opts non-NULL is
  * GK_ERR_INVALID_ARG. */
 GK_API gk_status gk_model_load_sized(gk_runtime *rt, const char *path, const gk_model_opts *opts,
                                      size_t opts_size, gk_model **out, gk_err *err);

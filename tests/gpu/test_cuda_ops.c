@@ -70,15 +70,21 @@ static void plug_close(plug *p)
     memset(p, 0, sizeof *p);
 }
 
-static void teardown(void)
+/* Free the tensors made since the pool held `mark` of them. */
+static void pairs_free_from(int mark)
 {
-    for (int i = 0; i < n_pairs; i++) {
+    for (int i = mark; i < n_pairs; i++) {
         for (int s = 0; s < 2; s++)
             if (pairs[i]->t[s].data)
                 be[s].ops->buffer_free(be[s].state, pairs[i]->t[s].data);
         free(pairs[i]);
     }
-    n_pairs = 0;
+    n_pairs = mark;
+}
+
+static void teardown(void)
+{
+    pairs_free_from(0);
     plug_close(&be[CU]);
     plug_close(&be[REF]);
 }
@@ -865,6 +871,34 @@ static void attn_step_wc(attn_fix *a, int64_t n, const int32_t *p, const char *t
     for (int64_t t = 0; t < n; t++) {
         expect_cache_row(a->kc, p[t], "k cache row");
         expect_cache_row(a->vc, p[t], "v cache row");
+    }
+}
+
+/* The same over ring caches (ATTN f[2], ABI 1.4): position p lives in row
+ * p % rows, and the rows written are compared there. */
+static void attn_step_ring(attn_fix *a, int64_t n, const int32_t *p, int32_t window)
+{
+    int64_t qw = a->H * a->hd, kvw = a->Hkv * a->hd;
+    pt *q = pair_rnd(n, qw, 1.0, 0.0, "q", NULL), *k = pair_rnd(n, kvw, 1.0, 0.0, "k", NULL);
+    pt *v = pair_rnd(n, kvw, 1.0, 0.0, "v", NULL), *pos = pair_i(n, p, "pos");
+    pt *out = pair_new(GK_DTYPE_F32, n, qw, "attn");
+    pnode pn = {.op = GK_OP_ATTN, .src = {q, k, v, pos, a->kc, a->vc}, .dst = out,
+                .i = {(int32_t)a->H, (int32_t)a->Hkv, (int32_t)a->hd, window},
+                .f = {1.0f / sqrtf((float)a->hd), 0.0f, 1.0f}};
+    run1(&pn, "attn ring");
+    char what[160];
+    snprintf(what, sizeof what, "attn ring of %lld rows, %s cache H=%lld Hkv=%lld hd=%lld n=%lld pos[0]=%d window=%d",
+             (long long)a->n_ctx, dt_str(a->dt), (long long)a->H, (long long)a->Hkv, (long long)a->hd, (long long)n,
+             (int)p[0], (int)window);
+    double atol = 2e-5, rtol = 1e-5;
+    if (n > 8 && a->dt == GK_DTYPE_F16)
+        atol = 2e-3, rtol = 0.0;
+    else if (n > 8 && a->dt == GK_DTYPE_BF16)
+        atol = 1.2e-2, rtol = 0.0;
+    expect_match(out, NULL, rtol, atol, what);
+    for (int64_t t = 0; t < n; t++) {
+        expect_cache_row(a->kc, p[t] % a->n_ctx, "k ring row");
+        expect_cache_row(a->vc, p[t] % a->n_ctx, "v ring row");
     }
 }
 
@@ -1858,6 +1892,32 @@ Test(cuda_ops, attn_with_sliding_window_and_softcap_matches_cpu_ref)
         attn_step_wc(&a, 2, p2, "mixed", 100, 0.0f);
         attn_step_wc(&a, 4, p3, "scattered", 33, 0.9f);
     }
+}
+
+/* Ring caches of W + U - 1 rows fed U positions at a time, far past their
+ * rows (each wraps many times), over the decode kernel (U <= 8), the tiled
+ * and tensor-core kernels (U = 24) and head dims 64, 128, 256 and 80: every
+ * output and every row stored is cpu_ref's. */
+Test(cuda_ops, attn_on_a_ring_cache_matches_cpu_ref)
+{
+    start();
+    const int64_t hds[4] = {64, 128, 256, 80};
+    const int32_t us[3] = {1, 5, 24}, windows[2] = {7, 40};
+    for (int w = 0; w < 3; w++)
+        for (int d = 0; d < 4; d++)
+            for (int ui = 0; ui < 3; ui++)
+                for (int wi = 0; wi < 2; wi++) {
+                    const int32_t U = us[ui], W = windows[wi];
+                    const int mark = n_pairs;
+                    attn_fix a = attn_fix_new(4, 2, hds[d], W + U - 1, false, wtypes[w]);
+                    int32_t p[24];
+                    for (int32_t start = 0; start < 3 * (W + U); start += U) {
+                        for (int32_t t = 0; t < U; t++)
+                            p[t] = start + t;
+                        attn_step_ring(&a, U, p, W);
+                    }
+                    pairs_free_from(mark);
+                }
 }
 
 Test(cuda_ops, explain_node_names_what_was_refused)
