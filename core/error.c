@@ -18,6 +18,7 @@ const char *gk_status_str(gk_status s)
     case GK_ERR_DEVICE: return "device error";
     case GK_ERR_PLUGIN: return "plugin error";
     case GK_ERR_INTERNAL: return "internal error";
+    case GK_ERR_BUSY: return "busy";
     }
     return "unknown status";
 }

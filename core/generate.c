@@ -298,6 +298,8 @@ gk_status gk_model_generate(gk_model *m, const int32_t *prompt, int64_t n_prompt
                           !m ? "the model" : !prompt ? "prompt" : !o ? "opts" : !out ? "out" : "n_out");
     if (n_prompt <= 0)
         return gk_err_set(err, GK_ERR_INVALID_ARG, "the prompt is empty");
+    if (m->own_busy)
+        return gk_err_set(err, GK_ERR_BUSY, "the model's own sequence slot is a gk_seq's (gk_seq_new took it)");
     char why[160];
     if (gk_sample_opts_invalid(o, why, sizeof why))
         return gk_err_set(err, GK_ERR_INVALID_ARG, "%s", why);

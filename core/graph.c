@@ -40,6 +40,7 @@ static const gk_op_param p_rope[] = {
 static const gk_op_param p_attn[] = {
     {"n_head", 'i', 0, 0, 0}, {"n_head_kv", 'i', 1, 0, 0}, {"head_dim", 'i', 2, 0, 0},
     {"window", 'i', 3, 4, 0}, {"scale", 'f', 0, 0, 0}, {"softcap", 'f', 1, 4, 0}, {"ring", 'f', 2, 4, 0},
+    {"slot_rows", 'f', 3, 5, 0},
 };
 static const gk_op_param p_sample[] = {
     {"top_k", 'i', 0, 2, 0}, {"penalty_window", 'i', 1, 3, 0}, {"temperature", 'f', 0, 2, 0},
@@ -476,7 +477,7 @@ gk_tensor *gk_build_attn_ex(gk_builder *b, gk_tensor *q, gk_tensor *k, gk_tensor
         gk_node *nd = &b->fg->g.nodes[b->fg->g.n_nodes - 1];
         nd->src[1] = k;
         nd->src[2] = v;
-        nd->src[3] = b->fg->pos;
+        nd->src[3] = b->fg->pos_slot ? b->fg->pos_slot : b->fg->pos;
         nd->src[4] = b->m->k_cache[il];
         nd->src[5] = b->m->v_cache[il];
         nd->i[0] = (int32_t)c->n_head;
@@ -484,7 +485,12 @@ gk_tensor *gk_build_attn_ex(gk_builder *b, gk_tensor *q, gk_tensor *k, gk_tensor
         nd->i[2] = (int32_t)c->head_dim;
         nd->i[3] = (int32_t)o->window;
         /* a ring cache: fewer rows than positions, position p in row p % rows */
-        nd->f[2] = b->m->k_cache[il]->rows < b->m->n_ctx ? 1.0f : 0.0f;
+        int64_t srows = b->m->srows ? b->m->srows[il] : b->m->n_ctx;
+        nd->f[2] = srows < b->m->n_ctx ? 1.0f : 0.0f;
+        /* (1.5) sequence slots of srows rows each; negative: the tokens may
+         * be of different slots */
+        if (b->fg->pos_slot)
+            nd->f[3] = (float)(b->fg->mixed ? -srows : srows);
         if (b->m->win)
             b->m->win[il] = o->window;
         nd->f[0] = o->scale > 0 ? o->scale : 1.0f / sqrtf((float)c->head_dim);
@@ -811,6 +817,15 @@ static gk_status finish(gk_model *m, gk_builder *b, gk_status st, gk_fgraph **ou
                         "out of memory (or a NULL or out-of-range builder argument) building the graph");
     if (st == GK_OK)
         st = place_arena(m, b->fg, err);
+    if (st == GK_OK && b->fg->pos_slot) {
+        /* pos is the first row; the slots start as slot 0's */
+        b->fg->pos_view.data = b->fg->pos_slot->data;
+        int32_t *zero = calloc((size_t)b->fg->pos_slot->cols, sizeof *zero);
+        st = zero ? m->be.ops->buffer_write(m->be.state, b->fg->pos_slot->data, (size_t)b->fg->pos_slot->cols * 4,
+                                            zero, (size_t)b->fg->pos_slot->cols * 4, err)
+                  : gk_err_set(err, GK_ERR_NOMEM, "out of memory");
+        free(zero);
+    }
     if (st == GK_OK)
         st = gk_fgraph_check(m, b->fg, err);
     if (st != GK_OK) {
@@ -822,21 +837,47 @@ static gk_status finish(gk_model *m, gk_builder *b, gk_status st, gk_fgraph **ou
     return GK_OK;
 }
 
-gk_status gk_fgraph_build_forward(gk_model *m, int64_t n, gk_fgraph **out, gk_err *err)
+/* The ids and positions inputs of n tokens; with several sequence slots,
+ * positions and slots as one [2][n] tensor whose first row is pos. */
+static void make_inputs(gk_builder *b, int64_t n)
+{
+    gk_fgraph *fg = b->fg;
+    fg->ids = new_tensor(b, GK_DTYPE_I32, 1, n, "ids", -1);
+    if (b->m->n_slots <= 1) {
+        fg->pos = new_tensor(b, GK_DTYPE_I32, 1, n, "pos", -1);
+        return;
+    }
+    fg->pos_slot = new_tensor(b, GK_DTYPE_I32, 2, n, "pos_slot", -1);
+    fg->pos_view = (gk_tensor){.dtype = GK_DTYPE_I32, .rows = 1, .cols = n, .layer = -1};
+    snprintf(fg->pos_view.name, sizeof fg->pos_view.name, "pos");
+    fg->pos = &fg->pos_view;
+}
+
+static gk_status build_forward(gk_model *m, int64_t n, bool mixed, gk_fgraph **out, gk_err *err)
 {
     *out = NULL;
     gk_fgraph *fg = calloc(1, sizeof *fg);
     if (!fg)
         return gk_err_set(err, GK_ERR_NOMEM, "out of memory");
     fg->g.n_tokens = n;
+    fg->mixed = mixed;
     gk_builder b = {.m = m, .fg = fg};
-    fg->ids = new_tensor(&b, GK_DTYPE_I32, 1, n, "ids", -1);
-    fg->pos = new_tensor(&b, GK_DTYPE_I32, 1, n, "pos", -1);
+    make_inputs(&b, n);
     gk_status st = b.failed ? GK_ERR_NOMEM : m->arch->build(&b, &fg->out, err);
     if (st == GK_OK && !b.failed && (!fg->out || fg->out->rows != n || fg->out->cols != m->cfg.n_embd))
         st = gk_err_set(err, GK_ERR_INTERNAL, "architecture '%s' built no [%lld][%lld] output",
                         m->arch->spec->name, (long long)n, (long long)m->cfg.n_embd);
     return finish(m, &b, st, out, err);
+}
+
+gk_status gk_fgraph_build_forward(gk_model *m, int64_t n, gk_fgraph **out, gk_err *err)
+{
+    return build_forward(m, n, false, out, err);
+}
+
+gk_status gk_fgraph_build_mixed(gk_model *m, int64_t n, gk_fgraph **out, gk_err *err)
+{
+    return build_forward(m, n, true, out, err);
 }
 
 /* The LM head: the architecture's hook, else linear by the head weight. */
@@ -878,8 +919,7 @@ gk_status gk_fgraph_build_step(gk_model *m, gk_fgraph **out, gk_err *err)
         return gk_err_set(err, GK_ERR_NOMEM, "out of memory");
     fg->g.n_tokens = 1;
     gk_builder b = {.m = m, .fg = fg};
-    fg->ids = new_tensor(&b, GK_DTYPE_I32, 1, 1, "ids", -1);
-    fg->pos = new_tensor(&b, GK_DTYPE_I32, 1, 1, "pos", -1);
+    make_inputs(&b, 1);
     fg->ctl = new_tensor(&b, GK_DTYPE_I32, 1, 4, "sample_ctl", -1);
     gk_tensor *hidden = NULL;
     gk_status st = b.failed ? GK_ERR_NOMEM : m->arch->build(&b, &hidden, err);

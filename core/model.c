@@ -490,10 +490,13 @@ static gk_status alloc_caches(gk_model *m, gk_err *err)
     m->k_cache = calloc((size_t)c->n_layer, sizeof *m->k_cache);
     m->v_cache = calloc((size_t)c->n_layer, sizeof *m->v_cache);
     m->win = calloc((size_t)c->n_layer, sizeof *m->win);
-    if (s == GK_OK && (!m->k_cache || !m->v_cache || !m->win))
+    m->srows = calloc((size_t)c->n_layer, sizeof *m->srows);
+    m->slot_used = calloc((size_t)m->n_slots, sizeof *m->slot_used);
+    if (s == GK_OK && (!m->k_cache || !m->v_cache || !m->win || !m->srows || !m->slot_used))
         s = gk_err_set(err, GK_ERR_NOMEM, "out of memory");
     int64_t kv = c->n_head_kv * c->head_dim;
     for (int64_t l = 0; l < c->n_layer && s == GK_OK; l++) {
+        m->srows[l] = m->n_ctx; /* until place_caches */
         for (int i = 0; i < 2 && s == GK_OK; i++) {
             gk_tensor *t = calloc(1, sizeof *t);
             if (!t) {
@@ -529,7 +532,8 @@ static gk_status place_caches(gk_model *m, uint64_t mem_free, gk_err *err)
         if (m->be.abi_minor >= 4 && m->win[l] > 0 && m->win[l] + ubatch - 1 < m->n_ctx)
             rows = m->win[l] + ubatch - 1;
         m->n_ring += rows < m->n_ctx;
-        m->k_cache[l]->rows = m->v_cache[l]->rows = rows;
+        m->srows[l] = rows;
+        m->k_cache[l]->rows = m->v_cache[l]->rows = rows * m->n_slots; /* fits: n_ctx * n_slots did */
     }
     /* micro-batches: as asked, else GK_RING_UBATCH where a ring needs them */
     m->n_ubatch = m->n_ubatch_opt > 0 ? m->n_ubatch_opt : m->n_ring ? GK_RING_UBATCH : 0;
@@ -559,6 +563,7 @@ static bool kv_cache_bytes(const gk_model *m, uint64_t *out)
 {
     int64_t n;
     if (!gk_i64_mul(m->cfg.n_head_kv, m->cfg.head_dim, &n) || !gk_i64_mul(n, m->n_ctx, &n) ||
+        !gk_i64_mul(n, m->n_slots, &n) ||
         !gk_i64_mul(n, m->cfg.n_layer, &n) || !gk_i64_mul(n, 2 * (int64_t)gk_dtype_size(m->kv_dtype), &n) ||
         n < 0)
         return false;
@@ -611,6 +616,10 @@ gk_status gk_model_load_sized(gk_runtime *rt, const char *path, const gk_model_o
                           "n_ubatch (tokens per forward graph, gkrun --ubatch) must be >= 0 (0 = the default), "
                           "got %lld",
                           (long long)opts->n_ubatch);
+    if (opts->n_seq_max < 0 || opts->n_seq_max > GK_MAX_SEQ)
+        return gk_err_set(err, GK_ERR_INVALID_ARG,
+                          "n_seq_max (sequences at once, gkrun serve --parallel) must be 0 to %d, got %lld",
+                          GK_MAX_SEQ, (long long)opts->n_seq_max);
     gk_model *m = calloc(1, sizeof *m);
     if (!m)
         return gk_err_set(err, GK_ERR_NOMEM, "out of memory");
@@ -678,6 +687,19 @@ gk_status gk_model_load_sized(gk_runtime *rt, const char *path, const gk_model_o
         goto fail;
     int64_t train_ctx = m->cfg.n_ctx_train > 0 ? m->cfg.n_ctx_train : 4096;
     m->n_ctx = opts->n_ctx > 0 ? opts->n_ctx : (train_ctx < 4096 ? train_ctx : 4096);
+    m->n_slots = opts->n_seq_max > 1 ? opts->n_seq_max : 1;
+    if (m->n_slots > 1 && m->be.abi_minor < 5) {
+        s = gk_err_set(err, GK_ERR_UNSUPPORTED,
+                       "backend '%s' (built for ABI %d.%u) holds one sequence; n_seq_max %lld needs ABI 1.5",
+                       m->be.name, GK_ABI_MAJOR, m->be.abi_minor, (long long)m->n_slots);
+        goto fail;
+    }
+    if (m->n_slots > 1 && m->n_ctx > GK_MAX_SEQ_CTX) {
+        s = gk_err_set(err, GK_ERR_INVALID_ARG,
+                       "a context of %lld tokens is beyond the %d each of several sequences may have",
+                       (long long)m->n_ctx, GK_MAX_SEQ_CTX);
+        goto fail;
+    }
     /* An architecture built for ABI 1.4 applies the window itself
      * (gk_build_attn_ex); an older one cannot, so its context stays within it. */
     if (m->cfg.sliding_window > 0 && m->n_ctx > m->cfg.sliding_window &&
@@ -751,7 +773,7 @@ gk_status gk_model_load_sized(gk_runtime *rt, const char *path, const gk_model_o
         if (s == GK_OK)
             s = place_caches(m, free_now, err);
     }
-    if (s == GK_OK && m->n_ring) {
+    if (s == GK_OK && (m->n_ring || m->n_slots > 1)) {
         gk_fgraph_destroy(m, m->g1);
         m->g1 = NULL;
         s = gk_fgraph_build_forward(m, 1, &m->g1, err);
@@ -779,6 +801,7 @@ void gk_model_destroy(gk_model *m)
         return;
     if (m->be.ops) {
         gk_fgraph_destroy(m, m->step);
+        gk_fgraph_destroy(m, m->gb);
         gk_fgraph_destroy(m, m->gn);
         gk_fgraph_destroy(m, m->g1);
         for (int r = 0; r < GK_W_COUNT; r++) {
@@ -809,6 +832,8 @@ void gk_model_destroy(gk_model *m)
     free(m->k_cache);
     free(m->v_cache);
     free(m->win);
+    free(m->srows);
+    free(m->slot_used);
     free(m->host_logits);
     free(m->cache_ids);
     free(m);
@@ -893,8 +918,38 @@ static gk_status run(gk_model *m, gk_fgraph *fg, gk_err *err)
     return m->be.ops->graph_compute(m->be.state, &fg->g, err);
 }
 
-/* One graph of n tokens (at most n_ubatch) at positions n_past.. */
-static gk_status forward_one(gk_model *m, const int32_t *ids, int64_t n, float *hidden, gk_err *err)
+/* Where forward_one reads and records a sequence: the model's own (slot 0)
+ * or a gk_seq's. */
+typedef struct seq_ref {
+    int64_t slot, *n_past, *kv_hi;
+    int32_t *ids;
+} seq_ref;
+
+static seq_ref own_seq(gk_model *m) { return (seq_ref){0, &m->n_past, &m->kv_hi, m->cache_ids}; }
+
+/* Write n positions from `first` (and the slot, with several slots) into fg. */
+static gk_status write_inputs(gk_model *m, gk_fgraph *fg, const int32_t *ids, int64_t n, const int32_t *pos_in,
+                              int64_t first, const int32_t *slots_in, int64_t slot, gk_err *err)
+{
+    int32_t small[128];
+    int32_t *buf = 2 * n <= 128 ? small : malloc((size_t)(2 * n) * sizeof *buf);
+    if (!buf)
+        return gk_err_set(err, GK_ERR_NOMEM, "out of memory");
+    for (int64_t i = 0; i < n; i++) {
+        buf[i] = pos_in ? pos_in[i] : (int32_t)(first + i);
+        buf[n + i] = slots_in ? slots_in[i] : (int32_t)slot;
+    }
+    gk_status s = m->be.ops->buffer_write(m->be.state, fg->ids->data, 0, ids, (size_t)n * sizeof *ids, err);
+    if (s == GK_OK)
+        s = m->be.ops->buffer_write(m->be.state, fg->pos->data, 0, buf,
+                                    (size_t)(fg->pos_slot ? 2 * n : n) * sizeof *buf, err);
+    if (buf != small)
+        free(buf);
+    return s;
+}
+
+/* One graph of n tokens (at most n_ubatch) of sequence q at its next positions. */
+static gk_status forward_one(gk_model *m, seq_ref q, const int32_t *ids, int64_t n, float *hidden, gk_err *err)
 {
     gk_status s;
     /* the graph of this size: the one-token graph, or the kept one of another
@@ -910,25 +965,15 @@ static gk_status forward_one(gk_model *m, const int32_t *ids, int64_t n, float *
             return s;
     }
     m->fwd = *slot;
-    /* positions: on the stack for decode-sized steps, no allocation per token */
-    int32_t small[64];
-    int32_t *pos = n <= 64 ? small : malloc((size_t)n * sizeof *pos);
-    if (!pos)
-        return gk_err_set(err, GK_ERR_NOMEM, "out of memory");
-    for (int64_t i = 0; i < n; i++)
-        pos[i] = (int32_t)(m->n_past + i);
-    s = m->be.ops->buffer_write(m->be.state, m->fwd->ids->data, 0, ids, (size_t)n * sizeof *ids, err);
-    if (s == GK_OK)
-        s = m->be.ops->buffer_write(m->be.state, m->fwd->pos->data, 0, pos, (size_t)n * sizeof *pos, err);
-    if (pos != small)
-        free(pos);
+    s = write_inputs(m, m->fwd, ids, n, NULL, *q.n_past, NULL, q.slot, err);
     if (s == GK_OK)
         s = run(m, m->fwd, err);
     if (s != GK_OK)
         return s;
-    memcpy(m->cache_ids + m->n_past, ids, (size_t)n * sizeof *ids);
-    m->n_past += n;
-    gk_model_wrote(m, m->n_past);
+    memcpy(q.ids + *q.n_past, ids, (size_t)n * sizeof *ids);
+    *q.n_past += n;
+    if (*q.n_past > *q.kv_hi)
+        *q.kv_hi = *q.n_past;
     m->ran = true;
     if (hidden)
         s = m->be.ops->buffer_read(m->be.state, m->fwd->out->data, 0, hidden,
@@ -942,6 +987,8 @@ gk_status gk_model_forward(gk_model *m, const int32_t *ids, int64_t n, float *hi
         return gk_err_set(err, GK_ERR_INVALID_ARG, "gk_model_forward: %s is NULL", m ? "ids" : "the model");
     if (n <= 0)
         return gk_err_set(err, GK_ERR_INVALID_ARG, "forward needs at least one token");
+    if (m->own_busy)
+        return gk_err_set(err, GK_ERR_BUSY, "the model's own sequence slot is a gk_seq's (gk_seq_new took it)");
     if (n > m->n_ctx - m->n_past) /* not n_past + n: a huge n must not overflow */
         return gk_err_set(err, GK_ERR_INVALID_ARG,
                           "%lld tokens after %lld cached ones exceed the context of %lld tokens",
@@ -956,7 +1003,7 @@ gk_status gk_model_forward(gk_model *m, const int32_t *ids, int64_t n, float *hi
     m->fwd_chunks = 0;
     for (int64_t done = 0; s == GK_OK && done < n; done += step) {
         int64_t k = n - done < step ? n - done : step;
-        s = forward_one(m, ids + done, k, hidden ? hidden + done * m->cfg.n_embd : NULL, err);
+        s = forward_one(m, own_seq(m), ids + done, k, hidden ? hidden + done * m->cfg.n_embd : NULL, err);
         m->fwd_chunks++;
     }
     return s;
@@ -1013,49 +1060,226 @@ gk_status gk_model_last_logits(gk_model *m, gk_err *err)
     return s;
 }
 
-gk_status gk_model_truncate(gk_model *m, int64_t n_keep, gk_err *err)
-{
-    if (!m)
-        return gk_err_set(err, GK_ERR_INVALID_ARG, "gk_model_truncate: the model is NULL");
-    if (n_keep < 0 || n_keep > m->n_past)
-        return gk_err_set(err, GK_ERR_INVALID_ARG, "cannot keep %lld of %lld cached tokens",
-                          (long long)n_keep, (long long)m->n_past);
-    int64_t least = gk_model_min_keep(m);
-    if (n_keep > 0 && n_keep < least) {
-        int64_t l = 0;
-        while (l < m->cfg.n_layer && m->k_cache[l]->rows == m->n_ctx)
-            l++;
-        return gk_err_set(err, GK_ERR_INVALID_ARG,
-                          "cannot keep %lld of %lld cached tokens: layer %lld's sliding-window cache is a ring of "
-                          "%lld rows, and positions up to %lld have overwritten what the first %lld need; keep 0 "
-                          "or at least %lld",
-                          (long long)n_keep, (long long)m->n_past, (long long)l, (long long)m->k_cache[l]->rows,
-                          (long long)(m->kv_hi - 1), (long long)n_keep, (long long)least);
-    }
-    m->n_past = n_keep;
-    if (n_keep == 0)
-        m->kv_hi = 0; /* every row is rewritten before it is read again */
-    return GK_OK;
-}
-
 /* Position p of a ring of R = W + U - 1 rows is intact while nothing at
  * p + R or later was written; the next query at n_keep needs
  * n_keep - W + 1 on, so n_keep + U must exceed the highest position written
  * (kv_hi - 1). */
-int64_t gk_model_min_keep(const gk_model *m)
+static int64_t ring_min_keep(const gk_model *m, int64_t kv_hi)
 {
-    if (!m || !m->n_ring || m->kv_hi - m->n_ubatch <= 0)
-        return 0;
-    return m->kv_hi - m->n_ubatch;
+    return m->n_ring && kv_hi - m->n_ubatch > 0 ? kv_hi - m->n_ubatch : 0;
 }
+
+/* n_keep of a sequence holding n_past (kv_hi written): kept, or why not. */
+static gk_status truncate_seq(gk_model *m, int64_t n_keep, int64_t *n_past, int64_t *kv_hi, gk_err *err)
+{
+    if (n_keep < 0 || n_keep > *n_past)
+        return gk_err_set(err, GK_ERR_INVALID_ARG, "cannot keep %lld of %lld cached tokens",
+                          (long long)n_keep, (long long)*n_past);
+    int64_t least = ring_min_keep(m, *kv_hi);
+    if (n_keep > 0 && n_keep < least) {
+        int64_t l = 0;
+        while (l < m->cfg.n_layer && m->srows[l] == m->n_ctx)
+            l++;
+        return gk_err_set(err, GK_ERR_INVALID_ARG,
+                          "cannot keep %lld of %lld cached tokens: layer %lld's sliding-window cache is a ring of "
+                          "%lld rows, and positions up to %lld have overwritten rows that position %lld needs; "
+                          "keep 0 or at least %lld",
+                          (long long)n_keep, (long long)*n_past, (long long)l, (long long)m->srows[l],
+                          (long long)(*kv_hi - 1), (long long)n_keep, (long long)least);
+    }
+    *n_past = n_keep;
+    if (n_keep == 0)
+        *kv_hi = 0; /* every row is rewritten before it is read again */
+    return GK_OK;
+}
+
+gk_status gk_model_truncate(gk_model *m, int64_t n_keep, gk_err *err)
+{
+    if (!m)
+        return gk_err_set(err, GK_ERR_INVALID_ARG, "gk_model_truncate: the model is NULL");
+    if (m->own_busy)
+        return gk_err_set(err, GK_ERR_BUSY, "the model's own sequence slot is a gk_seq's (gk_seq_new took it)");
+    return truncate_seq(m, n_keep, &m->n_past, &m->kv_hi, err);
+}
+
+int64_t gk_model_min_keep(const gk_model *m) { return m ? ring_min_keep(m, m->kv_hi) : 0; }
 
 int64_t gk_model_n_ubatch(const gk_model *m) { return m ? m->n_ubatch : 0; }
 
+/* ------------------------------------------------------------ sequences */
+
+gk_status gk_seq_new(gk_model *m, gk_seq **out, gk_err *err)
+{
+    if (!m || !out)
+        return gk_err_set(err, GK_ERR_INVALID_ARG, "gk_seq_new: %s is NULL", m ? "out" : "the model");
+    *out = NULL;
+    /* slots 1.. first; slot 0 is the model's own while its calls may want it */
+    int64_t slot = -1;
+    for (int64_t i = 1; i < m->n_slots && slot < 0; i++)
+        if (!m->slot_used[i])
+            slot = i;
+    if (slot < 0 && !m->slot_used[0] && m->n_past == 0)
+        slot = 0;
+    if (slot < 0)
+        return gk_err_set(err, GK_ERR_BUSY, "all %lld sequence slots of the model are in use (n_seq_max)",
+                          (long long)m->n_slots);
+    gk_seq *q = calloc(1, sizeof *q);
+    if (q)
+        q->ids = malloc((size_t)m->n_ctx * sizeof *q->ids);
+    if (!q || !q->ids) {
+        if (q)
+            free(q);
+        return gk_err_set(err, GK_ERR_NOMEM, "out of memory");
+    }
+    q->m = m;
+    q->slot = slot;
+    m->slot_used[slot] = true;
+    if (slot == 0)
+        m->own_busy = true;
+    *out = q;
+    return GK_OK;
+}
+
+void gk_seq_free(gk_seq *q)
+{
+    if (!q)
+        return;
+    q->m->slot_used[q->slot] = false;
+    if (q->slot == 0) {
+        q->m->own_busy = false;
+        q->m->n_past = q->m->kv_hi = 0;
+    }
+    free(q->ids);
+    free(q);
+}
+
+int64_t gk_seq_n_past(const gk_seq *q) { return q ? q->n_past : 0; }
+const int32_t *gk_seq_ids(const gk_seq *q) { return q ? q->ids : NULL; }
+int64_t gk_seq_min_keep(const gk_seq *q) { return q ? ring_min_keep(q->m, q->kv_hi) : 0; }
+
+gk_status gk_seq_truncate(gk_seq *q, int64_t n_keep, gk_err *err)
+{
+    if (!q)
+        return gk_err_set(err, GK_ERR_INVALID_ARG, "gk_seq_truncate: the sequence is NULL");
+    return truncate_seq(q->m, n_keep, &q->n_past, &q->kv_hi, err);
+}
+
+static seq_ref seq_of(gk_seq *q) { return (seq_ref){q->slot, &q->n_past, &q->kv_hi, q->ids}; }
+
+/* Logits of fg's rows into dst [rows][n_vocab] (all rows, or the last). */
+static gk_status read_logits(gk_model *m, gk_fgraph *f, bool last_only, float *dst, gk_err *err)
+{
+    gk_status s = GK_OK;
+    gk_fgraph **h = last_only ? &f->head_last : &f->head;
+    if (!*h && last_only) {
+        f->last_row = *f->out;
+        f->last_row.rows = 1;
+        f->last_row.data = (char *)f->out->data + (size_t)(f->out->rows - 1) * (size_t)f->out->cols * sizeof(float);
+        s = gk_fgraph_build_head(m, &f->last_row, h, err);
+    } else if (!*h) {
+        s = gk_fgraph_build_head(m, f->out, h, err);
+    }
+    if (s == GK_OK)
+        s = run(m, *h, err);
+    if (s == GK_OK && dst)
+        s = m->be.ops->buffer_read(m->be.state, (*h)->out->data, 0, dst, gk_tensor_nbytes((*h)->out), err);
+    return s;
+}
+
+gk_status gk_seq_decode(gk_model *m, const gk_seq_input *in, int64_t n_in, float *logits, gk_err *err)
+{
+    if (!m || (!in && n_in > 0))
+        return gk_err_set(err, GK_ERR_INVALID_ARG, "gk_seq_decode: %s is NULL", m ? "in" : "the model");
+    if (n_in < 0)
+        return gk_err_set(err, GK_ERR_INVALID_ARG, "gk_seq_decode: %lld inputs", (long long)n_in);
+    int64_t V = m->cfg.n_vocab, n_one = 0;
+    for (int64_t i = 0; i < n_in; i++) {
+        const gk_seq_input *x = &in[i];
+        if (!x->seq || !x->ids || x->seq->m != m)
+            return gk_err_set(err, GK_ERR_INVALID_ARG, "gk_seq_decode: input %lld has %s", (long long)i,
+                              !x->seq ? "no sequence" : !x->ids ? "no ids" : "a sequence of another model");
+        if (x->n < 1 || x->n > m->n_ctx - x->seq->n_past)
+            return gk_err_set(err, GK_ERR_INVALID_ARG,
+                              "gk_seq_decode: input %lld: %lld tokens after %lld cached ones (the context is %lld)",
+                              (long long)i, (long long)x->n, (long long)x->seq->n_past, (long long)m->n_ctx);
+        for (int64_t j = 0; j < x->n; j++)
+            if (x->ids[j] < 0 || x->ids[j] >= V)
+                return gk_err_set(err, GK_ERR_INVALID_ARG,
+                                  "gk_seq_decode: input %lld: token id %d is outside the vocabulary of %lld",
+                                  (long long)i, x->ids[j], (long long)V);
+        for (int64_t k = 0; k < i; k++)
+            if (in[k].seq == x->seq)
+                return gk_err_set(err, GK_ERR_INVALID_ARG, "gk_seq_decode: inputs %lld and %lld are one sequence",
+                                  (long long)k, (long long)i);
+        n_one += x->n == 1;
+    }
+    gk_status s = GK_OK;
+    m->ran = false; /* the model's own logits and nodes are not these */
+    /* prompts: each in its micro-batches, the last one's last row read */
+    for (int64_t i = 0; s == GK_OK && i < n_in; i++) {
+        const gk_seq_input *x = &in[i];
+        if (x->n == 1)
+            continue;
+        int64_t step = m->n_ubatch > 0 && m->n_ubatch < x->n ? m->n_ubatch : x->n;
+        for (int64_t done = 0; s == GK_OK && done < x->n; done += step) {
+            int64_t k = x->n - done < step ? x->n - done : step;
+            s = forward_one(m, seq_of(x->seq), x->ids + done, k, NULL, err);
+        }
+        if (s == GK_OK && logits)
+            s = read_logits(m, m->fwd, true, logits + i * V, err);
+    }
+    m->ran = false;
+    if (s != GK_OK || !n_one)
+        return s;
+    /* one token each: one graph for all of them */
+    if (!m->gb || m->gb->g.n_tokens != n_one) {
+        gk_fgraph_destroy(m, m->gb);
+        m->gb = NULL;
+        s = gk_fgraph_build_mixed(m, n_one, &m->gb, err);
+        if (s != GK_OK)
+            return s;
+    }
+    int32_t *buf = malloc((size_t)(3 * n_one) * sizeof *buf);
+    float *rows = logits ? malloc((size_t)(n_one * V) * sizeof *rows) : NULL;
+    if (!buf || (logits && !rows)) {
+        free(buf);
+        return gk_err_set(err, GK_ERR_NOMEM, "out of memory");
+    }
+    int32_t *ids = buf, *pos = buf + n_one, *slots = buf + 2 * n_one;
+    for (int64_t i = 0, j = 0; i < n_in; i++)
+        if (in[i].n == 1) {
+            ids[j] = in[i].ids[0];
+            pos[j] = (int32_t)in[i].seq->n_past;
+            slots[j++] = (int32_t)in[i].seq->slot;
+        }
+    s = write_inputs(m, m->gb, ids, n_one, pos, 0, slots, 0, err);
+    if (s == GK_OK)
+        s = run(m, m->gb, err);
+    if (s == GK_OK) {
+        for (int64_t i = 0; i < n_in; i++)
+            if (in[i].n == 1) {
+                gk_seq *q = in[i].seq;
+                q->ids[q->n_past++] = in[i].ids[0];
+                if (q->n_past > q->kv_hi)
+                    q->kv_hi = q->n_past;
+            }
+    }
+    if (s == GK_OK && logits) {
+        s = read_logits(m, m->gb, false, rows, err);
+        for (int64_t i = 0, j = 0; s == GK_OK && i < n_in; i++)
+            if (in[i].n == 1)
+                memcpy(logits + i * V, rows + (j++) * V, (size_t)V * sizeof *rows);
+    }
+    free(rows);
+    free(buf);
+    return s;
+}
+
 int64_t gk_model_cache_rows(const gk_model *m, int64_t il)
 {
-    if (!m || il < 0 || il >= m->cfg.n_layer || !m->k_cache)
+    if (!m || il < 0 || il >= m->cfg.n_layer || !m->srows)
         return 0;
-    return m->k_cache[il]->rows;
+    return m->srows[il];
 }
 
 /* ------------------------------------------------------- node access */

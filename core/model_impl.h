@@ -16,6 +16,11 @@ typedef struct gk_fgraph {
     void *arena;                  /* backend buffer for all owned tensors */
     size_t arena_bytes;
     gk_tensor *ids, *pos;         /* I32 [1][n] inputs */
+    /* (a model of several sequence slots) positions and slots, I32 [2][n]:
+     * attention's src3; pos is then pos_view, its first row */
+    gk_tensor *pos_slot;
+    gk_tensor pos_view;
+    bool mixed;                   /* its tokens may be of different slots (gk_seq_decode) */
     gk_tensor *out;               /* hidden [n][n_embd], or logits for a head or step graph */
     struct gk_fgraph *head;       /* (on demand) logits of every row of out */
     struct gk_fgraph *head_last;  /* (on demand) logits of out's last row */
@@ -41,6 +46,11 @@ struct gk_builder {
     char missing_name[128];
     int missing_layer;
 };
+
+/* gk_model_opts.n_seq_max at most, and the context each may have (slot rows
+ * are an attention parameter of float type: exact to 2^24). */
+#define GK_MAX_SEQ 4096
+#define GK_MAX_SEQ_CTX (1 << 24)
 
 /* Micro-batch of a model with ring caches when gk_model_opts.n_ubatch is 0. */
 #define GK_RING_UBATCH 512
@@ -74,6 +84,14 @@ struct gk_model {
                                        or a ring (gk_model_cache_rows) */
     int64_t *win;                 /* [n_layer] the window each layer's attention was built
                                      with (gk_build_attn_ex; 0 = none) */
+    int64_t *srows;               /* [n_layer] cache rows per slot: n_ctx, or a ring's */
+    int64_t n_slots;              /* sequence slots (gk_model_opts.n_seq_max); each layer's
+                                     caches hold n_slots * srows[l] rows, slot s from row
+                                     s * srows[l] */
+    bool *slot_used;              /* [n_slots] held by a gk_seq */
+    bool own_busy;                /* slot 0 is a gk_seq's: the model's own calls are refused */
+    gk_fgraph *gb;                /* gk_seq_decode's graph of one token per sequence, kept
+                                     for its size */
     int n_ring;                   /* layers whose caches are rings */
     int64_t n_ubatch_opt;         /* gk_model_opts.n_ubatch as given */
     int64_t n_ubatch;             /* tokens per forward graph (0 = no limit) */
@@ -100,6 +118,8 @@ GK_INTERNAL void gk_rope_freqs(const gk_config *c, float theta, int64_t r, gk_ro
                                float *inv);
 /* Build the forward graph for n tokens through the architecture plugin. */
 GK_INTERNAL gk_status gk_fgraph_build_forward(gk_model *m, int64_t n, gk_fgraph **out, gk_err *err);
+/* The same where the tokens may be of different sequence slots. */
+GK_INTERNAL gk_status gk_fgraph_build_mixed(gk_model *m, int64_t n, gk_fgraph **out, gk_err *err);
 /* A graph applying the LM head to `hidden` (an existing tensor, not owned). */
 GK_INTERNAL gk_status gk_fgraph_build_head(gk_model *m, gk_tensor *hidden, gk_fgraph **out,
                                            gk_err *err);
@@ -113,6 +133,14 @@ GK_INTERNAL void gk_fgraph_destroy(gk_model *m, gk_fgraph *fg);
 /* Check every node with the backend's supports_node; an unsupported op is an
  * error naming it (never a silent fallback). */
 GK_INTERNAL gk_status gk_fgraph_check(gk_model *m, const gk_fgraph *fg, gk_err *err);
+/* A sequence of gk_seq_*: its slot and what the model keeps for its own
+ * (n_past, kv_hi, cache_ids). */
+struct gk_seq {
+    gk_model *m;
+    int64_t slot, n_past, kv_hi;
+    int32_t *ids; /* [n_ctx] */
+};
+
 /* Positions below `end` have been written to the caches. */
 static inline void gk_model_wrote(gk_model *m, int64_t end)
 {

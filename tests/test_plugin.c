@@ -561,15 +561,17 @@ Test(plugin, op_parameter_table)
 {
     size_t n;
     const gk_op_param *p = gk_op_params(GK_OP_ATTN, &n);
-    cr_assert_eq(n, 7);
-    bool window = false, softcap = false, ring = false;
+    cr_assert_eq(n, 8);
+    bool window = false, softcap = false, ring = false, slots = false;
     for (size_t i = 0; i < n; i++) {
         window = window || (!strcmp(p[i].name, "window") && p[i].kind == 'i' && p[i].slot == 3 && p[i].since_minor == 4);
         softcap = softcap || (!strcmp(p[i].name, "softcap") && p[i].kind == 'f' && p[i].slot == 1 && p[i].since_minor == 4);
         ring = ring || (!strcmp(p[i].name, "ring") && p[i].kind == 'f' && p[i].slot == 2 && p[i].since_minor == 4 &&
                         p[i].def == 0);
+        slots = slots || (!strcmp(p[i].name, "slot_rows") && p[i].kind == 'f' && p[i].slot == 3 &&
+                          p[i].since_minor == 5 && p[i].def == 0);
     }
-    cr_expect(window && softcap && ring);
+    cr_expect(window && softcap && ring && slots);
     cr_expect_eq(gk_op_since_minor(GK_OP_MOE_SUM), 4);
     cr_expect_eq(gk_op_since_minor(GK_OP_LINEAR), 0);
     cr_expect_eq(gk_op_since_minor(GK_OP_SAMPLE), 2);

@@ -79,7 +79,7 @@ static spread spread_of(double *v, int64_t n)
 int gkrun_bench(int argc, char **argv, const gkrun_common *common)
 {
     const char *dir = NULL, *backend = NULL, *dtype = NULL, *kv_dtype = NULL;
-    int64_t n_prompt = 32, n_new = 128, reps = 3, depth = 0;
+    int64_t n_prompt = 32, n_new = 128, reps = 3, depth = 0, ubatch = 0;
     bool json = false;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "-m") && i + 1 < argc)
@@ -102,6 +102,9 @@ int gkrun_bench(int argc, char **argv, const gkrun_common *common)
         } else if (!strcmp(argv[i], "-d") && i + 1 < argc) {
             if (!gkrun_arg_i64("-d", argv[++i], 0, INT32_MAX, &depth))
                 return 2;
+        } else if (!strcmp(argv[i], "--ubatch") && i + 1 < argc) {
+            if (!gkrun_arg_i64("--ubatch", argv[++i], 1, INT32_MAX, &ubatch))
+                return 2;
         } else if (!strcmp(argv[i], "--json")) {
             json = true;
         } else {
@@ -111,7 +114,7 @@ int gkrun_bench(int argc, char **argv, const gkrun_common *common)
     }
     if (!dir) {
         fprintf(stderr, "usage: gkrun bench -m DIR [--backend NAME] [--dtype D] [--kv-dtype D] [-p N] [-n N] [-d DEPTH] [--reps R] "
-                        "[--json]\n");
+                        "[--ubatch N] [--json]\n");
         return 2;
     }
     /* Checked before loading, so the KV cache is never sized from them. The
@@ -146,7 +149,8 @@ int gkrun_bench(int argc, char **argv, const gkrun_common *common)
     int32_t *prompt = NULL, *out = NULL;
     int64_t n_ctx_ids = depth + n_prompt; /* the prompt generate sees */
     double *dec_v = NULL, *pre_v = NULL;
-    gk_model_opts mo = {.backend = backend, .dtype = dtype, .n_ctx = n_ctx_ids + n_new - 1, .kv_dtype = kv_dtype};
+    gk_model_opts mo = {.backend = backend, .dtype = dtype, .n_ctx = n_ctx_ids + n_new - 1, .kv_dtype = kv_dtype,
+                        .n_ubatch = ubatch};
     if (gk_model_load(rt, dir, &mo, &m, &err) != GK_OK) {
         rc = gkrun_fail(&err);
         goto out;
@@ -218,6 +222,8 @@ int gkrun_bench(int argc, char **argv, const gkrun_common *common)
         cJSON_AddNumberToObject(j, "peak_gb_per_s", dev.peak_bw_gbs);
         cJSON_AddNumberToObject(j, "roofline_tokens_per_s", roof);
         cJSON_AddNumberToObject(j, "mem_peak_bytes", (double)gk_model_mem_peak(m));
+        cJSON_AddNumberToObject(j, "n_ubatch", (double)gk_model_n_ubatch(m));
+        cJSON_AddNumberToObject(j, "cache_rows_layer0", (double)gk_model_cache_rows(m, 0));
         char *txt = cJSON_PrintUnformatted(j);
         if (txt)
             puts(txt);
@@ -239,7 +245,9 @@ int gkrun_bench(int argc, char **argv, const gkrun_common *common)
         if (roof > 0)
             printf("roofline: %.2f GB read per step, %.1f GB/s peak -> %.1f tokens/s; decode at %.1f%% of it\n",
                    sbytes / 1e9, dev.peak_bw_gbs, roof, 100.0 * achieved / dev.peak_bw_gbs);
-        printf("peak memory on the backend: %.2f GB\n", gk_model_mem_peak(m) / 1e9);
+        char kv[160];
+        printf("peak memory on the backend: %.2f GB (%s)\n", gk_model_mem_peak(m) / 1e9,
+               gkrun_cache_desc(m, kv, sizeof kv));
     }
     rc = 0;
 out:

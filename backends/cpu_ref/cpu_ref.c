@@ -216,6 +216,13 @@ static gk_status op_attn(const cpu_state *cs, const gk_node *nd, gk_err *err)
     int64_t window = nd->i[3];
     float scale = nd->f[0], cap = nd->f[1];
     bool ring = nd->f[2] != 0.0f; /* position p in row p % rows */
+    /* (1.5) slots of S rows: token t's are rows slot[t] * S .. (src3 row 1) */
+    int64_t S = (int64_t)fabsf(nd->f[3]), n_slot = 1;
+    const int32_t *slot = S > 0 ? i32(pos) + n : NULL;
+    if (S > 0) {
+        n_slot = rows / S;
+        rows = S;
+    }
 
     int64_t p_lo = INT64_MAX, p_hi = -1;
     for (int64_t t = 0; t < n; t++) {
@@ -224,12 +231,16 @@ static gk_status op_attn(const cpu_state *cs, const gk_node *nd, gk_err *err)
             return gk_err_set(err, GK_ERR_INVALID_ARG,
                               "cpu_ref: attn: position %d at %lld outside the %lld rows of '%.48s'",
                               (int)p, (long long)t, (long long)rows, kc->name);
+        if (slot && (slot[t] < 0 || slot[t] >= n_slot))
+            return gk_err_set(err, GK_ERR_INVALID_ARG, "cpu_ref: attn: slot %d at %lld outside the %lld of '%.48s'",
+                              (int)slot[t], (long long)t, (long long)n_slot, kc->name);
         p_lo = p < p_lo ? p : p_lo;
         p_hi = p > p_hi ? p : p_hi;
     }
     /* a ring: what the node stores must not overwrite a key one of its
-     * tokens sees (the earliest is p_lo - W + 1) */
-    if (ring && (window <= 0 || p_hi - p_lo + window > rows))
+     * tokens sees (the earliest is p_lo - W + 1; with slots, a sequence's
+     * tokens span no more than the node's) */
+    if (ring && (window <= 0 || (!slot && p_hi - p_lo + window > rows)))
         return gk_err_set(err, GK_ERR_INVALID_ARG,
                           "cpu_ref: attn: a ring cache of %lld rows cannot serve positions %lld..%lld with a "
                           "window of %lld",
@@ -240,12 +251,12 @@ static gk_status op_attn(const cpu_state *cs, const gk_node *nd, gk_err *err)
                           (size_t)rows * sizeof *prob);
 
     for (int64_t t = 0; t < n; t++) {
-        int64_t r = i32(pos)[t] % rows;
+        int64_t r = (slot ? slot[t] * rows : 0) + i32(pos)[t] % rows;
         cache_store(kc, r * kvw, f32(k) + t * kvw, kvw);
         cache_store(vc, r * kvw, f32(v) + t * kvw, kvw);
     }
     for (int64_t t = 0; t < n; t++) {
-        int64_t p = i32(pos)[t];
+        int64_t p = i32(pos)[t], base = slot ? slot[t] * rows * kvw : 0;
         int64_t j0 = window > 0 && p - window + 1 > 0 ? p - window + 1 : 0;  /* first position seen */
         for (int64_t h = 0; h < nh; h++) {
             int64_t kvh = h / group;
@@ -254,7 +265,7 @@ static gk_status op_attn(const cpu_state *cs, const gk_node *nd, gk_err *err)
 
             float max = -INFINITY; /* prob[j - j0]: the score of position j */
             for (int64_t j = j0; j <= p; j++) {
-                int64_t kr = j % rows * kvw + kvh * hd;
+                int64_t kr = base + j % rows * kvw + kvh * hd;
                 float s = 0.0f;
                 for (int64_t e = 0; e < hd; e++)
                     s += qr[e] * weight_at(cs, kc, kr + e);
@@ -275,7 +286,7 @@ static gk_status op_attn(const cpu_state *cs, const gk_node *nd, gk_err *err)
             for (int64_t e = 0; e < hd; e++)
                 out[e] = 0.0f;
             for (int64_t j = j0; j <= p; j++) {
-                int64_t vr = j % rows * kvw + kvh * hd;
+                int64_t vr = base + j % rows * kvw + kvh * hd;
                 for (int64_t e = 0; e < hd; e++)
                     out[e] += prob[j - j0] * weight_at(cs, vc, vr + e);
             }
@@ -601,10 +612,14 @@ static gk_status check_node(const gk_node *nd, bool run, gk_err *err)
             return bad_param(nd, err, "window i[3] must be >= 0 and softcap f[1] finite and >= 0");
         if (nd->f[2] != 0.0f && nd->i[3] <= 0)
             return bad_param(nd, err, "a ring cache (f[2]) needs a window i[3]");
+        int64_t S = (int64_t)fabsf(nd->f[3]);
+        if (nd->f[3] != (float)(nd->f[3] < 0 ? -S : S) || (S > 0 && nd->src[4]->rows % S != 0))
+            return bad_param(nd, err, "slot rows f[3] must be a whole number dividing the cache's rows");
+        if ((s = need(nd, 3, "pos", DT_INT, S > 0 ? 2 : 1, x->rows, run, err)))
+            return s;
         if ((s = need(nd, 0, "q", DT_ACT, ANY, nh * hd, run, err)) ||
             (s = need(nd, 1, "k", DT_ACT, x->rows, nkv * hd, run, err)) ||
             (s = need(nd, 2, "v", DT_ACT, x->rows, nkv * hd, run, err)) ||
-            (s = need(nd, 3, "pos", DT_INT, 1, x->rows, run, err)) ||
             (s = need(nd, 4, "k cache", DT_WEIGHT, ANY, nkv * hd, run, err)) ||
             (s = need(nd, 5, "v cache", DT(nd->src[4]->dtype), nd->src[4]->rows, nkv * hd, run, err)) ||
             (s = need(nd, -1, "dst", DT_ACT, x->rows, nh * hd, run, err)))

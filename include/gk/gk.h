@@ -43,6 +43,7 @@ typedef enum gk_status {
     GK_ERR_DEVICE,       /* GPU missing, driver too old, kernel failure */
     GK_ERR_PLUGIN,       /* plugin could not be opened or its init failed */
     GK_ERR_INTERNAL,     /* a bug in gk: please report */
+    GK_ERR_BUSY,         /* (ABI 1.5) every sequence slot of the model is in use */
 } gk_status;
 
 /* Caller-owned error detail. code mirrors the returned status. */
@@ -332,6 +333,10 @@ typedef struct gk_model_opts {
      * 0 = 512 where a layer keeps a sliding-window ring cache (see
      * gk_model_cache_rows), else the whole call in one graph. */
     int64_t n_ubatch;
+    /* (ABI 1.5) sequences the model holds at once, each with its own KV-cache
+     * slot (gk_seq_*); 0 = 1. The model's own calls (gk_model_forward,
+     * generate) use slot 0 while no gk_seq has it. */
+    int64_t n_seq_max;
 } gk_model_opts;
 
 /* Load a model folder (config.json + safetensors), a .safetensors file or an
@@ -426,6 +431,37 @@ GK_API gk_status gk_model_truncate(gk_model *m, int64_t n_keep, gk_err *err);
  * caches): positions written since the cache was last cleared, less
  * n_ubatch. */
 GK_API int64_t gk_model_min_keep(const gk_model *m);
+
+/* ------------------------------------------------- sequences (ABI 1.5)
+ * A model loaded with n_seq_max > 1 holds that many sequences, each with its
+ * own KV-cache slot of n_ctx positions (or rings: gk_model_cache_rows), so
+ * requests can share a model: gk_seq_decode runs one token of each of many
+ * sequences in one forward pass (one read of the weights for all of them). */
+typedef struct gk_seq gk_seq;
+/* A new empty sequence in a free slot (slot 0, the model's own, last):
+ * GK_ERR_BUSY when every slot is taken; GK_ERR_INVALID_ARG for NULLs. */
+GK_API gk_status gk_seq_new(gk_model *m, gk_seq **out, gk_err *err);
+/* Frees the slot (NULL: nothing). Before gk_model_destroy. */
+GK_API void gk_seq_free(gk_seq *s);
+GK_API int64_t gk_seq_n_past(const gk_seq *s);
+/* As gk_model_truncate, for the sequence (ring rules included). */
+GK_API gk_status gk_seq_truncate(gk_seq *s, int64_t n_keep, gk_err *err);
+/* The smallest n_keep > 0 gk_seq_truncate accepts now (as gk_model_min_keep). */
+GK_API int64_t gk_seq_min_keep(const gk_seq *s);
+/* The ids cached at positions [0, n_past) (valid until the next call on s). */
+GK_API const int32_t *gk_seq_ids(const gk_seq *s);
+typedef struct gk_seq_input {
+    gk_seq *seq;
+    const int32_t *ids; /* n ids, fed at the sequence's next positions */
+    int64_t n;          /* >= 1 */
+} gk_seq_input;
+/* Feed each input's ids to its sequence; logits (may be NULL) receives
+ * [n_in][n_vocab]: the logits after each input's last id. Inputs of one id
+ * run together in one forward pass; longer ones (a new request's prompt)
+ * each in their own micro-batches, before them. GK_ERR_INVALID_ARG (nothing
+ * changes) for a NULL, n < 1, an id outside the vocabulary, a sequence of
+ * another model or given twice, or more ids than its slot has room for. */
+GK_API gk_status gk_seq_decode(gk_model *m, const gk_seq_input *in, int64_t n_in, float *logits, gk_err *err);
 
 /* Graph nodes of the last forward call, for comparing backends node by node.
  * Names are valid until the next forward call. Before any forward call (or

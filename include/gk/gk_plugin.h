@@ -17,7 +17,7 @@ extern "C" {
 #endif
 
 #define GK_ABI_MAJOR 1
-#define GK_ABI_MINOR 4   /* 1.1: ops tables carry a magic naming their kind;
+#define GK_ABI_MINOR 5   /* 1.1: ops tables carry a magic naming their kind;
                             1.2: graph ids, GK_OP_SAMPLE, read_async / read_wait;
                             1.3: GK_OP_SAMPLE's min-p and penalties (f[2], i[1],
                             src3, src4, ctl[3]);
@@ -25,7 +25,8 @@ extern "C" {
                             parameters of rms_norm, rope and attn (gk_op_params),
                             tensor-table splits, experts, named weights and
                             config dims, gk_arch_ops adjust_config / build_head,
-                            gk_backend_ops explain_node */
+                            gk_backend_ops explain_node;
+                            1.5: attn's sequence slots (f[3]: gk_seq_*) */
 #define GK_PLUGIN_ENTRY_NAME "gk_plugin_entry"
 
 /* ----------------------------------------------------------------- tensors */
@@ -92,7 +93,12 @@ typedef enum gk_op {
                            off): the caches hold R rows, fewer than the positions,
                            and position p is row p % R (the core gives one only with
                            W > 0 and R >= W + n - 1, so the n rows stored first never
-                           overwrite a key a token of the node sees) */
+                           overwrite a key a token of the node sees).
+                           (1.5) f[3] slot rows S (0 = off): the caches hold slots of
+                           S rows, src3 is I32 [2][n] (positions, then each token's
+                           slot) and token t's rows are slot[t]*S + (row within the
+                           slot, as above with S rows); S > 0: every token of the
+                           node is of one slot, S < 0 (|S| rows): they may differ */
     GK_OP_GELU_TANH,    /* src0 -> 0.5x(1+tanh(sqrt(2/pi)(x+0.044715x^3))) */
     GK_OP_SILU_MUL,     /* src0 gate, src1 up -> silu(gate) * up */
     GK_OP_SAMPLE,       /* (ABI 1.2) src0 logits F32 [1][V]; src1 ctl I32 [1][4] =
@@ -188,10 +194,13 @@ typedef struct gk_attn_params {
                              the softmax; 0 = off */
     int32_t ring;         /* f[2] (1.4) nonzero: the caches are a ring, position p in row
                              p % rows (any p >= 0 is valid); 0 = row p, p < rows */
+    int32_t slot_rows;    /* |f[3]| (1.5): rows per sequence slot (0 = one sequence) */
+    int32_t mixed_slots;  /* f[3] < 0 (1.5): the node's tokens may be of different slots */
 } gk_attn_params;
 static inline gk_attn_params gk_node_attn_params(const gk_node *n)
 {
-    gk_attn_params p = {n->i[0], n->i[1], n->i[2], n->i[3], n->f[0], n->f[1], n->f[2] != 0.0f};
+    gk_attn_params p = {n->i[0], n->i[1], n->i[2], n->i[3], n->f[0], n->f[1], n->f[2] != 0.0f,
+                        (int32_t)(n->f[3] < 0 ? -n->f[3] : n->f[3]), n->f[3] < 0};
     return p;
 }
 typedef struct gk_rope_params {
