@@ -1240,9 +1240,13 @@ gk_status gk_seq_decode(gk_model *m, const gk_seq_input *in, int64_t n_in, float
             return s;
     }
     int32_t *buf = malloc((size_t)(3 * n_one) * sizeof *buf);
-    float *rows = logits ? malloc((size_t)(n_one * V) * sizeof *rows) : NULL;
+    /* every input one token: the logits' rows are the graph's, in order */
+    bool direct = n_one == n_in;
+    float *rows = logits && !direct ? malloc((size_t)(n_one * V) * sizeof *rows) : logits;
     if (!buf || (logits && !rows)) {
         free(buf);
+        if (!direct)
+            free(rows);
         return gk_err_set(err, GK_ERR_NOMEM, "out of memory");
     }
     int32_t *ids = buf, *pos = buf + n_one, *slots = buf + 2 * n_one;
@@ -1266,11 +1270,12 @@ gk_status gk_seq_decode(gk_model *m, const gk_seq_input *in, int64_t n_in, float
     }
     if (s == GK_OK && logits) {
         s = read_logits(m, m->gb, false, rows, err);
-        for (int64_t i = 0, j = 0; s == GK_OK && i < n_in; i++)
+        for (int64_t i = 0, j = 0; s == GK_OK && !direct && i < n_in; i++)
             if (in[i].n == 1)
                 memcpy(logits + i * V, rows + (j++) * V, (size_t)V * sizeof *rows);
     }
-    free(rows);
+    if (!direct)
+        free(rows);
     free(buf);
     return s;
 }

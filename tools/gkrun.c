@@ -36,7 +36,7 @@ static const char *const verify_values[] = {"--backend", "--dtype", "--kv-dtype"
 static const char *const compare_values[] = {"-m", "--backend", "--reference", "--dtype", "--kv-dtype", "--ids",
                                              "--ubatch", "--tol", NULL};
 static const char *const bench_values[] = {"-m", "--backend", "--dtype", "--kv-dtype", "-p", "-n", "-d", "--reps",
-                                           "--ubatch", NULL};
+                                           "--ubatch", "-np", "--parallel", NULL};
 static const char *const tokenizer_values[] = {"-m", "--tokenizer", NULL};
 static const char *const no_values[] = {NULL};
 static const char *const template_values[] = {"-m", "--model", "--messages", "--extra", "--name", NULL};
@@ -57,9 +57,10 @@ static const command commands[] = {
                 "  --ubatch N: tokens per forward graph (the last micro-batch is compared)\n",
      compare_values},
     {"bench", "usage: gkrun bench -m DIR [--backend NAME] [--dtype D] [--kv-dtype D] [-p N] [-n N] [-d DEPTH]\n"
-              "                   [--reps R] [--ubatch N] [--json]\n"
+              "                   [--reps R] [--ubatch N] [-np N] [--json]\n"
               "  batch-1 prefill and decode speed beside the roofline: -p prompt tokens (32), -n new tokens (128),\n"
-              "  both >= 1 and with -d (>= 0, 0) within the model's max positions; --reps 1 to 100000 (3)\n",
+              "  both >= 1 and with -d (>= 0, 0) within the model's max positions; --reps 1 to 100000 (3);\n"
+              "  -np N (1 to 4096): N sequences decoded together, one forward pass per step (aggregate tokens/s)\n",
      bench_values},
     {"tokenize", "usage: gkrun tokenize (-m DIR | --tokenizer FILE) [--special] (TEXT | -)\n"
                  "  print the ids of TEXT (-: stdin); --special adds the special tokens (BOS)\n",

@@ -76,10 +76,135 @@ static spread spread_of(double *v, int64_t n)
     return (spread){med, v[0], v[n - 1]};
 }
 
+static bool is_parallel(const char *a) { return !strcmp(a, "-np") || !strcmp(a, "--parallel"); }
+
+static int32_t argmax_row(const float *x, int64_t n)
+{
+    int64_t best = 0;
+    for (int64_t i = 1; i < n; i++)
+        if (x[i] > x[best])
+            best = i;
+    return (int32_t)best;
+}
+
+/* --parallel B: B sequences of one model (gk_seq_*), each prefilled with its
+ * own prompt of n_prompt ids, then n_new - 1 steps that decode one token of
+ * every sequence in one gk_seq_decode call (greedy, the logits of every
+ * sequence read back and picked on the host, as a server does). Prints the
+ * aggregate decode tokens/s and the time per step, median of reps. */
+static int bench_parallel(gk_runtime *rt, const char *dir, const char *backend, const char *dtype,
+                          const char *kv_dtype, int64_t ubatch, int64_t B_max, const int64_t *Bs, int n_B,
+                          int64_t n_prompt, int64_t n_new, int64_t reps, bool json)
+{
+
+    gk_err err = {0};
+    gk_model *m = NULL;
+    gk_model_opts mo = {.backend = backend, .dtype = dtype, .n_ctx = n_prompt + n_new - 1, .kv_dtype = kv_dtype,
+                        .n_ubatch = ubatch, .n_seq_max = B_max};
+    if (gk_model_load(rt, dir, &mo, &m, &err) != GK_OK)
+        return gkrun_fail(&err);
+    int rc = 1;
+    int64_t V = gk_model_config(m)->n_vocab;
+    gk_seq **q = calloc((size_t)B_max, sizeof *q);
+    gk_seq_input *in = calloc((size_t)B_max, sizeof *in);
+    int32_t *prompt = malloc((size_t)(B_max * n_prompt) * sizeof *prompt), *tok = malloc((size_t)B_max * sizeof *tok);
+    float *logits = malloc((size_t)(B_max * V) * sizeof *logits);
+    double *step_v = calloc((size_t)reps, sizeof *step_v), *pre_v = calloc((size_t)reps, sizeof *pre_v);
+    double *pick_v = calloc((size_t)reps, sizeof *pick_v);
+    if (!q || !in || !prompt || !tok || !logits || !step_v || !pre_v || !pick_v) {
+        fprintf(stderr, "gkrun bench: out of memory for %lld sequences\n", (long long)B_max);
+        goto out;
+    }
+    for (int64_t b = 0; b < B_max; b++) {
+        if (gk_seq_new(m, &q[b], &err) != GK_OK) {
+            rc = gkrun_fail(&err);
+            goto out;
+        }
+        for (int64_t i = 0; i < n_prompt; i++)
+            prompt[b * n_prompt + i] = (int32_t)((i * 7919 + 17 + b * 104729) % V);
+    }
+    gk_device_props dev;
+    memset(&dev, 0, sizeof dev);
+    gk_model_device(m, &dev, &err);
+    for (int ib = 0; ib < n_B; ib++) {
+        const int64_t B = Bs[ib]; /* the first B of the B_max sequences */
+        for (int64_t r = 0; r <= reps; r++) { /* the first run warms up */
+            double t0 = gk_now_s();
+            for (int64_t b = 0; b < B; b++) {
+                if (gk_seq_truncate(q[b], 0, &err) != GK_OK) {
+                    rc = gkrun_fail(&err);
+                    goto out;
+                }
+                in[b] = (gk_seq_input){q[b], prompt + b * n_prompt, n_prompt};
+            }
+            if (gk_seq_decode(m, in, B, logits, &err) != GK_OK) {
+                rc = gkrun_fail(&err);
+                goto out;
+            }
+            for (int64_t b = 0; b < B; b++)
+                tok[b] = argmax_row(logits + b * V, V);
+            double t1 = gk_now_s(), t_pick = 0;
+            for (int64_t k = 1; k < n_new; k++) {
+                for (int64_t b = 0; b < B; b++)
+                    in[b] = (gk_seq_input){q[b], &tok[b], 1};
+                if (gk_seq_decode(m, in, B, logits, &err) != GK_OK) {
+                    rc = gkrun_fail(&err);
+                    goto out;
+                }
+                double tp = gk_now_s();
+                for (int64_t b = 0; b < B; b++)
+                    tok[b] = argmax_row(logits + b * V, V);
+                t_pick += gk_now_s() - tp;
+            }
+            double t2 = gk_now_s();
+            pick_v[r > 0 ? r - 1 : 0] = n_new > 1 ? t_pick / (double)(n_new - 1) : 0;
+            if (r == 0)
+                continue;
+            pre_v[r - 1] = t1 > t0 ? (double)(B * n_prompt) / (t1 - t0) : 0;
+            step_v[r - 1] = n_new > 1 ? (t2 - t1) / (double)(n_new - 1) : 0;
+        }
+        spread st = spread_of(step_v, reps), pre = spread_of(pre_v, reps), pk = spread_of(pick_v, reps);
+        double agg = st.median > 0 ? (double)B / st.median : 0;
+        if (json) {
+            printf("{\"model\":\"%s\",\"backend\":\"%s\",\"device\":\"%s\",\"dtype\":\"%s\",\"parallel\":%lld,"
+                   "\"n_prompt\":%lld,\"n_gen\":%lld,\"reps\":%lld,\"step_s\":%.6g,\"step_s_min\":%.6g,"
+                   "\"step_s_max\":%.6g,\"pick_s\":%.6g,\"decode_tokens_per_s\":%.6g,"
+                   "\"prefill_tokens_per_s\":%.6g}\n",
+                   dir, gk_model_backend_name(m), dev.name, gk_dtype_name(gk_model_dtype(m)), (long long)B,
+                   (long long)n_prompt, (long long)n_new, (long long)reps, st.median, st.min, st.max, pk.median, agg,
+                   pre.median);
+        } else {
+            printf("bench %s: %s, %s weights, %lld sequences at once, %s on %s\n", dir, gk_model_spec_of(m)->name,
+                   gk_dtype_name(gk_model_dtype(m)), (long long)B, gk_model_backend_name(m), dev.name);
+            printf("prefill: %lld prompts of %lld tokens at %.1f tokens/s (median of %lld)\n", (long long)B,
+                   (long long)n_prompt, pre.median, (long long)reps);
+            printf("decode:  %lld steps of %lld tokens: %.3f ms per step (%.3f..%.3f; %.3f of it picking on the "
+                   "host), %.1f tokens/s in all, %.1f per sequence\n",
+                   (long long)(n_new - 1), (long long)B, st.median * 1e3, st.min * 1e3, st.max * 1e3, pk.median * 1e3,
+                   agg, agg / (double)B);
+        }
+    }
+    rc = 0;
+out:
+    for (int64_t b = 0; q && b < B_max; b++)
+        gk_seq_free(q[b]);
+    free(q);
+    free(in);
+    free(prompt);
+    free(tok);
+    free(logits);
+    free(step_v);
+    free(pre_v);
+    free(pick_v);
+    gk_model_destroy(m);
+    return rc;
+}
+
 int gkrun_bench(int argc, char **argv, const gkrun_common *common)
 {
     const char *dir = NULL, *backend = NULL, *dtype = NULL, *kv_dtype = NULL;
-    int64_t n_prompt = 32, n_new = 128, reps = 3, depth = 0, ubatch = 0;
+    int64_t n_prompt = 32, n_new = 128, reps = 3, depth = 0, ubatch = 0, parallel = 0, par[16];
+    int n_par = 0;
     bool json = false;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "-m") && i + 1 < argc)
@@ -102,6 +227,28 @@ int gkrun_bench(int argc, char **argv, const gkrun_common *common)
         } else if (!strcmp(argv[i], "-d") && i + 1 < argc) {
             if (!gkrun_arg_i64("-d", argv[++i], 0, INT32_MAX, &depth))
                 return 2;
+        } else if (is_parallel(argv[i]) && i + 1 < argc) {
+            /* N, or a list N1,N2,... run in turn on one load */
+            const char *flag = argv[i++];
+            char *list = strdup(argv[i]), *save = NULL;
+            if (!list)
+                return 2;
+            n_par = 0;
+            for (char *t = strtok_r(list, ",", &save); t; t = strtok_r(NULL, ",", &save)) {
+                if (n_par == 16 || !gkrun_arg_i64(flag, t, 1, 4096, &par[n_par])) {
+                    if (n_par == 16)
+                        fprintf(stderr, "gkrun: %s: at most 16 values\n", flag);
+                    free(list);
+                    return 2;
+                }
+                parallel = par[n_par] > parallel ? par[n_par] : parallel;
+                n_par++;
+            }
+            free(list);
+            if (!n_par) {
+                fprintf(stderr, "gkrun: %s: no value in '%s'\n", flag, argv[i]);
+                return 2;
+            }
         } else if (!strcmp(argv[i], "--ubatch") && i + 1 < argc) {
             if (!gkrun_arg_i64("--ubatch", argv[++i], 1, INT32_MAX, &ubatch))
                 return 2;
@@ -114,7 +261,7 @@ int gkrun_bench(int argc, char **argv, const gkrun_common *common)
     }
     if (!dir) {
         fprintf(stderr, "usage: gkrun bench -m DIR [--backend NAME] [--dtype D] [--kv-dtype D] [-p N] [-n N] [-d DEPTH] [--reps R] "
-                        "[--ubatch N] [--json]\n");
+                        "[--ubatch N] [-np N] [--json]\n");
         return 2;
     }
     /* Checked before loading, so the KV cache is never sized from them. The
@@ -143,6 +290,12 @@ int gkrun_bench(int argc, char **argv, const gkrun_common *common)
     gk_runtime *rt = gkrun_runtime(common);
     if (!rt)
         return 1;
+    if (parallel) {
+        int prc = bench_parallel(rt, dir, backend, dtype, kv_dtype, ubatch, parallel, par, n_par, depth + n_prompt,
+                                 n_new, reps, json);
+        gk_runtime_destroy(rt);
+        return prc;
+    }
     int rc = 1;
     gk_err err = {0};
     gk_model *m = NULL;

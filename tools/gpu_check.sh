@@ -41,6 +41,19 @@ case $rc in
 *) summary+=("cuda_ops                          FAIL (exit $rc)"); failed=1 ;;
 esac
 
+# ------------------------------------- sequences: batched decode (Criterion)
+SEQ="$BUILD_ABS/tests/gpu/test_cuda_seq"
+echo "== cuda_seq: batched decode of several sequences vs each alone (log: $LOG/cuda_seq.log)"
+(cd tests && GK_TEST_BUILD_ROOT="$BUILD_ABS" GK_TEST_DATA="$PWD/data" \
+    "$SEQ" --jobs "${JOBS:-4}" --verbose) >"$LOG/cuda_seq.log" 2>&1
+rc=$?
+grep -E "^\[(FAIL|----)\]|Synthesis" "$LOG/cuda_seq.log" | grep -v "Criterion v" | head -20
+case $rc in
+0) summary+=("cuda_seq                          PASS") ;;
+77) summary+=("cuda_seq                          SKIP (GPU not usable)"); failed=1 ;;
+*) summary+=("cuda_seq                          FAIL (exit $rc)"); failed=1 ;;
+esac
+
 # ----------------------------------------------- models end to end
 # 33 ids below 256 (every fixture's vocabulary is larger): a prefill past the GEMV path
 PREFILL_IDS=$(for i in $(seq 0 32); do printf '%d\n' $(((i * 37 + 11) % 256)); done | paste -sd,)

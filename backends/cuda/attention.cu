@@ -73,8 +73,8 @@
  * and k, v 16-byte aligned. */
 template <typename T, bool V4>
 __global__ void kv_store_kernel(const float *__restrict__ k, const float *__restrict__ v,
-                                const int32_t *__restrict__ pos, T *__restrict__ kc, T *__restrict__ vc, int kvw,
-                                int n_ctx, int n_pos, int *ew)
+                                const int32_t *__restrict__ pos, const int32_t *__restrict__ slots,
+                                T *__restrict__ kc, T *__restrict__ vc, int kvw, int n_ctx, int n_pos, int *ew)
 {
     cu_pdl_enter();
     int t = blockIdx.x, p = pos[t];
@@ -83,7 +83,9 @@ __global__ void kv_store_kernel(const float *__restrict__ k, const float *__rest
             cu_note(ew, CU_ERR_BAD_POS, p, t, n_pos);
         return;
     }
-    size_t src = (size_t)t * kvw, dst = (size_t)cu_cache_row(p, n_ctx) * kvw;
+    /* n_ctx: a slot's rows; slot s starts at row s * n_ctx */
+    size_t src = (size_t)t * kvw,
+           dst = ((slots ? (size_t)slots[t] * n_ctx : 0) + (size_t)cu_cache_row(p, n_ctx)) * kvw;
     if (V4) {
         for (int i = threadIdx.x; i < kvw / 4; i += blockDim.x) {
             float4 a = reinterpret_cast<const float4 *>(k + src)[i], b = reinterpret_cast<const float4 *>(v + src)[i];
@@ -120,9 +122,9 @@ static __device__ __forceinline__ float attn_score(float dot, float scale, float
 template <typename T, int HD, int GT>
 __global__ void __launch_bounds__(ATT_THREADS)
     attn_decode_kernel(const float *__restrict__ q, const T *__restrict__ kc, const T *__restrict__ vc,
-                       const int32_t *__restrict__ pos, float *__restrict__ out, float *__restrict__ part,
-                       unsigned *__restrict__ tickets, int H, int Hkv, int n_ctx, int n_pos, int max_splits,
-                       float scale, int window, float cap)
+                       const int32_t *__restrict__ pos, const int32_t *__restrict__ slots, float *__restrict__ out,
+                       float *__restrict__ part, unsigned *__restrict__ tickets, int H, int Hkv, int n_ctx, int n_pos,
+                       int max_splits, float scale, int window, float cap)
 {
     constexpr int VB = HD * (int)sizeof(T) / 16; /* vectors in a head's row */
     constexpr int LPR = VB < 32 ? VB : 32;
@@ -169,7 +171,9 @@ __global__ void __launch_bounds__(ATT_THREADS)
         m[g] = -INFINITY;
         l[g] = 0.0f;
     }
-    const T *kb = kc + (size_t)kvh * HD, *vb = vc + (size_t)kvh * HD;
+    /* n_ctx: a slot's rows; this token's slot starts at row slot * n_ctx */
+    const size_t slot0 = slots ? (size_t)slots[t] * n_ctx * kvw : 0;
+    const T *kb = kc + slot0 + (size_t)kvh * HD, *vb = vc + slot0 + (size_t)kvh * HD;
 
     for (int base = r_begin + warp * RPW * U; base < r_end; base += STEP) {
         uint4 kr[U][VPL], vr[U][VPL];
@@ -402,8 +406,9 @@ static size_t tiled_smem(int hd, int bq)
 template <typename T, int HDP, int BQ>
 __global__ void __launch_bounds__(ATT_THREADS)
     attn_tiled_kernel(const float *__restrict__ q, const T *__restrict__ kc, const T *__restrict__ vc,
-                      const int32_t *__restrict__ pos, float *__restrict__ out, int n, int H, int Hkv, int hd,
-                      int n_ctx, int n_pos, float scale, int window, float cap)
+                      const int32_t *__restrict__ slots, const int32_t *__restrict__ pos, float *__restrict__ out,
+                      int n, int H, int Hkv, int hd, int n_ctx, int n_pos, float scale, int window, float cap,
+                      int nq)
 {
     constexpr int RQ = BQ / 16, CK = TILE_BK / 8, CO = HDP / 8;
     extern __shared__ float4 smem4[];
@@ -416,13 +421,19 @@ __global__ void __launch_bounds__(ATT_THREADS)
 
     cu_pdl_enter();
     const int tid = threadIdx.x, tx = tid % 8, ty = tid / 8;
-    const int t0 = blockIdx.x * BQ, h = blockIdx.y, kvh = h / (H / Hkv);
+    /* nq queries per block: BQ, or 1 where the node's tokens may be of
+     * different sequence slots (each block then reads its token's slot) */
+    const int t0 = blockIdx.x * nq, h = blockIdx.y, kvh = h / (H / Hkv);
     const size_t qw = (size_t)H * hd, kvw = (size_t)Hkv * hd;
+    if (slots) { /* (1.5) the block's tokens are of token t0's slot of n_ctx rows */
+        kc += (size_t)slots[t0] * n_ctx * kvw;
+        vc += (size_t)slots[t0] * n_ctx * kvw;
+    }
     if (tid < BQ)
-        s_pos[tid] = t0 + tid < n ? clamp_pos(pos[t0 + tid], n_pos) : -1;
+        s_pos[tid] = tid < nq && t0 + tid < n ? clamp_pos(pos[t0 + tid], n_pos) : -1;
     for (int i = tid; i < BQ * hd; i += ATT_THREADS) {
         int r = i / hd, e = i % hd;
-        Qs[r * ld + e] = t0 + r < n ? q[(t0 + r) * qw + (size_t)h * hd + e] : 0.0f;
+        Qs[r * ld + e] = r < nq && t0 + r < n ? q[(t0 + r) * qw + (size_t)h * hd + e] : 0.0f;
     }
     __syncthreads();
     /* keys kmin..kmax: from the earliest row a query's window reaches (0
@@ -542,7 +553,7 @@ __global__ void __launch_bounds__(ATT_THREADS)
 #pragma unroll
     for (int i = 0; i < RQ; i++) {
         int t = t0 + ty * RQ + i;
-        if (t >= n)
+        if (ty * RQ + i >= nq || t >= n)
             continue;
 #pragma unroll
         for (int c = 0; c < CO; c++) {
@@ -556,7 +567,8 @@ __global__ void __launch_bounds__(ATT_THREADS)
 /* ---------------------------------------------------------------- host */
 
 typedef struct attn_shape {
-    int n, H, Hkv, hd, n_ctx;
+    int n, H, Hkv, hd, n_ctx; /* n_ctx: rows of one sequence slot */
+    bool mixed;            /* (1.5) tokens of several slots */
     bool decode;           /* attn_decode_kernel takes it */
     int gt;                /* query heads per block there */
     int max_splits;
@@ -621,10 +633,13 @@ static attn_shape plan(const cu_ctx *c, const gk_node *nd)
     a.H = nd->i[0];
     a.Hkv = nd->i[1];
     a.hd = nd->i[2];
-    a.n_ctx = (int)nd->src[4]->rows;
+    a.n_ctx = cu_slot_rows(nd);
+    a.mixed = nd->f[3] < 0.0f;
     a.gt = pow2_at_least(a.H / a.Hkv);
     int tiles_y = a.Hkv * (int)cu_div_up(a.H / a.Hkv, a.gt);
-    a.decode = a.n <= DEC_MAX_TOKENS && (a.hd == 64 || a.hd == 128 || a.hd == 256) &&
+    /* tokens of several slots (one each, gk_seq_decode) take the decode
+     * kernel at any count; it finds each token's slot */
+    a.decode = (a.n <= DEC_MAX_TOKENS || a.mixed) && (a.hd == 64 || a.hd == 128 || a.hd == 256) &&
                cu_aligned16(nd->src[4]->data) && cu_aligned16(nd->src[5]->data) && cu_aligned16(nd->dst->data) &&
                (int64_t)a.n * tiles_y <= CU_TICKETS;
     /* enough splits for one wave of blocks (up to DEC_BLOCKS_PER_SM per SM)
@@ -650,7 +665,7 @@ static cudaError_t decode_launch(cu_ctx *c, const attn_shape &a, const gk_node *
     dim3 grid(a.max_splits, a.Hkv * cu_div_up(a.H / a.Hkv, GT), a.n);
     return cu_launch(c, attn_decode_kernel<T, HD, GT>, grid, dim3(ATT_THREADS), 0, (const float *)nd->src[0]->data,
                      (const T *)nd->src[4]->data, (const T *)nd->src[5]->data, (const int32_t *)nd->src[3]->data,
-                     (float *)nd->dst->data, a.max_splits > 1 ? (float *)c->scratch : nullptr, c->tickets, a.H,
+                     cu_slots(nd), (float *)nd->dst->data, a.max_splits > 1 ? (float *)c->scratch : nullptr, c->tickets, a.H,
                      a.Hkv, a.n_ctx, cu_cache_positions(nd), a.max_splits, nd->f[0], nd->i[3], nd->f[1]);
 }
 
@@ -679,11 +694,13 @@ template <typename T, int HDP>
 static cudaError_t tiled_launch(cu_ctx *c, const attn_shape &a, const gk_node *nd)
 {
     constexpr int BQ = tiled_bq(HDP);
-    dim3 grid(cu_div_up(a.n, BQ), a.H);
+    const int nq = a.mixed ? 1 : BQ;
+    dim3 grid(cu_div_up(a.n, nq), a.H);
     return cu_launch(c, attn_tiled_kernel<T, HDP, BQ>, grid, dim3(ATT_THREADS), tiled_smem(a.hd, BQ),
                      (const float *)nd->src[0]->data, (const T *)nd->src[4]->data, (const T *)nd->src[5]->data,
+                     cu_slots(nd),
                      (const int32_t *)nd->src[3]->data, (float *)nd->dst->data, a.n, a.H, a.Hkv, a.hd, a.n_ctx,
-                     cu_cache_positions(nd), nd->f[0], nd->i[3], nd->f[1]);
+                     cu_cache_positions(nd), nd->f[0], nd->i[3], nd->f[1], nq);
 }
 
 template <typename T>
@@ -736,17 +753,18 @@ gk_status cu_attn_setup(cu_ctx *c, gk_err *err)
 gk_status cu_attn_store(cu_ctx *c, const gk_node *nd, gk_err *err)
 {
     const gk_tensor *k = nd->src[1], *v = nd->src[2];
-    int kvw = (int)k->cols, n_ctx = (int)nd->src[4]->rows, n_pos = cu_cache_positions(nd);
+    int kvw = (int)k->cols, n_ctx = cu_slot_rows(nd), n_pos = cu_cache_positions(nd);
+    const int32_t *slots = cu_slots(nd);
     bool v4 = kvw % 4 == 0 && cu_aligned16(k->data) && cu_aligned16(v->data);
     cudaError_t e;
     CU_WEIGHT_SWITCH(nd->src[4]->dtype, T, {
         if (v4)
             e = cu_launch(c, kv_store_kernel<T, true>, dim3((unsigned)k->rows), dim3(ATT_THREADS), 0,
-                          (const float *)k->data, (const float *)v->data, (const int32_t *)nd->src[3]->data,
+                          (const float *)k->data, (const float *)v->data, (const int32_t *)nd->src[3]->data, slots,
                           (T *)nd->src[4]->data, (T *)nd->src[5]->data, kvw, n_ctx, n_pos, c->err_dev);
         else
             e = cu_launch(c, kv_store_kernel<T, false>, dim3((unsigned)k->rows), dim3(ATT_THREADS), 0,
-                          (const float *)k->data, (const float *)v->data, (const int32_t *)nd->src[3]->data,
+                          (const float *)k->data, (const float *)v->data, (const int32_t *)nd->src[3]->data, slots,
                           (T *)nd->src[4]->data, (T *)nd->src[5]->data, kvw, n_ctx, n_pos, c->err_dev);
     });
     return cu_launch_result(e, nd, "kv_store_kernel", err);
@@ -760,7 +778,10 @@ gk_status cu_attn_stored(cu_ctx *c, const gk_node *nd, gk_err *err)
         CU_WEIGHT_SWITCH(nd->src[4]->dtype, T, { e = decode_run<T>(c, a, nd); });
         return cu_launch_result(e, nd, "attn_decode_kernel", err);
     }
-    if (cu_attn_flash_ok(c, nd))
+    /* f[3] > 0: every token is of the slot of token 0, which the kernels
+     * read on the device (a slotted prefill runs one sequence at a time);
+     * f[3] < 0 without the decode kernel: the tiled one, a token per block */
+    if (!a.mixed && cu_attn_flash_ok(c, nd))
         return cu_attn_flash(c, nd, err);
     CU_WEIGHT_SWITCH(nd->src[4]->dtype, T, { e = tiled_run<T>(c, a, nd); });
     return cu_launch_result(e, nd, "attn_tiled_kernel", err);

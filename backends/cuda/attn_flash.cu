@@ -113,8 +113,9 @@ static __device__ __forceinline__ void fa_cp_wait1(void) { asm volatile("cp.asyn
 template <typename T, int HD>
 __global__ void __launch_bounds__(FA_THREADS, fa_minb(HD))
     attn_flash_kernel(const float *__restrict__ q, const T *__restrict__ kc, const T *__restrict__ vc,
-                      const int32_t *__restrict__ pos, float *__restrict__ out, int n, int H, int Hkv, int n_ctx,
-                      int n_pos, float scale_log2, int window, float cap, float cap_in)
+                      const int32_t *__restrict__ pos, const int32_t *__restrict__ slots, float *__restrict__ out,
+                      int n, int H, int Hkv, int n_ctx, int n_pos, float scale_log2, int window, float cap,
+                      float cap_in)
 {
     constexpr int BK = fa_bk(HD);     /* cache rows per key tile */
     constexpr int LDS = HD + FA_PAD;  /* shared row stride, elements */
@@ -186,7 +187,9 @@ __global__ void __launch_bounds__(FA_THREADS, fa_minb(HD))
     const int v_row = (lane % 8) + ((lane / 8) % 2) * 8, v_col = (lane / 16) * 8;
 
     /* K and V rows j0.. of this kv head into buffer buf; rows past kmax are zeros */
-    const T *kb = kc + (size_t)kvh * HD, *vb = vc + (size_t)kvh * HD;
+    /* (1.5) every token of the node is of token 0's slot of n_ctx rows */
+    const size_t slot0 = slots ? (size_t)slots[0] * n_ctx * kvw : 0;
+    const T *kb = kc + slot0 + (size_t)kvh * HD, *vb = vc + slot0 + (size_t)kvh * HD;
     auto load_tile = [&](int buf, int j0) {
 #pragma unroll
         for (int k = 0; k < BK * CPR / FA_THREADS; k++) {
@@ -369,8 +372,8 @@ static gk_status flash_launch(cu_ctx *c, const gk_node *nd, gk_err *err)
     dim3 grid(nd->i[0], cu_div_up(n, FA_BQ));
     cudaError_t e = cu_launch(c, attn_flash_kernel<T, HD>, grid, dim3(FA_THREADS), smem,
                               (const float *)nd->src[0]->data, (const T *)nd->src[4]->data,
-                              (const T *)nd->src[5]->data, (const int32_t *)nd->src[3]->data, (float *)nd->dst->data,
-                              n, nd->i[0], nd->i[1], (int)nd->src[4]->rows, cu_cache_positions(nd),
+                              (const T *)nd->src[5]->data, (const int32_t *)nd->src[3]->data, cu_slots(nd),
+                              (float *)nd->dst->data, n, nd->i[0], nd->i[1], cu_slot_rows(nd), cu_cache_positions(nd),
                               cap != 0.0f ? 1.4426950408889634f : nd->f[0] * 1.4426950408889634f, nd->i[3], cap,
                               cap != 0.0f ? nd->f[0] / cap : 0.0f);
     return cu_launch_result(e, nd, "attn_flash_kernel", err);

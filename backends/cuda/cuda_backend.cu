@@ -529,12 +529,20 @@ static bool node_check(const gk_node *nd, char *why, size_t len)
             return refuse(why, len, "attn: softcap f[1] = %g (0 = off, else positive)", (double)nd->f[1]);
         if (nd->f[2] != 0.0f && nd->i[3] <= 0)
             return refuse(why, len, "attn: a ring cache (f[2]) needs a window i[3]");
+        /* (1.5) sequence slots: src3 [2][n], whole slots of |f[3]| rows */
+        const float S = fabsf(nd->f[3]);
+        if (S != 0.0f && (S != floorf(S) || S > (float)INT_MAX || nd->src[4]->rows % (int64_t)S != 0))
+            return refuse(why, len, "attn: slot rows f[3] = %g must be a whole number dividing the cache's %lld rows",
+                          (double)nd->f[3], (long long)nd->src[4]->rows);
+        if (nd->f[3] < 0.0f && x->rows > 65535)
+            return refuse(why, len, "attn: %lld tokens of several sequence slots (at most 65535)",
+                          (long long)x->rows);
         if (fits(x, DT_ACT, ANY, nh * hd) && fits(y, DT_ACT, x->rows, nkv * hd) &&
-            fits(nd->src[2], DT_ACT, x->rows, nkv * hd) && fits(nd->src[3], DT_INT, 1, x->rows) &&
+            fits(nd->src[2], DT_ACT, x->rows, nkv * hd) && fits(nd->src[3], DT_INT, S != 0.0f ? 2 : 1, x->rows) &&
             fits(nd->src[4], DT_WEIGHT, ANY, nkv * hd) &&
             fits(nd->src[5], DT(nd->src[4]->dtype), nd->src[4]->rows, nkv * hd) && fits(d, DT_ACT, x->rows, nh * hd))
             return true;
-        return bad_operands(nd, why, len, "q, k, v F32, pos I32 [1][n], caches alike F32/F16/BF16 [n_ctx][Hkv*hd]");
+        return bad_operands(nd, why, len, "q, k, v F32, pos I32 [1][n] ([2][n] with slots), caches alike F32/F16/BF16 [rows][Hkv*hd]");
     }
     case GK_OP_SAMPLE: {
         float temp = nd->f[0], top_p = nd->f[1];

@@ -14,6 +14,7 @@
 #define GK_CUDA_COMMON_CUH
 
 #include <limits.h>
+#include <math.h>
 #include <gk/gk_plugin.h>
 
 #include <cublas_v2.h>
@@ -301,10 +302,21 @@ static inline unsigned cu_div_up(int64_t a, int64_t b) { return (unsigned)((a + 
 /* The cache row of position p (>= 0): p itself in a cache of n_ctx rows,
  * p % rows in a ring (ATTN's f[2], ABI 1.4). */
 static __device__ __forceinline__ int cu_cache_row(int p, int rows) { return p < rows ? p : p % rows; }
-/* The positions a cache serves: its rows, or every one for a ring. */
+/* (1.5) Rows of one sequence slot of an attention node's caches: |f[3]|,
+ * or all of them with one sequence. */
+static inline int cu_slot_rows(const gk_node *nd)
+{
+    return nd->f[3] != 0.0f ? (int)fabsf(nd->f[3]) : (int)nd->src[4]->rows;
+}
+/* Each token's slot (src3's second row), or NULL with one sequence. */
+static inline const int32_t *cu_slots(const gk_node *nd)
+{
+    return nd->f[3] != 0.0f ? (const int32_t *)nd->src[3]->data + nd->src[3]->cols : nullptr;
+}
+/* The positions a slot serves: its rows, or every one for a ring. */
 static inline int cu_cache_positions(const gk_node *nd)
 {
-    return nd->f[2] != 0.0f ? INT_MAX : (int)nd->src[4]->rows;
+    return nd->f[2] != 0.0f ? INT_MAX : cu_slot_rows(nd);
 }
 
 static __device__ __forceinline__ float cu_to_f32(float v) { return v; }

@@ -109,7 +109,8 @@ struct rope_store_args {
     void *kc, *vc;               /* caches [n_ctx][Hkv*hd] */
     const int32_t *pos;
     const float *inv_freq;       /* [hd/2] */
-    int H, Hkv, hd, n_ctx;       /* n_ctx: the caches' rows */
+    const int32_t *slots;        /* (1.5) each token's sequence slot, or NULL */
+    int H, Hkv, hd, n_ctx;       /* n_ctx: the rows of a slot (of the caches, with one) */
     int n_pos;                   /* the positions they serve (INT_MAX: a ring, row p % n_ctx) */
     float eps, scale;
     int *ew;
@@ -131,7 +132,7 @@ __global__ void rope_store_kernel(const rope_store_args a)
     const bool p_ok = p >= 0 && p < a.n_pos;
     if (y == 0 && threadIdx.x == 0 && !p_ok)
         cu_note(a.ew, CU_ERR_BAD_POS, p, t, a.n_pos);
-    const size_t row = p_ok ? (size_t)cu_cache_row(p, a.n_ctx) : 0;
+    const size_t row = p_ok ? (a.slots ? (size_t)a.slots[t] * a.n_ctx : 0) + (size_t)cu_cache_row(p, a.n_ctx) : 0;
     if (y >= a.H + a.Hkv) { /* a value head: into the cache */
         const int h = y - a.H - a.Hkv;
         const float *src = a.v + (size_t)t * kvw + (size_t)h * hd;
@@ -235,8 +236,9 @@ gk_status cu_rope_store(cu_ctx *c, const gk_node *nodes, int count, gk_err *err)
     a.H = at->i[0];
     a.Hkv = at->i[1];
     a.hd = at->i[2];
-    a.n_ctx = (int)at->src[4]->rows;
+    a.n_ctx = cu_slot_rows(at);
     a.n_pos = cu_cache_positions(at);
+    a.slots = cu_slots(at);
     a.scale = rq->f[0];
     a.ew = c->err_dev;
     unsigned threads = (unsigned)((a.hd / 2 + 31) / 32 * 32);

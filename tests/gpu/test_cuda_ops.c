@@ -1920,6 +1920,80 @@ Test(cuda_ops, attn_on_a_ring_cache_matches_cpu_ref)
                 }
 }
 
+/* (1.5) Attention over caches of several sequence slots of S rows: n tokens
+ * at positions p in slots sl (src3 [2][n]); f[3] = -S when they may differ,
+ * S when they share one. Outputs and the rows stored against cpu_ref. */
+static void attn_step_slots(attn_fix *a, int64_t S, int64_t n, const int32_t *p, const int32_t *sl, bool mixed,
+                            int32_t window, bool ring)
+{
+    int64_t qw = a->H * a->hd, kvw = a->Hkv * a->hd;
+    int32_t *ps = malloc((size_t)(2 * n) * sizeof *ps);
+    cr_assert(ps);
+    memcpy(ps, p, (size_t)n * sizeof *ps);
+    memcpy(ps + n, sl, (size_t)n * sizeof *ps);
+    pt *q = pair_rnd(n, qw, 1.0, 0.0, "q", NULL), *k = pair_rnd(n, kvw, 1.0, 0.0, "k", NULL);
+    pt *v = pair_rnd(n, kvw, 1.0, 0.0, "v", NULL), *pos = pair_i2(2, n, ps, "pos_slot");
+    pt *out = pair_new(GK_DTYPE_F32, n, qw, "attn");
+    pnode pn = {.op = GK_OP_ATTN, .src = {q, k, v, pos, a->kc, a->vc}, .dst = out,
+                .i = {(int32_t)a->H, (int32_t)a->Hkv, (int32_t)a->hd, window},
+                .f = {1.0f / sqrtf((float)a->hd), 0.0f, ring ? 1.0f : 0.0f, (float)(mixed ? -S : S)}};
+    run1(&pn, "attn slots");
+    char what[192];
+    snprintf(what, sizeof what, "attn %s slots of %lld rows, %s cache H=%lld Hkv=%lld hd=%lld n=%lld pos[0]=%d "
+             "slot[0]=%d window=%d ring=%d", mixed ? "mixed" : "one", (long long)S, dt_str(a->dt), (long long)a->H,
+             (long long)a->Hkv, (long long)a->hd, (long long)n, (int)p[0], (int)sl[0], (int)window, (int)ring);
+    double atol = 2e-5, rtol = 1e-5;
+    if (!mixed && n > 8 && a->dt == GK_DTYPE_F16)
+        atol = 2e-3, rtol = 0.0;
+    else if (!mixed && n > 8 && a->dt == GK_DTYPE_BF16)
+        atol = 1.2e-2, rtol = 0.0;
+    expect_match(out, NULL, rtol, atol, what);
+    for (int64_t t = 0; t < n; t++) {
+        expect_cache_row(a->kc, sl[t] * S + p[t] % S, "k slot row");
+        expect_cache_row(a->vc, sl[t] * S + p[t] % S, "v slot row");
+    }
+    free(ps);
+}
+
+/* Four slots: each gets a prompt on its own (f[3] > 0: the tiled and
+ * tensor-core kernels), then steps of one token from every slot at once at
+ * different positions (f[3] < 0: the decode kernel, up to 40 tokens a node),
+ * over head dims 64, 128, 256, with whole caches and rings. */
+Test(cuda_ops, attn_over_sequence_slots_matches_cpu_ref)
+{
+    start();
+    const int64_t hds[3] = {64, 128, 256};
+    for (int w = 0; w < 3; w++)
+        for (int d = 0; d < 3; d++)
+            for (int ring = 0; ring < 2; ring++) {
+                const int64_t n_slot = 40, S = ring ? 16 + 24 - 1 : 96;
+                const int32_t W = ring ? 16 : 0;
+                const int mark = n_pairs;
+                attn_fix a = attn_fix_new(8, 2, hds[d], n_slot * S, false, wtypes[w]);
+                int32_t p[40], sl[40], past[40];
+                for (int s = 0; s < 4; s++) { /* prompts of 24 + s tokens into slots 3, 7, 11, 15 */
+                    int32_t n = 24 - 3 * s;
+                    for (int32_t t = 0; t < n; t++)
+                        p[t] = t, sl[t] = 4 * s + 3;
+                    attn_step_slots(&a, S, n, p, sl, false, W, ring);
+                }
+                for (int s = 0; s < (int)n_slot; s++)
+                    past[s] = s % 4 == 3 && s < 16 ? 24 - 3 * (s / 4) : 0;
+                for (int step = 0; step < 30; step++) { /* every slot at once; the others start empty */
+                    int32_t n = step < 10 ? 4 : 40;
+                    for (int32_t t = 0; t < n; t++) {
+                        int32_t s = n == 4 ? 4 * t + 3 : t;
+                        sl[t] = s;
+                        p[t] = past[s]++;
+                    }
+                    if (!ring && step >= 10 && past[0] > 60)
+                        break;
+                    attn_step_slots(&a, S, n, p, sl, true, W, ring);
+                }
+                pairs_free_from(mark);
+            }
+}
+
 Test(cuda_ops, explain_node_names_what_was_refused)
 {
     start();
