@@ -218,6 +218,14 @@ static pt *pair_i(int64_t n, const int32_t *vals, const char *name)
     return p;
 }
 
+/* An I32 [rows][cols] tensor holding vals. */
+static pt *pair_i2(int64_t rows, int64_t cols, const int32_t *vals, const char *name)
+{
+    pt *p = pair_new(GK_DTYPE_I32, rows, cols, name);
+    pair_upload(p, vals);
+    return p;
+}
+
 /* A fresh activation [rows][cols] of random values (scale, offset). */
 static pt *pair_rnd(int64_t rows, int64_t cols, double scale, double offset, const char *name, float **vals)
 {
@@ -843,63 +851,63 @@ static void expect_cache_row(const pt *c, int64_t r, const char *what)
     free(b);
 }
 
-/* One ATTN node over n tokens at positions p, with (1.4) a sliding window
- * (0 = off) and a softcap (0 = off); compares the output and the cache rows
- * written. */
-static void attn_step_wc(attn_fix *a, int64_t n, const int32_t *p, const char *tag, int32_t window, float cap)
+/* What an ATTN node of the tests below sets beyond the shapes: (1.4) a
+ * sliding window (0 = off), a softcap (0 = off), a ring cache; (1.5) slots
+ * of S rows (0 = one sequence), the tokens' slots sl and whether they may
+ * differ. */
+typedef struct attn_case {
+    const char *tag;
+    int32_t window;
+    float cap;
+    bool ring;
+    int64_t S;
+    const int32_t *sl;
+    bool mixed;
+} attn_case;
+
+/* One ATTN node over n tokens at positions p; compares the output and the
+ * cache rows written (position p of slot s at row s * S + p % rows). */
+static void attn_check(attn_fix *a, int64_t n, const int32_t *p, const attn_case *ac)
 {
-    int64_t qw = a->H * a->hd, kvw = a->Hkv * a->hd;
+    int64_t qw = a->H * a->hd, kvw = a->Hkv * a->hd, rows = ac->S ? ac->S : a->n_ctx;
+    int32_t *ps = malloc((size_t)(2 * n) * sizeof *ps);
+    cr_assert(ps);
+    memcpy(ps, p, (size_t)n * sizeof *ps);
+    for (int64_t t = 0; t < n; t++)
+        ps[n + t] = ac->S ? ac->sl[t] : 0;
     pt *q = pair_rnd(n, qw, 1.0, 0.0, "q", NULL), *k = pair_rnd(n, kvw, 1.0, 0.0, "k", NULL);
-    pt *v = pair_rnd(n, kvw, 1.0, 0.0, "v", NULL), *pos = pair_i(n, p, "pos");
+    pt *v = pair_rnd(n, kvw, 1.0, 0.0, "v", NULL);
+    pt *pos = ac->S ? pair_i2(2, n, ps, "pos_slot") : pair_i(n, p, "pos");
     pt *out = pair_new(GK_DTYPE_F32, n, qw, "attn");
     pnode pn = {.op = GK_OP_ATTN, .src = {q, k, v, pos, a->kc, a->vc}, .dst = out,
-                .i = {(int32_t)a->H, (int32_t)a->Hkv, (int32_t)a->hd, window},
-                .f = {1.0f / sqrtf((float)a->hd), cap}};
+                .i = {(int32_t)a->H, (int32_t)a->Hkv, (int32_t)a->hd, ac->window},
+                .f = {1.0f / sqrtf((float)a->hd), ac->cap, ac->ring ? 1.0f : 0.0f,
+                      (float)(ac->mixed ? -ac->S : ac->S)}};
     run1(&pn, "attn");
-    char what[160];
-    snprintf(what, sizeof what, "attn %s %s cache H=%lld Hkv=%lld hd=%lld n=%lld pos[0]=%d window=%d softcap=%g", tag,
-             dt_str(a->dt), (long long)a->H, (long long)a->Hkv, (long long)a->hd, (long long)n, (int)p[0],
-             (int)window, (double)cap);
-    /* prefill over a 16-bit cache may run on tensor cores, which take q and
-     * the probabilities rounded to the cache dtype */
+    char what[224];
+    snprintf(what, sizeof what, "attn %s %s cache H=%lld Hkv=%lld hd=%lld n=%lld pos[0]=%d window=%d softcap=%g "
+             "ring=%d slots of %lld rows%s slot[0]=%d", ac->tag, dt_str(a->dt), (long long)a->H, (long long)a->Hkv,
+             (long long)a->hd, (long long)n, (int)p[0], (int)ac->window, (double)ac->cap, (int)ac->ring,
+             (long long)ac->S, ac->mixed ? " (mixed)" : "", ac->S ? (int)ac->sl[0] : 0);
+    /* prefill over a 16-bit cache may run on tensor cores (never for mixed
+     * slots), which take q and the probabilities rounded to the cache dtype */
     double atol = 2e-5, rtol = 1e-5;
-    if (n > 8 && a->dt == GK_DTYPE_F16)
+    if (n > 8 && !ac->mixed && a->dt == GK_DTYPE_F16)
         atol = 2e-3, rtol = 0.0;
-    else if (n > 8 && a->dt == GK_DTYPE_BF16)
+    else if (n > 8 && !ac->mixed && a->dt == GK_DTYPE_BF16)
         atol = 1.2e-2, rtol = 0.0;
     expect_match(out, NULL, rtol, atol, what);
     for (int64_t t = 0; t < n; t++) {
-        expect_cache_row(a->kc, p[t], "k cache row");
-        expect_cache_row(a->vc, p[t], "v cache row");
+        int64_t r = (ac->S ? ac->sl[t] * ac->S : 0) + p[t] % rows;
+        expect_cache_row(a->kc, r, "k cache row");
+        expect_cache_row(a->vc, r, "v cache row");
     }
+    free(ps);
 }
 
-/* The same over ring caches (ATTN f[2], ABI 1.4): position p lives in row
- * p % rows, and the rows written are compared there. */
-static void attn_step_ring(attn_fix *a, int64_t n, const int32_t *p, int32_t window)
+static void attn_step_wc(attn_fix *a, int64_t n, const int32_t *p, const char *tag, int32_t window, float cap)
 {
-    int64_t qw = a->H * a->hd, kvw = a->Hkv * a->hd;
-    pt *q = pair_rnd(n, qw, 1.0, 0.0, "q", NULL), *k = pair_rnd(n, kvw, 1.0, 0.0, "k", NULL);
-    pt *v = pair_rnd(n, kvw, 1.0, 0.0, "v", NULL), *pos = pair_i(n, p, "pos");
-    pt *out = pair_new(GK_DTYPE_F32, n, qw, "attn");
-    pnode pn = {.op = GK_OP_ATTN, .src = {q, k, v, pos, a->kc, a->vc}, .dst = out,
-                .i = {(int32_t)a->H, (int32_t)a->Hkv, (int32_t)a->hd, window},
-                .f = {1.0f / sqrtf((float)a->hd), 0.0f, 1.0f}};
-    run1(&pn, "attn ring");
-    char what[160];
-    snprintf(what, sizeof what, "attn ring of %lld rows, %s cache H=%lld Hkv=%lld hd=%lld n=%lld pos[0]=%d window=%d",
-             (long long)a->n_ctx, dt_str(a->dt), (long long)a->H, (long long)a->Hkv, (long long)a->hd, (long long)n,
-             (int)p[0], (int)window);
-    double atol = 2e-5, rtol = 1e-5;
-    if (n > 8 && a->dt == GK_DTYPE_F16)
-        atol = 2e-3, rtol = 0.0;
-    else if (n > 8 && a->dt == GK_DTYPE_BF16)
-        atol = 1.2e-2, rtol = 0.0;
-    expect_match(out, NULL, rtol, atol, what);
-    for (int64_t t = 0; t < n; t++) {
-        expect_cache_row(a->kc, p[t] % a->n_ctx, "k ring row");
-        expect_cache_row(a->vc, p[t] % a->n_ctx, "v ring row");
-    }
+    attn_check(a, n, p, &(attn_case){.tag = tag, .window = window, .cap = cap});
 }
 
 static void attn_step(attn_fix *a, int64_t n, const int32_t *p, const char *tag)
@@ -1601,13 +1609,6 @@ Test(cuda_ops, a_graph_replayed_with_new_positions_matches_fresh_runs)
  *   attn window / softcap       as attn above (tensor cores for n > 8 over 16-bit caches)
  */
 
-/* An I32 [rows][cols] tensor holding vals. */
-static pt *pair_i2(int64_t rows, int64_t cols, const int32_t *vals, const char *name)
-{
-    pt *p = pair_new(GK_DTYPE_I32, rows, cols, name);
-    pair_upload(p, vals);
-    return p;
-}
 
 Test(cuda_ops, mul_scale_softcap_gelu_geglu_and_softmax_match_cpu_ref)
 {
@@ -1914,45 +1915,10 @@ Test(cuda_ops, attn_on_a_ring_cache_matches_cpu_ref)
                     for (int32_t start = 0; start < 3 * (W + U); start += U) {
                         for (int32_t t = 0; t < U; t++)
                             p[t] = start + t;
-                        attn_step_ring(&a, U, p, W);
+                        attn_check(&a, U, p, &(attn_case){.tag = "ring", .window = W, .ring = true});
                     }
                     pairs_free_from(mark);
                 }
-}
-
-/* (1.5) Attention over caches of several sequence slots of S rows: n tokens
- * at positions p in slots sl (src3 [2][n]); f[3] = -S when they may differ,
- * S when they share one. Outputs and the rows stored against cpu_ref. */
-static void attn_step_slots(attn_fix *a, int64_t S, int64_t n, const int32_t *p, const int32_t *sl, bool mixed,
-                            int32_t window, bool ring)
-{
-    int64_t qw = a->H * a->hd, kvw = a->Hkv * a->hd;
-    int32_t *ps = malloc((size_t)(2 * n) * sizeof *ps);
-    cr_assert(ps);
-    memcpy(ps, p, (size_t)n * sizeof *ps);
-    memcpy(ps + n, sl, (size_t)n * sizeof *ps);
-    pt *q = pair_rnd(n, qw, 1.0, 0.0, "q", NULL), *k = pair_rnd(n, kvw, 1.0, 0.0, "k", NULL);
-    pt *v = pair_rnd(n, kvw, 1.0, 0.0, "v", NULL), *pos = pair_i2(2, n, ps, "pos_slot");
-    pt *out = pair_new(GK_DTYPE_F32, n, qw, "attn");
-    pnode pn = {.op = GK_OP_ATTN, .src = {q, k, v, pos, a->kc, a->vc}, .dst = out,
-                .i = {(int32_t)a->H, (int32_t)a->Hkv, (int32_t)a->hd, window},
-                .f = {1.0f / sqrtf((float)a->hd), 0.0f, ring ? 1.0f : 0.0f, (float)(mixed ? -S : S)}};
-    run1(&pn, "attn slots");
-    char what[192];
-    snprintf(what, sizeof what, "attn %s slots of %lld rows, %s cache H=%lld Hkv=%lld hd=%lld n=%lld pos[0]=%d "
-             "slot[0]=%d window=%d ring=%d", mixed ? "mixed" : "one", (long long)S, dt_str(a->dt), (long long)a->H,
-             (long long)a->Hkv, (long long)a->hd, (long long)n, (int)p[0], (int)sl[0], (int)window, (int)ring);
-    double atol = 2e-5, rtol = 1e-5;
-    if (!mixed && n > 8 && a->dt == GK_DTYPE_F16)
-        atol = 2e-3, rtol = 0.0;
-    else if (!mixed && n > 8 && a->dt == GK_DTYPE_BF16)
-        atol = 1.2e-2, rtol = 0.0;
-    expect_match(out, NULL, rtol, atol, what);
-    for (int64_t t = 0; t < n; t++) {
-        expect_cache_row(a->kc, sl[t] * S + p[t] % S, "k slot row");
-        expect_cache_row(a->vc, sl[t] * S + p[t] % S, "v slot row");
-    }
-    free(ps);
 }
 
 /* Four slots: each gets a prompt on its own (f[3] > 0: the tiled and
@@ -1975,7 +1941,7 @@ Test(cuda_ops, attn_over_sequence_slots_matches_cpu_ref)
                     int32_t n = 24 - 3 * s;
                     for (int32_t t = 0; t < n; t++)
                         p[t] = t, sl[t] = 4 * s + 3;
-                    attn_step_slots(&a, S, n, p, sl, false, W, ring);
+                    attn_check(&a, n, p, &(attn_case){"one slot", W, 0.0f, ring, S, sl, false});
                 }
                 for (int s = 0; s < (int)n_slot; s++)
                     past[s] = s % 4 == 3 && s < 16 ? 24 - 3 * (s / 4) : 0;
@@ -1988,7 +1954,7 @@ Test(cuda_ops, attn_over_sequence_slots_matches_cpu_ref)
                     }
                     if (!ring && step >= 10 && past[0] > 60)
                         break;
-                    attn_step_slots(&a, S, n, p, sl, true, W, ring);
+                    attn_check(&a, n, p, &(attn_case){"slots", W, 0.0f, ring, S, sl, true});
                 }
                 pairs_free_from(mark);
             }
