@@ -1024,8 +1024,10 @@ enum MHD_Result serve_handle(void *cls, struct MHD_Connection *c, const char *ur
         if (!k->too_big)
             return MHD_YES;
     }
-    if (*upload_size && !k->too_big) {
-        if (k->len + *upload_size > SERVE_MAX_BODY) {
+    if (*upload_size) {
+        /* a body over the limit is read and dropped: the 413 goes out once
+         * it is all in (libmicrohttpd answers mid-upload only on the first call) */
+        if (k->too_big || k->len + *upload_size > SERVE_MAX_BODY) {
             k->too_big = true;
         } else {
             if (k->len + *upload_size + 1 > k->cap) {
