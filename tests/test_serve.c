@@ -15,7 +15,9 @@
 #include "gkrun_run.h"
 
 #include <cjson/cJSON.h>
+#include <gk/gk.h>
 #include <errno.h>
+#include <math.h>
 #include <fcntl.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -664,4 +666,171 @@ Test(serve, bad_flags_exit_2)
     cr_expect_eq(run(&out, "serve --help"), 0, "%s", out);
     cr_expect(strstr(out, "usage: gkrun serve"), "%s", out);
     free(out);
+}
+
+/* ------------------------------------------------- chat template, logprobs */
+
+/* The demo model in a temporary folder with a chat template of our own
+ * (links to its weights and tokenizer): the server renders with it as
+ * gkrun --chat does, and its raise_exception is a 400. */
+Test(serve, chat_renders_with_the_models_template_as_gkrun_chat)
+{
+    char dir[] = "/tmp/gk_serve_tmpl_XXXXXX", path[256], here[1024], cmd[4096];
+    cr_assert(mkdtemp(dir));
+    cr_assert(getcwd(here, sizeof here));
+    const char *files[] = {"config.json", "generation_config.json", "model.safetensors", "tokenizer.json"};
+    for (int i = 0; i < 4; i++) {
+        char from[1200];
+        snprintf(from, sizeof from, "%s/" MODEL "/%s", here, files[i]);
+        snprintf(path, sizeof path, "%s/%s", dir, files[i]);
+        cr_assert_eq(symlink(from, path), 0, "%s", from);
+    }
+    snprintf(path, sizeof path, "%s/tokenizer_config.json", dir);
+    FILE *f = fopen(path, "w");
+    cr_assert(f);
+    fputs("{\"eos_token\": \"<|endoftext|>\", \"chat_template\": \"{% for m in messages %}"
+          "{% if m.role == 'tool' %}{{ raise_exception('no tools here') }}{% endif %}"
+          "{{ m.role | upper }}: {{ m.content }}\\n{% endfor %}{% if add_generation_prompt %}ASSISTANT:{% endif %}\"}",
+          f);
+    fclose(f);
+    server sv;
+    server_start(&sv, "-m", dir, NULL); /* the last -m wins */
+    char *body;
+    snprintf(cmd, sizeof cmd, "-d '{\"messages\":[{\"role\":\"system\",\"content\":\"Thou shalt\"},"
+             "{\"role\":\"user\",\"content\":[{\"type\":\"text\",\"text\":\"And God \"},{\"type\":\"text\","
+             "\"text\":\"said\"}]}],\"max_tokens\":30,\"seed\":9,\"temperature\":0.8}' %s/v1/chat/completions",
+             sv.url);
+    cr_assert_eq(http(&body, &sv, "%s", cmd), 200, "%s", body);
+    char *got = text_of(body, true, NULL);
+    /* the prompt is the template's rendering (gkrun chat-template), tokenized without specials */
+    cJSON *j = cJSON_Parse(body);
+    int n_prompt = cJSON_GetObjectItem(cJSON_GetObjectItem(j, "usage"), "prompt_tokens")->valueint;
+    cJSON_Delete(j);
+    free(body);
+    char msgs[256], *ids;
+    snprintf(msgs, sizeof msgs, "%s/messages.json", dir);
+    f = fopen(msgs, "w");
+    fputs("[{\"role\":\"system\",\"content\":\"Thou shalt\"},{\"role\":\"user\",\"content\":\"And God said\"}]", f);
+    fclose(f);
+    snprintf(cmd, sizeof cmd, "$GKRUN chat-template -m %s --messages %s --add-generation-prompt | $GKRUN tokenize -m %s -",
+             dir, msgs, dir);
+    char gk[1024];
+    snprintf(gk, sizeof gk, "%s/tools/gkrun", getenv("GK_TEST_BUILD_ROOT"));
+    setenv("GKRUN", gk, 1);
+    cr_assert_eq(capture(&ids, cmd), 0, "%s", ids);
+    int n_ids = 0;
+    for (char *p = strtok(ids, " \n"); p; p = strtok(NULL, " \n"))
+        n_ids++;
+    free(ids);
+    cr_expect_eq(n_prompt, n_ids, "the server's prompt is the template's rendering");
+    cr_expect_gt(n_ids, 8, "the template's text is there, not the bare transcript");
+    /* gkrun --chat on the same folder renders the same two messages */
+    char gkrun[1024], *want;
+    snprintf(gkrun, sizeof gkrun, "%s/tools/gkrun", getenv("GK_TEST_BUILD_ROOT"));
+    snprintf(cmd, sizeof cmd, "printf 'And God said\\n' | %s -m %s --backend cpu_ref --chat -sys 'Thou shalt' -n 30 "
+             "--seed 9 --temp 0.8 2>/dev/null", gkrun, dir);
+    cr_assert_eq(capture(&want, cmd), 0, "%s", want);
+    cr_assert(strlen(want) > 0);
+    want[strlen(want) - 1] = '\0';
+    cr_expect_str_eq(got, want, "the template's chat differs from gkrun --chat's");
+    free(got);
+    free(want);
+    char a[1024];
+    snprintf(a, sizeof a, "-d '{\"messages\":[{\"role\":\"tool\",\"content\":\"x\"}]}' %s/v1/chat/completions",
+             sv.url);
+    expect_error(&sv, a, 400, "messages", NULL);
+    server_stop_ok(&sv);
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
+    cr_assert_eq(system(cmd), 0);
+}
+
+/* log-softmax of logits[n], and the index of the k-th largest. */
+static double logsoftmax_at(const float *l, int64_t n, int64_t i)
+{
+    double mx = l[0], s = 0;
+    for (int64_t k = 1; k < n; k++)
+        mx = l[k] > mx ? l[k] : mx;
+    for (int64_t k = 0; k < n; k++)
+        s += exp((double)l[k] - mx);
+    return (double)l[i] - mx - log(s);
+}
+
+static int64_t kth_best(const float *l, int64_t n, int k)
+{
+    int64_t best = -1;
+    for (int64_t i = 0; i < n; i++) {
+        int above = 0; /* logits strictly better, ties broken by lower id */
+        for (int64_t j = 0; j < n && above <= k; j++)
+            above += l[j] > l[i] || (l[j] == l[i] && j < i);
+        if (above == k) {
+            best = i;
+            break;
+        }
+    }
+    return best;
+}
+
+Test(serve, logprobs_are_the_log_softmax_of_the_models_logits)
+{
+    server sv;
+    server_start(&sv, NULL);
+    char *body;
+    cr_assert_eq(http(&body, &sv, "-d '{\"prompt\":\"In the beginning\",\"max_tokens\":3,\"logprobs\":5}' "
+                                  "%s/v1/completions", sv.url), 200, "%s", body);
+    cJSON *j = cJSON_Parse(body);
+    const cJSON *lp = cJSON_GetObjectItem(cJSON_GetArrayItem(cJSON_GetObjectItem(j, "choices"), 0), "logprobs");
+    cr_assert(cJSON_IsObject(lp), "%s", body);
+    /* the oracle: the library's own logits for the same ids */
+    gk_err err = {0};
+    gk_runtime *rt;
+    gk_model *m;
+    gk_tokenizer *tok;
+    cr_assert_eq(gk_runtime_create(NULL, &rt, &err), GK_OK, "%s", err.msg);
+    gk_model_opts mo = {.backend = "cpu_ref"};
+    cr_assert_eq(gk_model_load(rt, MODEL, &mo, &m, &err), GK_OK, "%s", err.msg);
+    cr_assert_eq(gk_tokenizer_load(MODEL, &tok, &err), GK_OK, "%s", err.msg);
+    int32_t *ids;
+    size_t n_ids;
+    cr_assert_eq(gk_tokenizer_encode(tok, "In the beginning", 16, true, &ids, &n_ids, &err), GK_OK);
+    int64_t nv = gk_model_config(m)->n_vocab;
+    float *logits = malloc((size_t)nv * sizeof *logits);
+    cr_assert_eq(gk_model_forward(m, ids, (int64_t)n_ids, NULL, &err), GK_OK, "%s", err.msg);
+    float *all = malloc((size_t)nv * n_ids * sizeof *all);
+    cr_assert_eq(gk_model_logits(m, all, &err), GK_OK, "%s", err.msg);
+    memcpy(logits, all + (n_ids - 1) * (size_t)nv, (size_t)nv * sizeof *logits);
+    free(all);
+    for (int t = 0; t < 3; t++) {
+        int64_t best = kth_best(logits, nv, 0); /* greedy: the server picked this one */
+        char *want_tok;
+        cr_assert_eq(gk_tokenizer_decode(tok, (int32_t[]){(int32_t)best}, 1, false, &want_tok, NULL, &err), GK_OK);
+        cr_expect_str_eq(cJSON_GetArrayItem(cJSON_GetObjectItem(lp, "tokens"), t)->valuestring, want_tok,
+                         "token %d", t);
+        free(want_tok);
+        double got = cJSON_GetArrayItem(cJSON_GetObjectItem(lp, "token_logprobs"), t)->valuedouble;
+        cr_expect(fabs(got - logsoftmax_at(logits, nv, best)) < 1e-4, "token %d: logprob %g, log-softmax %g", t, got,
+                  logsoftmax_at(logits, nv, best));
+        const cJSON *top = cJSON_GetArrayItem(cJSON_GetObjectItem(lp, "top_logprobs"), t);
+        cr_expect_eq(cJSON_GetArraySize(top), 5, "token %d: 5 alternatives", t);
+        for (int k = 0; k < 5; k++) {
+            int64_t id = kth_best(logits, nv, k);
+            char *s;
+            cr_assert_eq(gk_tokenizer_decode(tok, (int32_t[]){(int32_t)id}, 1, false, &s, NULL, &err), GK_OK);
+            const cJSON *v = cJSON_GetObjectItem(top, s);
+            cr_expect(cJSON_IsNumber(v) && fabs(v->valuedouble - logsoftmax_at(logits, nv, id)) < 1e-4,
+                      "token %d: alternative %d '%s' should have %g: %s", t, k, s, logsoftmax_at(logits, nv, id),
+                      cJSON_PrintUnformatted(top));
+            free(s);
+        }
+        int32_t next = (int32_t)best;
+        cr_assert_eq(gk_model_forward(m, &next, 1, NULL, &err), GK_OK, "%s", err.msg);
+        cr_assert_eq(gk_model_logits(m, logits, &err), GK_OK, "%s", err.msg);
+    }
+    free(logits);
+    free(ids);
+    gk_tokenizer_destroy(tok);
+    gk_model_destroy(m);
+    gk_runtime_destroy(rt);
+    cJSON_Delete(j);
+    free(body);
+    server_stop_ok(&sv);
 }
