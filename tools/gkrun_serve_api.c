@@ -451,6 +451,10 @@ static bool prepare(serve *s, serve_req *r, const char *text, size_t len, bool s
         return bad(a, param, "%s cannot be tokenized: %s", param, err.msg);
     if (n == 0)
         return bad(a, param, "%s encodes to no tokens", param);
+    for (size_t i = 0; i < n; i++)
+        if (r->prompt[i] < 0 || r->prompt[i] >= s->n_vocab)
+            return bad(a, param, "%s: token %d (at %zu) is outside the model's vocabulary of %lld", param,
+                       r->prompt[i], i, (long long)s->n_vocab);
     if ((int64_t)n > s->n_ctx) {
         bad(a, param, "the prompt is %zu tokens, longer than the context of %lld tokens per request (--ctx-size)", n,
             (long long)s->n_ctx);

@@ -178,20 +178,20 @@ static void logprobs(const float *row, int64_t n_vocab, int32_t id, int n, serve
         sum += exp((double)row[i] - mx);
     float lse = mx + (float)log(sum);
     p->logprob = row[id] - lse;
+    /* one pass keeping the n best in order (ties: the lower id first) */
     p->n_top = 0;
-    for (int k = 0; k < n && k < n_vocab; k++) {
-        int64_t best = -1;
-        for (int64_t i = 0; i < n_vocab; i++) {
-            bool taken = false;
-            for (int j = 0; j < k && !taken; j++)
-                taken = p->top_id[j] == i;
-            if (!taken && (best < 0 || row[i] > row[best]))
-                best = i;
+    for (int64_t i = 0; i < n_vocab && n > 0; i++) {
+        if (p->n_top == n && !(row[i] > row[p->top_id[n - 1]]))
+            continue;
+        int k = p->n_top < n ? p->n_top++ : n - 1;
+        while (k > 0 && row[i] > row[p->top_id[k - 1]]) {
+            p->top_id[k] = p->top_id[k - 1];
+            k--;
         }
-        p->top_id[k] = (int32_t)best;
-        p->top_lp[k] = row[best] - lse;
-        p->n_top++;
+        p->top_id[k] = (int32_t)i;
     }
+    for (int k = 0; k < p->n_top; k++)
+        p->top_lp[k] = row[p->top_id[k]] - lse;
 }
 
 /* Take token t sampled from row: decode, look for stop strings and EOS,
