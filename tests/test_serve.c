@@ -616,19 +616,19 @@ Test(serve, full_queue_is_429_and_sigterm_drains)
 Test(serve, a_client_leaving_mid_stream_frees_its_slot)
 {
     server sv;
-    server_start(&sv, "-np", "1", NULL);
+    server_start(&sv, "-np", "1", "-c", "2048", NULL);
     /* head closes the pipe after the first chunks: curl dies, the socket closes */
     char *out;
     char cmd[1024];
     snprintf(cmd, sizeof cmd,
-             "curl -s -N --max-time 60 -d '{\"prompt\":\"In the beginning\",\"max_tokens\":250,\"ignore_eos\":true,"
+             "curl -s -N --max-time 60 -d '{\"prompt\":\"In the beginning\",\"max_tokens\":2000,\"ignore_eos\":true,"
              "\"stream\":true}' %s/v1/completions | head -c 400 > /dev/null",
              sv.url);
     capture(&out, cmd);
     free(out);
     wait_metric(&sv, "gk_busy_slots", 0, 30);
     long gen = metric(&sv, "gk_generated_tokens_total");
-    cr_expect_lt(gen, 250, "the request left behind ran to its end (%ld tokens)", gen);
+    cr_expect_lt(gen, 2000, "the request left behind ran to its end (%ld tokens)", gen);
     /* the one slot serves the next request */
     char *body;
     cr_expect_eq(http(&body, &sv, "--max-time 30 -d '{\"prompt\":\"And God said\",\"max_tokens\":5}' %s/v1/completions",
@@ -639,6 +639,31 @@ Test(serve, a_client_leaving_mid_stream_frees_its_slot)
     cr_expect_str_eq(t, e.text);
     free(e.text);
     free(t);
+    free(body);
+    server_stop_ok(&sv);
+}
+
+Test(serve, a_client_leaving_before_its_answer_frees_its_slot)
+{
+    server sv;
+    server_start(&sv, "-np", "1", "-c", "2048", NULL);
+    /* curl gives up after 0.5 s of a request that would take far longer */
+    char *out;
+    char cmd[1024];
+    snprintf(cmd, sizeof cmd,
+             "curl -s --max-time 0.5 -d '{\"prompt\":\"In the beginning\",\"max_tokens\":2000,\"ignore_eos\":true}'"
+             " %s/v1/completions", sv.url);
+    capture(&out, cmd);
+    free(out);
+    wait_metric(&sv, "gk_busy_slots", 0, 30);
+    long gen = metric(&sv, "gk_generated_tokens_total");
+    cr_expect_lt(gen, 2000, "the request left behind ran to its end (%ld tokens)", gen);
+    char *body;
+    cr_expect_eq(http(&body, &sv, "-d '{\"prompt\":\"And God said\",\"max_tokens\":5}' %s/v1/completions", sv.url),
+                 200, "%s", body);
+    free(body);
+    cr_assert_eq(http(&body, &sv, "%s/metrics", sv.url), 200);
+    cr_expect(strstr(body, "gk_requests_total{endpoint=\"/v1/completions\",status=\"499\"} 1\n"), "%s", body);
     free(body);
     server_stop_ok(&sv);
 }
