@@ -566,17 +566,17 @@ static void wait_metric(const server *sv, const char *name, long want, double se
 Test(serve, full_queue_is_429_and_sigterm_drains)
 {
     server sv;
-    server_start(&sv, "-np", "1", NULL);
-    /* one running and four queued (the queue holds 4 x --parallel) */
+    server_start(&sv, "-np", "1", "-c", "1024", NULL);
+    /* one running long and four short ones queued (the queue holds 4 x --parallel) */
     char cmd[4096];
     int off = 0;
     for (int i = 0; i < 5; i++)
         off += snprintf(cmd + off, sizeof cmd - (size_t)off,
                         /* the first takes the slot before the others come */
                         "%scurl -s --max-time 120 -o /tmp/gk_serve_q_%d_%d.out -d '{\"prompt\":\"In the beginning\","
-                        "\"max_tokens\":250,\"ignore_eos\":true}' %s/v1/completions & ",
+                        "\"max_tokens\":%d,\"ignore_eos\":true}' %s/v1/completions & ",
                         i == 1 ? "until curl -s " METRICS_BUSY_1 "; do sleep 0.02; done; " : "", (int)getpid(), i,
-                        sv.url);
+                        i == 0 ? 800 : 20, sv.url);
     snprintf(cmd + off, sizeof cmd - (size_t)off, "wait");
     setenv("URL", sv.url, 1);
     FILE *bg = popen(cmd, "r");

@@ -154,7 +154,7 @@ static bool get_num(const cJSON *b, const char *name, double lo, double hi, bool
         return bad(a, name, "%s must be a number", name);
     double d = v->valuedouble;
     if (d < lo || d > hi || (lo_open && d == lo))
-        return bad(a, name, "%s must be in %s%g, %g], got %g", name, lo_open ? "(" : "[", lo, hi, d);
+        return bad(a, name, "%s must be in %s%.16g, %.16g], got %.16g", name, lo_open ? "(" : "[", lo, hi, d);
     *out = d;
     *set = true;
     return true;
