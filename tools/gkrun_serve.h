@@ -1,8 +1,9 @@
 /* gkrun_serve.h - gkrun serve, an OpenAI-compatible HTTP server: what its
- * three parts share. gkrun_serve.c has the flags, the HTTP daemon and the
- * shutdown; gkrun_serve_api.c the endpoints (request parsing, OpenAI JSON,
- * server-sent events, metrics); gkrun_serve_engine.c the one thread that owns
- * the model and runs every request in continuous batches.
+ * parts share. gkrun_serve.c has the flags, the HTTP daemon and the
+ * shutdown; gkrun_serve_api.c the endpoints (OpenAI JSON, server-sent
+ * events, metrics); gkrun_serve_request.c the checking of a request's
+ * fields; gkrun_serve_engine.c the one thread that owns the model and runs
+ * every request in continuous batches.
  *
  * Locking: one mutex (srv.mu) guards the queue, the slots and each
  * request's output and flags; each request has a condition variable its
@@ -125,6 +126,22 @@ void serve_req_release(serve *s, serve_req *r);
 serve_req *serve_req_new(void);
 /* The client is gone: the engine frees the slot at its next step. */
 void serve_cancel(serve *s, serve_req *r);
+
+/* requests (gkrun_serve_request.c) */
+typedef struct serve_ask {
+    /* on failure: the status (400, or 500 when out of memory), the OpenAI
+     * error code, the first bad field ("" for none) and why */
+    int status;
+    const char *code;     /* static */
+    char param[64], msg[400];
+    /* on success */
+    bool stream, include_usage;
+    char *model;          /* heap: the request's model, else the served name */
+} serve_ask;
+/* Check the JSON body of a chat (chat true) or completion request and fill
+ * r: its prompt tokens, max_new, sampler chain, stop strings, logprobs.
+ * false with a filled in (r stays the caller's to release). */
+bool serve_parse(serve *s, const char *body, size_t len, bool chat, serve_req *r, serve_ask *a);
 
 /* API (gkrun_serve_api.c) */
 /* The libmicrohttpd access handler (cls is the serve). */
