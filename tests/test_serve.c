@@ -388,24 +388,28 @@ Test(serve, concurrent_requests_get_what_they_get_alone)
 {
     server sv;
     server_start(&sv, "-np", "4", NULL);
-    struct { const char *prompt, *flags; int n; int seed; double temp; bool stream; } c[8] = {
-        {"In the beginning", "-n 40", 40, -1, 0, false},
-        {"And God said", "-n 33 --seed 1 --temp 0.8", 33, 1, 0.8, true},
-        {"The LORD is my shepherd", "-n 25 --seed 2 --temp 1.0", 25, 2, 1.0, false},
-        {"Blessed are the meek", "-n 50", 50, -1, 0, true},
-        {"And it came to pass", "-n 37 --seed 3 --temp 0.7", 37, 3, 0.7, true},
-        {"Thus saith the LORD", "-n 20", 20, -1, 0, false},
-        {"In the beginning was the Word", "-n 45 --seed 4 --temp 0.9", 45, 4, 0.9, false},
-        {"Then Jesus", "-n 30 --seed 5 --temp 1.1", 30, 5, 1.1, true},
+    struct { const char *prompt, *flags; int n; int seed; double temp; bool stream; const char *extra; } c[8] = {
+        {"In the beginning", "-n 40", 40, -1, 0, false, NULL},
+        {"And God said", "-n 33 --seed 1 --temp 0.8", 33, 1, 0.8, true, NULL},
+        {"The LORD is my shepherd", "-n 25 --seed 2 --temp 1.0", 25, 2, 1.0, false, NULL},
+        {"Blessed are the meek", "-n 50", 50, -1, 0, true, NULL},
+        {"And it came to pass", "-n 37 --seed 3 --temp 0.7", 37, 3, 0.7, true, NULL},
+        {"Thus saith the LORD", "-n 20", 20, -1, 0, false, NULL},
+        {"In the beginning was the Word", "-n 45 --seed 4 --temp 0.9", 45, 4, 0.9, false, NULL},
+        {"Then Jesus", "-n 30 --seed 5 --temp 1.1 --repeat-penalty 1.3 --repeat-last-n 16 --presence-penalty 0.5 "
+                       "--frequency-penalty 0.25 --min-p 0.05", 30, 5, 1.1, true,
+         ",\"repetition_penalty\":1.3,\"repeat_last_n\":16,\"presence_penalty\":0.5,\"frequency_penalty\":0.25,"
+         "\"min_p\":0.05"},
     };
     /* eight curls at once, then each against gkrun alone */
     char cmd[16384] = "", file[8][128];
     int off = 0;
     for (int i = 0; i < 8; i++) {
         snprintf(file[i], sizeof file[i], "/tmp/gk_serve_cc_%d_%d.out", (int)getpid(), i);
-        char seed[64] = "";
+        char seed[256] = "";
         if (c[i].seed >= 0)
-            snprintf(seed, sizeof seed, ",\"seed\":%d,\"temperature\":%g", c[i].seed, c[i].temp);
+            snprintf(seed, sizeof seed, ",\"seed\":%d,\"temperature\":%g%s", c[i].seed, c[i].temp,
+                     c[i].extra ? c[i].extra : "");
         off += snprintf(cmd + off, sizeof cmd - (size_t)off,
                         "curl -s --max-time 120 %s -o %s -d '{\"prompt\":\"%s\",\"max_tokens\":%d%s,\"stream\":%s}' "
                         "%s/v1/completions & ",
