@@ -286,8 +286,18 @@ static int step_begin(serve *s, engine *e, double now)
             continue;
         }
         gk_err err = {0};
-        if (gk_seq_new(s->m, &r->seq, &err) != GK_OK)
-            break; /* every slot busy: cannot happen while n_running < n_parallel */
+        if (gk_seq_new(s->m, &r->seq, &err) != GK_OK) {
+            if (s->n_running > 0)
+                break; /* try again when a running request has freed its slot */
+            /* nothing runs, so nothing will free one: the request fails */
+            memmove(s->queue + k, s->queue + k + 1, (size_t)(s->n_queue - k - 1) * sizeof *s->queue);
+            s->n_queue--;
+            snprintf(r->error, sizeof r->error, "no sequence slot: %s", err.msg);
+            r->state = REQ_DONE;
+            pthread_cond_broadcast(&r->cond);
+            req_unref_locked(r);
+            continue;
+        }
         memmove(s->queue + k, s->queue + k + 1, (size_t)(s->n_queue - k - 1) * sizeof *s->queue);
         s->n_queue--;
         r->state = REQ_RUNNING;
