@@ -117,10 +117,10 @@ static void server_start(server *sv, ...)
     }
 }
 
-/* SIGTERM, then the exit status and the log (heap) once it has gone. */
-static int server_stop(server *sv, char **log)
+/* SIGTERM (or sig), then the exit status and the log (heap) once it has gone. */
+static int server_stop_sig(server *sv, int sig, char **log)
 {
-    kill(sv->pid, SIGTERM);
+    kill(sv->pid, sig);
     int st = 0;
     double end = now_s() + 60;
     while (waitpid(sv->pid, &st, WNOHANG) != sv->pid) {
@@ -142,12 +142,19 @@ static int server_stop(server *sv, char **log)
     return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
 }
 
-static void server_stop_ok(server *sv)
+static void server_stop_with(server *sv, int sig)
 {
     char *log;
-    int rc = server_stop(sv, &log);
-    cr_expect_eq(rc, 0, "gkrun serve exited %d after SIGTERM:\n%s", rc, log);
+    int rc = server_stop_sig(sv, sig, &log);
+    cr_expect_eq(rc, 0, "gkrun serve exited %d after signal %d:\n%s", rc, sig, log);
+    cr_expect(strstr(log, sig == SIGINT ? "SIGINT: finishing" : "SIGTERM: finishing") && strstr(log, "stopped"),
+              "%s", log);
     free(log);
+}
+
+static void server_stop_ok(server *sv)
+{
+    server_stop_with(sv, SIGTERM);
 }
 
 /* ----------------------------------------------------------------- HTTP */
@@ -535,7 +542,7 @@ Test(serve, api_key_is_required_where_set)
     free(body);
     cr_expect_eq(http(&body, &sv, "%s/v1/models", sv.url), 200, "%s", body);
     free(body);
-    server_stop_ok(&sv);
+    server_stop_with(&sv, SIGINT); /* Ctrl-C drains the same way */
 }
 
 /* ------------------------------------------------- queue, leave, drain */
