@@ -389,6 +389,30 @@ Test(serve, openai_client_gets_gkruns_text)
     server_stop_ok(&sv);
 }
 
+/* The value of a metric line "name value". */
+static long metric(const server *sv, const char *name)
+{
+    char *body;
+    cr_assert_eq(http(&body, sv, "%s/metrics", sv->url), 200);
+    char key[128];
+    snprintf(key, sizeof key, "\n%s ", name);
+    const char *at = strstr(body, key);
+    cr_assert(at, "no %s in %s", name, body);
+    long v = atol(at + strlen(key));
+    free(body);
+    return v;
+}
+
+static void wait_metric(const server *sv, const char *name, long want, double seconds)
+{
+    double end = now_s() + seconds;
+    long v;
+    while ((v = metric(sv, name)) != want) {
+        cr_assert(now_s() < end, "%s stayed %ld, want %ld", name, v, want);
+        sleep_ms(20);
+    }
+}
+
 /* ------------------------------------------------------------ batching */
 
 Test(serve, concurrent_requests_get_what_they_get_alone)
@@ -445,6 +469,13 @@ Test(serve, concurrent_requests_get_what_they_get_alone)
     cr_expect(strstr(m, "gk_busy_slots 0\n") && strstr(m, "gk_queue_depth 0\n"), "%s", m);
     cr_expect(strstr(m, "gk_time_to_first_token_seconds_count 8\n"), "%s", m);
     free(m);
+    /* continuous batching: the requests ran together, far fewer steps than tokens */
+    long steps = metric(&sv, "gk_engine_steps_total"), gen = metric(&sv, "gk_generated_tokens_total"),
+         decodes = metric(&sv, "gk_engine_decode_inputs_total");
+    cr_expect_gt(gen, 100, "the eight requests generated tokens");
+    cr_expect_lt(steps * 2, gen, "%ld steps for %ld tokens: the requests did not run together", steps, gen);
+    cr_expect_eq(decodes + 8, gen, "every token but each request's first came from a one-token decode input");
+    cr_expect_eq(metric(&sv, "gk_engine_prefill_tokens_total"), metric(&sv, "gk_prompt_tokens_total"));
     server_stop_ok(&sv);
 }
 
@@ -546,30 +577,6 @@ Test(serve, api_key_is_required_where_set)
 }
 
 /* ------------------------------------------------- queue, leave, drain */
-
-/* The value of a metric line "name value". */
-static long metric(const server *sv, const char *name)
-{
-    char *body;
-    cr_assert_eq(http(&body, sv, "%s/metrics", sv->url), 200);
-    char key[128];
-    snprintf(key, sizeof key, "\n%s ", name);
-    const char *at = strstr(body, key);
-    cr_assert(at, "no %s in %s", name, body);
-    long v = atol(at + strlen(key));
-    free(body);
-    return v;
-}
-
-static void wait_metric(const server *sv, const char *name, long want, double seconds)
-{
-    double end = now_s() + seconds;
-    long v;
-    while ((v = metric(sv, name)) != want) {
-        cr_assert(now_s() < end, "%s stayed %ld, want %ld", name, v, want);
-        sleep_ms(20);
-    }
-}
 
 /* a shell condition: the one slot is busy */
 #define METRICS_BUSY_1 "$URL/metrics | grep -q '^gk_busy_slots 1$'"

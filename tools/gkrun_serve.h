@@ -79,6 +79,9 @@ typedef struct serve_req {
 
 typedef struct serve_metrics {
     uint64_t prompt_tokens, gen_tokens;
+    uint64_t steps;          /* engine steps: gk_seq_decode calls */
+    uint64_t step_decodes;   /* one-token inputs over all steps (mean batch = this / steps) */
+    uint64_t step_prefill;   /* prompt tokens fed */
     /* histograms: counts per bucket, with the sum */
     uint64_t lat[16], ttft[16], tpot[16];
     uint64_t n_lat, n_ttft, n_tpot;

@@ -561,8 +561,16 @@ static enum MHD_Result metrics(conn *k)
                "# TYPE gk_generated_tokens_total counter\ngk_generated_tokens_total %" PRIu64 "\n"
                "# HELP gk_queue_depth Requests waiting for a slot.\n# TYPE gk_queue_depth gauge\ngk_queue_depth %d\n"
                "# HELP gk_busy_slots Slots running a request.\n# TYPE gk_busy_slots gauge\ngk_busy_slots %d\n"
-               "# HELP gk_slots Slots (--parallel).\n# TYPE gk_slots gauge\ngk_slots %d\n",
-            m.prompt_tokens, m.gen_tokens, queued, busy, s->n_parallel);
+               "# HELP gk_slots Slots (--parallel).\n# TYPE gk_slots gauge\ngk_slots %d\n"
+               "# HELP gk_engine_steps_total Engine steps (gk_seq_decode calls, one forward pass for all decodes).\n"
+               "# TYPE gk_engine_steps_total counter\ngk_engine_steps_total %" PRIu64 "\n"
+               "# HELP gk_engine_decode_inputs_total One-token decode inputs over all steps (divided by the steps: "
+               "the mean batch).\n"
+               "# TYPE gk_engine_decode_inputs_total counter\ngk_engine_decode_inputs_total %" PRIu64 "\n"
+               "# HELP gk_engine_prefill_tokens_total Prompt tokens fed (in chunks of at most 256 per request and "
+               "step).\n"
+               "# TYPE gk_engine_prefill_tokens_total counter\ngk_engine_prefill_tokens_total %" PRIu64 "\n",
+            m.prompt_tokens, m.gen_tokens, queued, busy, s->n_parallel, m.steps, m.step_decodes, m.step_prefill);
     hist_text(NULL, NULL, f, "gk_request_duration_seconds", "From queueing to the last token, per request.", m.lat,
               m.n_lat, m.sum_lat);
     hist_text(NULL, NULL, f, "gk_time_to_first_token_seconds", "From queueing to the first token.", m.ttft,

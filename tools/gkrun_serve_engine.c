@@ -321,6 +321,7 @@ static int step_begin(serve *s, engine *e, double now)
 static void step(serve *s, engine *e, int n_act)
 {
     int n_in = 0;
+    uint64_t n_dec = 0, n_pre = 0; /* for the metrics */
     for (int i = 0; i < n_act; i++) {
         serve_req *r = e->act[i];
         if (!r->hist) {
@@ -342,9 +343,11 @@ static void step(serve *s, engine *e, int n_act)
             in.n = n > SERVE_PREFILL_CHUNK ? SERVE_PREFILL_CHUNK : n;
             in.ids = r->prompt + r->n_fed;
             r->n_fed += in.n;
+            n_pre += (uint64_t)in.n;
         } else {
             in.ids = &r->hist[r->n_hist - 1];
             in.n = 1;
+            n_dec++;
         }
         e->sample[n_in] = r->n_fed == r->n_prompt;
         e->st[n_in] = GK_OK;
@@ -386,6 +389,11 @@ static void step(serve *s, engine *e, int n_act)
     free(run);
     double now = gk_now_s();
     pthread_mutex_lock(&s->mu);
+    if (n_run && ds == GK_OK) {
+        s->met.steps++;
+        s->met.step_decodes += n_dec;
+        s->met.step_prefill += n_pre;
+    }
     for (int i = 0; i < n_in; i++) {
         serve_req *r = e->in_req[i];
         serve_piece *p = &e->piece[i];
