@@ -19,6 +19,7 @@
 #include <errno.h>
 #include <inttypes.h>
 #include <poll.h>
+#include <stdarg.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -524,10 +525,8 @@ static enum MHD_Result models(conn *k)
     return send_json(k, 200, o, "/v1/models");
 }
 
-static void hist_text(char **p, size_t *n, FILE *f, const char *name, const char *help, const uint64_t *h,
-                      uint64_t count, double sum)
+static void hist_text(FILE *f, const char *name, const char *help, const uint64_t *h, uint64_t count, double sum)
 {
-    (void)p, (void)n;
     fprintf(f, "# HELP %s %s\n# TYPE %s histogram\n", name, help, name);
     uint64_t cum = 0;
     for (int b = 0; b < 15; b++) {
@@ -571,11 +570,11 @@ static enum MHD_Result metrics(conn *k)
                "step).\n"
                "# TYPE gk_engine_prefill_tokens_total counter\ngk_engine_prefill_tokens_total %" PRIu64 "\n",
             m.prompt_tokens, m.gen_tokens, queued, busy, s->n_parallel, m.steps, m.step_decodes, m.step_prefill);
-    hist_text(NULL, NULL, f, "gk_request_duration_seconds", "From queueing to the last token, per request.", m.lat,
+    hist_text(f, "gk_request_duration_seconds", "From queueing to the last token, per request.", m.lat,
               m.n_lat, m.sum_lat);
-    hist_text(NULL, NULL, f, "gk_time_to_first_token_seconds", "From queueing to the first token.", m.ttft,
+    hist_text(f, "gk_time_to_first_token_seconds", "From queueing to the first token.", m.ttft,
               m.n_ttft, m.sum_ttft);
-    hist_text(NULL, NULL, f, "gk_time_per_output_token_seconds",
+    hist_text(f, "gk_time_per_output_token_seconds",
               "Mean time between tokens after the first, per request.", m.tpot, m.n_tpot, m.sum_tpot);
     if (fclose(f) != 0 || !text) {
         free(text);
