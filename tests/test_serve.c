@@ -686,6 +686,21 @@ Test(serve, a_client_leaving_before_its_answer_frees_its_slot)
     server_stop_ok(&sv);
 }
 
+Test(serve, an_idle_connection_is_closed_after_the_timeout)
+{
+    server sv;
+    server_start(&sv, "--timeout", "1", NULL);
+    /* a connection that sends nothing: the server closes it, cat sees the end */
+    char cmd[512], *out;
+    snprintf(cmd, sizeof cmd, "bash -c 'exec 3<>/dev/tcp/127.0.0.1/%d; s=$(date +%%s%%N); timeout 20 cat <&3; "
+             "echo $(( ($(date +%%s%%N) - s) / 1000000 ))'", sv.port);
+    cr_assert_eq(capture(&out, cmd), 0, "%s", out);
+    long ms = atol(out);
+    cr_expect(ms >= 500 && ms < 10000, "closed after %ld ms with --timeout 1", ms);
+    free(out);
+    server_stop_ok(&sv);
+}
+
 Test(serve, bad_flags_exit_2)
 {
     char *out;
