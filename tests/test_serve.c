@@ -25,6 +25,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -94,6 +95,8 @@ static void server_start(server *sv, ...)
     sv->pid = fork();
     cr_assert(sv->pid >= 0);
     if (sv->pid == 0) {
+        /* a failed assertion ends the test process: the server goes with it */
+        prctl(PR_SET_PDEATHSIG, SIGKILL);
         int fd = open(sv->log, O_WRONLY | O_CREAT | O_TRUNC, 0600);
         dup2(fd, 1), dup2(fd, 2);
         execv(gkrun, (char *const *)argv);
