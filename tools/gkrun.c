@@ -3,6 +3,7 @@
  *   gkrun inspect PATH [--json]
  *   gkrun verify DIR [--backend NAME] [--dtype D] [--tol X]
  *   gkrun compare -m DIR --backend cuda --reference cpu_ref [--dtype D] [--ids ...]
+ *   gkrun serve -m DIR [--host ADDR] [--port N] [-np N] [-c N] [--api-key KEY]
  *
  * Global options (before the subcommand): --config FILE.INI, --version, -h/--help.
  * -h/--help anywhere on a subcommand's line prints that subcommand's usage.
@@ -39,6 +40,9 @@ static const char *const bench_values[] = {"-m", "--backend", "--dtype", "--kv-d
                                            "--ubatch", "-np", "--parallel", NULL};
 static const char *const tokenizer_values[] = {"-m", "--tokenizer", NULL};
 static const char *const no_values[] = {NULL};
+static const char *const serve_values[] = {"-m", "--model", "--host", "--port", "-np", "--parallel", "-c",
+                                           "--ctx-size", "--api-key", "--timeout", "--alias", "--backend",
+                                           "--dtype", "--kv-dtype", NULL};
 static const char *const template_values[] = {"-m", "--model", "--messages", "--extra", "--name", NULL};
 
 static const command commands[] = {
@@ -73,6 +77,15 @@ static const command commands[] = {
                       "  print the model's chat-template rendering of the messages (a JSON array); --extra: a JSON\n"
                       "  object of further variables (tools, enable_thinking, ...); --name: one of several templates\n",
      template_values},
+    {"serve", "usage: gkrun serve -m DIR [--host ADDR] [--port N] [-np/--parallel N] [-c/--ctx-size N]\n"
+              "                   [--api-key KEY] [--timeout S] [--alias NAME] [--backend NAME] [--dtype D]\n"
+              "                   [--kv-dtype D]\n"
+              "  an OpenAI-compatible HTTP server (docs/serve.md): /v1/chat/completions, /v1/completions,\n"
+              "  /v1/models, /health, /metrics; --host an IPv4 address (127.0.0.1), --port 0 to 65535 (8080;\n"
+              "  0: any free one, printed), --parallel 1 to 256 requests decoded together (4; the queue holds\n"
+              "  4 times as many), --ctx-size positions per request (the model's, at most 4096), --timeout\n"
+              "  idle seconds before a connection is closed, 1 to 86400 (600); --alias: the model's name\n",
+     serve_values},
 };
 
 void gkrun_usage(FILE *f)
@@ -327,6 +340,8 @@ static int dispatch(int argc, char **argv)
         return gkrun_compare(argc - i, argv + i, &c);
     if (!strcmp(cmd, "bench"))
         return gkrun_bench(argc - i, argv + i, &c);
+    if (!strcmp(cmd, "serve"))
+        return gkrun_serve(argc - i, argv + i, &c);
     if (!strcmp(cmd, "tokenize"))
         return gkrun_tokenize(argc - i, argv + i);
     if (!strcmp(cmd, "chat-template"))

@@ -15,6 +15,8 @@ int gkrun_inspect(int argc, char **argv, const gkrun_common *c);
 int gkrun_verify(int argc, char **argv, const gkrun_common *c);
 int gkrun_compare(int argc, char **argv, const gkrun_common *c);
 int gkrun_bench(int argc, char **argv, const gkrun_common *c);
+/* The OpenAI-compatible HTTP server (gkrun_serve.c). */
+int gkrun_serve(int argc, char **argv, const gkrun_common *c);
 /* Text generation and chat: everything that is not a subcommand. */
 int gkrun_generate(int argc, char **argv, const gkrun_common *c);
 /* The whole usage text (gkrun --help). */
