@@ -23,6 +23,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 /* ------------------------------------------------------------ requests */
 
@@ -256,7 +257,114 @@ static gk_status take(serve *s, serve_req *r, int32_t t, const float *row, serve
 
 /* ---------------------------------------------------------------- a step */
 
+/* Threads that share out a step's per-request work (sampling, logprobs,
+ * decoding, stop strings: each request's own), the engine thread among
+ * them. Picking from 64 rows of 151936 logits one after another is about
+ * half of a 64-sequence step on an H200. */
+typedef struct pool {
+    pthread_t *th;
+    int n_th;                       /* workers besides the engine thread */
+    pthread_mutex_t mu;
+    pthread_cond_t go, done;
+    uint64_t gen;                   /* a new job when it changes */
+    int busy;                       /* workers not finished with this job */
+    bool quit;
+    int n_items, next;              /* the job's items; the next one to take (under mu) */
+    void (*fn)(void *ctx, int i);
+    void *ctx;
+} pool;
+
+/* The next item of the job, or -1. */
+static int pool_take(pool *p)
+{
+    pthread_mutex_lock(&p->mu);
+    int i = p->next < p->n_items ? p->next++ : -1;
+    pthread_mutex_unlock(&p->mu);
+    return i;
+}
+
+static void *pool_main(void *arg)
+{
+    pool *p = arg;
+    uint64_t seen = 0;
+    for (;;) {
+        pthread_mutex_lock(&p->mu);
+        while (!p->quit && p->gen == seen)
+            pthread_cond_wait(&p->go, &p->mu);
+        if (p->quit) {
+            pthread_mutex_unlock(&p->mu);
+            return NULL;
+        }
+        seen = p->gen;
+        pthread_mutex_unlock(&p->mu);
+        for (int i; (i = pool_take(p)) >= 0;)
+            p->fn(p->ctx, i);
+        pthread_mutex_lock(&p->mu);
+        if (--p->busy == 0)
+            pthread_cond_signal(&p->done);
+        pthread_mutex_unlock(&p->mu);
+    }
+}
+
+/* Up to n_th workers (fewer when threads cannot be made: then the engine
+ * thread does more of it). */
+static void pool_start(pool *p, int n_th)
+{
+    *p = (pool){0};
+    pthread_mutex_init(&p->mu, NULL);
+    pthread_cond_init(&p->go, NULL);
+    pthread_cond_init(&p->done, NULL);
+    p->th = n_th > 0 ? calloc((size_t)n_th, sizeof *p->th) : NULL;
+    for (int i = 0; p->th && i < n_th; i++)
+        if (pthread_create(&p->th[p->n_th], NULL, pool_main, p) == 0)
+            p->n_th++;
+}
+
+static void pool_stop(pool *p)
+{
+    pthread_mutex_lock(&p->mu);
+    p->quit = true;
+    pthread_cond_broadcast(&p->go);
+    pthread_mutex_unlock(&p->mu);
+    for (int i = 0; i < p->n_th; i++)
+        pthread_join(p->th[i], NULL);
+    free(p->th);
+    pthread_mutex_destroy(&p->mu);
+    pthread_cond_destroy(&p->go);
+    pthread_cond_destroy(&p->done);
+}
+
+/* fn(ctx, i) for every i in [0, n), on the workers and the caller; returns
+ * when all are done. */
+static void pool_run(pool *p, int n, void (*fn)(void *, int), void *ctx)
+{
+    if (p->n_th == 0 || n < 2) {
+        for (int i = 0; i < n; i++)
+            fn(ctx, i);
+        return;
+    }
+    pthread_mutex_lock(&p->mu);
+    p->fn = fn;
+    p->ctx = ctx;
+    p->n_items = n;
+    p->next = 0;
+    p->busy = p->n_th;
+    p->gen++;
+    pthread_cond_broadcast(&p->go);
+    pthread_mutex_unlock(&p->mu);
+    for (int i; (i = pool_take(p)) >= 0;)
+        fn(ctx, i);
+    pthread_mutex_lock(&p->mu);
+    while (p->busy > 0)
+        pthread_cond_wait(&p->done, &p->mu);
+    pthread_mutex_unlock(&p->mu);
+}
+
 typedef struct engine {
+    pool pool;
+    serve *s;
+    int *row;              /* [n_parallel] each input's row of logits (-1: not in the call) */
+    gk_err *errs;          /* [n_parallel] each input's failure */
     serve_req **act;       /* [n_parallel] this step's requests */
     gk_seq_input *in;      /* [n_parallel] */
     serve_req **in_req;    /* [n_parallel] the request of each input */
@@ -318,6 +426,24 @@ static int step_begin(serve *s, engine *e, double now)
     return n;
 }
 
+/* Input i of this step: sample from its row and take the token (a pool job). */
+static void sample_one(void *ctx, int i)
+{
+    engine *e = ctx;
+    serve *s = e->s;
+    serve_req *r = e->in_req[i];
+    if (e->st[i] != GK_OK || !e->sample[i])
+        return;
+    const float *lg = e->logits + (size_t)e->row[i] * (size_t)s->n_vocab;
+    int32_t t = gk_sample_ex(lg, s->n_vocab, &r->o, r->hist, r->n_hist, &r->rng);
+    if (t < 0) {
+        e->st[i] = GK_ERR_NOMEM;
+        snprintf(e->errs[i].msg, sizeof e->errs[i].msg, "out of memory while sampling");
+        return;
+    }
+    e->st[i] = take(s, r, t, lg, &e->piece[i], &e->finish[i], &e->errs[i]);
+}
+
 static void step(serve *s, engine *e, int n_act)
 {
     int n_in = 0;
@@ -364,28 +490,16 @@ static void step(serve *s, engine *e, int n_act)
             run[n_run++] = e->in[i];
     if (run && n_run)
         ds = gk_seq_decode(s->m, run, n_run, e->logits, &err);
-    int row = 0;
-    for (int i = 0; i < n_in; i++) {
-        serve_req *r = e->in_req[i];
+    for (int i = 0, row = 0; i < n_in; i++) {
         e->finish[i] = NULL;
         e->piece[i] = (serve_piece){.id = -1};
-        if (e->st[i] != GK_OK)
-            continue;
-        const float *lg = e->logits + (size_t)row++ * (size_t)s->n_vocab;
-        if (ds != GK_OK) {
+        e->errs[i] = err;
+        e->row[i] = e->st[i] == GK_OK ? row++ : -1;
+        if (e->st[i] == GK_OK && ds != GK_OK)
             e->st[i] = ds;
-            continue;
-        }
-        if (!e->sample[i])
-            continue;
-        int32_t t = gk_sample_ex(lg, s->n_vocab, &r->o, r->hist, r->n_hist, &r->rng);
-        if (t < 0) {
-            e->st[i] = GK_ERR_NOMEM;
-            snprintf(err.msg, sizeof err.msg, "out of memory while sampling");
-            continue;
-        }
-        e->st[i] = take(s, r, t, lg, &e->piece[i], &e->finish[i], &err);
     }
+    /* each request's own sampling and text, on the pool */
+    pool_run(&e->pool, n_in, sample_one, e);
     free(run);
     double now = gk_now_s();
     pthread_mutex_lock(&s->mu);
@@ -399,7 +513,7 @@ static void step(serve *s, engine *e, int n_act)
         serve_piece *p = &e->piece[i];
         if (e->st[i] != GK_OK) {
             snprintf(r->error, sizeof r->error, "%s: %s", gk_status_str(e->st[i]),
-                     err.msg[0] ? err.msg : "generation failed");
+                     e->errs[i].msg[0] ? e->errs[i].msg : "generation failed");
             free(p->text);
             req_end_locked(s, r, now);
             continue;
@@ -443,7 +557,14 @@ static void *engine_main(void *arg)
         .sample = calloc(np, sizeof *e.sample), .logits = malloc(np * (size_t)s->n_vocab * sizeof *e.logits),
         .piece = calloc(np, sizeof *e.piece), .finish = calloc(np, sizeof *e.finish), .st = calloc(np, sizeof *e.st),
     };
-    bool ok = e.act && e.in && e.in_req && e.sample && e.logits && e.piece && e.finish && e.st;
+    e.s = s;
+    e.row = calloc(np, sizeof *e.row);
+    e.errs = calloc(np, sizeof *e.errs);
+    bool ok = e.act && e.in && e.in_req && e.sample && e.logits && e.piece && e.finish && e.st && e.row && e.errs;
+    /* workers: one per further core, at most 15, no more than the slots */
+    long cores = sysconf(_SC_NPROCESSORS_ONLN);
+    int n_th = (int)(cores > 16 ? 16 : cores < 1 ? 1 : cores) - 1;
+    pool_start(&e.pool, n_th < s->n_parallel - 1 ? n_th : s->n_parallel - 1);
     pthread_mutex_lock(&s->mu);
     for (;;) {
         while (!s->stop_engine && s->n_queue == 0 && s->n_running == 0)
@@ -467,6 +588,9 @@ static void *engine_main(void *arg)
         pthread_mutex_lock(&s->mu);
     }
     pthread_mutex_unlock(&s->mu);
+    pool_stop(&e.pool);
+    free(e.row);
+    free(e.errs);
     free(e.act);
     free(e.in);
     free(e.in_req);
