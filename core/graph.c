@@ -911,6 +911,20 @@ gk_status gk_fgraph_build_head(gk_model *m, gk_tensor *hidden, gk_fgraph **out, 
     return finish(m, &b, st, out, err);
 }
 
+gk_status gk_fgraph_build_head_rows(gk_model *m, gk_tensor *hidden, int64_t n_rows, gk_fgraph **out, gk_err *err)
+{
+    *out = NULL;
+    gk_fgraph *fg = calloc(1, sizeof *fg);
+    if (!fg)
+        return gk_err_set(err, GK_ERR_NOMEM, "out of memory");
+    fg->g.n_tokens = n_rows;
+    gk_builder b = {.m = m, .fg = fg};
+    fg->ids = new_tensor(&b, GK_DTYPE_I32, 1, n_rows, "rows", -1);
+    gk_tensor *h = gk_build_get_rows(&b, hidden, fg->ids, "head_rows", -1);
+    gk_status st = build_logits(&b, h, &fg->out, err);
+    return finish(m, &b, st, out, err);
+}
+
 gk_status gk_fgraph_build_step(gk_model *m, gk_fgraph **out, gk_err *err)
 {
     *out = NULL;

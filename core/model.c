@@ -1186,13 +1186,62 @@ static gk_status read_logits(gk_model *m, gk_fgraph *f, bool last_only, float *d
     return s;
 }
 
+gk_status gk_seq_decode(gk_model *m, const gk_seq_input *in, int64_t n_in, float *logits, gk_err *err);
+
+/* Inputs too many tokens for one pass: each longer input in its own
+ * micro-batches (its logits from the last row), then the one-token inputs
+ * together through gk_seq_decode. */
+static gk_status seq_decode_apart(gk_model *m, const gk_seq_input *in, int64_t n_in, float *logits, gk_err *err)
+{
+    int64_t V = m->cfg.n_vocab, n_one = 0;
+    gk_status s = GK_OK;
+    for (int64_t i = 0; s == GK_OK && i < n_in; i++) {
+        const gk_seq_input *x = &in[i];
+        if (x->n == 1) {
+            n_one++;
+            continue;
+        }
+        int64_t step = m->n_ubatch > 0 && m->n_ubatch < x->n ? m->n_ubatch : x->n;
+        if (step > GK_SEQ_STEP_MAX)
+            step = GK_SEQ_STEP_MAX;
+        for (int64_t done = 0; s == GK_OK && done < x->n; done += step) {
+            int64_t k = x->n - done < step ? x->n - done : step;
+            s = forward_one(m, seq_of(x->seq), x->ids + done, k, NULL, err);
+        }
+        if (s == GK_OK && logits)
+            s = read_logits(m, m->fwd, true, logits + i * V, err);
+    }
+    m->ran = false;
+    if (s != GK_OK || !n_one)
+        return s;
+    gk_seq_input *one = malloc((size_t)n_one * sizeof *one);
+    float *rows = logits ? malloc((size_t)(n_one * V) * sizeof *rows) : NULL;
+    if (!one || (logits && !rows)) {
+        free(one);
+        free(rows);
+        return gk_err_set(err, GK_ERR_NOMEM, "out of memory");
+    }
+    for (int64_t i = 0, j = 0; i < n_in; i++)
+        if (in[i].n == 1)
+            one[j++] = in[i];
+    for (int64_t j = 0; s == GK_OK && j < n_one; j += GK_SEQ_STEP_MAX) /* a pass each GK_SEQ_STEP_MAX */
+        s = gk_seq_decode(m, one + j, n_one - j < GK_SEQ_STEP_MAX ? n_one - j : GK_SEQ_STEP_MAX,
+                          rows ? rows + j * V : NULL, err);
+    for (int64_t i = 0, j = 0; s == GK_OK && logits && i < n_in; i++)
+        if (in[i].n == 1)
+            memcpy(logits + i * V, rows + (j++) * V, (size_t)V * sizeof *rows);
+    free(one);
+    free(rows);
+    return s;
+}
+
 gk_status gk_seq_decode(gk_model *m, const gk_seq_input *in, int64_t n_in, float *logits, gk_err *err)
 {
     if (!m || (!in && n_in > 0))
         return gk_err_set(err, GK_ERR_INVALID_ARG, "gk_seq_decode: %s is NULL", m ? "in" : "the model");
     if (n_in < 0)
         return gk_err_set(err, GK_ERR_INVALID_ARG, "gk_seq_decode: %lld inputs", (long long)n_in);
-    int64_t V = m->cfg.n_vocab, n_one = 0;
+    int64_t V = m->cfg.n_vocab;
     for (int64_t i = 0; i < n_in; i++) {
         const gk_seq_input *x = &in[i];
         if (!x->seq || !x->ids || x->seq->m != m)
@@ -1211,71 +1260,65 @@ gk_status gk_seq_decode(gk_model *m, const gk_seq_input *in, int64_t n_in, float
             if (in[k].seq == x->seq)
                 return gk_err_set(err, GK_ERR_INVALID_ARG, "gk_seq_decode: inputs %lld and %lld are one sequence",
                                   (long long)k, (long long)i);
-        n_one += x->n == 1;
     }
     gk_status s = GK_OK;
     m->ran = false; /* the model's own logits and nodes are not these */
-    /* prompts: each in its micro-batches, the last one's last row read */
-    for (int64_t i = 0; s == GK_OK && i < n_in; i++) {
-        const gk_seq_input *x = &in[i];
-        if (x->n == 1)
-            continue;
-        int64_t step = m->n_ubatch > 0 && m->n_ubatch < x->n ? m->n_ubatch : x->n;
-        for (int64_t done = 0; s == GK_OK && done < x->n; done += step) {
-            int64_t k = x->n - done < step ? x->n - done : step;
-            s = forward_one(m, seq_of(x->seq), x->ids + done, k, NULL, err);
-        }
-        if (s == GK_OK && logits)
-            s = read_logits(m, m->fwd, true, logits + i * V, err);
+    int64_t T = 0, n_max = 0;
+    for (int64_t i = 0; i < n_in; i++) {
+        T += in[i].n;
+        n_max = in[i].n > n_max ? in[i].n : n_max;
     }
-    m->ran = false;
-    if (s != GK_OK || !n_one)
-        return s;
-    /* one token each: one graph for all of them */
-    if (!m->gb || m->gb->g.n_tokens != n_one) {
+    int64_t step_max = m->n_ubatch > GK_SEQ_STEP_MAX ? m->n_ubatch : GK_SEQ_STEP_MAX;
+    if (T > step_max || (m->n_ubatch > 0 && n_max > m->n_ubatch))
+        return seq_decode_apart(m, in, n_in, logits, err);
+    if (!T)
+        return GK_OK;
+    /* everything in one forward pass: prompt chunks and single tokens of
+     * any sequences, each token at its sequence's position in its slot */
+    if (!m->gb || m->gb->g.n_tokens != T) {
         gk_fgraph_destroy(m, m->gb);
         m->gb = NULL;
-        s = gk_fgraph_build_mixed(m, n_one, &m->gb, err);
+        s = gk_fgraph_build_mixed(m, T, &m->gb, err);
         if (s != GK_OK)
             return s;
     }
-    int32_t *buf = malloc((size_t)(3 * n_one) * sizeof *buf);
-    /* every input one token: the logits' rows are the graph's, in order */
-    bool direct = n_one == n_in;
-    float *rows = logits && !direct ? malloc((size_t)(n_one * V) * sizeof *rows) : logits;
-    if (!buf || (logits && !rows)) {
-        free(buf);
-        if (!direct)
-            free(rows);
+    int32_t *buf = malloc((size_t)(3 * T + n_in) * sizeof *buf);
+    if (!buf)
         return gk_err_set(err, GK_ERR_NOMEM, "out of memory");
-    }
-    int32_t *ids = buf, *pos = buf + n_one, *slots = buf + 2 * n_one;
-    for (int64_t i = 0, j = 0; i < n_in; i++)
-        if (in[i].n == 1) {
-            ids[j] = in[i].ids[0];
-            pos[j] = (int32_t)in[i].seq->n_past;
-            slots[j++] = (int32_t)in[i].seq->slot;
+    int32_t *ids = buf, *pos = buf + T, *slots = buf + 2 * T, *last = buf + 3 * T;
+    for (int64_t i = 0, t = 0; i < n_in; i++) {
+        for (int64_t j = 0; j < in[i].n; j++, t++) {
+            ids[t] = in[i].ids[j];
+            pos[t] = (int32_t)(in[i].seq->n_past + j);
+            slots[t] = (int32_t)in[i].seq->slot;
         }
-    s = write_inputs(m, m->gb, ids, n_one, pos, 0, slots, 0, err);
+        last[i] = (int32_t)(t - 1);
+    }
+    s = write_inputs(m, m->gb, ids, T, pos, 0, slots, 0, err);
     if (s == GK_OK)
         s = run(m, m->gb, err);
     if (s == GK_OK) {
-        for (int64_t i = 0; i < n_in; i++)
-            if (in[i].n == 1) {
-                gk_seq *q = in[i].seq;
-                q->ids[q->n_past++] = in[i].ids[0];
-                if (q->n_past > q->kv_hi)
-                    q->kv_hi = q->n_past;
-            }
+        for (int64_t i = 0; i < n_in; i++) {
+            gk_seq *q = in[i].seq;
+            memcpy(q->ids + q->n_past, in[i].ids, (size_t)in[i].n * sizeof *q->ids);
+            q->n_past += in[i].n;
+            if (q->n_past > q->kv_hi)
+                q->kv_hi = q->n_past;
+        }
     }
-    if (s == GK_OK && logits) {
-        s = read_logits(m, m->gb, false, rows, err);
-        for (int64_t i = 0, j = 0; s == GK_OK && !direct && i < n_in; i++)
-            if (in[i].n == 1)
-                memcpy(logits + i * V, rows + (j++) * V, (size_t)V * sizeof *rows);
+    /* the head on each input's last row only */
+    gk_fgraph *f = m->gb;
+    if (s == GK_OK && logits && (!f->head || f->head->g.n_tokens != n_in)) {
+        gk_fgraph_destroy(m, f->head);
+        f->head = NULL;
+        s = gk_fgraph_build_head_rows(m, f->out, n_in, &f->head, err);
     }
-    if (!direct)
-        free(rows);
+    if (s == GK_OK && logits)
+        s = m->be.ops->buffer_write(m->be.state, f->head->ids->data, 0, last, (size_t)n_in * sizeof *last, err);
+    if (s == GK_OK && logits)
+        s = run(m, f->head, err);
+    if (s == GK_OK && logits)
+        s = m->be.ops->buffer_read(m->be.state, f->head->out->data, 0, logits, gk_tensor_nbytes(f->head->out), err);
     free(buf);
     return s;
 }

@@ -51,6 +51,8 @@ struct gk_builder {
  * are an attention parameter of float type: exact to 2^24). */
 #define GK_MAX_SEQ 4096
 #define GK_MAX_SEQ_CTX (1 << 24)
+/* Tokens gk_seq_decode runs in one forward pass (more: prompts apart). */
+#define GK_SEQ_STEP_MAX 512
 
 /* Micro-batch of a model with ring caches when gk_model_opts.n_ubatch is 0. */
 #define GK_RING_UBATCH 512
@@ -120,6 +122,10 @@ GK_INTERNAL void gk_rope_freqs(const gk_config *c, float theta, int64_t r, gk_ro
 GK_INTERNAL gk_status gk_fgraph_build_forward(gk_model *m, int64_t n, gk_fgraph **out, gk_err *err);
 /* The same where the tokens may be of different sequence slots. */
 GK_INTERNAL gk_status gk_fgraph_build_mixed(gk_model *m, int64_t n, gk_fgraph **out, gk_err *err);
+/* The LM head on n_rows rows of `hidden` chosen by the graph's ids input
+ * (I32 [1][n_rows], row indices). */
+GK_INTERNAL gk_status gk_fgraph_build_head_rows(gk_model *m, gk_tensor *hidden, int64_t n_rows, gk_fgraph **out,
+                                                gk_err *err);
 /* A graph applying the LM head to `hidden` (an existing tensor, not owned). */
 GK_INTERNAL gk_status gk_fgraph_build_head(gk_model *m, gk_tensor *hidden, gk_fgraph **out,
                                            gk_err *err);

@@ -456,9 +456,11 @@ typedef struct gk_seq_input {
     int64_t n;          /* >= 1 */
 } gk_seq_input;
 /* Feed each input's ids to its sequence; logits (may be NULL) receives
- * [n_in][n_vocab]: the logits after each input's last id. Inputs of one id
- * run together in one forward pass; longer ones (a new request's prompt)
- * each in their own micro-batches, before them. GK_ERR_INVALID_ARG (nothing
+ * [n_in][n_vocab]: the logits after each input's last id. All the inputs
+ * run in one forward pass (prompt chunks beside the single tokens of running
+ * sequences) while they total at most max(512, n_ubatch) ids and none is
+ * longer than n_ubatch (when set); otherwise each longer one runs first in
+ * its own micro-batches, and the single ids together. GK_ERR_INVALID_ARG (nothing
  * changes) for a NULL, n < 1, an id outside the vocabulary, a sequence of
  * another model or given twice, or more ids than its slot has room for. */
 GK_API gk_status gk_seq_decode(gk_model *m, const gk_seq_input *in, int64_t n_in, float *logits, gk_err *err);
