@@ -25,6 +25,9 @@
 #include <microhttpd.h>
 
 #define SERVE_PREFILL_CHUNK 256  /* prompt tokens per request per engine step */
+/* Tokens of one engine step in all: what gk_seq_decode runs in one forward
+ * pass (prompt chunks beside the running requests' single tokens) */
+#define SERVE_STEP_TOKENS 512
 #define SERVE_MAX_BODY (8u << 20) /* request bodies beyond this are 413 */
 #define SERVE_MAX_TOP_LOGPROBS 20
 #define SERVE_MAX_STOP 16

@@ -3,9 +3,11 @@
  *
  * Each step admits queued requests into free slots, then makes ONE
  * gk_seq_decode call holding, for every running request, either its next
- * prompt chunk (at most SERVE_PREFILL_CHUNK tokens, so long prompts
- * interleave with the decodes of the others) or the one token it sampled
- * last; the library runs the one-token inputs together in one forward pass.
+ * prompt chunk or the one token it sampled last. Chunks are at most
+ * SERVE_PREFILL_CHUNK tokens, and a step at most SERVE_STEP_TOKENS in all
+ * (a prompt past that waits a step), so the library runs the whole step as
+ * one forward pass and long prompts interleave with the decodes of the
+ * others.
  * Each request samples from its own row with its own seeded rng and the
  * history prompt + output, exactly as gk_model_generate does (so a request
  * gives gkrun's tokens for the same seed and settings), decodes its output
@@ -448,8 +450,17 @@ static void step(serve *s, engine *e, int n_act)
 {
     int n_in = 0;
     uint64_t n_dec = 0, n_pre = 0; /* for the metrics */
+    /* the step's token budget: one for each running request, the rest for
+     * prompts in arrival order (a prompt past it waits for the next step) */
+    int64_t budget = SERVE_STEP_TOKENS;
+    for (int i = 0; i < n_act; i++)
+        budget -= e->act[i]->hist && e->act[i]->n_fed == e->act[i]->n_prompt;
     for (int i = 0; i < n_act; i++) {
         serve_req *r = e->act[i];
+        if (r->hist && r->n_fed < r->n_prompt && budget <= 0)
+            continue;
+        if (!r->hist && budget <= 0)
+            continue;
         if (!r->hist) {
             r->hist = malloc((size_t)(r->n_prompt + r->max_new) * sizeof *r->hist);
             if (r->hist) {
@@ -467,6 +478,8 @@ static void step(serve *s, engine *e, int n_act)
         if (r->n_fed < r->n_prompt) {
             int64_t n = r->n_prompt - r->n_fed;
             in.n = n > SERVE_PREFILL_CHUNK ? SERVE_PREFILL_CHUNK : n;
+            in.n = in.n > budget ? budget : in.n;
+            budget -= in.n;
             in.ids = r->prompt + r->n_fed;
             r->n_fed += in.n;
             n_pre += (uint64_t)in.n;
