@@ -242,35 +242,7 @@ Test(seq, bad_inputs_change_nothing)
 }
 
 #ifdef GK_SEQ_SKIP_EXIT
-/* The GPU build: when every test skipped (no usable GPU), exit 77, which
- * meson shows as SKIP, with the first reason. */
-static size_t n_tests, n_skipped;
-static char skip_reason[256];
-
-ReportHook(POST_TEST)(struct criterion_test_stats *stats)
-{
-    if (stats->test_status == CR_STATUS_SKIPPED && stats->message && !skip_reason[0])
-        snprintf(skip_reason, sizeof skip_reason, "%s", stats->message);
-}
-
-ReportHook(POST_ALL)(struct criterion_global_stats *stats)
-{
-    n_tests = stats->nb_tests;
-    n_skipped = stats->tests_skipped;
-}
-
-int main(int argc, char *argv[])
-{
-    struct criterion_test_set *tests = criterion_initialize();
-    int result = 0;
-    if (criterion_handle_args(argc, argv, true))
-        result = !criterion_run_all_tests(tests);
-    criterion_finalize(tests);
-    if (result == 0 && n_tests > 0 && n_skipped == n_tests) {
-        fprintf(stderr, "cuda_seq: all %zu tests skipped: %s\n", n_tests,
-                skip_reason[0] ? skip_reason : "(no reason given)");
-        return 77;
-    }
-    return result;
-}
+/* The GPU build: SKIP (77) with the reason when there is no usable GPU. */
+#define SKIP_EXIT_NAME "cuda_seq"
+#include "skip_exit.h"
 #endif

@@ -19,40 +19,32 @@ if [ ! -d "$BUILD" ] || [ ! -d tests/data/models ]; then
 fi
 BUILD_ABS=$(cd "$BUILD" && pwd)
 GKRUN="$BUILD_ABS/tools/gkrun"
-SUITE="$BUILD_ABS/tests/gpu/test_cuda_ops"
 LOG=${LOG:-$(mktemp -d /tmp/gpu_check.XXXXXX)}
 mkdir -p "$LOG"
 failed=0
 summary=()
 
-# ------------------------------------------------ op parity (Criterion)
-if [ ! -x "$SUITE" ]; then
-    echo "gpu_check: $SUITE is missing (was the build configured with CUDA?)" >&2
-    exit 2
-fi
-echo "== cuda_ops: cuda vs cpu_ref, op by op (log: $LOG/cuda_ops.log)"
-(cd tests && GK_TEST_BUILD_ROOT="$BUILD_ABS" GK_TEST_DATA="$PWD/data" \
-    "$SUITE" --jobs "${JOBS:-4}" --verbose) >"$LOG/cuda_ops.log" 2>&1
-rc=$?
-grep -E "^\[(FAIL|----)\]|Synthesis|^cuda_ops: " "$LOG/cuda_ops.log" | grep -v "Criterion v" | head -40
-case $rc in
-0) summary+=("cuda_ops                          PASS") ;;
-77) summary+=("cuda_ops                          SKIP (GPU not usable)"); failed=1 ;;
-*) summary+=("cuda_ops                          FAIL (exit $rc)"); failed=1 ;;
-esac
-
-# ------------------------------------- sequences: batched decode (Criterion)
-SEQ="$BUILD_ABS/tests/gpu/test_cuda_seq"
-echo "== cuda_seq: batched decode of several sequences vs each alone (log: $LOG/cuda_seq.log)"
-(cd tests && GK_TEST_BUILD_ROOT="$BUILD_ABS" GK_TEST_DATA="$PWD/data" \
-    "$SEQ" --jobs "${JOBS:-4}" --verbose) >"$LOG/cuda_seq.log" 2>&1
-rc=$?
-grep -E "^\[(FAIL|----)\]|Synthesis" "$LOG/cuda_seq.log" | grep -v "Criterion v" | head -20
-case $rc in
-0) summary+=("cuda_seq                          PASS") ;;
-77) summary+=("cuda_seq                          SKIP (GPU not usable)"); failed=1 ;;
-*) summary+=("cuda_seq                          FAIL (exit $rc)"); failed=1 ;;
-esac
+# ------------------------------------- the GPU Criterion suites
+# run_suite NAME WHAT: tests/gpu/test_NAME from tests/, log in $LOG/NAME.log
+run_suite() {
+    local name=$1 bin="$BUILD_ABS/tests/gpu/test_$1"
+    if [ ! -x "$bin" ]; then
+        echo "gpu_check: $bin is missing (was the build configured with CUDA?)" >&2
+        exit 2
+    fi
+    echo "== $name: $2 (log: $LOG/$name.log)"
+    (cd tests && GK_TEST_BUILD_ROOT="$BUILD_ABS" GK_TEST_DATA="$PWD/data" \
+        "$bin" --jobs "${JOBS:-4}" --verbose) >"$LOG/$name.log" 2>&1
+    local rc=$?
+    grep -E "^\[(FAIL|----)\]|Synthesis|^$name: " "$LOG/$name.log" | grep -v "Criterion v" | head -40
+    case $rc in
+    0) summary+=("$(printf '%-33s PASS' "$name")") ;;
+    77) summary+=("$(printf '%-33s SKIP (GPU not usable)' "$name")"); failed=1 ;;
+    *) summary+=("$(printf '%-33s FAIL (exit %d)' "$name" $rc)"); failed=1 ;;
+    esac
+}
+run_suite cuda_ops "cuda vs cpu_ref, op by op"
+run_suite cuda_seq "batched decode of several sequences vs each alone"
 
 # ----------------------------------------------- models end to end
 # 33 ids below 256 (every fixture's vocabulary is larger): a prefill past the GEMV path
