@@ -250,7 +250,7 @@ static gk_status decode_on_device(gen *gn, bool *unsupported, bool *refused, gk_
     while (done < want) {
         while (issued < want && issued - done < (pipelined ? 2 : 1)) {
             s = ops->graph_compute(m->be.state, &g->g, err);
-            gk_model_wrote(m, pos + issued + 1); /* a ring's rows, even for a step nobody reads */
+            gk_kv_wrote(&m->kv_hi, pos + issued + 1); /* a ring's rows, even for a step nobody reads */
             if (s == GK_OK && pipelined)
                 s = read_async(m->be.state, g->ids->data, 0, sizeof(int32_t), &ticket[issued % 2], err);
             if (s != GK_OK)

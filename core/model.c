@@ -972,8 +972,7 @@ static gk_status forward_one(gk_model *m, seq_ref q, const int32_t *ids, int64_t
         return s;
     memcpy(q.ids + *q.n_past, ids, (size_t)n * sizeof *ids);
     *q.n_past += n;
-    if (*q.n_past > *q.kv_hi)
-        *q.kv_hi = *q.n_past;
+    gk_kv_wrote(q.kv_hi, *q.n_past);
     m->ran = true;
     if (hidden)
         s = m->be.ops->buffer_read(m->be.state, m->fwd->out->data, 0, hidden,
@@ -1166,26 +1165,6 @@ gk_status gk_seq_truncate(gk_seq *q, int64_t n_keep, gk_err *err)
 
 static seq_ref seq_of(gk_seq *q) { return (seq_ref){q->slot, &q->n_past, &q->kv_hi, q->ids}; }
 
-/* Logits of fg's rows into dst [rows][n_vocab] (all rows, or the last). */
-static gk_status read_logits(gk_model *m, gk_fgraph *f, bool last_only, float *dst, gk_err *err)
-{
-    gk_status s = GK_OK;
-    gk_fgraph **h = last_only ? &f->head_last : &f->head;
-    if (!*h && last_only) {
-        f->last_row = *f->out;
-        f->last_row.rows = 1;
-        f->last_row.data = (char *)f->out->data + (size_t)(f->out->rows - 1) * (size_t)f->out->cols * sizeof(float);
-        s = gk_fgraph_build_head(m, &f->last_row, h, err);
-    } else if (!*h) {
-        s = gk_fgraph_build_head(m, f->out, h, err);
-    }
-    if (s == GK_OK)
-        s = run(m, *h, err);
-    if (s == GK_OK && dst)
-        s = m->be.ops->buffer_read(m->be.state, (*h)->out->data, 0, dst, gk_tensor_nbytes((*h)->out), err);
-    return s;
-}
-
 gk_status gk_seq_decode(gk_model *m, const gk_seq_input *in, int64_t n_in, float *logits, gk_err *err);
 
 /* Inputs too many tokens for one pass: each longer input in its own
@@ -1208,8 +1187,11 @@ static gk_status seq_decode_apart(gk_model *m, const gk_seq_input *in, int64_t n
             int64_t k = x->n - done < step ? x->n - done : step;
             s = forward_one(m, seq_of(x->seq), x->ids + done, k, NULL, err);
         }
+        gk_tensor *last = NULL;
         if (s == GK_OK && logits)
-            s = read_logits(m, m->fwd, true, logits + i * V, err);
+            s = gk_model_run_last_logits(m, &last, err);
+        if (s == GK_OK && logits)
+            s = m->be.ops->buffer_read(m->be.state, last->data, 0, logits + i * V, (size_t)V * sizeof *logits, err);
     }
     m->ran = false;
     if (s != GK_OK || !n_one)
@@ -1302,8 +1284,7 @@ gk_status gk_seq_decode(gk_model *m, const gk_seq_input *in, int64_t n_in, float
             gk_seq *q = in[i].seq;
             memcpy(q->ids + q->n_past, in[i].ids, (size_t)in[i].n * sizeof *q->ids);
             q->n_past += in[i].n;
-            if (q->n_past > q->kv_hi)
-                q->kv_hi = q->n_past;
+            gk_kv_wrote(&q->kv_hi, q->n_past);
         }
     }
     /* the head on each input's last row only */

@@ -147,11 +147,12 @@ struct gk_seq {
     int32_t *ids; /* [n_ctx] */
 };
 
-/* Positions below `end` have been written to the caches. */
-static inline void gk_model_wrote(gk_model *m, int64_t end)
+/* Positions below `end` of a sequence (the model's own, or a gk_seq's
+ * kv_hi) have been written to the caches. */
+static inline void gk_kv_wrote(int64_t *kv_hi, int64_t end)
 {
-    if (end > m->kv_hi)
-        m->kv_hi = end;
+    if (end > *kv_hi)
+        *kv_hi = end;
 }
 /* Account n bytes allocated on the backend (the peak follows). */
 static inline void gk_model_mem_add(gk_model *m, uint64_t n)

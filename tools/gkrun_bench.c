@@ -78,19 +78,10 @@ static spread spread_of(double *v, int64_t n)
 
 static bool is_parallel(const char *a) { return !strcmp(a, "-np") || !strcmp(a, "--parallel"); }
 
-static int32_t argmax_row(const float *x, int64_t n)
-{
-    int64_t best = 0;
-    for (int64_t i = 1; i < n; i++)
-        if (x[i] > x[best])
-            best = i;
-    return (int32_t)best;
-}
-
 /* --parallel B: B sequences of one model (gk_seq_*), each prefilled with its
  * own prompt of n_prompt ids, then n_new - 1 steps that decode one token of
  * every sequence in one gk_seq_decode call (greedy, the logits of every
- * sequence read back and picked on the host, as a server does). Prints the
+ * sequence read back and picked on the host with gk_sample, as a server does). Prints the
  * aggregate decode tokens/s and the time per step, median of reps. */
 static int bench_parallel(gk_runtime *rt, const char *dir, const char *backend, const char *dtype,
                           const char *kv_dtype, int64_t ubatch, int64_t B_max, const int64_t *Bs, int n_B,
@@ -105,6 +96,7 @@ static int bench_parallel(gk_runtime *rt, const char *dir, const char *backend, 
         return gkrun_fail(&err);
     int rc = 1;
     int64_t V = gk_model_config(m)->n_vocab;
+    const gk_gen_opts greedy = gk_gen_opts_default(); /* the server's greedy pick */
     gk_seq **q = calloc((size_t)B_max, sizeof *q);
     gk_seq_input *in = calloc((size_t)B_max, sizeof *in);
     int32_t *prompt = malloc((size_t)(B_max * n_prompt) * sizeof *prompt), *tok = malloc((size_t)B_max * sizeof *tok);
@@ -142,7 +134,7 @@ static int bench_parallel(gk_runtime *rt, const char *dir, const char *backend, 
                 goto out;
             }
             for (int64_t b = 0; b < B; b++)
-                tok[b] = argmax_row(logits + b * V, V);
+                tok[b] = gk_sample(logits + b * V, V, &greedy, NULL);
             double t1 = gk_now_s(), t_pick = 0;
             for (int64_t k = 1; k < n_new; k++) {
                 for (int64_t b = 0; b < B; b++)
@@ -153,7 +145,7 @@ static int bench_parallel(gk_runtime *rt, const char *dir, const char *backend, 
                 }
                 double tp = gk_now_s();
                 for (int64_t b = 0; b < B; b++)
-                    tok[b] = argmax_row(logits + b * V, V);
+                    tok[b] = gk_sample(logits + b * V, V, &greedy, NULL);
                 t_pick += gk_now_s() - tp;
             }
             double t2 = gk_now_s();

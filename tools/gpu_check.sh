@@ -50,6 +50,13 @@ run_suite cuda_seq "batched decode of several sequences vs each alone"
 # 33 ids below 256 (every fixture's vocabulary is larger): a prefill past the GEMV path
 PREFILL_IDS=$(for i in $(seq 0 32); do printf '%d\n' $(((i * 37 + 11) % 256)); done | paste -sd,)
 
+# A verify run ($name, its summary $line or exit $rc, its $log) failed.
+verify_failed() {
+    summary+=("$(printf '%-33s FAIL  %s' "$name" "${line:-exit $rc}")")
+    grep -E "FAIL|error|rror:|^verify" "$log" | head -8 | sed 's/^/    /'
+    failed=1
+}
+
 # The names of the checks a verify log failed, sorted.
 failed_checks() { grep -E " FAIL$" "$1" | sed -E 's/ +max\|err\|.*//; s/ +[0-9]+\/[0-9]+ tokens.*//' | sort; }
 
@@ -74,9 +81,7 @@ for model in $(cd tests/data/models && for d in */; do [ -f "$d/golden.safetenso
             summary+=("$(printf '%-33s PASS  as cpu_ref (%s); compare: %s' "$name" "${line#summary: }" \
                 "$(grep -E '^summary:' "$log.compare" | sed 's/^summary: //')")")
         else
-            summary+=("$(printf '%-33s FAIL  %s' "$name" "${line:-exit $rc}")")
-            grep -E "FAIL|error|rror:" "$log" | head -8 | sed 's/^/    /'
-            failed=1
+            verify_failed
         fi
     done
 done
@@ -95,9 +100,7 @@ for model in mistral-window gemma2-tiny gemma3-tiny; do
             if [ $rc -eq 0 ] && grep -q "rings of at most" "$log"; then
                 summary+=("$(printf '%-33s PASS  %s' "$name" "$line")")
             else
-                summary+=("$(printf '%-33s FAIL  %s' "$name" "${line:-exit $rc}")")
-                grep -E "FAIL|error|rror:|^verify" "$log" | head -8 | sed 's/^/    /'
-                failed=1
+                verify_failed
             fi
         done
     done

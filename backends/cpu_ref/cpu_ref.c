@@ -224,7 +224,6 @@ static gk_status op_attn(const cpu_state *cs, const gk_node *nd, gk_err *err)
         rows = S;
     }
 
-    int64_t p_lo = INT64_MAX, p_hi = -1;
     for (int64_t t = 0; t < n; t++) {
         int32_t p = i32(pos)[t];
         if (p < 0 || (!ring && p >= rows))
@@ -234,17 +233,18 @@ static gk_status op_attn(const cpu_state *cs, const gk_node *nd, gk_err *err)
         if (slot && (slot[t] < 0 || slot[t] >= n_slot))
             return gk_err_set(err, GK_ERR_INVALID_ARG, "cpu_ref: attn: slot %d at %lld outside the %lld of '%.48s'",
                               (int)slot[t], (long long)t, (long long)n_slot, kc->name);
-        p_lo = p < p_lo ? p : p_lo;
-        p_hi = p > p_hi ? p : p_hi;
     }
     /* a ring: what the node stores must not overwrite a key one of its
-     * tokens sees (the earliest is p_lo - W + 1; with slots, a sequence's
-     * tokens span no more than the node's) */
-    if (ring && (window <= 0 || (!slot && p_hi - p_lo + window > rows)))
-        return gk_err_set(err, GK_ERR_INVALID_ARG,
-                          "cpu_ref: attn: a ring cache of %lld rows cannot serve positions %lld..%lld with a "
-                          "window of %lld",
-                          (long long)rows, (long long)p_lo, (long long)p_hi, (long long)window);
+     * tokens sees, so two tokens of one slot at p < q need q - p + W <= rows */
+    for (int64_t t = 0; ring && t < n; t++)
+        for (int64_t u = t + 1; u < n; u++) {
+            int64_t d = (int64_t)i32(pos)[t] - i32(pos)[u];
+            if ((!slot || slot[t] == slot[u]) && (d < 0 ? -d : d) + window > rows)
+                return gk_err_set(err, GK_ERR_INVALID_ARG,
+                                  "cpu_ref: attn: a ring cache of %lld rows cannot serve positions %d and %d of one "
+                                  "sequence with a window of %lld",
+                                  (long long)rows, (int)i32(pos)[t], (int)i32(pos)[u], (long long)window);
+        }
     float *prob = malloc((size_t)rows * sizeof *prob);  /* the scores of the <= rows keys seen */
     if (!prob)
         return gk_err_set(err, GK_ERR_NOMEM, "cpu_ref: attn: %zu bytes of scores",
