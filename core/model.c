@@ -909,6 +909,20 @@ gk_status gk_model_device(const gk_model *m, gk_device_props *out, gk_err *err)
     return m->be.ops->device_props(m->be.state, out, err);
 }
 
+void gk_model_path_note(const gk_model *m, char *buf, size_t len)
+{
+    if (!buf || len == 0)
+        return;
+    buf[0] = 0;
+    if (!m)
+        return;
+    void (*note)(void *, char *, size_t) = GK_BACKEND_OP(m->be.ops, path_note);
+    if (note) {
+        note(m->be.state, buf, len);
+        buf[len - 1] = 0;
+    }
+}
+
 /* ------------------------------------------------------------- forward */
 
 /* Queue a graph. No wait: the next read of a result (buffer_read, or the

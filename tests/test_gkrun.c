@@ -263,6 +263,26 @@ Test(gkrun_generate, streams_text_and_prints_stats)
     free(out);
 }
 
+/* --megakernel / --no-megakernel are taken anywhere on the line (they only
+ * steer the cuda backend: the same text on cpu_ref), but not as the text of
+ * -p; cpu_ref says nothing of its path. */
+Test(gkrun_generate, megakernel_flags_anywhere_but_in_a_prompt)
+{
+    char *a, *b, *c;
+    cr_assert_eq(run(&a, "-m %s --backend cpu_ref -p 'In the beginning' -n 8 --temp 0 --json", demo_dir()), 0, "%s", a);
+    cr_assert_eq(run(&b, "--no-megakernel -m %s --backend cpu_ref -p 'In the beginning' -n 8 --temp 0 --megakernel "
+                         "--json", demo_dir()), 0, "%s", b);
+    const char *ta = strstr(a, "\"text\""), *tb = strstr(b, "\"text\"");
+    cr_assert(ta && tb, "%s\n%s", a, b);
+    cr_expect(strncmp(ta, tb, (size_t)(strstr(ta, "\"stats\"") - ta)) == 0, "%s\n%s", a, b);
+    cr_expect(strstr(b, "\"path\":\"\""), "%s", b);
+    cr_assert_eq(run(&c, "-m %s --backend cpu_ref -p --no-megakernel -n 2 --temp 0 --json", demo_dir()), 0, "%s", c);
+    cr_expect(strstr(c, "\"prompt\":\"--no-megakernel\""), "%s", c);
+    free(a);
+    free(b);
+    free(c);
+}
+
 Test(gkrun_generate, seed_reproduces_sampling)
 {
     char *a, *b, *c;

@@ -113,6 +113,8 @@ void gkrun_usage(FILE *f)
             "  -c, --ctx, --ctx-size N  context, 1 to 2^31-1 (the model's max positions, at most 4096)\n"
             "  -ub, --ubatch, --ubatch-size N  tokens per forward graph, 1 to 2^31-1 (512 where a\n"
             "                           sliding window keeps a ring cache, else the whole prompt)\n"
+            "  --megakernel, --no-megakernel  cuda decode as one persistent kernel per step, or\n"
+            "                           per-op (the default for now); any command takes them\n"
             "  -i, --chat, --interactive   chat with the model's template;\n"
             "  -sys, --system-prompt TEXT  the system message of the chat\n"
             "output:\n"
@@ -275,8 +277,31 @@ static int dispatch(int argc, char **argv);
 
 /* Whatever a command printed must have reached stdout: a closed or full
  * stdout is an error, not a silent exit 0. */
+/* --megakernel / --no-megakernel, anywhere on the line (but as the text of
+ * -p, --stop or a system prompt): the CUDA backend's decode runs as one
+ * persistent kernel per step, or per-op (the default for now). Taken out of
+ * argv before the command parses it; the backend reads GK_MEGAKERNEL (1 /
+ * 0) when it starts. */
+static int take_no_megakernel(int argc, char **argv)
+{
+    int o = 1;
+    for (int i = 1; i < argc; i++) {
+        const char *prev = i > 1 ? argv[i - 1] : "";
+        const bool text = !strcmp(prev, "-p") || !strcmp(prev, "--prompt") || !strcmp(prev, "--stop") ||
+                          !strcmp(prev, "-sys") || !strcmp(prev, "--system-prompt");
+        if (!text && (!strcmp(argv[i], "--no-megakernel") || !strcmp(argv[i], "--megakernel"))) {
+            setenv("GK_MEGAKERNEL", argv[i][2] == 'n' ? "0" : "1", 1);
+            continue;
+        }
+        argv[o++] = argv[i];
+    }
+    argv[o] = NULL;
+    return o;
+}
+
 int main(int argc, char **argv)
 {
+    argc = take_no_megakernel(argc, argv);
     int rc = dispatch(argc, argv);
     if (fflush(stdout) != 0 || ferror(stdout)) {
         fprintf(stderr, "gkrun: cannot write to stdout: %s\n", strerror(errno ? errno : EIO));

@@ -340,6 +340,8 @@ int gkrun_bench(int argc, char **argv, const gkrun_common *common)
     double sbytes = (double)gk_model_step_weight_bytes(m);
     double achieved = dec.median * sbytes / 1e9;
     double roof = dev.peak_bw_gbs > 0 && sbytes > 0 ? dev.peak_bw_gbs * 1e9 / sbytes : 0;
+    char path[256]; /* how the last decode step ran */
+    gk_model_path_note(m, path, sizeof path);
     if (json) {
         cJSON *j = cJSON_CreateObject();
         cJSON_AddStringToObject(j, "model", dir);
@@ -368,6 +370,7 @@ int gkrun_bench(int argc, char **argv, const gkrun_common *common)
         cJSON_AddNumberToObject(j, "roofline_tokens_per_s", roof);
         cJSON_AddNumberToObject(j, "mem_peak_bytes", (double)gk_model_mem_peak(m));
         cJSON_AddNumberToObject(j, "n_ubatch", (double)gk_model_n_ubatch(m));
+        cJSON_AddStringToObject(j, "decode_path", path);
         cJSON_AddNumberToObject(j, "cache_rows_layer0", (double)gk_model_cache_rows(m, 0));
         char *txt = cJSON_PrintUnformatted(j);
         if (txt)
@@ -393,6 +396,8 @@ int gkrun_bench(int argc, char **argv, const gkrun_common *common)
         char kv[160];
         printf("peak memory on the backend: %.2f GB (%s)\n", gk_model_mem_peak(m) / 1e9,
                gkrun_cache_desc(m, kv, sizeof kv));
+        if (path[0])
+            printf("decode path: %s\n", path);
     }
     rc = 0;
 out:

@@ -188,6 +188,10 @@ static void print_stats(gk_model *m, const gk_gen_stats *st, double t_load, uint
     char kv[160];
     fprintf(stderr, "\nmemory:  %.3f GB peak on the backend (%s)\n", gk_model_mem_peak(m) / 1e9,
             gkrun_cache_desc(m, kv, sizeof kv));
+    char path[256];
+    gk_model_path_note(m, path, sizeof path);
+    if (path[0])
+        fprintf(stderr, "path:    %s\n", path);
 }
 
 static cJSON *stats_json(gk_model *m, const gk_gen_stats *st, double t_load, uint64_t seed, bool sampled)
@@ -211,6 +215,9 @@ static cJSON *stats_json(gk_model *m, const gk_gen_stats *st, double t_load, uin
     cJSON_AddNumberToObject(o, "peak_memory_bytes", (double)gk_model_mem_peak(m));
     cJSON_AddStringToObject(o, "backend", gk_model_backend_name(m));
     cJSON_AddStringToObject(o, "device", have_dev ? dev.name : "?");
+    char path[256];
+    gk_model_path_note(m, path, sizeof path);
+    cJSON_AddStringToObject(o, "path", path);
     cJSON_AddBoolToObject(o, "sampled", sampled);
     if (sampled) /* raw: a double cannot hold every 64-bit seed */
         cJSON_AddRawToObject(o, "seed", seed_text);

@@ -4,7 +4,9 @@
 # reference model in f32, f16 and bf16 on the cuda backend, the windowed ones
 # again on ring caches (--ubatch 4 and 12), then generate
 # parity (llama-tiny f32, cuda against cpu_ref, token for token, with min-p
-# and the penalties sampled on the device), with a compact summary. Exits non-zero when anything fails, and also when the suite skips
+# and the penalties sampled on the device), then the persistent decode
+# kernel (compare at --ubatch 1 on every fixture and on odd shapes, greedy
+# parity with the per-op path), with a compact summary. Exits non-zero when anything fails, and also when the suite skips
 # (on a GPU machine a skip means the GPU was not usable).
 #
 # Run from the repository root with the build folder beside it:
@@ -146,6 +148,69 @@ FLAGS
 else
     summary+=("generate parity                   FAIL ($TOK missing)")
     failed=1
+fi
+
+# ---------------------- the persistent decode kernel (backends/cuda/mk.cu)
+# One-token graphs (--ubatch 1: every position of a 20-token prompt is a
+# decode step, so the kernel fills the cache too) against cpu_ref, node by
+# node, on every fixture (the ones it does not take run per-op and must pass
+# all the same), and on random models of odd shapes: hidden sizes that are
+# not multiples of 256, GQA 1/2/4/8, head_dim 64/128/256.
+MK_IDS=3,1,4,1,5,9,2,6,5,3,5,8,9,7,9,3,2,3,8,4
+mk_compare() { # $1 model dir, $2 name
+    for dtype in f32 bf16; do
+        name="mk $2/$dtype"
+        log="$LOG/mk-$2-$dtype.log"
+        "$GKRUN" compare -m "$1" --backend cuda --dtype "$dtype" --ids "$MK_IDS" --ubatch 1 --megakernel >"$log" 2>&1
+        rc=$?
+        line=$(grep -E "^summary:" "$log" | tail -1)
+        if [ $rc -eq 0 ] && echo "$line" | grep -q " 0 over the bound"; then
+            summary+=("$(printf '%-33s PASS  %s' "$name" "$line")")
+        else
+            verify_failed
+        fi
+    done
+}
+for model in $(cd tests/data/models && ls); do
+    mk_compare "tests/data/models/$model" "$model"
+done
+for cfg in tests/gpu/shapes/*/config.json; do
+    shape=$(basename "$(dirname "$cfg")")
+    dir="$LOG/shape-$shape"
+    if ! python3 tools/make_random_model.py "$cfg" "$dir" float32 >"$LOG/shape-$shape.make.log" 2>&1; then
+        summary+=("$(printf '%-33s FAIL  could not make it (torch and transformers?)' "mk $shape")")
+        failed=1
+        continue
+    fi
+    mk_compare "$dir" "$shape"
+    path=$("$GKRUN" bench -m "$dir" --backend cuda -p 4 -n 4 --reps 1 --megakernel 2>&1 | grep '^decode path:')
+    name="mk $shape path"
+    if echo "$path" | grep -q "persistent kernel"; then
+        summary+=("$(printf '%-33s PASS  %s' "$name" "${path#decode path: }")")
+    else
+        summary+=("$(printf '%-33s FAIL  %s' "$name" "${path:-no path line}")")
+        failed=1
+    fi
+done
+# greedy tokens of the persistent kernel equal the per-op path's
+if [ -f "$TOK" ]; then
+    for dtype in f32 bf16; do
+        name="mk greedy parity llama/$dtype"
+        for flag in --megakernel --no-megakernel; do
+            # shellcheck disable=SC2086
+            "$GKRUN" -m "$GDIR" --backend cuda --dtype $dtype -p "a b c a b c" -n 200 --ignore-eos --temp 0 $flag --json \
+                >"$LOG/mk-parity-$dtype$flag.json" 2>&1
+        done
+        ta=$(grep -o '"tokens":\[[^]]*\]' "$LOG/mk-parity-$dtype--megakernel.json")
+        tb=$(grep -o '"tokens":\[[^]]*\]' "$LOG/mk-parity-$dtype--no-megakernel.json")
+        if [ -n "$ta" ] && [ "$ta" = "$tb" ] && grep -q '"path":"persistent kernel' "$LOG/mk-parity-$dtype--megakernel.json" &&
+            grep -q '"path":"per-op: turned off' "$LOG/mk-parity-$dtype--no-megakernel.json"; then
+            summary+=("$(printf '%-33s PASS  200 tokens equal' "$name")")
+        else
+            summary+=("$(printf '%-33s FAIL  (logs mk-parity-%s*)' "$name" "$dtype")")
+            failed=1
+        fi
+    done
 fi
 
 echo

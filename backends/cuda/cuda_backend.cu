@@ -43,6 +43,7 @@ typedef struct graph_entry {
     cudaGraphExec_t exec; /* NULL until captured */
     bool no_capture;      /* capture failed once: always run plainly */
     uint64_t last_use;
+    char path[224];       /* how its launches ran (cu_ctx.path) */
 } graph_entry;
 
 typedef struct cuda_state {
@@ -154,6 +155,7 @@ static void cuda_fini(void *state)
             if (s->stage_done[i])
                 cudaEventDestroy(s->stage_done[i]);
         }
+        cu_mk_free(s->ctx.mk);
         cudaFree(s->ctx.scratch);
         cudaFree(s->ctx.tickets);
         cudaFree(s->blas_ws);
@@ -208,6 +210,8 @@ static gk_status ready(cuda_state *s, gk_err *err)
         st = CUDA_TRY(cudaMemsetAsync(c->tickets, 0, CU_TICKETS * sizeof(unsigned), c->stream), err, "cudaMemset");
     if (st == GK_OK)
         st = cu_attn_setup(c, err);
+    if (st == GK_OK && !(c->mk = cu_mk_new()))
+        st = gk_err_set(err, GK_ERR_NOMEM, "out of memory");
     if (st != GK_OK) {
         cudaFree(c->tickets);
         /* leave nothing half made: the next call tries again */
@@ -627,11 +631,7 @@ static bool is_row_norm(const gk_node *nd)
            nd->op == GK_OP_LAYER_NORM;
 }
 
-/* From nodes[0] on: [norm,] 1..CU_GEMV_MAX_MATS decode-sized LINEAR nodes
- * reading one input, [SILU_MUL of two | GELU_TANH of one | ADD of one and
- * another tensor] as one fused GEMV (gemv.cu). Fills d and returns the node
- * count it covers, or 0 when the pattern is not there or cu_gemv declines. */
-static int plan_gemv(const gk_node *nodes, size_t n_nodes, cu_gemv_desc *d)
+int cu_plan_gemv(const gk_node *nodes, size_t n_nodes, cu_gemv_desc *d)
 {
     memset(d, 0, sizeof *d);
     size_t i = 0;
@@ -691,7 +691,14 @@ static int plan_gemv(const gk_node *nodes, size_t n_nodes, cu_gemv_desc *d)
 
 static gk_status launch_all(cu_ctx *c, const gk_graph *g, gk_err *err)
 {
-    for (size_t i = 0; i < g->n_nodes; i++) {
+    /* a decode graph: one persistent kernel for all of it but the sampler */
+    const size_t persistent = c->mk ? (size_t)cu_mk_run(c, c->mk, g, err) : 0;
+    if (persistent)
+        snprintf(c->path, sizeof c->path, "persistent kernel: %zu nodes as %d stages on %d blocks, then %zu per-op",
+                 persistent, cu_mk_stages(c->mk), cu_mk_grid(c->mk), g->n_nodes - persistent);
+    else
+        snprintf(c->path, sizeof c->path, "per-op: %s", c->mk ? cu_mk_why(c->mk) : "no persistent kernel state");
+    for (size_t i = persistent; i < g->n_nodes; i++) {
         gk_status st;
         /* a residual add and the norm of its result: one kernel, both outputs */
         int group, rs, fused;
@@ -700,7 +707,7 @@ static gk_status launch_all(cu_ctx *c, const gk_graph *g, gk_err *err)
             /* [QK-norm,] RoPE and the cache store in one launch, then attention */
             st = cu_rope_store(c, &g->nodes[i], rs, err);
             i += (size_t)rs - 1;
-        } else if ((fused = plan_gemv(&g->nodes[i], g->n_nodes - i, &gd)) > 0) {
+        } else if ((fused = cu_plan_gemv(&g->nodes[i], g->n_nodes - i, &gd)) > 0) {
             /* [norm ->] projections sharing an input [-> activation or residual] */
             st = cu_gemv(c, &gd, &g->nodes[i], err);
             i += (size_t)fused - 1;
@@ -897,10 +904,15 @@ static bool capture(cuda_state *s, const gk_graph *g, cudaGraphExec_t *exec)
 static gk_status replay(cuda_state *s, graph_entry *ge, const gk_graph *g, gk_err *err)
 {
     ge->last_use = ++s->use_clock;
-    if (!ge->exec && !ge->no_capture && !capture(s, g, &ge->exec))
-        ge->no_capture = true;
+    if (!ge->exec && !ge->no_capture) {
+        if (capture(s, g, &ge->exec))
+            memcpy(ge->path, s->ctx.path, sizeof ge->path);
+        else
+            ge->no_capture = true;
+    }
     if (!ge->exec)
         return launch_all(&s->ctx, g, err);
+    memcpy(s->ctx.path, ge->path, sizeof ge->path);
     return CUDA_TRY(cudaGraphLaunch(ge->exec, s->ctx.stream), err, "cudaGraphLaunch");
 }
 
@@ -945,6 +957,12 @@ static gk_status cuda_compute(void *state, const gk_graph *g, gk_err *err)
     if (ge)
         ge->last_use = ++s->use_clock;
     return launch_all(&s->ctx, g, err);
+}
+
+static void cuda_path_note(void *state, char *buf, size_t len)
+{
+    cuda_state *s = (cuda_state *)state;
+    snprintf(buf, len, "%s", s->ready ? s->ctx.path : "");
 }
 
 static gk_status cuda_sync(void *state, gk_err *err)
@@ -1038,6 +1056,7 @@ static const gk_backend_ops ops = {
     .read_async = cuda_read_async,
     .read_wait = cuda_read_wait,
     .explain_node = cuda_explain,
+    .path_note = cuda_path_note,
 };
 
 extern "C" {

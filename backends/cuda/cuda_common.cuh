@@ -42,6 +42,8 @@ typedef struct cu_ctx {
     bool split_act;
     unsigned *tickets;        /* [CU_TICKETS] zero between kernels: a grid's blocks count
                                  themselves here so its last block can finish the work */
+    struct cu_mk *mk;         /* the persistent decode kernel's state (mk.cu) */
+    char path[224];           /* how the last graph ran (path_note) */
 } cu_ctx;
 #define CU_TICKETS 4096
 
@@ -229,6 +231,11 @@ typedef struct cu_gemv_desc {
     float *res_out;            /* RESIDUAL: [n][out[0]] (may alias neither x nor y) */
     float *act_out;            /* SWIGLU, GELU: [n][out[0]] */
 } cu_gemv_desc;
+/* From nodes[0] on: [norm,] 1..CU_GEMV_MAX_MATS decode-sized LINEAR nodes
+ * reading one input, [SILU_MUL of two | GELU_TANH of one | ADD of one and
+ * another tensor] as one fused GEMV. Fills d and returns the node count it
+ * covers, or 0 when the pattern is not there or cu_gemv declines. */
+int cu_plan_gemv(const gk_node *nodes, size_t n_nodes, cu_gemv_desc *d);
 /* Whether cu_gemv takes d (shapes, alignment, dtypes). */
 bool cu_gemv_ok(const cu_gemv_desc *d);
 /* Queue d on c->stream (through cu_launch, PDL-ready); nd names the node in
@@ -265,6 +272,21 @@ void cu_sample_free(cu_sample_buf *buf);
 /* GK_OP_SAMPLE as a graph node (capturable: its temporaries are scratch). */
 size_t cu_sample_node_scratch(const cu_ctx *c, const gk_node *nd);
 gk_status cu_sample_node(cu_ctx *c, const gk_node *nd, gk_err *err);
+
+/* ------------------------------------------- persistent decode (mk.cu) */
+
+/* A decode graph (one token) as one cooperative persistent kernel. run
+ * plans g and, when every node up to a trailing GK_OP_SAMPLE has a stage,
+ * queues the kernel and returns how many nodes it covers (the caller runs
+ * the rest per-op); 0 when the graph goes per-op, with the reason in why.
+ * GK_MEGAKERNEL=0 in the environment (gkrun --no-megakernel) turns it off. */
+struct cu_mk;
+struct cu_mk *cu_mk_new(void);
+void cu_mk_free(struct cu_mk *m);
+int cu_mk_run(cu_ctx *c, struct cu_mk *m, const gk_graph *g, gk_err *err);
+const char *cu_mk_why(const struct cu_mk *m);
+int cu_mk_stages(const struct cu_mk *m);
+int cu_mk_grid(const struct cu_mk *m);
 
 /* --------------------------------------------------------- error helpers */
 

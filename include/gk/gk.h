@@ -395,6 +395,10 @@ typedef struct gk_device_props {
 /* The model's backend device, with its memory now. m or out NULL:
  * GK_ERR_INVALID_ARG. */
 GK_API gk_status gk_model_device(const gk_model *m, gk_device_props *out, gk_err *err);
+/* (1.6) How the backend ran the model's last graph, one line for a person
+ * (the CUDA backend: the persistent decode kernel or the per-op path, and
+ * why); "" when the backend does not say. buf NULL or len 0: nothing. */
+GK_API void gk_model_path_note(const gk_model *m, char *buf, size_t len);
 /* Bytes of weights held by the backend. */
 GK_API uint64_t gk_model_weight_bytes(const gk_model *m);
 /* Weight bytes one decode step reads: every weight of the one-token graph and

@@ -17,7 +17,7 @@ extern "C" {
 #endif
 
 #define GK_ABI_MAJOR 1
-#define GK_ABI_MINOR 5   /* 1.1: ops tables carry a magic naming their kind;
+#define GK_ABI_MINOR 6   /* 1.1: ops tables carry a magic naming their kind;
                             1.2: graph ids, GK_OP_SAMPLE, read_async / read_wait;
                             1.3: GK_OP_SAMPLE's min-p and penalties (f[2], i[1],
                             src3, src4, ctl[3]);
@@ -26,7 +26,8 @@ extern "C" {
                             tensor-table splits, experts, named weights and
                             config dims, gk_arch_ops adjust_config / build_head,
                             gk_backend_ops explain_node;
-                            1.5: attn's sequence slots (f[3]: gk_seq_*) */
+                            1.5: attn's sequence slots (f[3]: gk_seq_*);
+                            1.6: gk_backend_ops path_note */
 #define GK_PLUGIN_ENTRY_NAME "gk_plugin_entry"
 
 /* ----------------------------------------------------------------- tensors */
@@ -290,6 +291,11 @@ typedef struct gk_backend_ops {
      * parameter or operand ("softcap with head_dim 320"); called only after it
      * refused. Default: the core names the op and the operand dtypes. */
     void (*explain_node)(void *state, const gk_node *node, char *why, size_t len);
+    /* (optional, ABI 1.6) How the last graph_compute ran, one line for a
+     * person ("persistent kernel: 91 stages on 132 blocks, then 1 node
+     * per-op" / "per-op: attn 'attn': a sliding window"). Default: nothing
+     * to say. */
+    void (*path_note)(void *state, char *buf, size_t len);
 } gk_backend_ops;
 #define GK_READ_ASYNC_MAX 64
 #define GK_READ_ASYNC_SLOTS 4
