@@ -341,6 +341,17 @@ static inline int cu_cache_positions(const gk_node *nd)
     return nd->f[2] != 0.0f ? INT_MAX : cu_slot_rows(nd);
 }
 
+/* Element i of p, of dtype ty (F16, BF16, else F32), as a float: for
+ * weights whose dtype is only known at run time (norms, tables). */
+static __device__ __forceinline__ float cu_ld_elem(const void *p, int ty, size_t i)
+{
+    if (ty == GK_DTYPE_F16)
+        return __half2float(((const __half *)p)[i]);
+    if (ty == GK_DTYPE_BF16)
+        return __bfloat162float(((const __nv_bfloat16 *)p)[i]);
+    return ((const float *)p)[i];
+}
+
 static __device__ __forceinline__ float cu_to_f32(float v) { return v; }
 static __device__ __forceinline__ float cu_to_f32(__half v) { return __half2float(v); }
 static __device__ __forceinline__ float cu_to_f32(__nv_bfloat16 v) { return __bfloat162float(v); }

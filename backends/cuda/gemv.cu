@@ -76,16 +76,6 @@ struct gemv_args {
 
 /* ------------------------------------------------------------- helpers */
 
-/* Element i of a norm weight of dtype ty (which may differ from the matrices'). */
-static __device__ __forceinline__ float ld_norm(const void *p, int ty, int i)
-{
-    if (ty == GK_DTYPE_F16)
-        return __half2float(((const __half *)p)[i]);
-    if (ty == GK_DTYPE_BF16)
-        return __bfloat162float(((const __nv_bfloat16 *)p)[i]);
-    return ((const float *)p)[i];
-}
-
 /* a.f[k] for a runtime k, by selects: the parameters stay in the constant bank. */
 #define GEMV_PICK(f, k) ((k) == 2 ? a.f[2] : (k) == 1 ? a.f[1] : a.f[0])
 
@@ -217,9 +207,9 @@ static __device__ __forceinline__ void gemv_prologue(const gemv_args &a, float4 
         if (a.pro != CU_PRO_NONE)
 #pragma unroll
             for (int e = 0; e < 4; e++) {
-                w[e] = ld_norm(a.norm_w, a.norm_type, 4 * c + e);
+                w[e] = cu_ld_elem(a.norm_w, a.norm_type, 4 * c + e);
                 if (a.norm_b)
-                    b[e] = ld_norm(a.norm_b, a.norm_type, 4 * c + e);
+                    b[e] = cu_ld_elem(a.norm_b, a.norm_type, 4 * c + e);
             }
 #pragma unroll
         for (int t = 0; t < NT; t++) {

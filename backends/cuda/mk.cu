@@ -159,15 +159,6 @@ static __device__ __forceinline__ void mk_wait(const unsigned *bar, unsigned tar
     __syncthreads();
 }
 
-static __device__ __forceinline__ float mk_ld_any(const void *p, int ty, int i)
-{
-    if (ty == GK_DTYPE_F16)
-        return __half2float(((const __half *)p)[i]);
-    if (ty == GK_DTYPE_BF16)
-        return __bfloat162float(((const __nv_bfloat16 *)p)[i]);
-    return ((const float *)p)[i];
-}
-
 static __device__ __forceinline__ float mk_round(float v, int ty)
 {
     if (ty == GK_DTYPE_F16)
@@ -217,7 +208,7 @@ static __device__ void mk_run_rows(const mk_rows &r, int gt, int nt, int *ew)
         return;
     }
     for (int j = gt; j < r.d; j += nt)
-        r.dst[j] = mk_ld_any(r.table, r.dtype, (int)((size_t)id * r.d + j));
+        r.dst[j] = cu_ld_elem(r.table, r.dtype, (size_t)id * r.d + j);
 }
 
 /* RMS_NORM / LAYER_NORM of one row, by block 0 alone (the formulas of
@@ -245,10 +236,10 @@ static __device__ void mk_run_norm(const mk_norm &n, float *red)
         scale = 1.0f / sqrtf(s / (float)n.d + n.eps);
     }
     for (int j = threadIdx.x; j < n.d; j += MK_THREADS) {
-        const float v = __ldcg(n.x + j), w = mk_ld_any(n.w, n.dtype, j);
+        const float v = __ldcg(n.x + j), w = cu_ld_elem(n.w, n.dtype, j);
         float h = n.rms ? w * (v * scale) : (v - mean) * scale * w;
         if (!n.rms && n.b)
-            h = h + mk_ld_any(n.b, n.dtype, j);
+            h = h + cu_ld_elem(n.b, n.dtype, j);
         n.dst[j] = h;
     }
 }
@@ -363,13 +354,13 @@ static __device__ __noinline__ void mk_prologue(const mk_gemv &g, float *sm, flo
         float h[4] = {v.x, v.y, v.z, v.w};
 #pragma unroll
         for (int e = 0; e < 4; e++) {
-            const float w = mk_ld_any(sm + MK_SM_NW, g.norm_type, 4 * c + e);
+            const float w = cu_ld_elem(sm + MK_SM_NW, g.norm_type, 4 * c + e);
             if (g.pro == CU_PRO_RMS) {
                 h[e] = w * (h[e] * scale);
             } else {
                 h[e] = (h[e] - mean) * scale * w;
                 if (g.norm_b)
-                    h[e] = h[e] + mk_ld_any(sm + MK_SM_NB, g.norm_type, 4 * c + e);
+                    h[e] = h[e] + cu_ld_elem(sm + MK_SM_NB, g.norm_type, 4 * c + e);
             }
         }
         const float4 hv = make_float4(h[0], h[1], h[2], h[3]);
@@ -482,7 +473,7 @@ static __device__ void mk_head(const mk_attn &a, const float (&vals)[CU_ATTN_MAX
         sq = cu_warp_sum(sq);
         const float r = 1.0f / sqrtf(sq / (float)hd + a.eps);
         for (int e = lane; e < hd; e += 32) {
-            const float v = mk_ld_any(nw, a.norm_type, e) * (sh[e] * r);
+            const float v = cu_ld_elem(nw, a.norm_type, e) * (sh[e] * r);
             sh[e] = v;
             if (wn)
                 wn[e] = v;
@@ -709,14 +700,10 @@ static __device__ __noinline__ void mk_run_attn(const mk_attn &a, float *sm, flo
         } else {
             float *pp = part + (size_t)h * a.msp * pw;
             if (warp == 0) {
+                /* the block's partial: the warps merged (out = acc / L), then
+                 * acc = out * L with the warps' M and L */
                 mk_attn_merge(wp, MK_WARPS, pw, hd, false, wp + (size_t)MK_WARPS * pw);
                 __syncwarp();
-                /* the block's (m, l): the merged sums come back as out = acc / L,
-                 * so the partial keeps L and M alongside acc = out * L */
-            }
-            __syncthreads();
-            if (warp == 0) {
-                /* block partial: recompute M and L of the warps for the global merge */
                 float M = -INFINITY, L = 0.0f;
                 for (int w = 0; w < MK_WARPS; w++)
                     M = fmaxf(M, wp[(size_t)w * pw + hd]);
@@ -874,7 +861,6 @@ static bool mk_plan(cu_ctx *c, cu_mk *m, const gk_graph *g, int *n_stages, size_
     float *pending_act = nullptr; /* a SWIGLU / GELU output the next GEMV must read */
     int pending_kind = MK_ACT_NONE;
     const float *pend_a = nullptr, *pend_b = nullptr;
-    const int tw = m->grid * MK_WARPS;
     for (size_t k = 0; k < g->n_nodes; k++)
         if (g->nodes[k].op == GK_OP_GET_ROWS && g->nodes[k].src[1]->cols != 1) {
             snprintf(m->why, sizeof m->why, "a graph of %lld tokens (the persistent kernel is decode's, one token)",
@@ -1212,29 +1198,31 @@ static void mk_profile_end(cu_ctx *c, cu_mk *m, unsigned long long *p, int n)
 
 int cu_mk_run(cu_ctx *c, cu_mk *m, const gk_graph *g, gk_err *err)
 {
+    if (!m)
+        return 0;
     m->ran_stages = 0;
-    if (!m || m->off) {
-        if (m)
-            snprintf(m->why, sizeof m->why, "%s",
-                     m->forced_off ? "turned off (--no-megakernel / GK_MEGAKERNEL=0)"
-                                   : "the persistent kernel is off by default (--megakernel turns it on)");
+    if (m->off) {
+        snprintf(m->why, sizeof m->why, "%s",
+                 m->forced_off ? "turned off (--no-megakernel / GK_MEGAKERNEL=0)"
+                               : "the persistent kernel is off by default (--megakernel turns it on)");
         return 0;
     }
     if (m->broken)
-        return 0;
-    int prev = 0;
-    if (cudaDeviceGetAttribute(&prev, cudaDevAttrCooperativeLaunch, c->device) != cudaSuccess || !prev) {
-        cudaGetLastError();
-        snprintf(m->why, sizeof m->why, "the device has no cooperative launch");
-        return 0;
-    }
+        return 0; /* m->why says why, from the first time */
     /* h and a norm's weight and bias (GEMV), or attention's weights and
      * three head rows per warp */
     const size_t smem = (size_t)MK_SM_FLOATS * sizeof(float) >
                                 (size_t)(MK_WARPS + 1) * 3 * CU_ATTN_MAX_HEAD_DIM * sizeof(float)
                             ? (size_t)MK_SM_FLOATS * sizeof(float)
                             : (size_t)(MK_WARPS + 1) * 3 * CU_ATTN_MAX_HEAD_DIM * sizeof(float);
-    if (!m->grid) {
+    if (!m->grid) { /* once: the device can, and a block fits an SM */
+        int coop = 0;
+        if (cudaDeviceGetAttribute(&coop, cudaDevAttrCooperativeLaunch, c->device) != cudaSuccess || !coop) {
+            cudaGetLastError();
+            m->broken = true;
+            snprintf(m->why, sizeof m->why, "the device has no cooperative launch");
+            return 0;
+        }
         bool ok = mk_grid<__half>(c, m, smem) && mk_grid<__nv_bfloat16>(c, m, smem) && mk_grid<float>(c, m, smem);
         if (!ok) {
             m->broken = true;
@@ -1246,11 +1234,8 @@ int cu_mk_run(cu_ctx *c, cu_mk *m, const gk_graph *g, gk_err *err)
     int n = 0, cnt_need = 0;
     size_t covered = 0, part_need = 0;
     gk_dtype wt;
-    if (!mk_plan(c, m, g, &n, &covered, &wt, &part_need, &cnt_need)) {
-        if (getenv("GK_MEGAKERNEL_LOG"))
-            fprintf(stderr, "mk: per-op: %s\n", m->why);
+    if (!mk_plan(c, m, g, &n, &covered, &wt, &part_need, &cnt_need))
         return 0;
-    }
     if (cnt_need + 2 > CU_TICKETS) {
         snprintf(m->why, sizeof m->why, "%d attention heads (at most %d)", cnt_need, CU_TICKETS - 2);
         return 0;
@@ -1296,8 +1281,6 @@ int cu_mk_run(cu_ctx *c, cu_mk *m, const gk_graph *g, gk_err *err)
         mk_profile_end(c, m, prof, n);
     m->why[0] = 0;
     m->ran_stages = n;
-    if (getenv("GK_MEGAKERNEL_LOG"))
-        fprintf(stderr, "mk: %d stages on %d blocks, nodes 0..%zu of %zu\n", n, m->grid, covered, g->n_nodes);
     (void)err;
     return (int)covered;
 }
