@@ -25,18 +25,23 @@
  * Dependencies: stage s reads what stages < s wrote, so a block waits until
  * every block has arrived at the end of stage s - 1 (one counter, monotone
  * within a launch, reset by the last block out). The weights of a GEMV
- * stage depend on nothing: each warp issues the loads of its first rows
- * *before* it waits, so HBM streams the next matrices while the previous
- * stage finishes elsewhere; this is what the kernel boundary forbids.
+ * stage depend on nothing, so they do not wait: the last warp of each
+ * block is a producer that streams the block's weight tiles with the copy
+ * engine (cp.async.bulk, completing on mbarriers) into a ring in shared
+ * memory, stage after stage, as far ahead as the ring has room, while the
+ * other 15 warps (the consumers) wait for the stages before to finish.
+ * This is what the kernel boundary forbids.
  *
- * Work: GEMV rows and attention (head, split) units go to warps interleaved
- * across blocks (global warp w = warp * blocks + block), so every SM gets an
- * even share. A warp streams a row with up to 16 16-byte loads a lane in
- * flight (512 threads an SM, 128 registers a thread: no spills); the input h (normed, or
+ * Work: a GEMV's rows are split evenly over the blocks (whole rows, in
+ * order), and a block's rows into jobs of up to 4 KB (several short rows,
+ * or one long row in pieces) that go to the consumer warps in turn; each
+ * consumer warp owns depth slots of the ring and its producer lane fills
+ * them in the order the warp reads them. The input h (normed, or
  * activated) is built once per block in shared memory after the wait.
- * Activations are read with ld.global.cg (L2): other SMs wrote them in this
- * launch. Sums are in a fixed order (lanes, then shuffle trees, splits in
- * order), so a step gives the same bits every run.
+ * Attention (head, split) units go to blocks. Activations are read with
+ * ld.global.cg (L2): other SMs wrote them in this launch. Sums are in a
+ * fixed order (lanes, then shuffle trees, splits in order), so a step gives
+ * the same bits every run.
  *
  * Not here: prefill (many tokens: cuBLAS and the tiled kernels), sliding
  * windows, ring or slotted caches, softcaps, partial rotary, grouped norms
@@ -49,12 +54,17 @@
 
 #define MK_THREADS 512
 #define MK_WARPS (MK_THREADS / 32)
-#define MK_LOADS 16         /* 16-byte weight loads a lane keeps in flight (at most) */
-#define MK_MIN_SPLIT 16     /* cache rows an attention split takes at least */
-#define MK_ATT_ROWS 4       /* cache rows a lane group has in flight */
-#define MK_MAX_IN 16384     /* widest GEMV input (h in shared memory: 64 KB) */
+#define MK_CW (MK_WARPS - 1)   /* consumer warps; the last warp is the producer */
+#define MK_CT (MK_CW * 32)
+#define MK_MAX_SLOTS 48        /* weight ring slots a block has at most */
+#define MK_TILE_BYTES 4096     /* a ring slot: whole rows, or a piece of one */
+#define MK_ATT_ROWS 4          /* cache rows a lane group has in flight */
+#define MK_MAX_IN 16384        /* widest GEMV input (h in shared memory: 64 KB) */
 #define MK_MAX_STAGES 1024
-#define MK_PROGS 16         /* device copies of programs kept */
+#define MK_PROGS 16            /* device copies of programs kept */
+/* attention's shared memory (floats): QK-norm and inv_freq, q/k/v head
+ * rows, a partial per consumer warp and the block's */
+#define MK_ATT_FLOATS (6 * CU_ATTN_MAX_HEAD_DIM + (MK_CW + 1) * (CU_ATTN_MAX_HEAD_DIM + 2))
 
 enum { MK_ROWS = 1, MK_ADD, MK_GEMV, MK_ATTN, MK_NORM };
 enum { MK_ACT_NONE = 0, MK_ACT_SWIGLU, MK_ACT_GELU };
@@ -118,7 +128,27 @@ struct mk_stage {
     };
 };
 
+/* A block's shared memory (dynamic): a work area of floats, then the
+ * weight ring. GEMV: h [hmax], the norm's weight and bias as stored
+ * ([nmax] floats of room each). Attention: its weights (QK-norm, inv_freq),
+ * three head rows, a partial per warp (MK_ATT_FLOATS). The ring: tw x depth
+ * slots of MK_TILE_BYTES; consumer warp w owns slots w * depth .. + depth - 1
+ * and takes their uses in order, so a slot's mbarrier phases never run
+ * ahead of each other. */
+struct mk_ring {
+    int hmax, nmax;
+    int tw, depth;  /* warps that take tiles, slots each */
+    int ring_off;   /* bytes from the start of dynamic shared memory */
+};
+
+/* (profiling, GK_MEGAKERNEL_PROFILE) where mk_wait notes when it returned */
+__device__ unsigned long long *mk_prof_wait;
+
 /* -------------------------------------------------------------- device */
+/* The device code needs compute capability 9.0 (bulk copies, mbarrier
+ * waits); for older targets the kernel is built empty and the host never
+ * launches it there (cu_mk_run checks). */
+#if !defined(__CUDA_ARCH__) || __CUDA_ARCH__ >= 900
 
 static __device__ __forceinline__ unsigned mk_ld_acquire(const unsigned *p)
 {
@@ -127,14 +157,72 @@ static __device__ __forceinline__ unsigned mk_ld_acquire(const unsigned *p)
     return v;
 }
 
-/* The block has finished its share of the stage: count it. */
+/* The consumer warps' barrier (named barrier 1: the producer warp runs
+ * on its own and never joins). */
+static __device__ __forceinline__ void mk_csync(void) { asm volatile("bar.sync 1, %0;" ::"n"(MK_CT) : "memory"); }
+
+/* The block has finished its share of the stage: count it (a release:
+ * every consumer's writes are ordered before it by the barrier). */
 static __device__ __forceinline__ void mk_arrive(unsigned *bar)
 {
-    __syncthreads();
-    if (threadIdx.x == 0) {
-        __threadfence();
-        atomicAdd(bar, 1u);
-    }
+    mk_csync();
+    if (threadIdx.x == 0)
+        asm volatile("red.release.gpu.global.add.u32 [%0], %1;" ::"l"(bar), "r"(1u) : "memory");
+}
+
+/* A sum over the consumer threads, in a fixed order. */
+static __device__ __forceinline__ float mk_csum(float v, float *red)
+{
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    v = cu_warp_sum(v);
+    mk_csync();
+    if (lane == 0)
+        red[warp] = v;
+    mk_csync();
+    float s = lane < MK_CW ? red[lane] : 0.0f;
+    s = cu_warp_sum(s);
+    mk_csync();
+    return s;
+}
+
+/* mbarriers (shared memory): init, the producer's expect, a consumer's
+ * arrival, and the wait for a phase of parity `par` to complete. */
+static __device__ __forceinline__ unsigned mk_sa(const void *p) { return (unsigned)__cvta_generic_to_shared(p); }
+static __device__ __forceinline__ void mk_mbar_init(unsigned long long *b, unsigned count)
+{
+    asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;" ::"r"(mk_sa(b)), "r"(count) : "memory");
+}
+static __device__ __forceinline__ void mk_mbar_expect(unsigned long long *b, unsigned bytes)
+{
+    asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(mk_sa(b)), "r"(bytes) : "memory");
+}
+static __device__ __forceinline__ void mk_mbar_arrive(unsigned long long *b)
+{
+    asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];" ::"r"(mk_sa(b)) : "memory");
+}
+static __device__ __forceinline__ void mk_mbar_wait(unsigned long long *b, unsigned par)
+{
+    unsigned ok;
+    do {
+        asm volatile("{\n .reg .pred p;\n mbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\n"
+                     " selp.u32 %0, 1, 0, p;\n}"
+                     : "=r"(ok)
+                     : "r"(mk_sa(b)), "r"(par)
+                     : "memory");
+    } while (!ok);
+}
+
+/* bytes (a multiple of 16, both ends 16-byte aligned) of weights into
+ * shared memory by the copy engine, completing on mbarrier b; evict-first
+ * in L2: a step reads each weight once, and the caches and activations
+ * should stay. */
+static __device__ __forceinline__ void mk_bulk_load(void *dst, const void *src, unsigned bytes, unsigned long long *b,
+                                                    unsigned long long policy)
+{
+    asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes.L2::cache_hint [%0], [%1], %2, [%3], "
+                 "%4;" ::"r"(mk_sa(dst)),
+                 "l"(src), "r"(bytes), "r"(mk_sa(b)), "l"(policy)
+                 : "memory");
 }
 
 static __device__ __forceinline__ unsigned long long mk_clock(void)
@@ -144,8 +232,6 @@ static __device__ __forceinline__ unsigned long long mk_clock(void)
     return t;
 }
 
-/* (profiling, GK_MEGAKERNEL_PROFILE) where mk_wait notes when it returned */
-__device__ unsigned long long *mk_prof_wait;
 
 /* Every block has arrived `target` times in all. */
 static __device__ __forceinline__ void mk_wait(const unsigned *bar, unsigned target)
@@ -154,9 +240,9 @@ static __device__ __forceinline__ void mk_wait(const unsigned *bar, unsigned tar
         while (mk_ld_acquire(bar) < target)
             ;
         if (mk_prof_wait)
-            mk_prof_wait[((size_t)(target / gridDim.x) * gridDim.x + blockIdx.x) * 3 + 1] = mk_clock();
+            mk_prof_wait[((size_t)(target / gridDim.x) * gridDim.x + blockIdx.x) * 4 + 1] = mk_clock();
     }
-    __syncthreads();
+    mk_csync();
 }
 
 static __device__ __forceinline__ float mk_round(float v, int ty)
@@ -218,24 +304,24 @@ static __device__ void mk_run_norm(const mk_norm &n, float *red)
     if (blockIdx.x != 0)
         return;
     float p = 0.0f;
-    for (int j = threadIdx.x; j < n.d; j += MK_THREADS) {
+    for (int j = threadIdx.x; j < n.d; j += MK_CT) {
         const float v = __ldcg(n.x + j);
         p += n.rms ? v * v : v;
     }
-    float s = cu_block_sum(p, red), mean = 0.0f, scale;
+    float s = mk_csum(p, red), mean = 0.0f, scale;
     if (n.rms) {
         scale = 1.0f / sqrtf(s / (float)n.d + n.eps);
     } else {
         mean = s / (float)n.d;
         p = 0.0f;
-        for (int j = threadIdx.x; j < n.d; j += MK_THREADS) {
+        for (int j = threadIdx.x; j < n.d; j += MK_CT) {
             const float v = __ldcg(n.x + j) - mean;
             p += v * v;
         }
-        s = cu_block_sum(p, red);
+        s = mk_csum(p, red);
         scale = 1.0f / sqrtf(s / (float)n.d + n.eps);
     }
-    for (int j = threadIdx.x; j < n.d; j += MK_THREADS) {
+    for (int j = threadIdx.x; j < n.d; j += MK_CT) {
         const float v = __ldcg(n.x + j), w = cu_ld_elem(n.w, n.dtype, j);
         float h = n.rms ? w * (v * scale) : (v - mean) * scale * w;
         if (!n.rms && n.b)
@@ -269,44 +355,115 @@ static __device__ __forceinline__ void mk_cp_wait(void) { asm volatile("cp.async
 /* Block-wide: n bytes (a multiple of 16, 16-byte aligned) into shared memory. */
 static __device__ __forceinline__ void mk_stage_bytes(void *dst, const void *src, int n)
 {
-    for (int i = threadIdx.x; i < n / 16; i += MK_THREADS)
+    for (int i = threadIdx.x; i < n / 16; i += MK_CT)
         mk_cp16((char *)dst + 16 * i, (const char *)src + 16 * i);
 }
 
-/* Shared memory of a block (dynamic, floats): h [MK_MAX_IN], then the norm's
- * weight and bias as stored ([MK_MAX_IN] floats of room each). Attention
- * uses the same memory: its weights (QK-norm, inv_freq: 3 x 256 floats),
- * then per warp three head rows. */
-#define MK_SM_NW MK_MAX_IN
-#define MK_SM_NB (2 * MK_MAX_IN)
-#define MK_SM_FLOATS (3 * MK_MAX_IN)
-
-/* The weight row of GEMV unit u. */
-template <typename T>
-static __device__ __forceinline__ const uint4 *mk_row(const mk_gemv &g, int u, int &k, int &row)
+/* The rows block b of G takes in a GEMV of R rows: [r0, r1). */
+static __device__ __forceinline__ void mk_block_rows(int R, int b, int G, int &r0, int &r1)
 {
-    k = u >= g.first[2] ? 2 : u >= g.first[1] ? 1 : 0;
-    row = u - g.first[k];
-    return reinterpret_cast<const uint4 *>((const T *)g.W[k] + (size_t)row * g.in);
+    r0 = (int)((long long)b * R / G);
+    r1 = (int)((long long)(b + 1) * R / G);
+}
+
+/* The GEMV's work is jobs. The block's rows of matrix k (a segment) are
+ * cut into jobs of rpt rows that fit a tile (the last one shorter), or,
+ * where one row does not fit, into single rows of np tiles of
+ * MK_TILE_BYTES. The block's jobs are numbered in order across stages, and
+ * job j goes to consumer warp j % tw, its tiles into that warp's slots in
+ * turn. */
+template <typename T>
+static __device__ __forceinline__ void mk_job_shape(int in, int &np, int &rpt)
+{
+    constexpr int VEC = 16 / sizeof(T), PV = MK_TILE_BYTES / 16;
+    const int nv = in / VEC;
+    np = (nv + PV - 1) / PV;
+    rpt = np > 1 ? 1 : min(32, MK_TILE_BYTES / (in * (int)sizeof(T)));
+}
+
+/* The first of warp w's jobs in a segment of nj jobs whose first job is
+ * the block's job jb (nj: none), tw warps taking jobs in turn. */
+static __device__ __forceinline__ int mk_first_job(int w, unsigned jb, int nj, int tw)
+{
+    return w < tw ? (int)(((unsigned)w + (unsigned)tw - jb % (unsigned)tw) % (unsigned)tw) : nj;
+}
+
+/* The producers (lane w of the last warp for consumer warp w): every tile
+ * of warp w's jobs, stage after stage, into warp w's slots as soon as one
+ * is free. They read only weights and the program, so they run ahead of
+ * the dependencies: the copies of a stage's weights are in flight while
+ * the stages before it finish. A lane a warp, so that the copies of all
+ * warps go out side by side: one thread for all could not issue them as
+ * fast as HBM delivers 4 KB tiles (docs/perf-notes.md, session 6). */
+template <typename T>
+static __device__ void mk_produce(const mk_stage *prog, int n_stages, const mk_ring &rg, unsigned char *ring,
+                                  unsigned long long *full, unsigned long long *empty)
+{
+    constexpr int VEC = 16 / sizeof(T), PV = MK_TILE_BYTES / 16;
+    const int w = threadIdx.x & 31;
+    if (w >= rg.tw)
+        return;
+    unsigned long long policy;
+    asm volatile("createpolicy.fractional.L2::evict_first.b64 %0, 1.0;" : "=l"(policy));
+    int si = 0;      /* the next of the warp's slots */
+    unsigned us = 0; /* rounds of its slots used so far */
+    unsigned jb = 0; /* the block's jobs so far */
+    for (int s = 0; s < n_stages; s++) {
+        if (__ldg(&prog[s].kind) != MK_GEMV)
+            continue;
+        const mk_gemv *g = &prog[s].gemv;
+        const int in = __ldg(&g->in), count = __ldg(&g->count), nv = in / VEC;
+        const size_t rowb = (size_t)in * sizeof(T);
+        int np, rpt, r0, r1;
+        mk_job_shape<T>(in, np, rpt);
+        mk_block_rows(__ldg(&g->first[count]), blockIdx.x, gridDim.x, r0, r1);
+        for (int k = 0; k < count; k++) {
+            const int fk = __ldg(&g->first[k]);
+            const int sa = max(r0, fk), sb = min(r1, __ldg(&g->first[k + 1]));
+            if (sa >= sb)
+                continue;
+            const int nj = (sb - sa + rpt - 1) / rpt, i0 = mk_first_job(w, jb, nj, rg.tw);
+            jb += (unsigned)nj;
+            const unsigned char *Wk =
+                (const unsigned char *)__ldg(reinterpret_cast<const unsigned long long *>(&g->W[k]));
+            for (int i = i0; i < nj; i += rg.tw) {
+                const int ra = sa + i * rpt;
+                const unsigned char *src = Wk + (size_t)(ra - fk) * rowb;
+                for (int p = 0; p < np; p++) {
+                    const unsigned slot = (unsigned)(w * rg.depth + si), use = us;
+                    if (++si == rg.depth)
+                        si = 0, us++;
+                    if (use > 0)
+                        mk_mbar_wait(empty + slot, (use - 1) & 1u);
+                    const unsigned bytes = np > 1 ? (unsigned)min(PV, nv - p * PV) * 16u
+                                                  : (unsigned)((size_t)min(rpt, sb - ra) * rowb);
+                    mk_mbar_expect(full + slot, bytes);
+                    mk_bulk_load(ring + (size_t)slot * MK_TILE_BYTES, src + (size_t)p * MK_TILE_BYTES, bytes,
+                                 full + slot, policy);
+                }
+            }
+        }
+    }
 }
 
 /* The norm's weights (and bias) into shared memory, before the wait: they
  * are weights, nothing in the step writes them. */
-static __device__ __forceinline__ void mk_gemv_stage_norm(const mk_gemv &g, float *sm)
+static __device__ __forceinline__ void mk_gemv_stage_norm(const mk_gemv &g, float *nw, float *nb_)
 {
     if (g.pro == CU_PRO_NONE)
         return;
     const int nb = g.in * (g.norm_type == GK_DTYPE_F32 ? 4 : 2);
-    mk_stage_bytes(sm + MK_SM_NW, g.norm_w, nb);
+    mk_stage_bytes(nw, g.norm_w, nb);
     if (g.norm_b)
-        mk_stage_bytes(sm + MK_SM_NB, g.norm_b, nb);
+        mk_stage_bytes(nb_, g.norm_b, nb);
 }
 
 /* h = prologue(x) into shared memory, laid out [QV][nv] so a lane's 16
  * bytes of weights meet its h without bank conflicts; x is read once.
- * Block-wide; ends with a barrier. */
+ * Consumer-wide; ends with a barrier. */
 template <typename T>
-static __device__ __noinline__ void mk_prologue(const mk_gemv &g, float *sm, float *red)
+static __device__ __noinline__ void mk_prologue(const mk_gemv &g, float *sm, const float *nws, const float *nbs,
+                                                float *red)
 {
     constexpr int VEC = 16 / sizeof(T), QV = VEC / 4;
     float4 *hs = reinterpret_cast<float4 *>(sm);
@@ -314,7 +471,7 @@ static __device__ __noinline__ void mk_prologue(const mk_gemv &g, float *sm, flo
     const float4 *x4 = reinterpret_cast<const float4 *>(g.x);
     const float4 *u4 = reinterpret_cast<const float4 *>(g.x2);
     float p = 0.0f;
-    for (int c = threadIdx.x; c < in4; c += MK_THREADS) {
+    for (int c = threadIdx.x; c < in4; c += MK_CT) {
         float4 v = __ldcg(x4 + c);
         if (g.act == MK_ACT_SWIGLU) {
             const float4 u = __ldcg(u4 + c);
@@ -328,39 +485,39 @@ static __device__ __noinline__ void mk_prologue(const mk_gemv &g, float *sm, flo
     const bool writer = blockIdx.x == 0;
     if (g.pro == CU_PRO_NONE) {
         if (writer && g.act_out)
-            for (int c = threadIdx.x; c < in4; c += MK_THREADS)
+            for (int c = threadIdx.x; c < in4; c += MK_CT)
                 reinterpret_cast<float4 *>(g.act_out)[c] = hs[(c % QV) * nv + c / QV];
-        __syncthreads();
+        mk_csync();
         return;
     }
     mk_cp_wait(); /* the norm's weights (mk_gemv_stage_norm) */
     float mean = 0.0f, scale;
-    float s = cu_block_sum(p, red);
+    float s = mk_csum(p, red);
     if (g.pro == CU_PRO_RMS) {
         scale = 1.0f / sqrtf(s / (float)g.in + g.eps);
     } else {
         mean = s / (float)g.in;
         p = 0.0f;
-        for (int c = threadIdx.x; c < in4; c += MK_THREADS) {
+        for (int c = threadIdx.x; c < in4; c += MK_CT) {
             const float4 v = hs[(c % QV) * nv + c / QV];
             p += (v.x - mean) * (v.x - mean) + (v.y - mean) * (v.y - mean) + (v.z - mean) * (v.z - mean) +
                  (v.w - mean) * (v.w - mean);
         }
-        s = cu_block_sum(p, red);
+        s = mk_csum(p, red);
         scale = 1.0f / sqrtf(s / (float)g.in + g.eps);
     }
-    for (int c = threadIdx.x; c < in4; c += MK_THREADS) {
+    for (int c = threadIdx.x; c < in4; c += MK_CT) {
         const float4 v = hs[(c % QV) * nv + c / QV];
         float h[4] = {v.x, v.y, v.z, v.w};
 #pragma unroll
         for (int e = 0; e < 4; e++) {
-            const float w = cu_ld_elem(sm + MK_SM_NW, g.norm_type, 4 * c + e);
+            const float w = cu_ld_elem(nws, g.norm_type, 4 * c + e);
             if (g.pro == CU_PRO_RMS) {
                 h[e] = w * (h[e] * scale);
             } else {
                 h[e] = (h[e] - mean) * scale * w;
                 if (g.norm_b)
-                    h[e] = h[e] + cu_ld_elem(sm + MK_SM_NB, g.norm_type, 4 * c + e);
+                    h[e] = h[e] + cu_ld_elem(nbs, g.norm_type, 4 * c + e);
             }
         }
         const float4 hv = make_float4(h[0], h[1], h[2], h[3]);
@@ -368,77 +525,133 @@ static __device__ __noinline__ void mk_prologue(const mk_gemv &g, float *sm, flo
         if (writer && g.norm_out)
             reinterpret_cast<float4 *>(g.norm_out)[c] = hv;
     }
-    __syncthreads();
+    mk_csync();
 }
 
-/* One GEMV stage: the first row's loads and the norm's weights, the wait,
- * h, then rows. */
+/* (profiling, GK_MEGAKERNEL_PROFILE) thread 0 notes when a stage's own
+ * input is ready (h built, the head rows made) */
+static __device__ __forceinline__ void mk_prof_mid(unsigned target)
+{
+    if (threadIdx.x == 0 && mk_prof_wait)
+        mk_prof_wait[((size_t)(target / gridDim.x) * gridDim.x + blockIdx.x) * 4 + 2] = mk_clock();
+}
+
+/* One GEMV stage on the consumer side: the norm's weights, the wait, h,
+ * then this warp's jobs from the ring (*jobs counts the block's jobs so
+ * far; *si, *ph: the warp's next slot and its phase). Several rows: four at a time (h read
+ * once for the four), lane j writes row j. A row in pieces: the lanes'
+ * sums go on across its tiles (the same order as in one pass). Bias and
+ * residual are loaded before the tile's wait. */
 template <typename T>
-static __device__ __noinline__ void mk_run_gemv(const mk_gemv &g, float *sm, float *red, int gw, int tw,
+static __device__ __noinline__ void mk_run_gemv(const mk_gemv &g, float *sm, float *red, const mk_ring &rg,
+                                                const unsigned char *ring, unsigned long long *full,
+                                                unsigned long long *empty, unsigned *jobs, int *si_, unsigned *ph_,
                                                 const unsigned *bar, unsigned target)
 {
-    constexpr int VEC = 16 / sizeof(T), QV = VEC / 4, U = MK_LOADS;
+    constexpr int VEC = 16 / sizeof(T), QV = VEC / 4, PV = MK_TILE_BYTES / 16;
     const float4 *hs = reinterpret_cast<const float4 *>(sm);
-    const int lane = threadIdx.x & 31, nv = g.in / VEC, units = g.first[g.count];
-    uint4 wv[U];
-    int u = gw, k = 0, row = 0;
-    const uint4 *wr = nullptr;
-    if (u < units) {
-        wr = mk_row<T>(g, u, k, row);
-#pragma unroll
-        for (int i = 0; i < U; i++)
-            if (lane + 32 * i < nv)
-                wv[i] = cu_ld_nc16(wr + lane + 32 * i);
-    }
-    mk_gemv_stage_norm(g, sm);
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nv = g.in / VEC;
+    mk_gemv_stage_norm(g, sm + rg.hmax, sm + rg.hmax + rg.nmax);
     mk_wait(bar, target);
-    /* the residual of the first row, on its way while h is built */
-    float res = 0.0f;
-    if (g.res_out && u < units && lane == 0)
-        res = __ldcg(g.res + row);
-    mk_prologue<T>(g, sm, red);
-    for (; u < units; u += tw) {
-        if (!wr) {
-            wr = mk_row<T>(g, u, k, row);
+    mk_prologue<T>(g, sm, sm + rg.hmax, sm + rg.hmax + rg.nmax, red);
+    mk_prof_mid(target);
+    int np, rpt, r0, r1;
+    mk_job_shape<T>(g.in, np, rpt);
+    mk_block_rows(g.first[g.count], blockIdx.x, gridDim.x, r0, r1);
+    unsigned jb = *jobs, ph = *ph_;
+    int si = *si_;
+    const unsigned tw = (unsigned)rg.tw;
+    for (int k = 0; k < g.count; k++) {
+        const int sa = max(r0, g.first[k]), sb = min(r1, g.first[k + 1]);
+        if (sa >= sb)
+            continue;
+        const int nj = (sb - sa + rpt - 1) / rpt;
+        const int i0 = mk_first_job(warp, jb, nj, rg.tw);
+        jb += (unsigned)nj;
+        for (int i = i0; i < nj; i += (int)tw) {
+            const int ra = sa + i * rpt, n = min(rpt, sb - ra), row = ra - g.first[k];
+            const void *bias = k == 2 ? g.bias[2] : k == 1 ? g.bias[1] : g.bias[0];
+            float *y = k == 2 ? g.y[2] : k == 1 ? g.y[1] : g.y[0];
+            float bj = 0.0f, rj = 0.0f, out = 0.0f;
+            if (lane < n) {
+                if (bias)
+                    bj = cu_to_f32(((const T *)bias)[row + lane]);
+                if (g.res_out)
+                    rj = __ldcg(g.res + row + lane);
+            }
+            if (np == 1) {
+                const unsigned slot = (unsigned)(warp * rg.depth + si);
+                mk_mbar_wait(full + slot, ph);
+                if (++si == rg.depth)
+                    si = 0, ph ^= 1u;
+                const uint4 *ws = reinterpret_cast<const uint4 *>(ring + (size_t)slot * MK_TILE_BYTES);
+                for (int j0 = 0; j0 < n; j0 += 4) {
+                    float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+#pragma unroll 2
+                    for (int v = lane; v < nv; v += 32) {
+                        float4 h[QV];
 #pragma unroll
-            for (int i = 0; i < U; i++)
-                if (lane + 32 * i < nv)
-                    wv[i] = cu_ld_nc16(wr + lane + 32 * i);
-            if (g.res_out && lane == 0)
-                res = __ldcg(g.res + row);
-        }
-        float acc = 0.0f;
-        for (int v0 = 0; v0 < nv; v0 += 32 * U) {
-            if (v0 > 0)
+                        for (int q = 0; q < QV; q++)
+                            h[q] = hs[q * nv + v];
 #pragma unroll
-                for (int i = 0; i < U; i++)
-                    if (v0 + lane + 32 * i < nv)
-                        wv[i] = cu_ld_nc16(wr + v0 + lane + 32 * i);
+                        for (int jj = 0; jj < 4; jj++)
+                            if (j0 + jj < n) {
+                                float wf[VEC];
+                                cu_unpack16(ws[(size_t)(j0 + jj) * nv + v], wf, T());
 #pragma unroll
-            for (int i = 0; i < U; i++) {
-                const int v = v0 + lane + 32 * i;
-                if (v < nv) {
-                    float wf[VEC];
-                    cu_unpack16(wv[i], wf, T());
-#pragma unroll
-                    for (int q = 0; q < QV; q++) {
-                        const float4 h = hs[q * nv + v];
-                        acc += wf[4 * q] * h.x + wf[4 * q + 1] * h.y + wf[4 * q + 2] * h.z + wf[4 * q + 3] * h.w;
+                                for (int q = 0; q < QV; q++)
+                                    acc[jj] += wf[4 * q] * h[q].x + wf[4 * q + 1] * h[q].y + wf[4 * q + 2] * h[q].z +
+                                               wf[4 * q + 3] * h[q].w;
+                            }
                     }
+#pragma unroll
+                    for (int jj = 0; jj < 4; jj++)
+                        if (j0 + jj < n) {
+                            const float sj = cu_warp_sum(acc[jj]);
+                            if (lane == j0 + jj)
+                                out = sj;
+                        }
                 }
+                __syncwarp();
+                if (lane == 0)
+                    mk_mbar_arrive(empty + slot); /* the slot is the producer's again */
+            } else {
+                float acc = 0.0f;
+                for (int p = 0; p < np; p++) {
+                    const unsigned slot = (unsigned)(warp * rg.depth + si);
+                    mk_mbar_wait(full + slot, ph);
+                    if (++si == rg.depth)
+                        si = 0, ph ^= 1u;
+                    const uint4 *ws = reinterpret_cast<const uint4 *>(ring + (size_t)slot * MK_TILE_BYTES);
+                    const int pv = min(PV, nv - p * PV);
+                    const float4 *hp = hs + p * PV;
+#pragma unroll 4
+                    for (int v = lane; v < pv; v += 32) {
+                        float wf[VEC];
+                        cu_unpack16(ws[v], wf, T());
+#pragma unroll
+                        for (int q = 0; q < QV; q++) {
+                            const float4 h = hp[q * nv + v];
+                            acc += wf[4 * q] * h.x + wf[4 * q + 1] * h.y + wf[4 * q + 2] * h.z + wf[4 * q + 3] * h.w;
+                        }
+                    }
+                    __syncwarp();
+                    if (lane == 0)
+                        mk_mbar_arrive(empty + slot);
+                }
+                out = cu_warp_sum(acc);
+            }
+            if (lane < n) {
+                const float v = bias ? out + bj : out;
+                y[row + lane] = v;
+                if (g.res_out)
+                    g.res_out[row + lane] = rj + v;
             }
         }
-        acc = cu_warp_sum(acc);
-        if (lane == 0) {
-            const void *b = k == 2 ? g.bias[2] : k == 1 ? g.bias[1] : g.bias[0];
-            float *y = k == 2 ? g.y[2] : k == 1 ? g.y[1] : g.y[0];
-            const float v = b ? acc + cu_to_f32(((const T *)b)[row]) : acc;
-            y[row] = v;
-            if (g.res_out)
-                g.res_out[row] = res + v;
-        }
-        wr = nullptr;
     }
+    *jobs = jb;
+    *si_ = si;
+    *ph_ = ph;
 }
 
 /* The attention's small weights (QK-norm, inv_freq) into shared memory
@@ -622,24 +835,44 @@ static __device__ __forceinline__ void mk_attn_merge(const float *pp, int n, int
  * block splits, merged by the last block of the head (ticket cnt[h]).
  * Warp 0 makes the query head, warp 1 this token's key and value.
  * sm: the block's shared memory (weights from mk_attn_stage_weights first). */
-static __device__ __noinline__ void mk_run_attn(const mk_attn &a, float *sm, float *part, unsigned *cnt, int *ew)
+static __device__ __noinline__ void mk_run_attn(const mk_attn &a, float *sm, float *part, unsigned *cnt, int *ew,
+                                                const unsigned *bar, unsigned target)
 {
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, hd = a.hd, LPR = hd / 8, RPW = 32 / LPR;
     const int G = a.H / a.Hkv, kvw = a.Hkv * hd, pw = hd + 2;
+    /* the position is the step's input (no stage writes an int32): read
+     * before the wait, with the small weights and the cache rows this
+     * block will read (into L2; they are earlier steps', not this one's) */
     const int p = __ldcg(a.pos);
     const bool p_ok = p >= 0 && p < a.n_ctx;
     if (blockIdx.x == 0 && threadIdx.x == 0 && !p_ok)
         cu_note(ew, CU_ERR_BAD_POS, p, 0, a.n_ctx);
     const int pc = min(max(p, 0), a.n_ctx - 1), n_rows = pc + 1;
-    const int per_block = MK_WARPS * RPW * MK_ATT_ROWS * 2;
+    const int per_block = MK_CW * RPW * MK_ATT_ROWS * 2;
     int nbs = (n_rows + per_block - 1) / per_block;
     nbs = min(nbs, a.msp);
     const int rpb = (n_rows + nbs - 1) / nbs;
+    mk_attn_stage_weights(a, sm);
+    {
+        const int eb = a.cache_type == GK_DTYPE_F32 ? 4 : 2, nl = (hd * eb + 127) / 128;
+        for (int u = blockIdx.x; u < a.H * nbs; u += gridDim.x) {
+            const int kvh = (u / nbs) / G, j0 = (u % nbs) * rpb, j1 = min(pc, j0 + rpb);
+            for (int i = threadIdx.x; i < (j1 - j0) * nl * 2; i += MK_CT) {
+                const int j = j0 + i / (nl * 2), l = i % (nl * 2);
+                const char *base = (const char *)(l < nl ? a.kc : a.vc);
+                const char *ptr = base + ((size_t)j * kvw + (size_t)kvh * hd) * eb + (size_t)(l % nl) * 128;
+                asm volatile("prefetch.global.L2::evict_last [%0];" ::"l"(ptr));
+            }
+        }
+    }
+    mk_wait(bar, target);
+    mk_cp_wait();
+    mk_csync();
     const float pf = (float)p;
     const float *qn = a.qn_w ? sm : nullptr, *kn = a.qn_w ? sm + CU_ATTN_MAX_HEAD_DIM : nullptr;
     const float *freq = sm + 2 * CU_ATTN_MAX_HEAD_DIM;
     float *qs = sm + 3 * CU_ATTN_MAX_HEAD_DIM, *ks = qs + CU_ATTN_MAX_HEAD_DIM, *vs = ks + CU_ATTN_MAX_HEAD_DIM;
-    float *wp = vs + CU_ATTN_MAX_HEAD_DIM; /* [MK_WARPS + 1][pw] */
+    float *wp = vs + CU_ATTN_MAX_HEAD_DIM; /* [MK_CW + 1][pw] */
     for (int u = blockIdx.x; u < a.H * nbs; u += gridDim.x) {
         const int h = u / nbs, bs = u % nbs, kvh = h / G;
         const int j0 = bs * rpb, j1 = min(n_rows, j0 + rpb);
@@ -673,9 +906,11 @@ static __device__ __noinline__ void mk_run_attn(const mk_attn &a, float *sm, flo
                 }
             }
         }
-        __syncthreads();
+        mk_csync();
+        if (u == (int)blockIdx.x)
+            mk_prof_mid(target);
         /* the warps' share of rows j0..j1 */
-        const int per_warp = (j1 - j0 + MK_WARPS - 1) / MK_WARPS;
+        const int per_warp = (j1 - j0 + MK_CW - 1) / MK_CW;
         const int w0 = min(j1, j0 + warp * per_warp), w1 = min(j1, w0 + per_warp);
         float q[8], m, l, acc[8];
         const int e0 = (lane % LPR) * 8;
@@ -692,26 +927,26 @@ static __device__ __noinline__ void mk_run_attn(const mk_attn &a, float *sm, flo
             mine[hd] = m;
             mine[hd + 1] = l;
         }
-        __syncthreads();
+        mk_csync();
         float *out = a.out + (size_t)h * hd;
         if (nbs == 1) {
             if (warp == 0)
-                mk_attn_merge(wp, MK_WARPS, pw, hd, false, out);
+                mk_attn_merge(wp, MK_CW, pw, hd, false, out);
         } else {
             float *pp = part + (size_t)h * a.msp * pw;
             if (warp == 0) {
                 /* the block's partial: the warps merged (out = acc / L), then
                  * acc = out * L with the warps' M and L */
-                mk_attn_merge(wp, MK_WARPS, pw, hd, false, wp + (size_t)MK_WARPS * pw);
+                mk_attn_merge(wp, MK_CW, pw, hd, false, wp + (size_t)MK_CW * pw);
                 __syncwarp();
                 float M = -INFINITY, L = 0.0f;
-                for (int w = 0; w < MK_WARPS; w++)
+                for (int w = 0; w < MK_CW; w++)
                     M = fmaxf(M, wp[(size_t)w * pw + hd]);
-                for (int w = 0; w < MK_WARPS; w++) {
+                for (int w = 0; w < MK_CW; w++) {
                     const float mw = wp[(size_t)w * pw + hd];
                     L += mw == -INFINITY ? 0.0f : wp[(size_t)w * pw + hd + 1] * expf(mw - M);
                 }
-                const float *o = wp + (size_t)MK_WARPS * pw;
+                const float *o = wp + (size_t)MK_CW * pw;
                 float *dst = pp + (size_t)bs * pw;
                 for (int e = lane; e < hd; e += 32)
                     dst[e] = o[e] * L;
@@ -733,7 +968,7 @@ static __device__ __noinline__ void mk_run_attn(const mk_attn &a, float *sm, flo
                 }
             }
         }
-        __syncthreads(); /* qs, ks, vs and wp are the next unit's */
+        mk_csync(); /* qs, ks, vs and wp are the next unit's */
     }
 }
 
@@ -741,47 +976,63 @@ static __device__ __noinline__ void mk_run_attn(const mk_attn &a, float *sm, flo
 static __device__ __forceinline__ void mk_fetch_stage(mk_stage *dst, const mk_stage *src)
 {
     const int words = (int)(sizeof(mk_stage) / 4);
-    for (int i = threadIdx.x; i < words; i += MK_THREADS)
+    for (int i = threadIdx.x; i < words; i += MK_CT)
         reinterpret_cast<int *>(dst)[i] = __ldg(reinterpret_cast<const int *>(src) + i);
 }
 
+#endif /* compute capability 9.0 */
+
 /* grid: every SM's blocks, all resident (cooperative launch). bar[0] counts
  * arrivals, bar[1] blocks out; cnt[H] the attention merge tickets. All of
- * them are zero before and after a launch. Stage s + 1's descriptor comes
- * into shared memory while stage s runs. */
+ * them are zero before and after a launch. The last warp produces (the
+ * weight ring), the others consume: stages in order, stage s + 1's
+ * descriptor coming into shared memory while stage s runs. */
 template <typename T>
 __global__ void __launch_bounds__(MK_THREADS, 1)
-    mk_kernel(const mk_stage *__restrict__ prog, int n_stages, unsigned *bar, unsigned *cnt, float *part, int *ew,
-              unsigned long long *prof)
+    mk_kernel(const mk_stage *__restrict__ prog, int n_stages, mk_ring rg, unsigned *bar, unsigned *cnt, float *part,
+              int *ew, unsigned long long *prof)
 {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900 /* bulk copies and mbarrier waits; the host checks */
     extern __shared__ float4 mk_smem[];
     __shared__ float red[32];
     __shared__ mk_stage sd[2];
+    __shared__ unsigned long long full[MK_MAX_SLOTS], empty[MK_MAX_SLOTS];
     float *sm = reinterpret_cast<float *>(mk_smem);
+    unsigned char *ring = reinterpret_cast<unsigned char *>(mk_smem) + rg.ring_off;
+    if (threadIdx.x == 0) {
+        for (int i = 0; i < rg.tw * rg.depth; i++) {
+            mk_mbar_init(full + i, 1);
+            mk_mbar_init(empty + i, 1);
+        }
+        asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
+    }
+    __syncthreads();
     cu_pdl_trigger();
+    const int G = gridDim.x, warp = threadIdx.x >> 5;
+    if (warp == MK_CW) {
+        /* weights only: no need to wait for the previous kernel */
+        mk_produce<T>(prog, n_stages, rg, ring, full, empty);
+        return;
+    }
     mk_fetch_stage(&sd[0], prog);
     cu_pdl_wait();
-    __syncthreads();
-    const int G = gridDim.x, warp = threadIdx.x >> 5;
-    const int gw = warp * G + blockIdx.x, tw = G * MK_WARPS;
-    const int gt = threadIdx.x * G + blockIdx.x, nt = G * MK_THREADS;
+    mk_csync();
+    const int gt = threadIdx.x * G + blockIdx.x, nt = G * MK_CT;
+    unsigned jobs = 0, ph = 0; /* the block's GEMV jobs; this warp's slot phase */
+    int si = 0;                /* and next slot */
     for (int s = 0; s < n_stages; s++) {
         const mk_stage *st = &sd[s & 1];
         if (s + 1 < n_stages)
             mk_fetch_stage(&sd[(s + 1) & 1], prog + s + 1); /* read after mk_arrive's barrier */
         const unsigned target = (unsigned)s * (unsigned)G;
         if (prof && threadIdx.x == 0)
-            prof[((size_t)s * G + blockIdx.x) * 3] = mk_clock();
+            prof[((size_t)s * G + blockIdx.x) * 4] = mk_clock();
         switch (st->kind) {
         case MK_GEMV:
-            mk_run_gemv<T>(st->gemv, sm, red, gw, tw, bar, target);
+            mk_run_gemv<T>(st->gemv, sm, red, rg, ring, full, empty, &jobs, &si, &ph, bar, target);
             break;
         case MK_ATTN:
-            mk_attn_stage_weights(st->attn, sm);
-            mk_wait(bar, target);
-            mk_cp_wait();
-            __syncthreads();
-            mk_run_attn(st->attn, sm, part, cnt, ew);
+            mk_run_attn(st->attn, sm, part, cnt, ew, bar, target);
             break;
         case MK_ROWS:
             mk_wait(bar, target);
@@ -799,9 +1050,9 @@ __global__ void __launch_bounds__(MK_THREADS, 1)
             break;
         }
         if (prof) {
-            __syncthreads();
+            mk_csync();
             if (threadIdx.x == 0)
-                prof[((size_t)s * G + blockIdx.x) * 3 + 2] = mk_clock();
+                prof[((size_t)s * G + blockIdx.x) * 4 + 3] = mk_clock();
         }
         mk_arrive(bar);
     }
@@ -812,6 +1063,7 @@ __global__ void __launch_bounds__(MK_THREADS, 1)
             atomicExch(bar + 1, 0u);
         }
     }
+#endif
 }
 
 /* ---------------------------------------------------------------- host */
@@ -830,6 +1082,8 @@ struct cu_mk {
     char why[200];              /* why the last graph ran per-op ("" when it did not) */
     int ran_stages;             /* stages of the last graph run persistent (0: per-op) */
     int grid;
+    size_t smem_max;            /* dynamic shared memory a block may have */
+    int depth_cap;              /* GK_MEGAKERNEL_DEPTH: ring slots a warp has at most (measuring aid) */
     float *part;
     size_t part_bytes;
     mk_prog_copy progs[MK_PROGS];
@@ -851,13 +1105,14 @@ static bool mk_refuse(cu_mk *m, const gk_node *nd, const char *what)
 /* The stages of graph g's nodes [0, *covered); false (m->why) where a node
  * has none. The weights of every GEMV must be of one dtype (*wtype). */
 static bool mk_plan(cu_ctx *c, cu_mk *m, const gk_graph *g, int *n_stages, size_t *covered, gk_dtype *wtype,
-                    size_t *part_need, int *cnt_need)
+                    size_t *part_need, int *cnt_need, mk_ring *rg)
 {
     int n = 0;
     size_t i = 0;
     *wtype = GK_DTYPE_COUNT;
     *part_need = 0;
     *cnt_need = 0;
+    memset(rg, 0, sizeof *rg);
     float *pending_act = nullptr; /* a SWIGLU / GELU output the next GEMV must read */
     int pending_kind = MK_ACT_NONE;
     const float *pend_a = nullptr, *pend_b = nullptr;
@@ -945,6 +1200,9 @@ static bool mk_plan(cu_ctx *c, cu_mk *m, const gk_graph *g, int *n_stages, size_
             if (d.pro != CU_PRO_NONE && (!cu_aligned16(d.norm_w) || (d.norm_b && !cu_aligned16(d.norm_b)) || nb % 16))
                 return mk_refuse(m, nd, "norm weights not 16-byte aligned");
             *wtype = d.wtype;
+            rg->hmax = d.in > rg->hmax ? d.in : rg->hmax;
+            if (d.pro != CU_PRO_NONE && d.in > rg->nmax)
+                rg->nmax = d.in;
             mk_gemv &e = st->gemv;
             st->kind = MK_GEMV;
             e.x = d.x;
@@ -1086,6 +1344,8 @@ cu_mk *cu_mk_new(void)
     const char *e = getenv("GK_MEGAKERNEL");
     m->off = !(e && !strcmp(e, "1"));
     m->forced_off = e && !strcmp(e, "0");
+    const char *d = getenv("GK_MEGAKERNEL_DEPTH");
+    m->depth_cap = d ? atoi(d) : 0;
     return m;
 }
 
@@ -1100,8 +1360,8 @@ void cu_mk_free(cu_mk *m)
 }
 
 template <typename T>
-static cudaError_t mk_launch(cu_ctx *c, cu_mk *m, const mk_stage *dev, int n, size_t smem, bool pdl,
-                             unsigned long long *prof)
+static cudaError_t mk_launch(cu_ctx *c, cu_mk *m, const mk_stage *dev, int n, const mk_ring &rg, size_t smem,
+                             bool pdl, unsigned long long *prof)
 {
     cudaLaunchConfig_t cfg = {};
     cfg.gridDim = dim3((unsigned)m->grid);
@@ -1115,12 +1375,25 @@ static cudaError_t mk_launch(cu_ctx *c, cu_mk *m, const mk_stage *dev, int n, si
     at[1].val.programmaticStreamSerializationAllowed = 1;
     cfg.attrs = at;
     cfg.numAttrs = pdl ? 2 : 1;
-    return cudaLaunchKernelEx(&cfg, mk_kernel<T>, dev, n, c->tickets, c->tickets + 2, m->part, c->err_dev, prof);
+    return cudaLaunchKernelEx(&cfg, mk_kernel<T>, dev, n, rg, c->tickets, c->tickets + 2, m->part, c->err_dev, prof);
 }
 
+/* The most dynamic shared memory a block of mk_kernel<T> may have, with
+ * one block an SM resident at that size; false if not even the work area
+ * and two slots fit. */
 template <typename T>
-static bool mk_grid(cu_ctx *c, cu_mk *m, size_t smem)
+static bool mk_grid(cu_ctx *c, cu_mk *m)
 {
+    int optin = 0;
+    cudaFuncAttributes fa;
+    if (cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, c->device) != cudaSuccess ||
+        cudaFuncGetAttributes(&fa, mk_kernel<T>) != cudaSuccess) {
+        cudaGetLastError();
+        return false;
+    }
+    const size_t smem = (size_t)optin > fa.sharedSizeBytes ? (size_t)optin - fa.sharedSizeBytes : 0;
+    if (smem < (size_t)MK_ATT_FLOATS * 4 + 2 * MK_TILE_BYTES)
+        return false;
     if (cudaFuncSetAttribute(mk_kernel<T>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem) != cudaSuccess) {
         cudaGetLastError();
         return false;
@@ -1131,6 +1404,8 @@ static bool mk_grid(cu_ctx *c, cu_mk *m, size_t smem)
         cudaGetLastError();
         return false;
     }
+    if (!m->smem_max || smem < m->smem_max)
+        m->smem_max = smem;
     m->grid = c->n_sm; /* one block an SM: fewer arrivals per barrier */
     return true;
 }
@@ -1151,9 +1426,9 @@ static unsigned long long *mk_profile_begin(cu_ctx *c, cu_mk *m, int n)
     if (++mk_prof_calls != atoi(e))
         return nullptr;
     unsigned long long *p = nullptr;
-    if (cudaMalloc(&p, (size_t)n * m->grid * 3 * 8) != cudaSuccess)
+    if (cudaMalloc(&p, (size_t)n * m->grid * 4 * 8) != cudaSuccess)
         return nullptr;
-    cudaMemset(p, 0, (size_t)n * m->grid * 3 * 8);
+    cudaMemset(p, 0, (size_t)n * m->grid * 4 * 8);
     cudaMemcpyToSymbol(mk_prof_wait, &p, sizeof p);
     return p;
 }
@@ -1162,34 +1437,41 @@ static void mk_profile_end(cu_ctx *c, cu_mk *m, unsigned long long *p, int n)
 {
     cudaStreamSynchronize(c->stream);
     const int G = m->grid;
-    unsigned long long *h = (unsigned long long *)malloc((size_t)n * G * 3 * 8);
-    cudaMemcpy(h, p, (size_t)n * G * 3 * 8, cudaMemcpyDeviceToHost);
-    double rel[6] = {0}, work[6] = {0}, cntk[6] = {0};
+    unsigned long long *h = (unsigned long long *)malloc((size_t)n * G * 4 * 8);
+    cudaMemcpy(h, p, (size_t)n * G * 4 * 8, cudaMemcpyDeviceToHost);
+    double rel[6] = {0}, spread[6] = {0}, mid[6] = {0}, work[6] = {0}, cntk[6] = {0};
     unsigned long long t0 = h[0], prev_done = 0, t_end = 0;
     for (int s = 0; s < n; s++) {
-        unsigned long long wmin = ~0ull, dmax = 0, smin = ~0ull;
+        unsigned long long wmin = ~0ull, wmax = 0, mmax = 0, dmax = 0;
         for (int b = 0; b < G; b++) {
-            const unsigned long long *r = h + ((size_t)s * G + b) * 3;
-            if (r[0] < smin) smin = r[0];
+            const unsigned long long *r = h + ((size_t)s * G + b) * 4;
             const unsigned long long w = r[1] ? r[1] : r[0];
             if (w < wmin) wmin = w;
-            if (r[2] > dmax) dmax = r[2];
+            if (w > wmax) wmax = w;
+            if (r[2] > mmax) mmax = r[2];
+            if (r[3] > dmax) dmax = r[3];
             if (r[0] < t0) t0 = r[0];
         }
         const int k = m->host[s].kind;
         if (s > 0)
             rel[k] += (double)(wmin - prev_done);
+        spread[k] += (double)(wmax - wmin);
+        mid[k] += mmax > wmin ? (double)(mmax - wmin) : 0.0;
         work[k] += (double)(dmax - wmin);
         cntk[k] += 1;
         prev_done = dmax;
         t_end = dmax;
     }
     const char *names[6] = {"?", "rows", "add", "gemv", "attn", "norm"};
-    fprintf(stderr, "mk profile: %d stages on %d blocks, %.1f us in all\n", n, G, (t_end - t0) / 1e3);
+    fprintf(stderr, "mk profile: %d stages on %d blocks, %.1f us in all (us per stage: release = first block out of "
+                    "the wait after the last block of the stage before; spread = the last block out after the first; "
+                    "input = until the last block has its input made (h, head rows); work = until the last block is done)\n",
+            n, G, (t_end - t0) / 1e3);
     for (int k = 1; k < 6; k++)
         if (cntk[k] > 0)
-            fprintf(stderr, "  %-5s x%-4.0f barrier release %6.2f us avg, slowest block's work %7.2f us avg, %8.1f us in all\n",
-                    names[k], cntk[k], rel[k] / cntk[k] / 1e3, work[k] / cntk[k] / 1e3, (rel[k] + work[k]) / 1e3);
+            fprintf(stderr, "  %-5s x%-4.0f release %6.2f  spread %6.2f  input %6.2f  work %7.2f  in all %8.1f us\n",
+                    names[k], cntk[k], rel[k] / cntk[k] / 1e3, spread[k] / cntk[k] / 1e3, mid[k] / cntk[k] / 1e3,
+                    work[k] / cntk[k] / 1e3, (rel[k] + work[k]) / 1e3);
     free(h);
     void *z = nullptr;
     cudaMemcpyToSymbol(mk_prof_wait, &z, sizeof z);
@@ -1209,33 +1491,55 @@ int cu_mk_run(cu_ctx *c, cu_mk *m, const gk_graph *g, gk_err *err)
     }
     if (m->broken)
         return 0; /* m->why says why, from the first time */
-    /* h and a norm's weight and bias (GEMV), or attention's weights and
-     * three head rows per warp */
-    const size_t smem = (size_t)MK_SM_FLOATS * sizeof(float) >
-                                (size_t)(MK_WARPS + 1) * 3 * CU_ATTN_MAX_HEAD_DIM * sizeof(float)
-                            ? (size_t)MK_SM_FLOATS * sizeof(float)
-                            : (size_t)(MK_WARPS + 1) * 3 * CU_ATTN_MAX_HEAD_DIM * sizeof(float);
     if (!m->grid) { /* once: the device can, and a block fits an SM */
-        int coop = 0;
+        int coop = 0, major = 0;
         if (cudaDeviceGetAttribute(&coop, cudaDevAttrCooperativeLaunch, c->device) != cudaSuccess || !coop) {
             cudaGetLastError();
             m->broken = true;
             snprintf(m->why, sizeof m->why, "the device has no cooperative launch");
             return 0;
         }
-        bool ok = mk_grid<__half>(c, m, smem) && mk_grid<__nv_bfloat16>(c, m, smem) && mk_grid<float>(c, m, smem);
+        if (cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, c->device) != cudaSuccess ||
+            major < 9) {
+            cudaGetLastError();
+            m->broken = true;
+            snprintf(m->why, sizeof m->why,
+                     "the persistent kernel needs compute capability 9.0 or newer (bulk copies, mbarriers)");
+            return 0;
+        }
+        bool ok = mk_grid<__half>(c, m) && mk_grid<__nv_bfloat16>(c, m) && mk_grid<float>(c, m);
         if (!ok) {
             m->broken = true;
-            snprintf(m->why, sizeof m->why, "a block of %d threads with %zu bytes of shared memory does not fit an SM",
-                     MK_THREADS, smem);
+            m->grid = 0;
+            snprintf(m->why, sizeof m->why, "a block of %d threads with its shared memory does not fit an SM",
+                     MK_THREADS);
             return 0;
         }
     }
     int n = 0, cnt_need = 0;
     size_t covered = 0, part_need = 0;
     gk_dtype wt;
-    if (!mk_plan(c, m, g, &n, &covered, &wt, &part_need, &cnt_need))
+    mk_ring rg;
+    if (!mk_plan(c, m, g, &n, &covered, &wt, &part_need, &cnt_need, &rg))
         return 0;
+    /* the work area, then as many ring slots as fit (each at least a
+     * tile's worth and the widest row) */
+    size_t work = (size_t)(rg.hmax + 2 * rg.nmax) > (size_t)MK_ATT_FLOATS ? (size_t)(rg.hmax + 2 * rg.nmax)
+                                                                          : (size_t)MK_ATT_FLOATS;
+    work = (work * sizeof(float) + 127) / 128 * 128;
+    size_t ns = m->smem_max > work ? (m->smem_max - work) / MK_TILE_BYTES : 0;
+    if (ns > MK_MAX_SLOTS)
+        ns = MK_MAX_SLOTS;
+    if (ns < 1) {
+        snprintf(m->why, sizeof m->why, "inputs of %d leave no shared memory for the weight ring", rg.hmax);
+        return 0;
+    }
+    rg.tw = ns < MK_CW ? (int)ns : MK_CW;
+    rg.depth = (int)ns / rg.tw;
+    if (m->depth_cap > 0 && rg.depth > m->depth_cap)
+        rg.depth = m->depth_cap;
+    rg.ring_off = (int)work;
+    const size_t smem = work + (size_t)rg.tw * rg.depth * MK_TILE_BYTES;
     if (cnt_need + 2 > CU_TICKETS) {
         snprintf(m->why, sizeof m->why, "%d attention heads (at most %d)", cnt_need, CU_TICKETS - 2);
         return 0;
@@ -1267,7 +1571,7 @@ int cu_mk_run(cu_ctx *c, cu_mk *m, const gk_graph *g, gk_err *err)
     cudaError_t e = cudaSuccess;
     for (int attempt = 0; attempt < 2; attempt++) {
         const bool pdl = c->pdl && attempt == 0;
-        CU_WEIGHT_SWITCH(wt, T, { e = mk_launch<T>(c, m, dev, n, smem, pdl, prof); });
+        CU_WEIGHT_SWITCH(wt, T, { e = mk_launch<T>(c, m, dev, n, rg, smem, pdl, prof); });
         if (e == cudaSuccess)
             break;
         cudaGetLastError();
