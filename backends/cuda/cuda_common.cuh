@@ -425,21 +425,29 @@ static __device__ __forceinline__ float cu_warp_max(float v)
     return v;
 }
 
-/* Sum over the block (blockDim.x a multiple of 32, at most 1024); every
- * thread gets the result. red holds 32 floats; the call begins and ends with
- * a barrier so red may be reused right after. */
-static __device__ __forceinline__ float cu_block_sum(float v, float *red)
+/* Sum over the first nw warps of the block (at most 32), which meet at
+ * sync(); every thread of them gets the result, in a fixed order. red holds
+ * 32 floats; the call begins and ends with sync() so red may be reused
+ * right after. */
+template <typename S>
+static __device__ __forceinline__ float cu_warps_sum(float v, float *red, int nw, S sync)
 {
-    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
+    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     v = cu_warp_sum(v);
-    __syncthreads();
+    sync();
     if (lane == 0)
         red[warp] = v;
-    __syncthreads();
+    sync();
     float s = lane < nw ? red[lane] : 0.0f;
     s = cu_warp_sum(s);
-    __syncthreads();
+    sync();
     return s;
+}
+
+/* Sum over the block (blockDim.x a multiple of 32, at most 1024). */
+static __device__ __forceinline__ float cu_block_sum(float v, float *red)
+{
+    return cu_warps_sum(v, red, blockDim.x >> 5, [] { __syncthreads(); });
 }
 
 /* Launch a template kernel instantiated for the weight dtype of t:

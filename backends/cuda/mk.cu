@@ -173,16 +173,7 @@ static __device__ __forceinline__ void mk_arrive(unsigned *bar)
 /* A sum over the consumer threads, in a fixed order. */
 static __device__ __forceinline__ float mk_csum(float v, float *red)
 {
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    v = cu_warp_sum(v);
-    mk_csync();
-    if (lane == 0)
-        red[warp] = v;
-    mk_csync();
-    float s = lane < MK_CW ? red[lane] : 0.0f;
-    s = cu_warp_sum(s);
-    mk_csync();
-    return s;
+    return cu_warps_sum(v, red, MK_CW, [] { mk_csync(); });
 }
 
 /* mbarriers (shared memory): init, the producer's expect, a consumer's
