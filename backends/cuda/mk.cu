@@ -62,6 +62,7 @@
 #define MK_MAX_IN 16384        /* widest GEMV input (h in shared memory: 64 KB) */
 #define MK_MAX_STAGES 1024
 #define MK_PROGS 16            /* device copies of programs kept */
+#define MK_PROF_W 8            /* (profiling) timestamps a stage has per block */
 /* attention's shared memory (floats): QK-norm and inv_freq, q/k/v head
  * rows, a partial per consumer warp and the block's */
 #define MK_ATT_FLOATS (6 * CU_ATTN_MAX_HEAD_DIM + (MK_CW + 1) * (CU_ATTN_MAX_HEAD_DIM + 2))
@@ -231,7 +232,7 @@ static __device__ __forceinline__ void mk_wait(const unsigned *bar, unsigned tar
         while (mk_ld_acquire(bar) < target)
             ;
         if (mk_prof_wait)
-            mk_prof_wait[((size_t)(target / gridDim.x) * gridDim.x + blockIdx.x) * 4 + 1] = mk_clock();
+            mk_prof_wait[((size_t)(target / gridDim.x) * gridDim.x + blockIdx.x) * MK_PROF_W + 1] = mk_clock();
     }
     mk_csync();
 }
@@ -386,7 +387,7 @@ static __device__ __forceinline__ int mk_first_job(int w, unsigned jb, int nj, i
  * the stages before it finish. A lane a warp, so that the copies of all
  * warps go out side by side: one thread for all could not issue them as
  * fast as HBM delivers 4 KB tiles (docs/perf-notes.md, session 6). */
-template <typename T>
+template <typename T, bool P>
 static __device__ void mk_produce(const mk_stage *prog, int n_stages, const mk_ring &rg, unsigned char *ring,
                                   unsigned long long *full, unsigned long long *empty)
 {
@@ -402,6 +403,8 @@ static __device__ void mk_produce(const mk_stage *prog, int n_stages, const mk_r
     for (int s = 0; s < n_stages; s++) {
         if (__ldg(&prog[s].kind) != MK_GEMV)
             continue;
+        /* (P: profiling) this stage's timestamps, time spent on empty slots */
+        unsigned long long *pr = P ? mk_prof_wait + ((size_t)s * gridDim.x + blockIdx.x) * MK_PROF_W : nullptr, pw = 0;
         const mk_gemv *g = &prog[s].gemv;
         const int in = __ldg(&g->in), count = __ldg(&g->count), nv = in / VEC;
         const size_t rowb = (size_t)in * sizeof(T);
@@ -424,16 +427,27 @@ static __device__ void mk_produce(const mk_stage *prog, int n_stages, const mk_r
                     const unsigned slot = (unsigned)(w * rg.depth + si), use = us;
                     if (++si == rg.depth)
                         si = 0, us++;
-                    if (use > 0)
+                    if (use > 0) {
+                        const unsigned long long t = pr ? mk_clock() : 0;
                         mk_mbar_wait(empty + slot, (use - 1) & 1u);
+                        if (pr)
+                            pw += mk_clock() - t;
+                    }
                     const unsigned bytes = np > 1 ? (unsigned)min(PV, nv - p * PV) * 16u
                                                   : (unsigned)((size_t)min(rpt, sb - ra) * rowb);
                     mk_mbar_expect(full + slot, bytes);
                     mk_bulk_load(ring + (size_t)slot * MK_TILE_BYTES, src + (size_t)p * MK_TILE_BYTES, bytes,
                                  full + slot, policy);
+                    if (pr) {
+                        const unsigned long long t = mk_clock();
+                        atomicCAS(pr + 4, 0ull, t);
+                        atomicMax(pr + 5, t);
+                    }
                 }
             }
         }
+        if (pr && pw)
+            atomicAdd(pr + 7, pw);
     }
 }
 
@@ -524,7 +538,45 @@ static __device__ __noinline__ void mk_prologue(const mk_gemv &g, float *sm, con
 static __device__ __forceinline__ void mk_prof_mid(unsigned target)
 {
     if (threadIdx.x == 0 && mk_prof_wait)
-        mk_prof_wait[((size_t)(target / gridDim.x) * gridDim.x + blockIdx.x) * 4 + 2] = mk_clock();
+        mk_prof_wait[((size_t)(target / gridDim.x) * gridDim.x + blockIdx.x) * MK_PROF_W + 2] = mk_clock();
+}
+
+/* NR rows j0 .. j0 + NR - 1 of a tile of whole rows (ws, nv 16-byte
+ * vectors a row) against h: lane j0 + j gets row j0 + j's sum. Each lane
+ * sums its vectors in order, the warp by shuffle tree: the same bits for
+ * every NR. NR is a constant so that the loop has no branches per row. */
+template <typename T, int NR>
+static __device__ __forceinline__ float mk_tile_rows(const uint4 *ws, const float4 *hs, int nv, int lane, int j0)
+{
+    constexpr int VEC = 16 / sizeof(T), QV = VEC / 4;
+    float acc[NR];
+#pragma unroll
+    for (int jj = 0; jj < NR; jj++)
+        acc[jj] = 0.0f;
+    ws += (size_t)j0 * nv;
+#pragma unroll 2
+    for (int v = lane; v < nv; v += 32) {
+        float4 h[QV];
+#pragma unroll
+        for (int q = 0; q < QV; q++)
+            h[q] = hs[q * nv + v];
+#pragma unroll
+        for (int jj = 0; jj < NR; jj++) {
+            float wf[VEC];
+            cu_unpack16(ws[(size_t)jj * nv + v], wf, T());
+#pragma unroll
+            for (int q = 0; q < QV; q++)
+                acc[jj] += wf[4 * q] * h[q].x + wf[4 * q + 1] * h[q].y + wf[4 * q + 2] * h[q].z + wf[4 * q + 3] * h[q].w;
+        }
+    }
+    float out = 0.0f;
+#pragma unroll
+    for (int jj = 0; jj < NR; jj++) {
+        const float sj = cu_warp_sum(acc[jj]);
+        if (lane == j0 + jj)
+            out = sj;
+    }
+    return out;
 }
 
 /* One GEMV stage on the consumer side: the norm's weights, the wait, h,
@@ -533,7 +585,7 @@ static __device__ __forceinline__ void mk_prof_mid(unsigned target)
  * once for the four), lane j writes row j. A row in pieces: the lanes'
  * sums go on across its tiles (the same order as in one pass). Bias and
  * residual are loaded before the tile's wait. */
-template <typename T>
+template <typename T, bool P>
 static __device__ __noinline__ void mk_run_gemv(const mk_gemv &g, float *sm, float *red, const mk_ring &rg,
                                                 const unsigned char *ring, unsigned long long *full,
                                                 unsigned long long *empty, unsigned *jobs, int *si_, unsigned *ph_,
@@ -552,6 +604,10 @@ static __device__ __noinline__ void mk_run_gemv(const mk_gemv &g, float *sm, flo
     unsigned jb = *jobs, ph = *ph_;
     int si = *si_;
     const unsigned tw = (unsigned)rg.tw;
+    /* (P: profiling) the stage's timestamps, time spent on full slots */
+    unsigned long long *pr = P ? mk_prof_wait + ((size_t)(target / gridDim.x) * gridDim.x + blockIdx.x) * MK_PROF_W
+                               : nullptr,
+                       cw = 0;
     for (int k = 0; k < g.count; k++) {
         const int sa = max(r0, g.first[k]), sb = min(r1, g.first[k + 1]);
         if (sa >= sb)
@@ -572,37 +628,26 @@ static __device__ __noinline__ void mk_run_gemv(const mk_gemv &g, float *sm, flo
             }
             if (np == 1) {
                 const unsigned slot = (unsigned)(warp * rg.depth + si);
+                const unsigned long long t = pr ? mk_clock() : 0;
                 mk_mbar_wait(full + slot, ph);
+                if (pr)
+                    cw += mk_clock() - t;
                 if (++si == rg.depth)
                     si = 0, ph ^= 1u;
                 const uint4 *ws = reinterpret_cast<const uint4 *>(ring + (size_t)slot * MK_TILE_BYTES);
-                for (int j0 = 0; j0 < n; j0 += 4) {
-                    float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-#pragma unroll 2
-                    for (int v = lane; v < nv; v += 32) {
-                        float4 h[QV];
-#pragma unroll
-                        for (int q = 0; q < QV; q++)
-                            h[q] = hs[q * nv + v];
-#pragma unroll
-                        for (int jj = 0; jj < 4; jj++)
-                            if (j0 + jj < n) {
-                                float wf[VEC];
-                                cu_unpack16(ws[(size_t)(j0 + jj) * nv + v], wf, T());
-#pragma unroll
-                                for (int q = 0; q < QV; q++)
-                                    acc[jj] += wf[4 * q] * h[q].x + wf[4 * q + 1] * h[q].y + wf[4 * q + 2] * h[q].z +
-                                               wf[4 * q + 3] * h[q].w;
-                            }
+                if (n == 1)
+                    out = mk_tile_rows<T, 1>(ws, hs, nv, lane, 0);
+                else if (n == 2)
+                    out = mk_tile_rows<T, 2>(ws, hs, nv, lane, 0);
+                else
+                    for (int j0 = 0; j0 < n; j0 += 4) {
+                        const float o = n - j0 >= 4   ? mk_tile_rows<T, 4>(ws, hs, nv, lane, j0)
+                                        : n - j0 == 3 ? mk_tile_rows<T, 3>(ws, hs, nv, lane, j0)
+                                        : n - j0 == 2 ? mk_tile_rows<T, 2>(ws, hs, nv, lane, j0)
+                                                      : mk_tile_rows<T, 1>(ws, hs, nv, lane, j0);
+                        if (lane >= j0 && lane < j0 + 4)
+                            out = o;
                     }
-#pragma unroll
-                    for (int jj = 0; jj < 4; jj++)
-                        if (j0 + jj < n) {
-                            const float sj = cu_warp_sum(acc[jj]);
-                            if (lane == j0 + jj)
-                                out = sj;
-                        }
-                }
                 __syncwarp();
                 if (lane == 0)
                     mk_mbar_arrive(empty + slot); /* the slot is the producer's again */
@@ -610,7 +655,10 @@ static __device__ __noinline__ void mk_run_gemv(const mk_gemv &g, float *sm, flo
                 float acc = 0.0f;
                 for (int p = 0; p < np; p++) {
                     const unsigned slot = (unsigned)(warp * rg.depth + si);
+                    const unsigned long long t = pr ? mk_clock() : 0;
                     mk_mbar_wait(full + slot, ph);
+                    if (pr)
+                        cw += mk_clock() - t;
                     if (++si == rg.depth)
                         si = 0, ph ^= 1u;
                     const uint4 *ws = reinterpret_cast<const uint4 *>(ring + (size_t)slot * MK_TILE_BYTES);
@@ -640,6 +688,8 @@ static __device__ __noinline__ void mk_run_gemv(const mk_gemv &g, float *sm, flo
             }
         }
     }
+    if (pr && lane == 0 && cw)
+        atomicAdd(pr + 6, cw);
     *jobs = jb;
     *si_ = si;
     *ph_ = ph;
@@ -978,7 +1028,7 @@ static __device__ __forceinline__ void mk_fetch_stage(mk_stage *dst, const mk_st
  * them are zero before and after a launch. The last warp produces (the
  * weight ring), the others consume: stages in order, stage s + 1's
  * descriptor coming into shared memory while stage s runs. */
-template <typename T>
+template <typename T, bool P>
 __global__ void __launch_bounds__(MK_THREADS, 1)
     mk_kernel(const mk_stage *__restrict__ prog, int n_stages, mk_ring rg, unsigned *bar, unsigned *cnt, float *part,
               int *ew, unsigned long long *prof)
@@ -1002,7 +1052,7 @@ __global__ void __launch_bounds__(MK_THREADS, 1)
     const int G = gridDim.x, warp = threadIdx.x >> 5;
     if (warp == MK_CW) {
         /* weights only: no need to wait for the previous kernel */
-        mk_produce<T>(prog, n_stages, rg, ring, full, empty);
+        mk_produce<T, P>(prog, n_stages, rg, ring, full, empty);
         return;
     }
     mk_fetch_stage(&sd[0], prog);
@@ -1017,10 +1067,10 @@ __global__ void __launch_bounds__(MK_THREADS, 1)
             mk_fetch_stage(&sd[(s + 1) & 1], prog + s + 1); /* read after mk_arrive's barrier */
         const unsigned target = (unsigned)s * (unsigned)G;
         if (prof && threadIdx.x == 0)
-            prof[((size_t)s * G + blockIdx.x) * 4] = mk_clock();
+            prof[((size_t)s * G + blockIdx.x) * MK_PROF_W] = mk_clock();
         switch (st->kind) {
         case MK_GEMV:
-            mk_run_gemv<T>(st->gemv, sm, red, rg, ring, full, empty, &jobs, &si, &ph, bar, target);
+            mk_run_gemv<T, P>(st->gemv, sm, red, rg, ring, full, empty, &jobs, &si, &ph, bar, target);
             break;
         case MK_ATTN:
             mk_run_attn(st->attn, sm, part, cnt, ew, bar, target);
@@ -1043,7 +1093,7 @@ __global__ void __launch_bounds__(MK_THREADS, 1)
         if (prof) {
             mk_csync();
             if (threadIdx.x == 0)
-                prof[((size_t)s * G + blockIdx.x) * 4 + 3] = mk_clock();
+                prof[((size_t)s * G + blockIdx.x) * MK_PROF_W + 3] = mk_clock();
         }
         mk_arrive(bar);
     }
@@ -1366,31 +1416,34 @@ static cudaError_t mk_launch(cu_ctx *c, cu_mk *m, const mk_stage *dev, int n, co
     at[1].val.programmaticStreamSerializationAllowed = 1;
     cfg.attrs = at;
     cfg.numAttrs = pdl ? 2 : 1;
-    return cudaLaunchKernelEx(&cfg, mk_kernel<T>, dev, n, rg, c->tickets, c->tickets + 2, m->part, c->err_dev, prof);
+    return prof ? cudaLaunchKernelEx(&cfg, mk_kernel<T, true>, dev, n, rg, c->tickets, c->tickets + 2, m->part,
+                                     c->err_dev, prof)
+                : cudaLaunchKernelEx(&cfg, mk_kernel<T, false>, dev, n, rg, c->tickets, c->tickets + 2, m->part,
+                                     c->err_dev, prof);
 }
 
 /* The most dynamic shared memory a block of mk_kernel<T> may have, with
  * one block an SM resident at that size; false if not even the work area
  * and two slots fit. */
-template <typename T>
+template <typename T, bool P>
 static bool mk_grid(cu_ctx *c, cu_mk *m)
 {
     int optin = 0;
     cudaFuncAttributes fa;
     if (cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, c->device) != cudaSuccess ||
-        cudaFuncGetAttributes(&fa, mk_kernel<T>) != cudaSuccess) {
+        cudaFuncGetAttributes(&fa, mk_kernel<T, P>) != cudaSuccess) {
         cudaGetLastError();
         return false;
     }
     const size_t smem = (size_t)optin > fa.sharedSizeBytes ? (size_t)optin - fa.sharedSizeBytes : 0;
     if (smem < (size_t)MK_ATT_FLOATS * 4 + 2 * MK_TILE_BYTES)
         return false;
-    if (cudaFuncSetAttribute(mk_kernel<T>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem) != cudaSuccess) {
+    if (cudaFuncSetAttribute(mk_kernel<T, P>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem) != cudaSuccess) {
         cudaGetLastError();
         return false;
     }
     int per_sm = 0;
-    if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, mk_kernel<T>, MK_THREADS, smem) != cudaSuccess ||
+    if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, mk_kernel<T, P>, MK_THREADS, smem) != cudaSuccess ||
         per_sm < 1) {
         cudaGetLastError();
         return false;
@@ -1404,7 +1457,10 @@ static bool mk_grid(cu_ctx *c, cu_mk *m)
 /* GK_MEGAKERNEL_PROFILE=N: time the stages of the N-th plain (uncaptured)
  * launch per block with %globaltimer and print, per stage kind, how long
  * the barrier took to release the blocks and how long the slowest block
- * worked. A measuring aid: it synchronizes the stream. */
+ * worked; for the GEMVs also when the producer issued their copies and how
+ * long either side of the ring waited on the other (that launch runs
+ * mk_kernel<T, true>, whose ring loops carry the timers). A measuring aid:
+ * it synchronizes the stream. */
 static int mk_prof_calls;
 static unsigned long long *mk_profile_begin(cu_ctx *c, cu_mk *m, int n)
 {
@@ -1417,9 +1473,9 @@ static unsigned long long *mk_profile_begin(cu_ctx *c, cu_mk *m, int n)
     if (++mk_prof_calls != atoi(e))
         return nullptr;
     unsigned long long *p = nullptr;
-    if (cudaMalloc(&p, (size_t)n * m->grid * 4 * 8) != cudaSuccess)
+    if (cudaMalloc(&p, (size_t)n * m->grid * MK_PROF_W * 8) != cudaSuccess)
         return nullptr;
-    cudaMemset(p, 0, (size_t)n * m->grid * 4 * 8);
+    cudaMemset(p, 0, (size_t)n * m->grid * MK_PROF_W * 8);
     cudaMemcpyToSymbol(mk_prof_wait, &p, sizeof p);
     return p;
 }
@@ -1428,14 +1484,16 @@ static void mk_profile_end(cu_ctx *c, cu_mk *m, unsigned long long *p, int n)
 {
     cudaStreamSynchronize(c->stream);
     const int G = m->grid;
-    unsigned long long *h = (unsigned long long *)malloc((size_t)n * G * 4 * 8);
-    cudaMemcpy(h, p, (size_t)n * G * 4 * 8, cudaMemcpyDeviceToHost);
+    unsigned long long *h = (unsigned long long *)malloc((size_t)n * G * MK_PROF_W * 8);
+    cudaMemcpy(h, p, (size_t)n * G * MK_PROF_W * 8, cudaMemcpyDeviceToHost);
     double rel[6] = {0}, spread[6] = {0}, mid[6] = {0}, work[6] = {0}, cntk[6] = {0};
     unsigned long long t0 = h[0], prev_done = 0, t_end = 0;
+    double iss_a = 0, iss_z = 0, cons_w = 0, prod_w = 0;
+    int n_iss = 0;
     for (int s = 0; s < n; s++) {
         unsigned long long wmin = ~0ull, wmax = 0, mmax = 0, dmax = 0;
         for (int b = 0; b < G; b++) {
-            const unsigned long long *r = h + ((size_t)s * G + b) * 4;
+            const unsigned long long *r = h + ((size_t)s * G + b) * MK_PROF_W;
             const unsigned long long w = r[1] ? r[1] : r[0];
             if (w < wmin) wmin = w;
             if (w > wmax) wmax = w;
@@ -1444,6 +1502,24 @@ static void mk_profile_end(cu_ctx *c, cu_mk *m, unsigned long long *p, int n)
             if (r[0] < t0) t0 = r[0];
         }
         const int k = m->host[s].kind;
+        if (k == MK_GEMV) { /* the producer's copies and the waits on either side of the ring */
+            double a = 0, z = 0, cwt = 0, pwt = 0;
+            int nb = 0;
+            for (int b = 0; b < G; b++) {
+                const unsigned long long *r = h + ((size_t)s * G + b) * MK_PROF_W;
+                if (!r[4])
+                    continue;
+                a += (double)(long long)(r[4] - wmin);
+                z += (double)(long long)(r[5] - wmin);
+                cwt += (double)r[6];
+                pwt += (double)r[7];
+                nb++;
+            }
+            if (nb) {
+                iss_a += a / nb, iss_z += z / nb, cons_w += cwt / nb / MK_CW, prod_w += pwt / nb / MK_CW;
+                n_iss++;
+            }
+        }
         if (s > 0)
             rel[k] += (double)(wmin - prev_done);
         spread[k] += (double)(wmax - wmin);
@@ -1463,6 +1539,10 @@ static void mk_profile_end(cu_ctx *c, cu_mk *m, unsigned long long *p, int n)
             fprintf(stderr, "  %-5s x%-4.0f release %6.2f  spread %6.2f  input %6.2f  work %7.2f  in all %8.1f us\n",
                     names[k], cntk[k], rel[k] / cntk[k] / 1e3, spread[k] / cntk[k] / 1e3, mid[k] / cntk[k] / 1e3,
                     work[k] / cntk[k] / 1e3, (rel[k] + work[k]) / 1e3);
+    if (n_iss)
+        fprintf(stderr, "  gemv ring: copies issued from %+.2f to %+.2f us of the first block out of the wait; per warp "
+                        "%.2f us waiting on full slots, per producer lane %.2f us on empty ones (averages over blocks)\n",
+                iss_a / n_iss / 1e3, iss_z / n_iss / 1e3, cons_w / n_iss / 1e3, prod_w / n_iss / 1e3);
     free(h);
     void *z = nullptr;
     cudaMemcpyToSymbol(mk_prof_wait, &z, sizeof z);
@@ -1498,7 +1578,8 @@ int cu_mk_run(cu_ctx *c, cu_mk *m, const gk_graph *g, gk_err *err)
                      "the persistent kernel needs compute capability 9.0 or newer (bulk copies, mbarriers)");
             return 0;
         }
-        bool ok = mk_grid<__half>(c, m) && mk_grid<__nv_bfloat16>(c, m) && mk_grid<float>(c, m);
+        bool ok = mk_grid<__half, false>(c, m) && mk_grid<__nv_bfloat16, false>(c, m) && mk_grid<float, false>(c, m) &&
+                  mk_grid<__half, true>(c, m) && mk_grid<__nv_bfloat16, true>(c, m) && mk_grid<float, true>(c, m);
         if (!ok) {
             m->broken = true;
             m->grid = 0;
