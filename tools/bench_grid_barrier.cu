@@ -24,20 +24,11 @@
 #define BB_SKIP 8
 
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-static __device__ __forceinline__ unsigned bb_sa(const void *p) { return (unsigned)__cvta_generic_to_shared(p); }
-static __device__ __forceinline__ unsigned long long bb_clock(void)
-{
-    unsigned long long t;
-    asm volatile("mov.u64 %0, %globaltimer;" : "=l"(t));
-    return t;
-}
-static __device__ __forceinline__ unsigned bb_ld(const unsigned *p, bool acquire)
+#include "mk_sync.cuh" /* the persistent kernel's own primitives */
+static __device__ __forceinline__ unsigned bb_ld_relaxed(const unsigned *p)
 {
     unsigned v;
-    if (acquire)
-        asm volatile("ld.acquire.gpu.global.u32 %0, [%1];" : "=r"(v) : "l"(p) : "memory");
-    else
-        asm volatile("ld.relaxed.gpu.global.u32 %0, [%1];" : "=r"(v) : "l"(p) : "memory");
+    asm volatile("ld.relaxed.gpu.global.u32 %0, [%1];" : "=r"(v) : "l"(p) : "memory");
     return v;
 }
 static __device__ __forceinline__ void bb_csync(void)
@@ -47,12 +38,8 @@ static __device__ __forceinline__ void bb_csync(void)
 static __device__ __forceinline__ void bb_copy(uint4 *dst, const uint4 *src, unsigned long long *mb,
                                                unsigned long long policy)
 {
-    asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(bb_sa(mb)), "r"(BB_SLOT_BYTES)
-                 : "memory");
-    asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes.L2::cache_hint [%0], [%1], %2, "
-                 "[%3], %4;" ::"r"(bb_sa(dst)),
-                 "l"(src), "r"(BB_SLOT_BYTES), "r"(bb_sa(mb)), "l"(policy)
-                 : "memory");
+    mk_mbar_expect(mb, BB_SLOT_BYTES);
+    mk_bulk_load(dst, src, BB_SLOT_BYTES, mb, policy);
 }
 #endif
 
@@ -67,7 +54,7 @@ __global__ void __launch_bounds__(BB_THREADS, 1)
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     if (threadIdx.x == 0) {
         for (int i = 0; i < BB_SLOTS; i++)
-            asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;" ::"r"(bb_sa(mb + i)) : "memory");
+            mk_mbar_init(mb + i, 1);
         asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
     }
     __syncthreads();
@@ -84,21 +71,14 @@ __global__ void __launch_bounds__(BB_THREADS, 1)
         int left = -1; /* once told to stop: the copies still in flight */
         for (int it = 0; left != 0; it++) {
             const int i = it % BB_SLOTS;
-            unsigned ok;
-            do {
-                asm volatile("{\n .reg .pred p;\n mbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\n"
-                             " selp.u32 %0, 1, 0, p;\n}"
-                             : "=r"(ok)
-                             : "r"(bb_sa(mb + i)), "r"(ph)
-                             : "memory");
-            } while (!ok);
+            mk_mbar_wait(mb + i, ph);
             if (i == BB_SLOTS - 1)
                 ph ^= 1u;
             if (left > 0) {
                 left--;
                 continue;
             }
-            if (bb_ld(ctl + 2, false)) {
+            if (bb_ld_relaxed(ctl + 2)) {
                 left = BB_SLOTS - 1;
                 continue;
             }
@@ -111,26 +91,26 @@ __global__ void __launch_bounds__(BB_THREADS, 1)
     unsigned long long t0 = 0;
     for (unsigned r = 0; r < BB_ROUNDS; r++) {
         if (r == BB_SKIP && threadIdx.x == 0)
-            t0 = bb_clock();
+            t0 = mk_clock();
         bb_csync();
         if (threadIdx.x == 0) {
             const unsigned target = (r + 1) * G;
             if (mode == 0) {
                 asm volatile("red.release.gpu.global.add.u32 [%0], 1;" ::"l"(ctl) : "memory");
-                while (bb_ld(ctl, true) < target)
+                while (mk_ld_acquire(ctl) < target)
                     ;
             } else if (mode == 1) {
                 asm volatile("red.relaxed.gpu.global.add.u32 [%0], 1;" ::"l"(ctl) : "memory");
-                while (bb_ld(ctl, false) < target)
+                while (bb_ld_relaxed(ctl) < target)
                     ;
             } else {
                 asm volatile("red.release.gpu.global.add.u32 [%0], 1;" ::"l"(ctl) : "memory");
                 if (blockIdx.x == 0) {
-                    while (bb_ld(ctl, true) < target)
+                    while (mk_ld_acquire(ctl) < target)
                         ;
                     asm volatile("st.release.gpu.global.u32 [%0], %1;" ::"l"(ctl + 32), "r"(r + 1) : "memory");
                 } else {
-                    while (bb_ld(ctl + 32, true) < r + 1)
+                    while (mk_ld_acquire(ctl + 32) < r + 1)
                         ;
                 }
             }
@@ -138,7 +118,7 @@ __global__ void __launch_bounds__(BB_THREADS, 1)
         bb_csync();
     }
     if (threadIdx.x == 0) {
-        out[blockIdx.x] = bb_clock() - t0;
+        out[blockIdx.x] = mk_clock() - t0;
         atomicAdd(ctl + 1, 1u);
     }
 #endif

@@ -150,13 +150,7 @@ __device__ unsigned long long *mk_prof_wait;
  * waits); for older targets the kernel is built empty and the host never
  * launches it there (cu_mk_run checks). */
 #if !defined(__CUDA_ARCH__) || __CUDA_ARCH__ >= 900
-
-static __device__ __forceinline__ unsigned mk_ld_acquire(const unsigned *p)
-{
-    unsigned v;
-    asm volatile("ld.acquire.gpu.global.u32 %0, [%1];" : "=r"(v) : "l"(p) : "memory");
-    return v;
-}
+#include "mk_sync.cuh"
 
 /* The consumer warps' barrier (named barrier 1: the producer warp runs
  * on its own and never joins). */
@@ -176,54 +170,6 @@ static __device__ __forceinline__ float mk_csum(float v, float *red)
 {
     return cu_warps_sum(v, red, MK_CW, [] { mk_csync(); });
 }
-
-/* mbarriers (shared memory): init, the producer's expect, a consumer's
- * arrival, and the wait for a phase of parity `par` to complete. */
-static __device__ __forceinline__ unsigned mk_sa(const void *p) { return (unsigned)__cvta_generic_to_shared(p); }
-static __device__ __forceinline__ void mk_mbar_init(unsigned long long *b, unsigned count)
-{
-    asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;" ::"r"(mk_sa(b)), "r"(count) : "memory");
-}
-static __device__ __forceinline__ void mk_mbar_expect(unsigned long long *b, unsigned bytes)
-{
-    asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(mk_sa(b)), "r"(bytes) : "memory");
-}
-static __device__ __forceinline__ void mk_mbar_arrive(unsigned long long *b)
-{
-    asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];" ::"r"(mk_sa(b)) : "memory");
-}
-static __device__ __forceinline__ void mk_mbar_wait(unsigned long long *b, unsigned par)
-{
-    unsigned ok;
-    do {
-        asm volatile("{\n .reg .pred p;\n mbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\n"
-                     " selp.u32 %0, 1, 0, p;\n}"
-                     : "=r"(ok)
-                     : "r"(mk_sa(b)), "r"(par)
-                     : "memory");
-    } while (!ok);
-}
-
-/* bytes (a multiple of 16, both ends 16-byte aligned) of weights into
- * shared memory by the copy engine, completing on mbarrier b; evict-first
- * in L2: a step reads each weight once, and the caches and activations
- * should stay. */
-static __device__ __forceinline__ void mk_bulk_load(void *dst, const void *src, unsigned bytes, unsigned long long *b,
-                                                    unsigned long long policy)
-{
-    asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes.L2::cache_hint [%0], [%1], %2, [%3], "
-                 "%4;" ::"r"(mk_sa(dst)),
-                 "l"(src), "r"(bytes), "r"(mk_sa(b)), "l"(policy)
-                 : "memory");
-}
-
-static __device__ __forceinline__ unsigned long long mk_clock(void)
-{
-    unsigned long long t;
-    asm volatile("mov.u64 %0, %globaltimer;" : "=l"(t));
-    return t;
-}
-
 
 /* Every block has arrived `target` times in all. */
 static __device__ __forceinline__ void mk_wait(const unsigned *bar, unsigned target)
@@ -579,6 +525,22 @@ static __device__ __forceinline__ float mk_tile_rows(const uint4 *ws, const floa
     return out;
 }
 
+/* Warp `warp`'s next slot (*si, phase *ph), once its copy has landed; *si
+ * and *ph move on. pr (profiling only): the wait's time is added to *cw. */
+static __device__ __forceinline__ unsigned mk_full_slot(unsigned long long *full, int warp, int depth, int *si,
+                                                        unsigned *ph, const unsigned long long *pr,
+                                                        unsigned long long *cw)
+{
+    const unsigned slot = (unsigned)(warp * depth + *si);
+    const unsigned long long t = pr ? mk_clock() : 0;
+    mk_mbar_wait(full + slot, *ph);
+    if (pr)
+        *cw += mk_clock() - t;
+    if (++*si == depth)
+        *si = 0, *ph ^= 1u;
+    return slot;
+}
+
 /* One GEMV stage on the consumer side: the norm's weights, the wait, h,
  * then this warp's jobs from the ring (*jobs counts the block's jobs so
  * far; *si, *ph: the warp's next slot and its phase). Several rows: four at a time (h read
@@ -627,14 +589,10 @@ static __device__ __noinline__ void mk_run_gemv(const mk_gemv &g, float *sm, flo
                     rj = __ldcg(g.res + row + lane);
             }
             if (np == 1) {
-                const unsigned slot = (unsigned)(warp * rg.depth + si);
-                const unsigned long long t = pr ? mk_clock() : 0;
-                mk_mbar_wait(full + slot, ph);
-                if (pr)
-                    cw += mk_clock() - t;
-                if (++si == rg.depth)
-                    si = 0, ph ^= 1u;
+                const unsigned slot = mk_full_slot(full, warp, rg.depth, &si, &ph, pr, &cw);
                 const uint4 *ws = reinterpret_cast<const uint4 *>(ring + (size_t)slot * MK_TILE_BYTES);
+                /* one and two rows, the common tiles, called directly: the
+                 * form measured and checked (perf-notes, session 7) */
                 if (n == 1)
                     out = mk_tile_rows<T, 1>(ws, hs, nv, lane, 0);
                 else if (n == 2)
@@ -654,13 +612,7 @@ static __device__ __noinline__ void mk_run_gemv(const mk_gemv &g, float *sm, flo
             } else {
                 float acc = 0.0f;
                 for (int p = 0; p < np; p++) {
-                    const unsigned slot = (unsigned)(warp * rg.depth + si);
-                    const unsigned long long t = pr ? mk_clock() : 0;
-                    mk_mbar_wait(full + slot, ph);
-                    if (pr)
-                        cw += mk_clock() - t;
-                    if (++si == rg.depth)
-                        si = 0, ph ^= 1u;
+                    const unsigned slot = mk_full_slot(full, warp, rg.depth, &si, &ph, pr, &cw);
                     const uint4 *ws = reinterpret_cast<const uint4 *>(ring + (size_t)slot * MK_TILE_BYTES);
                     const int pv = min(PV, nv - p * PV);
                     const float4 *hp = hs + p * PV;
