@@ -53,7 +53,12 @@
 /* Decode tuning (#ifndef: tests/gpu/attn_decode_harness.cu builds variants):
  * blocks per SM the splits aim at, the rows a split is worth (fewer, and the
  * merge costs more than it saves), row steps each warp has in flight for
- * tiles of up to 4 query heads and for 8. */
+ * tiles of up to 4 query heads, for 8, and for 4 where a split has more rows
+ * than one step of DEC_STEPS (DEC_STEPS: no longer steps), and the merge of
+ * the splits: 0, one thread per output with 8 splits' loads in flight; N > 0,
+ * the maxima and sums staged in shared memory first and N loads in flight
+ * (docs/perf-notes.md, session 8: faster at depth, not yet run through the
+ * GPU suite, so not the default). */
 #ifndef DEC_BLOCKS_PER_SM
 #define DEC_BLOCKS_PER_SM 4
 #endif
@@ -65,6 +70,12 @@
 #endif
 #ifndef DEC_STEPS_GT8
 #define DEC_STEPS_GT8 2
+#endif
+#ifndef DEC_STEPS_GT4_LONG
+#define DEC_STEPS_GT4_LONG DEC_STEPS
+#endif
+#ifndef DEC_MERGE_LOADS
+#define DEC_MERGE_LOADS 0
 #endif
 
 /* -------------------------------------------------------------- kv store */
@@ -115,66 +126,29 @@ static __device__ __forceinline__ float attn_score(float dot, float scale, float
 
 /* ------------------------------------------------------- decode (splits) */
 
-/* grid (max_splits, Hkv * tiles of GT query heads, n). Lane li of row group
- * grp owns 16-byte vectors j * LPR + li of its rows (LPR lanes per row, RPW
- * rows per warp step, U steps in flight). part holds, per (t, h, split), HD
- * accumulators then max and sum. */
-template <typename T, int HD, int GT>
-__global__ void __launch_bounds__(ATT_THREADS)
-    attn_decode_kernel(const float *__restrict__ q, const T *__restrict__ kc, const T *__restrict__ vc,
-                       const int32_t *__restrict__ pos, const int32_t *__restrict__ slots, float *__restrict__ out,
-                       float *__restrict__ part, unsigned *__restrict__ tickets, int H, int Hkv, int n_ctx, int n_pos,
-                       int max_splits, float scale, int window, float cap)
+/* A head's row of HD elements of T: VB 16-byte vectors, LPR lanes a row
+ * (VPL vectors, EPL elements each), RPW rows a warp step. */
+template <typename T, int HD> struct dec_geom {
+    static constexpr int VB = HD * (int)sizeof(T) / 16;
+    static constexpr int LPR = VB < 32 ? VB : 32;
+    static constexpr int VPL = VB / LPR;
+    static constexpr int EPV = 16 / (int)sizeof(T);
+    static constexpr int EPL = VPL * EPV;
+    static constexpr int RPW = 32 / LPR;
+};
+
+/* Cache rows r_begin .. r_end - 1 of one split for a tile of GT query
+ * heads (qv): warp `warp` takes steps of U row groups of RPW rows, each lane
+ * its 16-byte vectors of the rows of group grp, with an online softmax
+ * into m, l and acc. */
+template <typename T, int HD, int GT, int U>
+static __device__ __forceinline__ void dec_rows(const T *kb, const T *vb, size_t kvw, int n_ctx, int r_begin,
+                                                int r_end, int warp, int grp, int li, float scale, float cap,
+                                                const float (&qv)[GT][dec_geom<T, HD>::EPL], float (&m)[GT],
+                                                float (&l)[GT], float (&acc)[GT][dec_geom<T, HD>::EPL])
 {
-    constexpr int VB = HD * (int)sizeof(T) / 16; /* vectors in a head's row */
-    constexpr int LPR = VB < 32 ? VB : 32;
-    constexpr int VPL = VB / LPR;
-    constexpr int EPV = 16 / (int)sizeof(T);
-    constexpr int EPL = VPL * EPV;
-    constexpr int RPW = 32 / LPR;
-    constexpr int U = GT >= 8 ? DEC_STEPS_GT8 : DEC_STEPS;
-    constexpr int STEP = DEC_WARPS * RPW * U;
-    __shared__ float s_acc[DEC_WARPS][GT][HD];
-    __shared__ float s_m[DEC_WARPS][GT], s_l[DEC_WARPS][GT];
-    __shared__ float s_w[GT][DEC_MAX_SPLITS];
-    __shared__ float s_L[GT];
-    __shared__ bool s_last;
-
-    cu_pdl_enter(); /* q and the rows just stored come from earlier kernels */
-    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
-    const int grp = lane / LPR, li = lane % LPR;
-    const int t = blockIdx.z, split = blockIdx.x;
-    const int G = H / Hkv, n_gt = (G + GT - 1) / GT;
-    const int kvh = blockIdx.y / n_gt, g0 = (blockIdx.y % n_gt) * GT;
-    /* this token's positions lo..p (lo = 0 without a window), cut into at
-     * most max_splits chunks; position j is cache row cu_cache_row(j) */
-    const int rows = clamp_pos(pos[t], n_pos) + 1, lo = window > 0 ? max(rows - window, 0) : 0;
-    const int chunk = max((rows - lo + max_splits - 1) / max_splits, DEC_MIN_ROWS);
-    const int used = (rows - lo + chunk - 1) / chunk;
-    if (split >= used)
-        return;
-    const int r_begin = lo + split * chunk, r_end = min(rows, r_begin + chunk);
-    const size_t kvw = (size_t)Hkv * HD;
-
-    float qv[GT][EPL], m[GT], l[GT], acc[GT][EPL];
-#pragma unroll
-    for (int g = 0; g < GT; g++) {
-        const bool on = g0 + g < G;
-        const float *qh = q + (size_t)t * H * HD + (size_t)(kvh * G + g0 + g) * HD;
-#pragma unroll
-        for (int j = 0; j < VPL; j++)
-#pragma unroll
-            for (int e = 0; e < EPV; e++) {
-                qv[g][j * EPV + e] = on ? qh[(j * LPR + li) * EPV + e] : 0.0f;
-                acc[g][j * EPV + e] = 0.0f;
-            }
-        m[g] = -INFINITY;
-        l[g] = 0.0f;
-    }
-    /* n_ctx: a slot's rows; this token's slot starts at row slot * n_ctx */
-    const size_t slot0 = slots ? (size_t)slots[t] * n_ctx * kvw : 0;
-    const T *kb = kc + slot0 + (size_t)kvh * HD, *vb = vc + slot0 + (size_t)kvh * HD;
-
+    constexpr int LPR = dec_geom<T, HD>::LPR, VPL = dec_geom<T, HD>::VPL, EPV = dec_geom<T, HD>::EPV;
+    constexpr int EPL = dec_geom<T, HD>::EPL, RPW = dec_geom<T, HD>::RPW, STEP = DEC_WARPS * RPW * U;
     for (int base = r_begin + warp * RPW * U; base < r_end; base += STEP) {
         uint4 kr[U][VPL], vr[U][VPL];
 #pragma unroll
@@ -247,6 +221,72 @@ __global__ void __launch_bounds__(ATT_THREADS)
             m[g] = m_new;
         }
     }
+}
+
+/* grid (max_splits, Hkv * tiles of GT query heads, n). Lane li of row group
+ * grp owns 16-byte vectors j * LPR + li of its rows (LPR lanes per row, RPW
+ * rows per warp step, U steps in flight). part holds, per (t, h, split), HD
+ * accumulators then max and sum. */
+template <typename T, int HD, int GT>
+__global__ void __launch_bounds__(ATT_THREADS)
+    attn_decode_kernel(const float *__restrict__ q, const T *__restrict__ kc, const T *__restrict__ vc,
+                       const int32_t *__restrict__ pos, const int32_t *__restrict__ slots, float *__restrict__ out,
+                       float *__restrict__ part, unsigned *__restrict__ tickets, int H, int Hkv, int n_ctx, int n_pos,
+                       int max_splits, float scale, int window, float cap)
+{
+    constexpr int LPR = dec_geom<T, HD>::LPR, VPL = dec_geom<T, HD>::VPL, EPV = dec_geom<T, HD>::EPV;
+    constexpr int EPL = dec_geom<T, HD>::EPL, RPW = dec_geom<T, HD>::RPW;
+    constexpr int U = GT >= 8 ? DEC_STEPS_GT8 : DEC_STEPS;
+    __shared__ float s_acc[DEC_WARPS][GT][HD];
+    __shared__ float s_m[DEC_WARPS][GT], s_l[DEC_WARPS][GT];
+    __shared__ float s_w[GT][DEC_MAX_SPLITS];
+    __shared__ float s_L[GT];
+    __shared__ bool s_last;
+
+    cu_pdl_enter(); /* q and the rows just stored come from earlier kernels */
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    const int grp = lane / LPR, li = lane % LPR;
+    const int t = blockIdx.z, split = blockIdx.x;
+    const int G = H / Hkv, n_gt = (G + GT - 1) / GT;
+    const int kvh = blockIdx.y / n_gt, g0 = (blockIdx.y % n_gt) * GT;
+    /* this token's positions lo..p (lo = 0 without a window), cut into at
+     * most max_splits chunks; position j is cache row cu_cache_row(j) */
+    const int rows = clamp_pos(pos[t], n_pos) + 1, lo = window > 0 ? max(rows - window, 0) : 0;
+    const int chunk = max((rows - lo + max_splits - 1) / max_splits, DEC_MIN_ROWS);
+    const int used = (rows - lo + chunk - 1) / chunk;
+    if (split >= used)
+        return;
+    const int r_begin = lo + split * chunk, r_end = min(rows, r_begin + chunk);
+    const size_t kvw = (size_t)Hkv * HD;
+
+    float qv[GT][EPL], m[GT], l[GT], acc[GT][EPL];
+#pragma unroll
+    for (int g = 0; g < GT; g++) {
+        const bool on = g0 + g < G;
+        const float *qh = q + (size_t)t * H * HD + (size_t)(kvh * G + g0 + g) * HD;
+#pragma unroll
+        for (int j = 0; j < VPL; j++)
+#pragma unroll
+            for (int e = 0; e < EPV; e++) {
+                qv[g][j * EPV + e] = on ? qh[(j * LPR + li) * EPV + e] : 0.0f;
+                acc[g][j * EPV + e] = 0.0f;
+            }
+        m[g] = -INFINITY;
+        l[g] = 0.0f;
+    }
+    /* n_ctx: a slot's rows; this token's slot starts at row slot * n_ctx */
+    const size_t slot0 = slots ? (size_t)slots[t] * n_ctx * kvw : 0;
+    const T *kb = kc + slot0 + (size_t)kvh * HD, *vb = vc + slot0 + (size_t)kvh * HD;
+
+    /* GT 4 tiles take longer steps where a split has more rows than one
+     * step of DEC_STEPS (one wave of fewer blocks, fewer rounds of loads);
+     * short splits keep the short steps, which spread rows over more warps */
+    constexpr int UL = GT == 4 ? DEC_STEPS_GT4_LONG : U;
+    if (UL != U && r_end - r_begin > DEC_WARPS * RPW * U)
+        dec_rows<T, HD, GT, UL>(kb, vb, kvw, n_ctx, r_begin, r_end, warp, grp, li, scale, cap, qv, m, l, acc);
+    else
+        dec_rows<T, HD, GT, U>(kb, vb, kvw, n_ctx, r_begin, r_end, warp, grp, li, scale, cap, qv, m, l, acc);
+
 
     /* the warp's row groups merge (the same sums on both lanes of a pair) */
 #pragma unroll
@@ -321,6 +361,109 @@ __global__ void __launch_bounds__(ATT_THREADS)
     if (!s_last)
         return;
     __threadfence();
+#if DEC_MERGE_LOADS > 0
+    /* every split's max and sum for the tile's heads, the loads in one
+     * round (two past 128 splits), into shared memory: the maxima into s_w, the sums over
+     * s_acc (free now: its reads were before the barriers above) */
+    float *s_ls = &s_acc[0][0][0]; /* [GT][DEC_MAX_SPLITS]: 4 x GT x HD >= GT x 256 floats */
+    const float *ph = part + ((size_t)t * H + kvh * G + g0) * max_splits * DEC_PART(HD);
+    const int items = GT * used; /* (head g, split sp), g major */
+    for (int i0 = tid; i0 < items; i0 += GT * ATT_THREADS) { /* one round up to 128 splits */
+        float2 ml[GT];
+#pragma unroll
+        for (int u = 0; u < GT; u++) {
+            const int i = i0 + u * ATT_THREADS, g = i / used, sp = i - g * used;
+            ml[u] = i < items && g0 + g < G
+                        ? __ldcg(reinterpret_cast<const float2 *>(ph + ((size_t)g * max_splits + sp) * DEC_PART(HD) + HD))
+                        : make_float2(-INFINITY, 0.0f);
+        }
+#pragma unroll
+        for (int u = 0; u < GT; u++) {
+            const int i = i0 + u * ATT_THREADS, g = i / used, sp = i - g * used;
+            if (i < items) {
+                s_w[g][sp] = ml[u].x;
+                s_ls[g * DEC_MAX_SPLITS + sp] = ml[u].y;
+            }
+        }
+    }
+    __syncthreads();
+    for (int g = warp; g < GT; g += DEC_WARPS) {
+        if (g0 + g >= G)
+            continue;
+        float M = -INFINITY;
+        for (int sp = lane; sp < used; sp += 32)
+            M = fmaxf(M, s_w[g][sp]);
+        M = cu_warp_max(M);
+        float L = 0.0f;
+        for (int sp = lane; sp < used; sp += 32) {
+            const float w = expf(s_w[g][sp] - M);
+            s_w[g][sp] = w;
+            L += s_ls[g * DEC_MAX_SPLITS + sp] * w;
+        }
+        L = cu_warp_sum(L);
+        if (lane == 0)
+            s_L[g] = L;
+    }
+    __syncthreads();
+    /* the outputs, four at a time (float4 of one head): each thread MO of
+     * them, or, where the tile has fewer than a block's threads and there
+     * are at least 2 x TPO splits, tpo = TPO threads (neighbouring lanes)
+     * one, each every tpo-th split (fewer splits: one thread, as the shuffles
+     * would cost more than they save); ML splits' loads in flight for each.
+     * A thread sums its splits in order, the tpo threads by shuffle tree: a
+     * fixed order for a given number of splits. */
+    constexpr int NV4 = GT * HD / 4;
+    constexpr int TPO = NV4 >= ATT_THREADS ? 1 : ATT_THREADS / NV4;
+    constexpr int MO = NV4 / ATT_THREADS < 1 ? 1 : NV4 / ATT_THREADS;
+    constexpr int ML = DEC_MERGE_LOADS / MO < 2 ? 2 : DEC_MERGE_LOADS / MO;
+    const int tpo = used >= 2 * TPO ? TPO : 1, sub = tid % tpo;
+    float4 A[MO];
+    const float *pk[MO];
+    int gk[MO];
+#pragma unroll
+    for (int k = 0; k < MO; k++) {
+        A[k] = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+        const int i = min(tid / tpo + k * (ATT_THREADS / tpo), NV4 - 1);
+        gk[k] = min(4 * i / HD, G - 1 - g0); /* past the group: a valid head, unused */
+        pk[k] = ph + (size_t)gk[k] * max_splits * DEC_PART(HD) + (4 * i) % HD;
+    }
+    for (int sp0 = sub; sp0 < used; sp0 += ML * tpo) {
+        float4 a[MO][ML];
+#pragma unroll
+        for (int k = 0; k < MO; k++)
+#pragma unroll
+            for (int u = 0; u < ML; u++)
+                a[k][u] = sp0 + u * tpo < used ? __ldcg(reinterpret_cast<const float4 *>(
+                                                     pk[k] + (size_t)(sp0 + u * tpo) * DEC_PART(HD)))
+                                               : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+#pragma unroll
+        for (int k = 0; k < MO; k++)
+#pragma unroll
+            for (int u = 0; u < ML; u++)
+                if (sp0 + u * tpo < used) {
+                    const float w = s_w[gk[k]][sp0 + u * tpo];
+                    A[k].x += a[k][u].x * w;
+                    A[k].y += a[k][u].y * w;
+                    A[k].z += a[k][u].z * w;
+                    A[k].w += a[k][u].w * w;
+                }
+    }
+    for (int o = tpo / 2; o >= 1; o >>= 1) {
+        A[0].x += __shfl_xor_sync(0xffffffffu, A[0].x, o);
+        A[0].y += __shfl_xor_sync(0xffffffffu, A[0].y, o);
+        A[0].z += __shfl_xor_sync(0xffffffffu, A[0].z, o);
+        A[0].w += __shfl_xor_sync(0xffffffffu, A[0].w, o);
+    }
+#pragma unroll
+    for (int k = 0; k < MO; k++) {
+        const int i = tid / tpo + k * (ATT_THREADS / tpo), g = 4 * i / HD, e = (4 * i) % HD;
+        if (sub == 0 && i < NV4 && g0 + g < G) {
+            const float L = s_L[g];
+            float4 r = make_float4(A[k].x / L, A[k].y / L, A[k].z / L, A[k].w / L);
+            *reinterpret_cast<float4 *>(out + (size_t)t * H * HD + (size_t)(kvh * G + g0 + g) * HD + e) = r;
+        }
+    }
+#else
     for (int g = warp; g < GT; g += DEC_WARPS) {
         if (g0 + g >= G)
             continue;
@@ -386,6 +529,7 @@ __global__ void __launch_bounds__(ATT_THREADS)
             *reinterpret_cast<float4 *>(out + (size_t)t * H * HD + (size_t)(kvh * G + g0 + g) * HD + e) = r;
         }
     }
+#endif
     if (tid == 0)
         *ticket = 0; /* ready for the next launch */
 }

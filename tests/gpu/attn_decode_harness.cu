@@ -8,11 +8,13 @@
  *        tests/gpu/attn_decode_harness.cu backends/cuda/attention.cu backends/cuda/attn_flash.cu \
  *        -o /tmp/dec && /tmp/dec
  * Variants of the kernel's tuning build with -DDEC_BLOCKS_PER_SM=N,
- * -DDEC_MIN_ROWS=N, -DDEC_STEPS=N and -DDEC_STEPS_GT8=N (attention.cu's
- * defaults otherwise); build several and run them in one device call.
+ * -DDEC_MIN_ROWS=N, -DDEC_STEPS=N, -DDEC_STEPS_GT4_LONG=N, -DDEC_STEPS_GT8=N and
+ * -DDEC_MERGE_LOADS=N (attention.cu's defaults otherwise); build several
+ * and run them in one device call.
  *
  * For each shape (GPT-2, TinyLlama, Qwen3-0.6B, Llama-3.2-1B, Qwen3-8B heads)
- * and cache dtype (F16, BF16) and position (31, 511, 3999): as many layers
+ * and cache dtype (F16, BF16) and position (31, 511, 3999, or the positions
+ * given as arguments): as many layers
  * as it takes for their caches to be several times the L2 (each layer its own
  * cache, as in a model), one launch per layer captured in a CUDA graph, the
  * median of 15 replays; printed: µs per layer and the cache bytes the token
@@ -75,7 +77,17 @@ static uint16_t half_bits(gk_dtype dt, float v, float *back)
 #else
 #define T4 ""
 #endif
-#define TUNING "defaults" T1 T2 T3 T4
+#ifdef DEC_STEPS_GT4_LONG
+#define T6 " DEC_STEPS_GT4_LONG=" STR(DEC_STEPS_GT4_LONG)
+#else
+#define T6 ""
+#endif
+#ifdef DEC_MERGE_LOADS
+#define T5 " DEC_MERGE_LOADS=" STR(DEC_MERGE_LOADS)
+#else
+#define T5 ""
+#endif
+#define TUNING "defaults" T1 T2 T3 T4 T5 T6
 
 /* ---------------------------------------------------------------- cases */
 
@@ -131,7 +143,7 @@ static bool check(const shape &sh, gk_dtype dt, const std::vector<float> &kf, co
     return worst < 1e-4;
 }
 
-int main(void)
+int main(int argc, char **argv)
 {
     cudaDeviceProp prop;
     CK(cudaGetDeviceProperties(&prop, 0));
@@ -147,7 +159,20 @@ int main(void)
     CK(cudaMalloc(&c.scratch, c.scratch_bytes));
     printf("%s, %d SMs; tuning: %s\n", prop.name, c.n_sm, TUNING);
     printf("%-13s %-5s %6s %7s %10s %9s\n", "shape", "cache", "pos", "layers", "us/layer", "KV TB/s");
-    const int n_ctx = 4096, positions[3] = {31, 511, 3999};
+    /* positions: the arguments (each below n_ctx), or 31, 511 and 3999 */
+    const int n_ctx = 4096;
+    std::vector<int> positions = {31, 511, 3999};
+    if (argc > 1) {
+        positions.clear();
+        for (int i = 1; i < argc; i++) {
+            const int p = atoi(argv[i]);
+            if (p < 0 || p >= n_ctx) {
+                fprintf(stderr, "position %s: not in [0, %d)\n", argv[i], n_ctx);
+                return 2;
+            }
+            positions.push_back(p);
+        }
+    }
     const gk_dtype dts[2] = {GK_DTYPE_F16, GK_DTYPE_BF16};
     bool ok = true;
     for (const shape &sh : shapes)
