@@ -1469,3 +1469,222 @@ Test(errors, tokenizer_json_that_is_not_utf8_is_refused_with_the_offset)
         expect_load_error(bad[i], GK_ERR_FORMAT, want);
     }
 }
+
+/* ------------------------------------------------------------ streaming decode */
+
+/* Push ids a few at a time (1, or 3 at every seventh push) into a decode
+ * stream; after each push its text must be the whole decode of the ids so
+ * far (gk_tokenizer_decode, checked against HF by the golden tests). */
+static void check_stream(const gk_tokenizer *t, const int32_t *ids, size_t n, bool skip, const char *what)
+{
+    gk_decode_stream *s = NULL;
+    gk_err err = {0};
+    cr_assert_eq(gk_decode_stream_new(t, skip, &s, &err), GK_OK, "%s", err.msg);
+    size_t len = 99;
+    const char *txt = gk_decode_stream_text(s, &len);
+    cr_assert(txt && len == 0 && txt[0] == '\0', "%s: a new stream's text is not empty", what);
+    for (size_t i = 0, p = 0; i < n; p++) {
+        size_t k = p % 7 == 3 ? 3 : 1;
+        if (k > n - i)
+            k = n - i;
+        cr_assert_eq(gk_decode_stream_push(s, ids + i, k, &err), GK_OK, "%s: push at %zu: %s", what, i, err.msg);
+        i += k;
+        size_t wl;
+        char *want = dec(t, ids, i, skip, &wl);
+        txt = gk_decode_stream_text(s, &len);
+        cr_assert(len == wl && !memcmp(txt, want, wl) && txt[len] == '\0',
+                  "%s: after %zu ids the stream has \"%s\" (%zu bytes), the whole decode \"%s\" (%zu bytes)", what,
+                  i, txt, len, want, wl);
+        free(want);
+    }
+    gk_decode_stream_destroy(s);
+}
+
+static uint64_t stream_rng = 0x2545F4914F6CDD1Dull;
+static uint32_t stream_next(void)
+{
+    stream_rng ^= stream_rng << 13;
+    stream_rng ^= stream_rng >> 7;
+    stream_rng ^= stream_rng << 17;
+    return (uint32_t)(stream_rng >> 32);
+}
+
+/* n ids of t's vocabulary: a third from its first 300 ids (the byte
+ * alphabet of ByteLevel files and the <0xXX> tokens of ByteFallback ones,
+ * so that characters are cut between ids), a tenth special (BOS, EOS), the
+ * rest anywhere. */
+static int32_t *random_ids(const gk_tokenizer *t, size_t n)
+{
+    const int64_t nv = gk_tokenizer_vocab_size(t);
+    int32_t *ids = malloc(n * sizeof *ids);
+    cr_assert_not_null(ids);
+    for (size_t i = 0; i < n; i++) {
+        const uint32_t r = stream_next() % 30;
+        int32_t id = -1;
+        if (r < 3)
+            id = r == 0 ? gk_tokenizer_bos_id(t) : gk_tokenizer_eos_id(t);
+        while (id < 0 || !gk_tokenizer_token(t, id))
+            id = (int32_t)(stream_next() % (r < 13 ? (uint32_t)(nv < 300 ? nv : 300) : (uint32_t)nv));
+        ids[i] = id;
+    }
+    return ids;
+}
+
+/* The golden texts (their ids with special tokens, each case alone and all
+ * of them in one list) and random ids, with and without skip_special. */
+static void check_stream_named(const char *name)
+{
+    gk_tokenizer *t = load_named(name);
+    char path[1024];
+    snprintf(path, sizeof path, "%s/tokenizers/%s/golden.json", env_or("GK_TEST_DATA", "data"), name);
+    size_t json_len;
+    char *json = slurp(path, &json_len);
+    cJSON *root = gk_json_parse(json, json_len, NULL);
+    const cJSON *cases = cJSON_GetObjectItemCaseSensitive(root, "cases");
+    cr_assert(cJSON_IsArray(cases) && cJSON_GetArraySize(cases) > 0, "%s: no cases", path);
+    int32_t *all = NULL;
+    size_t n_all = 0;
+    int k = 0;
+    for (const cJSON *c = cases->child; c; c = c->next, k++) {
+        const cJSON *want = cJSON_GetObjectItemCaseSensitive(c, "ids_with_special");
+        const size_t n = (size_t)cJSON_GetArraySize(want);
+        all = realloc(all, (n_all + n + 1) * sizeof *all);
+        cr_assert_not_null(all);
+        size_t i = n_all;
+        for (const cJSON *w = want->child; w; w = w->next)
+            all[i++] = (int32_t)w->valuedouble;
+        char what[96];
+        snprintf(what, sizeof what, "%s golden case %d", name, k);
+        check_stream(t, all + n_all, n, false, what);
+        check_stream(t, all + n_all, n, true, what);
+        n_all += n;
+    }
+    char what[96];
+    snprintf(what, sizeof what, "%s golden cases in one list", name);
+    check_stream(t, all, n_all, false, what);
+    check_stream(t, all, n_all, true, what);
+    free(all);
+    int32_t *ids = random_ids(t, 1500);
+    snprintf(what, sizeof what, "%s random ids", name);
+    check_stream(t, ids, 1500, false, what);
+    check_stream(t, ids, 1500, true, what);
+    free(ids);
+    gk_tokenizer_destroy(t);
+    cJSON_Delete(root);
+    free(json);
+}
+
+Test(stream, gpt2) { check_stream_named("gpt2"); }
+Test(stream, llama2) { check_stream_named("llama2"); }
+Test(stream, llama3) { check_stream_named("llama3"); }
+Test(stream, qwen3) { check_stream_named("qwen3"); }
+Test(stream, gpt35turbo) { check_stream_named("gpt35turbo"); }
+
+/* Decoders of other shapes, on a small vocabulary: none (pieces joined by
+ * spaces), Metaspace with and without a first-piece rule, a Strip of the
+ * fused text's start, and steps that rewrite the fused text (Replace, an
+ * end Strip: decoded whole each time, and still right). */
+Test(stream, other_decoders)
+{
+    const char *vocab = ",\"▁Hey\":100,\"▁friend!\":101,\"▁\":102,\"how\":103,\"▁how\":104,\"<s>\":105,\"▁▁\":106";
+    const char *added = "[{\"id\":105,\"content\":\"<s>\",\"single_word\":false,\"lstrip\":false,"
+                        "\"rstrip\":false,\"normalized\":false,\"special\":true}]";
+    const char *decoders[] = {
+        "null",
+        "{\"type\":\"Metaspace\",\"replacement\":\"▁\",\"prepend_scheme\":\"always\",\"split\":true}",
+        "{\"type\":\"Metaspace\",\"replacement\":\"▁\",\"prepend_scheme\":\"never\",\"split\":true}",
+        "{\"type\":\"Sequence\",\"decoders\":[{\"type\":\"Replace\",\"pattern\":{\"String\":\"▁\"},\"content\":\" \"},"
+        "{\"type\":\"Fuse\"},{\"type\":\"Strip\",\"content\":\" \",\"start\":1,\"stop\":0}]}",
+        "{\"type\":\"Sequence\",\"decoders\":[{\"type\":\"Fuse\"},"
+        "{\"type\":\"Replace\",\"pattern\":{\"String\":\"▁▁\"},\"content\":\"_\"}]}",
+        "{\"type\":\"Sequence\",\"decoders\":[{\"type\":\"Replace\",\"pattern\":{\"String\":\"▁\"},\"content\":\" \"},"
+        "{\"type\":\"Fuse\"},{\"type\":\"Strip\",\"content\":\" \",\"start\":0,\"stop\":1}]}",
+        "{\"type\":\"Sequence\",\"decoders\":[{\"type\":\"Strip\",\"content\":\"▁\",\"start\":1,\"stop\":1},"
+        "{\"type\":\"Fuse\"}]}",
+    };
+    for (size_t d = 0; d < sizeof decoders / sizeof *decoders; d++) {
+        gk_tokenizer *t = load_synth(added, "null", "null", "null", decoders[d], bpe_model(vocab, "", ""));
+        int32_t ids[400];
+        for (size_t i = 0; i < 400; i++) {
+            const uint32_t r = stream_next() % 10;
+            ids[i] = r < 7 ? (int32_t)(100 + stream_next() % 7) : (int32_t)(stream_next() % 27);
+        }
+        char what[64];
+        snprintf(what, sizeof what, "decoder %zu", d);
+        check_stream(t, ids, 400, false, what);
+        check_stream(t, ids, 400, true, what);
+        gk_tokenizer_destroy(t);
+    }
+}
+
+/* ByteFallback: a run of <0xXX> tokens is valid UTF-8 or one U+FFFD per byte
+ * as a whole, so a byte that ends a valid run can still turn it all into
+ * U+FFFD: such runs, and runs around ordinary tokens, and many random bytes. */
+Test(stream, byte_fallback_runs)
+{
+    gk_tokenizer *t = load_named("llama2");
+    int32_t b[256];
+    for (int i = 0; i < 256; i++) {
+        char name[8];
+        snprintf(name, sizeof name, "<0x%02X>", i);
+        b[i] = gk_tokenizer_token_id(t, name);
+        cr_assert_geq(b[i], 0, "%s is not in llama2's vocabulary", name);
+    }
+    const int32_t the = gk_tokenizer_token_id(t, "▁the");
+    const int32_t runs[][6] = {
+        {b[0xC3], b[0xA9], b[0x41], b[0xC3], the, b[0x41]},
+        {b[0x41], b[0x42], b[0xC3], b[0xA9], b[0x43], b[0xFF]},
+        {the, b[0x41], b[0x80], the, b[0xE2], b[0x82]},
+        {b[0xE2], b[0x82], b[0xAC], b[0x41], b[0x80], the},
+        {b[0xF0], b[0x9F], b[0x99], b[0x82], b[0x41], b[0xF0]},
+    };
+    for (size_t r = 0; r < sizeof runs / sizeof *runs; r++) {
+        char what[32];
+        snprintf(what, sizeof what, "byte run %zu", r);
+        check_stream(t, runs[r], 6, false, what);
+    }
+    int32_t ids[2000];
+    for (size_t i = 0; i < 2000; i++) {
+        const uint32_t r = stream_next() % 10;
+        ids[i] = r < 5 ? b[0x20 + stream_next() % 0x60] : r < 8 ? b[0x80 + stream_next() % 0x80] : the;
+    }
+    check_stream(t, ids, 2000, false, "random bytes");
+    gk_tokenizer_destroy(t);
+}
+
+/* An id outside the vocabulary is refused by name and appends nothing; the
+ * stream goes on. NULL arguments are refused. */
+Test(stream, bad_ids_and_arguments)
+{
+    gk_tokenizer *t = load_named("gpt2");
+    gk_decode_stream *s = NULL;
+    gk_err err = {0};
+    cr_assert_eq(gk_decode_stream_new(NULL, true, &s, &err), GK_ERR_INVALID_ARG);
+    cr_assert_null(s);
+    cr_assert_eq(gk_decode_stream_new(t, true, NULL, &err), GK_ERR_INVALID_ARG);
+    cr_assert_eq(gk_decode_stream_new(t, true, &s, &err), GK_OK, "%s", err.msg);
+    int32_t *hello;
+    const size_t nh = enc(t, "Hello, world", 12, false, &hello);
+    cr_assert_eq(gk_decode_stream_push(s, hello, nh, &err), GK_OK, "%s", err.msg);
+    const int32_t bad[2] = {hello[0], (int32_t)gk_tokenizer_vocab_size(t) + 5};
+    cr_assert_eq(gk_decode_stream_push(s, bad, 2, &err), GK_ERR_INVALID_ARG);
+    char want_id[32];
+    snprintf(want_id, sizeof want_id, "%d", bad[1]);
+    cr_assert_not_null(strstr(err.msg, want_id), "\"%s\" does not name the id", err.msg);
+    const int32_t neg = -1;
+    cr_assert_eq(gk_decode_stream_push(s, &neg, 1, &err), GK_ERR_INVALID_ARG);
+    cr_assert_eq(gk_decode_stream_push(s, NULL, 1, &err), GK_ERR_INVALID_ARG);
+    cr_assert_eq(gk_decode_stream_push(NULL, hello, 1, &err), GK_ERR_INVALID_ARG);
+    size_t len;
+    cr_assert_str_eq(gk_decode_stream_text(s, &len), "Hello, world");
+    cr_assert_eq(len, 12);
+    cr_assert_eq(gk_decode_stream_push(s, NULL, 0, &err), GK_OK);
+    cr_assert_eq(gk_decode_stream_push(s, hello, nh, &err), GK_OK, "%s", err.msg);
+    cr_assert_str_eq(gk_decode_stream_text(s, &len), "Hello, worldHello, world");
+    cr_assert_null(gk_decode_stream_text(NULL, &len));
+    cr_assert_eq(len, 0);
+    gk_decode_stream_destroy(s);
+    gk_decode_stream_destroy(NULL);
+    free(hello);
+    gk_tokenizer_destroy(t);
+}

@@ -11,7 +11,9 @@
  *   qwen3: encode X MB/s (N tokens)
  * (best of R runs of one encode call over the whole text), then decode speed,
  * load time and an FNV-1a hash of the ids, which hf_tokenizer_speed.py prints too:
- * equal hashes mean identical ids for the whole text.
+ * equal hashes mean identical ids for the whole text; then the cost an id of
+ * streamed output (the text's first 1,000 and 8,000 ids pushed one at a time
+ * into a gk_decode_stream, against a whole decode of the ids so far after each).
  * Not a test: parity is checked by the tokenizer suite and gkrun verify.
  */
 #include "gk/gk.h"
@@ -209,6 +211,31 @@ static int bench_one(const char *arg, const char *text, size_t len, int reps)
     printf("%s: encode %.1f MB/s (%zu tokens)\n", name, (double)len / best / 1e6, n);
     printf("%s: decode %.1f MB/s, load %.2f s, ids fnv1a64 %016llx\n", name,
            (double)len / best_dec / 1e6, t_load, (unsigned long long)h);
+    /* streamed output: the first k ids one at a time, through a
+     * gk_decode_stream, and as a whole decode of the ids so far after each */
+    const size_t ks[2] = {1000, 8000};
+    for (int q = 0; q < 2 && ks[q] <= n; q++) {
+        const size_t k = ks[q];
+        gk_decode_stream *ds = NULL;
+        double t_stream = 0, t_whole = 0;
+        if (gk_decode_stream_new(tok, true, &ds, &err) == GK_OK) {
+            t0 = now_s();
+            for (size_t i = 0; i < k && gk_decode_stream_push(ds, ids + i, 1, &err) == GK_OK; i++)
+                ;
+            t_stream = now_s() - t0;
+            gk_decode_stream_destroy(ds);
+        }
+        t0 = now_s();
+        for (size_t i = 1; i <= k; i++) {
+            char *out = NULL;
+            if (gk_tokenizer_decode(tok, ids, i, true, &out, NULL, &err) != GK_OK)
+                break;
+            free(out);
+        }
+        t_whole = now_s() - t0;
+        printf("%s: streaming %zu ids one at a time: %.2f us an id (a whole decode after each: %.2f us)\n", name, k,
+               t_stream / (double)k * 1e6, t_whole / (double)k * 1e6);
+    }
     fflush(stdout);
     free(ids);
     gk_tokenizer_destroy(tok);

@@ -367,9 +367,8 @@ static int chat_reply(chat *c, size_t turn)
         rc = gkrun_fail(&err);
     else if (s.failed)
         rc = gkrun_fail(&s.err);
-    char *reply = s.text ? s.text : strdup("");
-    size_t reply_len = s.text ? s.len : 0;
-    s.text = NULL;
+    char *reply = gkrun_stream_take(&s);
+    size_t reply_len = s.len;
     if (rc == 0 && !reply) {
         fprintf(stderr, "gkrun: out of memory\n");
         rc = 1;

@@ -64,7 +64,8 @@ typedef struct serve_req {
     int32_t *hist;       /* [n_prompt + max_new] prompt then output */
     int64_t n_hist;
     gk_rng rng;
-    char *text;          /* decoded output so far */
+    gk_decode_stream *ds; /* the output's text as it grows */
+    const char *text;    /* decoded output so far (ds's, until the next token) */
     size_t len, released; /* released: bytes already handed out */
     /* shared, under srv.mu */
     serve_state state;

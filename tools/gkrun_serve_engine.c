@@ -49,7 +49,7 @@ static void req_free(serve_req *r)
         free(r->stop[i]);
     free(r->prompt);
     free(r->hist);
-    free(r->text);
+    gk_decode_stream_destroy(r->ds);
     gk_seq_free(r->seq);
     pthread_cond_destroy(&r->cond);
     free(r);
@@ -160,13 +160,11 @@ static size_t stop_hold(const serve_req *r, size_t ready)
 }
 
 /* First occurrence of w in t[len]; SIZE_MAX when none. */
+/* The first w (not empty) in t[0, len). */
 static size_t find_bytes(const char *t, size_t len, const char *w)
 {
-    size_t wl = strlen(w);
-    for (size_t i = 0; wl <= len && i <= len - wl; i++)
-        if (!memcmp(t + i, w, wl))
-            return i;
-    return SIZE_MAX;
+    const char *at = memmem(t, len, w, strlen(w));
+    return at ? (size_t)(at - t) : SIZE_MAX;
 }
 
 /* log-softmax of the raw logits at id, and the n best alternatives. */
@@ -209,20 +207,13 @@ static gk_status take(serve *s, serve_req *r, int32_t t, const float *row, serve
     if (r->n_logprobs >= 0)
         logprobs(row, s->n_vocab, t, r->n_logprobs, p);
     /* ids beyond the tokenizer's vocabulary (the embedding's padding) have no text */
-    int64_t nv = gk_tokenizer_vocab_size(s->tok), n = 0;
-    int32_t *ids = malloc((size_t)n_out * sizeof *ids);
-    if (!ids)
-        return GK_ERR_NOMEM;
-    for (int64_t i = 0; i < n_out; i++)
-        if (r->hist[r->n_prompt + i] >= 0 && r->hist[r->n_prompt + i] < nv)
-            ids[n++] = r->hist[r->n_prompt + i];
-    char *text = NULL;
-    size_t len = 0;
-    gk_status st = gk_tokenizer_decode(s->tok, ids, (size_t)n, true, &text, &len, err);
-    free(ids);
+    gk_status st = r->ds ? GK_OK : gk_decode_stream_new(s->tok, true, &r->ds, err);
+    if (st == GK_OK && t >= 0 && t < gk_tokenizer_vocab_size(s->tok))
+        st = gk_decode_stream_push(r->ds, &t, 1, err);
     if (st != GK_OK)
         return st;
-    free(r->text);
+    size_t len = 0;
+    const char *text = gk_decode_stream_text(r->ds, &len);
     r->text = text;
     r->len = len;
     *finish = NULL;
@@ -236,7 +227,6 @@ static gk_status take(serve *s, serve_req *r, int32_t t, const float *row, serve
         eos = eos || r->o.eos_ids[i] == t;
     if (best != SIZE_MAX) {
         r->len = best < r->released ? r->released : best; /* released text never contains it */
-        r->text[r->len] = '\0';
         *finish = "stop";
     } else if (eos) {
         *finish = "stop";

@@ -1,6 +1,6 @@
-/* gkrun_stream.c - see gkrun_stream.h. Decoding everything so far after
- * each token (not each token alone) is what keeps SentencePiece spaces and
- * multi-byte characters right. */
+/* gkrun_stream.c - see gkrun_stream.h. The text is always that of every
+ * token so far (gk_decode_stream), never of each token alone: that is what
+ * keeps SentencePiece spaces and multi-byte characters right. */
 #include "gkrun_stream.h"
 
 #include <stdio.h>
@@ -52,14 +52,14 @@ bool gkrun_stream_token(int32_t token, void *user)
         s->ids = p;
         s->cap = cap;
     }
-    s->ids[s->n++] = token;
-    char *text;
-    size_t len;
-    if (gk_tokenizer_decode(s->tok, s->ids, s->n, true, &text, &len, &s->err) != GK_OK) {
+    if ((!s->ds && gk_decode_stream_new(s->tok, true, &s->ds, &s->err) != GK_OK) ||
+        gk_decode_stream_push(s->ds, &token, 1, &s->err) != GK_OK) {
         s->failed = true;
         return false;
     }
-    free(s->text);
+    s->ids[s->n++] = token;
+    size_t len;
+    const char *text = gk_decode_stream_text(s->ds, &len);
     s->text = text;
     s->len = len;
     /* a replacement character at the end may be half a character: wait */
@@ -79,10 +79,8 @@ void gkrun_stream_cut(gkrun_stream *s, const gk_gen_stats *st)
     const char *w = s->stop[st->stop_index];
     const char *at = memmem(s->text, s->len, w, strlen(w));
     size_t cut = at ? (size_t)(at - s->text) : st->stop_offset <= s->len ? st->stop_offset : s->len;
-    if (cut < s->len) {
+    if (cut < s->len)
         s->len = cut;
-        s->text[cut] = '\0';
-    }
     if (s->printed > s->len) /* cannot happen while held back; never print past the cut */
         s->printed = s->len;
 }
@@ -97,11 +95,23 @@ void gkrun_stream_flush(gkrun_stream *s)
     fflush(stdout);
 }
 
+char *gkrun_stream_take(const gkrun_stream *s)
+{
+    char *t = malloc(s->len + 1);
+    if (t) {
+        if (s->len)
+            memcpy(t, s->text, s->len);
+        t[s->len] = '\0';
+    }
+    return t;
+}
+
 void gkrun_stream_free(gkrun_stream *s)
 {
     free(s->ids);
-    free(s->text);
+    gk_decode_stream_destroy(s->ds);
     s->ids = NULL;
+    s->ds = NULL;
     s->text = NULL;
     s->n = s->cap = s->len = s->printed = 0;
 }

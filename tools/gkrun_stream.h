@@ -1,7 +1,7 @@
 /* gkrun_stream.h - the generated text as it comes (gkrun_stream.c): generate
- * and chat decode the new tokens so far after each one and print only what
- * is new and complete, holding back half a UTF-8 character and any text that
- * may begin a stop string. */
+ * and chat keep the text of the new tokens so far (a gk_decode_stream) and
+ * print only what is new and complete, holding back half a UTF-8 character
+ * and any text that may begin a stop string. */
 #ifndef GKRUN_STREAM_H
 #define GKRUN_STREAM_H
 
@@ -21,7 +21,9 @@ typedef struct gkrun_stream {
     /* kept by the stream */
     int32_t *ids;                       /* [n] the tokens so far (capacity cap) */
     size_t n, cap;
-    char *text;                         /* their last full decode, len bytes (NUL bytes possible) */
+    gk_decode_stream *ds;               /* their text */
+    const char *text;                   /* ds's text, len bytes (NUL bytes possible; valid until
+                                         * the next token; len ends it after a cut) */
     size_t len, printed;                /* printed: bytes of text already on stdout */
     bool failed;                        /* err says why */
     gk_err err;
@@ -33,6 +35,8 @@ bool gkrun_stream_token(int32_t token, void *user);
 void gkrun_stream_cut(gkrun_stream *s, const gk_gen_stats *st);
 /* With echo: print what was held back (the text is final). */
 void gkrun_stream_flush(gkrun_stream *s);
+/* The text (len bytes) as a malloc'd NUL-terminated copy; NULL when out of memory. */
+char *gkrun_stream_take(const gkrun_stream *s);
 void gkrun_stream_free(gkrun_stream *s);
 
 #endif

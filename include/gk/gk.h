@@ -694,6 +694,28 @@ GK_API gk_status gk_tokenizer_encode(const gk_tokenizer *t, const char *text, si
 GK_API gk_status gk_tokenizer_decode(const gk_tokenizer *t, const int32_t *ids, size_t n_ids,
                                      bool skip_special, char **text, size_t *len, gk_err *err);
 
+/* Streaming decode: ids pushed a few at a time (generated tokens), whose text
+ * is at every point what gk_tokenizer_decode(all of them, skip_special)
+ * gives, at a cost per push that does not grow with the ids before it (for
+ * the decoders of every tokenizer.json we have met; a file whose decoders
+ * rewrite the joined text as a whole, such as a Replace after Fuse, is
+ * decoded whole at each push). The end of the text may change at a later
+ * push: a U+FFFD at its end can be half of a character that a later id
+ * completes. The tokenizer must outlive the stream; t or out NULL is
+ * GK_ERR_INVALID_ARG. */
+typedef struct gk_decode_stream gk_decode_stream;
+GK_API gk_status gk_decode_stream_new(const gk_tokenizer *t, bool skip_special, gk_decode_stream **out,
+                                      gk_err *err);
+/* Append n ids (ids may be NULL when n is 0). An id outside the vocabulary is
+ * GK_ERR_INVALID_ARG naming it; on any failure nothing is appended and the
+ * text is as it was. */
+GK_API gk_status gk_decode_stream_push(gk_decode_stream *s, const int32_t *ids, size_t n, gk_err *err);
+/* The text of every id pushed so far: NUL-terminated (NUL bytes possible
+ * inside; *len is its length, len may be NULL), owned by the stream, valid
+ * until the next push or destroy. NULL for a NULL stream. */
+GK_API const char *gk_decode_stream_text(const gk_decode_stream *s, size_t *len);
+GK_API void gk_decode_stream_destroy(gk_decode_stream *s);
+
 /* ------------------------------------------------------------ chat templates */
 
 /* A model's Jinja chat template, rendered the way transformers'
