@@ -138,8 +138,9 @@ gk_status gk_decode_stream_push(gk_decode_stream *s, const int32_t *ids, size_t 
         return gk_err_set(err, GK_ERR_INVALID_ARG, "gk_decode_stream_push: stream and ids are required");
     for (size_t i = 0; i < n; i++)
         if (ids[i] < 0 || ids[i] >= s->t->n_ids || !s->t->id_str[ids[i]])
-            return gk_err_set(err, GK_ERR_INVALID_ARG, "id %d (position %zu of the push) is outside the vocabulary of %s (%lld ids)",
-                              ids[i], i, s->t->path, (long long)s->t->n_ids);
+            return gk_err_set(err, GK_ERR_INVALID_ARG,
+                              "id %d (position %zu of the push) is outside the vocabulary of %s (%lld ids)", ids[i],
+                              i, s->t->path, (long long)s->t->n_ids);
     if (n == 0)
         return GK_OK;
     if (s->n + n > s->cap) {

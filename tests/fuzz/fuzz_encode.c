@@ -6,8 +6,10 @@
  * rest is the text; read as int32s it is also a list of ids to decode.
  * Checked, as gk.h documents: a text encodes if and only if it is valid UTF-8;
  * encoded ids have a token each and decode; decoding succeeds if and only if
- * every id has a token, and gives NUL-terminated, valid UTF-8. Not here: loading
- * arbitrary tokenizer.json files (fuzz_tokenizer.c).
+ * every id has a token, and gives NUL-terminated, valid UTF-8; the same ids
+ * pushed into a gk_decode_stream (1 to 3 a push) give the same text, after
+ * each push for the first 64 ids and at the end. Not here: loading arbitrary
+ * tokenizer.json files (fuzz_tokenizer.c).
  */
 #include "fuzz.h"
 
@@ -51,6 +53,43 @@ static bool all_known(const gk_tokenizer *t, const int32_t *ids, size_t n)
     return true;
 }
 
+/* ids[0..n) (all with tokens, decoding to want) through a decode stream. */
+static void stream(const gk_tokenizer *t, const int32_t *ids, size_t n, bool skip_special, const char *want,
+                   size_t want_len)
+{
+    gk_decode_stream *ds = NULL;
+    gk_err e;
+    gk_status st = gk_decode_stream_new(t, skip_special, &ds, &e);
+    if (st == GK_ERR_NOMEM)
+        return;
+    if (st != GK_OK)
+        fz_fail("gk_decode_stream_new failed", e.msg);
+    const char *got = NULL;
+    size_t len = 0;
+    for (size_t i = 0; i < n;) {
+        size_t k = 1 + (size_t)((uint32_t)ids[i] % 3);
+        k = k < n - i ? k : n - i;
+        st = gk_decode_stream_push(ds, ids + i, k, &e);
+        if (st == GK_ERR_NOMEM)
+            break;
+        if (st != GK_OK)
+            fz_fail("gk_decode_stream_push refused ids that all have tokens", e.msg);
+        i += k;
+        got = gk_decode_stream_text(ds, &len);
+        if (i <= 64) {
+            char *whole = NULL;
+            size_t wl = 0;
+            if (gk_tokenizer_decode(t, ids, i, skip_special, &whole, &wl, &e) == GK_OK &&
+                (wl != len || memcmp(whole, got, len) || got[len] != '\0'))
+                fz_fail("a decode stream's text differs from the whole decode", NULL);
+            free(whole);
+        } else if (i == n && (len != want_len || memcmp(got, want, len) || got[len] != '\0')) {
+            fz_fail("a decode stream's final text differs from the whole decode", NULL);
+        }
+    }
+    gk_decode_stream_destroy(ds);
+}
+
 /* Decode and check the outcome against the rule above. */
 static void decode(const gk_tokenizer *t, const int32_t *ids, size_t n, bool skip_special)
 {
@@ -65,6 +104,8 @@ static void decode(const gk_tokenizer *t, const int32_t *ids, size_t n, bool ski
         fz_fail("decode refused ids that all have tokens", e.msg);
     if (st == GK_OK && (text[len] != '\0' || !fz_utf8_valid((const unsigned char *)text, len)))
         fz_fail("decode gave invalid UTF-8 or no NUL terminator", NULL);
+    if (st == GK_OK)
+        stream(t, ids, n, skip_special, text, len);
     free(text);
 }
 
