@@ -791,3 +791,198 @@ Test(validation, generate_names_the_rule_broken)
     gk_tokenizer_destroy(t);
     close_model(&f);
 }
+
+/* ------------------------------------------------------------ the whole-sort rule */
+
+/* The chain as its definition reads (and as core/sample.c did until it
+ * sorted only the prefix the chain reads): every token sorted by scaled
+ * logit, descending, ties by id; top-k keeping ties; softmax over the
+ * survivors; top-p, min-p, the draw with u. *margin: how near u, top_p or
+ * min-p's cut lie to a sum or a probability that decides, where rounding may
+ * fairly go either way. */
+typedef struct ref_cand {
+    float logit;
+    int32_t id;
+} ref_cand;
+
+static int ref_cmp(const void *a, const void *b)
+{
+    const ref_cand *x = a, *y = b;
+    if (x->logit != y->logit)
+        return x->logit < y->logit ? 1 : -1;
+    return (x->id > y->id) - (x->id < y->id);
+}
+
+static int32_t ref_argmax(const float *x, int64_t n)
+{
+    int64_t best = 0;
+    for (int64_t i = 1; i < n; i++)
+        if (x[i] > x[best] || (isnan(x[best]) && !isnan(x[i])))
+            best = i;
+    return (int32_t)best;
+}
+
+static void ref_renorm(double *p, int64_t n)
+{
+    double s = 0.0;
+    for (int64_t i = 0; i < n; i++)
+        s += p[i];
+    for (int64_t i = 0; i < n; i++)
+        p[i] /= s;
+}
+
+static int32_t ref_sample(const float *logits, int64_t nv, const gk_gen_opts *o, double u, double *margin)
+{
+    *margin = INFINITY;
+    if (o->temperature <= 0.0f)
+        return ref_argmax(logits, nv);
+    ref_cand *c = malloc((size_t)nv * sizeof *c);
+    double *p = malloc((size_t)nv * sizeof *p);
+    cr_assert(c && p);
+    for (int64_t i = 0; i < nv; i++) {
+        c[i].logit = isnan(logits[i]) ? -INFINITY : logits[i] / o->temperature;
+        c[i].id = (int32_t)i;
+    }
+    qsort(c, (size_t)nv, sizeof *c, ref_cmp);
+    if (!isfinite(c[0].logit)) {
+        free(c);
+        free(p);
+        return ref_argmax(logits, nv);
+    }
+    int64_t n = nv;
+    if (o->top_k > 0 && o->top_k < n) {
+        int64_t k = o->top_k;
+        while (k < n && c[k].logit == c[o->top_k - 1].logit)
+            k++;
+        n = k;
+    }
+    for (int64_t i = 0; i < n; i++)
+        p[i] = exp((double)c[i].logit - (double)c[0].logit);
+    ref_renorm(p, n);
+    if (o->top_p > 0.0f && o->top_p < 1.0f) {
+        double cum = 0.0;
+        int64_t keep = 0;
+        while (keep < n) {
+            cum += p[keep++];
+            *margin = fmin(*margin, fabs(cum - (double)o->top_p));
+            if (cum >= (double)o->top_p)
+                break;
+        }
+        n = keep;
+        ref_renorm(p, n);
+    }
+    if (o->min_p > 0.0f) {
+        double cut = (double)o->min_p * p[0];
+        int64_t keep = 1;
+        while (keep < n && p[keep] >= cut)
+            keep++;
+        if (keep < n)
+            *margin = fmin(*margin, fabs(p[keep] - cut) / cut);
+        *margin = fmin(*margin, fabs(p[keep - 1] - cut) / cut);
+        n = keep;
+        ref_renorm(p, n);
+    }
+    double cum = 0.0;
+    int32_t pick = c[0].id;
+    for (int64_t i = 0; i < n; i++) {
+        if (p[i] > 0.0)
+            pick = c[i].id;
+        cum += p[i];
+        *margin = fmin(*margin, fabs(cum - u));
+        if (u < cum)
+            break;
+    }
+    free(p);
+    free(c);
+    return pick;
+}
+
+/* gk_rng_uniform's draw after seeding with s (gk.h: splitmix64, the top 53
+ * bits). */
+static double first_draw(uint64_t s)
+{
+    uint64_t z = s + 0x9E3779B97F4A7C15ull;
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    z ^= z >> 31;
+    return (double)(z >> 11) * 0x1.0p-53;
+}
+
+static uint64_t ws_state = 0x853C49E6748FEA9Bull;
+static double ws_unit(void) /* (0, 1) */
+{
+    ws_state ^= ws_state << 13;
+    ws_state ^= ws_state >> 7;
+    ws_state ^= ws_state << 17;
+    return ((double)(ws_state >> 11) + 0.5) * 0x1.0p-53;
+}
+
+/* Rows of logits of several shapes (gaussian of a few widths, many ties,
+ * a few huge values, NaN and -inf entries, all equal) and vocabulary sizes
+ * up to Qwen3's, through every mix of temperature, top-k, top-p and min-p:
+ * gk_sample must pick what the whole-sort rule picks, but where u, top_p or
+ * min-p's cut lies within 1e-12 of what decides. */
+Test(chain, picks_follow_the_whole_sort_rule)
+{
+    const int64_t sizes[] = {1, 2, 7, 100, 1000, 32000, 151936};
+    const float temps[] = {0.3f, 0.7f, 1.0f, 1.6f};
+    const int32_t top_ks[] = {0, 1, 5, 40, -1, -2}; /* -1: n - 1, -2: n */
+    const float top_ps[] = {1.0f, 0.9f, 0.5f, 0.05f};
+    const float min_ps[] = {0.0f, 0.05f, 0.3f};
+    int checked = 0, on_edge = 0;
+    for (size_t si = 0; si < sizeof sizes / sizeof *sizes; si++) {
+        const int64_t nv = sizes[si];
+        float *x = malloc((size_t)nv * sizeof *x);
+        cr_assert_not_null(x);
+        const int shapes = 6;
+        for (int sh = 0; sh < shapes; sh++) {
+            const double sd = sh == 0 ? 0.5 : sh == 1 ? 3.0 : 10.0;
+            for (int64_t i = 0; i < nv; i++) {
+                double g = sqrt(-2.0 * log(ws_unit())) * cos(6.283185307179586 * ws_unit()) * sd;
+                x[i] = sh == 3 ? (float)(floor(g * 2.0) / 2.0) : sh == 5 ? 1.25f : (float)g;
+            }
+            if (sh == 4 && nv > 4) { /* a few peaks, a NaN, a -inf */
+                x[nv / 3] = 40.0f;
+                x[nv / 2] = 38.5f;
+                x[nv - 1] = NAN;
+                x[1] = -INFINITY;
+            }
+            /* the big vocabularies: fewer option mixes (the reference sorts
+             * every row) */
+            const size_t step = nv >= 100000 ? 12 : nv >= 32000 ? 5 : 1;
+            size_t mix = 0;
+            for (size_t ti = 0; ti < sizeof temps / sizeof *temps; ti++)
+                for (size_t ki = 0; ki < sizeof top_ks / sizeof *top_ks; ki++)
+                    for (size_t pi = 0; pi < sizeof top_ps / sizeof *top_ps; pi++)
+                        for (size_t mi = 0; mi < sizeof min_ps / sizeof *min_ps; mi++, mix++) {
+                            if (mix % step != (size_t)sh % step)
+                                continue;
+                            gk_gen_opts o = gk_gen_opts_default();
+                            o.temperature = temps[ti];
+                            o.top_k = top_ks[ki] == -1 ? (int32_t)(nv - 1) : top_ks[ki] == -2 ? (int32_t)nv : top_ks[ki];
+                            if (o.top_k < 0)
+                                o.top_k = 0;
+                            o.top_p = top_ps[pi];
+                            o.min_p = min_ps[mi];
+                            const uint64_t seed = 1000003ull * mix + (uint64_t)sh * 7919u + (uint64_t)nv;
+                            gk_rng r;
+                            gk_rng_seed(&r, seed);
+                            const int32_t got = gk_sample(x, nv, &o, &r);
+                            double margin;
+                            const int32_t want = ref_sample(x, nv, &o, first_draw(seed), &margin);
+                            if (margin < 1e-12) {
+                                on_edge++;
+                                continue;
+                            }
+                            cr_assert_eq(got, want,
+                                         "V=%lld shape %d T=%g top_k=%d top_p=%g min_p=%g seed %llu: picked %d, the "
+                                         "rule %d (margin %g)",
+                                         (long long)nv, sh, (double)o.temperature, (int)o.top_k, (double)o.top_p,
+                                         (double)o.min_p, (unsigned long long)seed, (int)got, (int)want, margin);
+                            checked++;
+                        }
+        }
+        free(x);
+    }
+    cr_assert_gt(checked, 5000, "only %d picks checked (%d on an edge)", checked, on_edge);
+}
