@@ -986,3 +986,37 @@ Test(chain, picks_follow_the_whole_sort_rule)
     }
     cr_assert_gt(checked, 5000, "only %d picks checked (%d on an edge)", checked, on_edge);
 }
+
+/* Greedy picks: the lowest index of the largest logit, NaN never (all NaN:
+ * 0), +0 and -0 alike; rows with ties, NaN, infinities and signed zeros of
+ * every length up to 40 and a long one, against a plain scan. */
+Test(chain, greedy_picks_the_first_largest)
+{
+    const float pool[] = {0.0f, -0.0f, 1.0f, -1.0f, 2.5f, NAN, INFINITY, -INFINITY, 2.5f, 1e30f, -1e30f};
+    const int np = sizeof pool / sizeof *pool;
+    gk_gen_opts o = gk_gen_opts_default();
+    o.temperature = 0.0f;
+    static float x[200000];
+    for (int len = 1; len <= 40; len++)
+        for (int rep = 0; rep < 300; rep++) {
+            for (int i = 0; i < len; i++)
+                x[i] = pool[(unsigned)(ws_unit() * np) % np];
+            gk_rng r;
+            gk_rng_seed(&r, 1);
+            const int32_t got = gk_sample(x, len, &o, &r), want = ref_argmax(x, len);
+            cr_assert_eq(got, want, "len %d rep %d: picked %d, the first largest is %d", len, rep, got, want);
+        }
+    for (int i = 0; i < 200000; i++)
+        x[i] = (float)(ws_unit() * 10.0);
+    x[123457] = 11.0f;
+    x[199999] = 11.0f;
+    x[7] = NAN;
+    gk_rng r;
+    gk_rng_seed(&r, 1);
+    cr_assert_eq(gk_sample(x, 200000, &o, &r), 123457);
+    for (int i = 0; i < 200000; i++)
+        x[i] = NAN;
+    cr_assert_eq(gk_sample(x, 200000, &o, &r), 0);
+    x[199998] = -INFINITY;
+    cr_assert_eq(gk_sample(x, 200000, &o, &r), 199998);
+}
