@@ -159,8 +159,7 @@ static size_t stop_hold(const serve_req *r, size_t ready)
     return keep;
 }
 
-/* First occurrence of w in t[len]; SIZE_MAX when none. */
-/* The first w (not empty) in t[0, len). */
+/* First occurrence of w (not empty) in t[len]; SIZE_MAX when none. */
 static size_t find_bytes(const char *t, size_t len, const char *w)
 {
     const char *at = memmem(t, len, w, strlen(w));

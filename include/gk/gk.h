@@ -701,8 +701,9 @@ GK_API gk_status gk_tokenizer_decode(const gk_tokenizer *t, const int32_t *ids, 
  * rewrite the joined text as a whole, such as a Replace after Fuse, is
  * decoded whole at each push). The end of the text may change at a later
  * push: a U+FFFD at its end can be half of a character that a later id
- * completes. The tokenizer must outlive the stream; t or out NULL is
- * GK_ERR_INVALID_ARG. */
+ * completes, and with ByteFallback a run of <0xXX> tokens that a later byte
+ * leaves invalid becomes one U+FFFD per byte (as a whole decode has it). The
+ * tokenizer must outlive the stream; t or out NULL is GK_ERR_INVALID_ARG. */
 typedef struct gk_decode_stream gk_decode_stream;
 GK_API gk_status gk_decode_stream_new(const gk_tokenizer *t, bool skip_special, gk_decode_stream **out,
                                       gk_err *err);
