@@ -23,12 +23,10 @@
 
 /* What the per-token callback needs to print text as it arrives. */
 typedef struct stream {
-    const gk_tokenizer *tok;
-    int32_t *ids;       /* [n_prompt + N_NEW]: the prompt, then each new token */
-    size_t n_ids;
-    size_t n_printed;   /* bytes of the decoded text already on stdout */
-    gk_status status;   /* a decode failure stops generation ... */
-    gk_err err;         /* ... and is reported once generate returns */
+    gk_decode_stream *ds; /* the text of the prompt, then of each new token too */
+    size_t n_printed;     /* bytes of that text already on stdout */
+    gk_status status;     /* a decode failure stops generation ... */
+    gk_err err;           /* ... and is reported once generate returns */
 } stream;
 
 /* Length of the part of text[0..len) that ends on a whole character. A token
@@ -52,24 +50,24 @@ static size_t complete_prefix(const char *text, size_t len)
     return len;
 }
 
-/* Decode every id so far and print what is new. Decoding the whole sequence
- * (not each token alone) keeps the spaces and multi-byte characters that
- * depend on neighbouring tokens right. When hold_back is false, a tail
- * complete_prefix would keep is printed too (the end of the stream). */
-static gk_status print_new_text(stream *s, bool hold_back)
+/* Add n ids to the text and print what is new. The decode stream holds the
+ * text of every id so far, not of each token alone, which keeps the spaces
+ * and multi-byte characters that depend on neighbouring tokens right, at a
+ * cost per token that does not grow with the text. When hold_back is false,
+ * a tail complete_prefix would keep is printed too (the end of the stream). */
+static gk_status print_new_text(stream *s, const int32_t *ids, size_t n, bool hold_back)
 {
-    char *text;
-    size_t len;
-    gk_status st = gk_tokenizer_decode(s->tok, s->ids, s->n_ids, true, &text, &len, &s->err);
+    gk_status st = gk_decode_stream_push(s->ds, ids, n, &s->err);
     if (st != GK_OK)
         return st;
+    size_t len;
+    const char *text = gk_decode_stream_text(s->ds, &len);
     size_t end = hold_back ? complete_prefix(text, len) : len;
     if (end > s->n_printed) {
         fwrite(text + s->n_printed, 1, end - s->n_printed, stdout);
         fflush(stdout);
         s->n_printed = end;
     }
-    free(text);
     return GK_OK;
 }
 
@@ -77,8 +75,7 @@ static gk_status print_new_text(stream *s, bool hold_back)
 static bool on_token(int32_t token, void *user)
 {
     stream *s = user;
-    s->ids[s->n_ids++] = token;
-    s->status = print_new_text(s, true);
+    s->status = print_new_text(s, &token, 1, true);
     return s->status == GK_OK; /* false stops generation */
 }
 
@@ -114,16 +111,9 @@ int main(int argc, char **argv)
     if (gk_tokenizer_encode(tok, prompt, strlen(prompt), true, &prompt_ids, &n_prompt, &err) != GK_OK)
         goto fail;
 
-    s.tok = tok;
-    s.ids = malloc((n_prompt + N_NEW) * sizeof *s.ids);
-    if (!s.ids) {
-        err.code = GK_ERR_NOMEM;
-        snprintf(err.msg, sizeof err.msg, "out of memory");
+    if (gk_decode_stream_new(tok, true, &s.ds, &err) != GK_OK) /* true: skip special tokens */
         goto fail;
-    }
-    memcpy(s.ids, prompt_ids, n_prompt * sizeof *s.ids);
-    s.n_ids = n_prompt;
-    if (print_new_text(&s, true) != GK_OK) { /* the prompt, as the tokenizer reads it */
+    if (print_new_text(&s, prompt_ids, n_prompt, true) != GK_OK) { /* the prompt, as the tokenizer reads it */
         err = s.err;
         goto fail;
     }
@@ -143,7 +133,7 @@ int main(int argc, char **argv)
     go.user = &s;
     if (gk_model_generate(model, prompt_ids, (int64_t)n_prompt, &go, out, &n_out, &stats, &err) != GK_OK)
         goto fail;
-    if (s.status != GK_OK || print_new_text(&s, false) != GK_OK) {
+    if (s.status != GK_OK || print_new_text(&s, NULL, 0, false) != GK_OK) {
         err = s.err;
         goto fail;
     }
@@ -161,7 +151,7 @@ int main(int argc, char **argv)
 fail:
     fprintf(stderr, "example: %s: %s\n", gk_status_str(err.code), err.msg);
 out:
-    free(s.ids);
+    gk_decode_stream_destroy(s.ds);
     free(prompt_ids);
     gk_tokenizer_destroy(tok);
     gk_model_destroy(model);
