@@ -92,7 +92,7 @@ static bool byte_level(const gk_tokenizer *t, const toks *in, toks *out)
 }
 
 /* "<0xAB>" as u8::from_str_radix reads it (which also accepts a '+' sign). */
-static int byte_token(const char *s, size_t n)
+int tk_byte_token(const char *s, size_t n)
 {
     if (n != 6 || memcmp(s, "<0x", 3) || s[5] != '>')
         return -1;
@@ -132,7 +132,7 @@ static bool byte_fallback(const toks *in, toks *out)
     tk_buf run = {0};
     bool ok = true;
     for (size_t i = 0; ok && i < in->n; i++) {
-        int b = byte_token(TOK(in, i), TOKLEN(in, i));
+        int b = tk_byte_token(TOK(in, i), TOKLEN(in, i));
         if (b >= 0) {
             char c = (char)b;
             ok = tk_buf_put(&run, &c, 1);

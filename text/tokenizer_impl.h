@@ -25,6 +25,8 @@ typedef struct tk_buf {
 } tk_buf;
 
 GK_INTERNAL bool tk_buf_reserve(tk_buf *b, size_t extra);
+/* A ByteFallback byte token "<0xAB>": its byte, else -1 (tokenizer_decode.c). */
+GK_INTERNAL int tk_byte_token(const char *s, size_t n);
 GK_INTERNAL bool tk_buf_put(tk_buf *b, const void *src, size_t n);
 GK_INTERNAL void tk_buf_free(tk_buf *b);
 

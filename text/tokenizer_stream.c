@@ -48,13 +48,6 @@ static bool ends_with_replacement(const char *s, size_t len)
     return len >= 3 && !memcmp(s + len - 3, "\xEF\xBF\xBD", 3);
 }
 
-/* "<0xAB>": a ByteFallback byte token (tokenizer_decode.c's test, less its
- * '+' sign, which only widens what is kept out of anchors). */
-static bool is_byte_token(const char *s, size_t n)
-{
-    return n == 6 && !memcmp(s, "<0x", 3) && s[5] == '>';
-}
-
 gk_status gk_decode_stream_new(const gk_tokenizer *t, bool skip_special, gk_decode_stream **out, gk_err *err)
 {
     if (out)
@@ -114,7 +107,7 @@ static void take_anchor(gk_decode_stream *s)
     const int32_t id = s->ids[s->n - 1];
     if (s->skip_special && s->t->id_special[id])
         return;
-    if (s->fallback && is_byte_token(s->t->id_str[id], s->t->id_len[id]))
+    if (s->fallback && tk_byte_token(s->t->id_str[id], s->t->id_len[id]) >= 0)
         return;
     char *alone;
     size_t len;

@@ -361,12 +361,12 @@ __global__ void __launch_bounds__(ATT_THREADS)
     if (!s_last)
         return;
     __threadfence();
+    const float *ph = part + ((size_t)t * H + kvh * G + g0) * max_splits * DEC_PART(HD);
 #if DEC_MERGE_LOADS > 0
     /* every split's max and sum for the tile's heads, the loads in one
      * round (two past 128 splits), into shared memory: the maxima into s_w, the sums over
      * s_acc (free now: its reads were before the barriers above) */
     float *s_ls = &s_acc[0][0][0]; /* [GT][DEC_MAX_SPLITS]: 4 x GT x HD >= GT x 256 floats */
-    const float *ph = part + ((size_t)t * H + kvh * G + g0) * max_splits * DEC_PART(HD);
     const int items = GT * used; /* (head g, split sp), g major */
     for (int i0 = tid; i0 < items; i0 += GT * ATT_THREADS) { /* one round up to 128 splits */
         float2 ml[GT];
@@ -405,18 +405,41 @@ __global__ void __launch_bounds__(ATT_THREADS)
             s_L[g] = L;
     }
     __syncthreads();
+#else
+    for (int g = warp; g < GT; g += DEC_WARPS) {
+        if (g0 + g >= G)
+            continue;
+        const float *pp = ph + (size_t)g * max_splits * DEC_PART(HD);
+        float M = -INFINITY;
+        for (int sp = lane; sp < used; sp += 32)
+            M = fmaxf(M, __ldcg(pp + (size_t)sp * DEC_PART(HD) + HD));
+        M = cu_warp_max(M);
+        float L = 0.0f;
+        for (int sp = lane; sp < used; sp += 32) {
+            const float w = expf(__ldcg(pp + (size_t)sp * DEC_PART(HD) + HD) - M);
+            s_w[g][sp] = w;
+            L += __ldcg(pp + (size_t)sp * DEC_PART(HD) + HD + 1) * w;
+        }
+        L = cu_warp_sum(L);
+        if (lane == 0)
+            s_L[g] = L;
+    }
+    __syncthreads();
+#endif
     /* the outputs, four at a time (float4 of one head): each thread MO of
-     * them, or, where the tile has fewer than a block's threads and there
-     * are at least 2 x TPO splits, tpo = TPO threads (neighbouring lanes)
-     * one, each every tpo-th split (fewer splits: one thread, as the shuffles
-     * would cost more than they save); ML splits' loads in flight for each.
-     * A thread sums its splits in order, the tpo threads by shuffle tree: a
-     * fixed order for a given number of splits. */
+     * them, ML splits' loads in flight for each (one load round per ML
+     * splits, not one per split); with DEC_MERGE_LOADS, where the tile has
+     * fewer outputs than a block's threads and there are at least 2 x TPO
+     * splits, tpo = TPO threads (neighbouring lanes) one, each every tpo-th
+     * split (fewer splits: one thread, as the shuffles would cost more than
+     * they save). A thread sums its splits in order, the tpo threads by
+     * shuffle tree: a fixed order for a given number of splits. */
     constexpr int NV4 = GT * HD / 4;
     constexpr int TPO = NV4 >= ATT_THREADS ? 1 : ATT_THREADS / NV4;
     constexpr int MO = NV4 / ATT_THREADS < 1 ? 1 : NV4 / ATT_THREADS;
-    constexpr int ML = DEC_MERGE_LOADS / MO < 2 ? 2 : DEC_MERGE_LOADS / MO;
-    const int tpo = used >= 2 * TPO ? TPO : 1, sub = tid % tpo;
+    constexpr int LOADS = DEC_MERGE_LOADS > 0 ? DEC_MERGE_LOADS : 8;
+    constexpr int ML = LOADS / MO < 2 ? 2 : LOADS / MO;
+    const int tpo = DEC_MERGE_LOADS > 0 && used >= 2 * TPO ? TPO : 1, sub = tid % tpo;
     float4 A[MO];
     const float *pk[MO];
     int gk[MO];
@@ -463,73 +486,6 @@ __global__ void __launch_bounds__(ATT_THREADS)
             *reinterpret_cast<float4 *>(out + (size_t)t * H * HD + (size_t)(kvh * G + g0 + g) * HD + e) = r;
         }
     }
-#else
-    for (int g = warp; g < GT; g += DEC_WARPS) {
-        if (g0 + g >= G)
-            continue;
-        const float *pp = part + ((size_t)t * H + kvh * G + g0 + g) * max_splits * DEC_PART(HD);
-        float M = -INFINITY;
-        for (int sp = lane; sp < used; sp += 32)
-            M = fmaxf(M, __ldcg(pp + (size_t)sp * DEC_PART(HD) + HD));
-        M = cu_warp_max(M);
-        float L = 0.0f;
-        for (int sp = lane; sp < used; sp += 32) {
-            const float w = expf(__ldcg(pp + (size_t)sp * DEC_PART(HD) + HD) - M);
-            s_w[g][sp] = w;
-            L += __ldcg(pp + (size_t)sp * DEC_PART(HD) + HD + 1) * w;
-        }
-        L = cu_warp_sum(L);
-        if (lane == 0)
-            s_L[g] = L;
-    }
-    __syncthreads();
-    /* the outputs, four at a time (float4 of one head): each thread MO of
-     * them, ML splits' loads in flight for each (one load round per ML
-     * splits, not one per split), summed in split order */
-    constexpr int NV4 = GT * HD / 4;
-    constexpr int MO = NV4 / ATT_THREADS < 1 ? 1 : NV4 / ATT_THREADS;
-    constexpr int ML = 8 / MO < 2 ? 2 : 8 / MO;
-    float4 A[MO];
-    const float *pk[MO];
-    int gk[MO];
-#pragma unroll
-    for (int k = 0; k < MO; k++) {
-        A[k] = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-        const int i = min(tid + k * ATT_THREADS, NV4 - 1); /* past the tile: a valid head, unused */
-        gk[k] = min(4 * i / HD, G - 1 - g0);
-        pk[k] = part + ((size_t)t * H + kvh * G + g0 + gk[k]) * max_splits * DEC_PART(HD) + (4 * i) % HD;
-    }
-    for (int sp0 = 0; sp0 < used; sp0 += ML) {
-        float4 a[MO][ML];
-#pragma unroll
-        for (int k = 0; k < MO; k++)
-#pragma unroll
-            for (int u = 0; u < ML; u++)
-                a[k][u] = sp0 + u < used
-                              ? __ldcg(reinterpret_cast<const float4 *>(pk[k] + (size_t)(sp0 + u) * DEC_PART(HD)))
-                              : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-#pragma unroll
-        for (int k = 0; k < MO; k++)
-#pragma unroll
-            for (int u = 0; u < ML; u++)
-                if (sp0 + u < used) {
-                    const float w = s_w[gk[k]][sp0 + u];
-                    A[k].x += a[k][u].x * w;
-                    A[k].y += a[k][u].y * w;
-                    A[k].z += a[k][u].z * w;
-                    A[k].w += a[k][u].w * w;
-                }
-    }
-#pragma unroll
-    for (int k = 0; k < MO; k++) {
-        const int i = tid + k * ATT_THREADS, g = 4 * i / HD, e = (4 * i) % HD;
-        if (i < NV4 && g0 + g < G) {
-            const float L = s_L[g];
-            float4 r = make_float4(A[k].x / L, A[k].y / L, A[k].z / L, A[k].w / L);
-            *reinterpret_cast<float4 *>(out + (size_t)t * H * HD + (size_t)(kvh * G + g0 + g) * HD + e) = r;
-        }
-    }
-#endif
     if (tid == 0)
         *ticket = 0; /* ready for the next launch */
 }
