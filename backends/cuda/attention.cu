@@ -9,16 +9,17 @@
  *  - attn_decode_kernel (n <= DEC_MAX_TOKENS, head dim 64, 128 or 256):
  *    flash-decoding with a grid sized to the device: one wave of blocks
  *    (as many per multiprocessor as its registers allow, at most
- *    DEC_BLOCKS_PER_SM) once the cache holds DEC_MIN_ROWS rows per split
- *    (below that, fewer splits of DEC_MIN_ROWS). The grid is (split,
- *    kv head x query-head tile, token); each block derives on the device,
- *    from pos[t], which rows 0..pos[t] are its split, so one captured graph
- *    replays at every length. Lanes read whole cache rows in 16-byte loads,
- *    several rows in flight per warp, with an online softmax in registers
- *    for up to GT query heads of one kv head (each K/V row is read once per
- *    group). With several splits, each block leaves its (max, sum, acc) in
- *    scratch and the last block to finish (a ticket counter) merges them in
- *    split order, so results do not depend on scheduling.
+ *    DEC_BLOCKS_PER_SM) once the cache holds a block step of rows per
+ *    split; a few steps' rows take one split. The grid is (split, kv head
+ *    x query-head tile, token); each block derives on the device, from
+ *    pos[t], which rows 0..pos[t] are its split and how many query heads
+ *    its tile has (short caches: small tiles, more blocks), so one captured
+ *    graph replays at every length. Lanes read whole cache rows in 16-byte
+ *    loads, several rows in flight per warp, with an online softmax in
+ *    registers for up to GT query heads of one kv head (each K/V row is
+ *    read once per tile). With several splits, each block leaves its (max,
+ *    sum, acc) in scratch and the last block to finish (a ticket counter)
+ *    merges them in split order, so results do not depend on scheduling.
  *  - cu_attn_flash (attn_flash.cu; prefill with F16/BF16 caches, head dim 64
  *    or 128): tensor cores.
  *  - attn_tiled_kernel (the rest): flash-attention style on CUDA cores,
@@ -46,24 +47,37 @@
 #define DEC_WARPS (ATT_THREADS / 32)
 #define DEC_MAX_TOKENS 8
 #define DEC_MAX_SPLITS 256
+#ifndef DEC_MAX_GT
 #define DEC_MAX_GT 8
+#endif
 /* Floats of one split's partial result: HD accumulators, max, sum, padding
  * to 16 bytes (the merge reads the accumulators as float4). */
 #define DEC_PART(hd) ((hd) + 4)
-/* Decode tuning (#ifndef: tests/gpu/attn_decode_harness.cu builds variants):
- * blocks per SM the splits aim at, the rows a split is worth (fewer, and the
- * merge costs more than it saves), row steps each warp has in flight for
- * tiles of up to 4 query heads, for 8, and for 4 where a split has more rows
- * than one step of DEC_STEPS (DEC_STEPS: no longer steps), and the merge of
- * the splits: 0, one thread per output with 8 splits' loads in flight; N > 0,
- * the maxima and sums staged in shared memory first and N loads in flight
- * (docs/perf-notes.md, session 8: faster at depth, not yet run through the
- * GPU suite, so not the default). */
+/* Decode tuning (#ifndef: tests/gpu/attn_decode_harness.cu builds variants;
+ * docs/perf-notes.md, session 9, has the measurements behind the defaults):
+ * - DEC_BLOCKS_PER_SM: blocks per SM the splits aim at (one wave);
+ * - DEC_ONE_SPLIT_STEPS: rows up to this many of a block's steps take one
+ *   split (a round of loads costs ~1 µs, the merge of splits ~2.4 µs);
+ *   more rows are cut into splits of at least one step;
+ * - DEC_STEPS, DEC_STEPS_GT8: row steps each warp has in flight for tiles
+ *   of up to 4 query heads and for 8; DEC_STEPS_GT4_LONG: for tiles of 4
+ *   where a split has more rows than one step (a wave of fewer, longer
+ *   blocks);
+ * - DEC_GT_SHORT: the largest tile of query heads up to DEC_SHORT_ROWS_64
+ *   rows (head dim 64) or DEC_SHORT_ROWS (larger head dims): less work a
+ *   block and more blocks where latency, not bytes, sets the time; beyond,
+ *   tiles of up to DEC_MAX_GT heads read each K/V row once per tile (4
+ *   measured faster than 8 for 8 heads a kv head, not yet the default:
+ *   the GPU suite has not run on it);
+ * - DEC_MERGE_ONE: up to this many splits merge in one round of loads (each
+ *   thread weighs its head's splits itself); DEC_MERGE_LOADS: beyond, the
+ *   maxima and sums are staged in shared memory first and each output has
+ *   this many splits' loads in flight. */
 #ifndef DEC_BLOCKS_PER_SM
 #define DEC_BLOCKS_PER_SM 4
 #endif
-#ifndef DEC_MIN_ROWS
-#define DEC_MIN_ROWS 32
+#ifndef DEC_ONE_SPLIT_STEPS
+#define DEC_ONE_SPLIT_STEPS 3
 #endif
 #ifndef DEC_STEPS
 #define DEC_STEPS 4
@@ -72,10 +86,22 @@
 #define DEC_STEPS_GT8 2
 #endif
 #ifndef DEC_STEPS_GT4_LONG
-#define DEC_STEPS_GT4_LONG DEC_STEPS
+#define DEC_STEPS_GT4_LONG 8
+#endif
+#ifndef DEC_GT_SHORT
+#define DEC_GT_SHORT 2
+#endif
+#ifndef DEC_SHORT_ROWS_64
+#define DEC_SHORT_ROWS_64 2048
+#endif
+#ifndef DEC_SHORT_ROWS
+#define DEC_SHORT_ROWS 1024
+#endif
+#ifndef DEC_MERGE_ONE
+#define DEC_MERGE_ONE 16
 #endif
 #ifndef DEC_MERGE_LOADS
-#define DEC_MERGE_LOADS 0
+#define DEC_MERGE_LOADS 4
 #endif
 
 /* -------------------------------------------------------------- kv store */
@@ -223,37 +249,46 @@ static __device__ __forceinline__ void dec_rows(const T *kb, const T *vb, size_t
     }
 }
 
-/* grid (max_splits, Hkv * tiles of GT query heads, n). Lane li of row group
- * grp owns 16-byte vectors j * LPR + li of its rows (LPR lanes per row, RPW
+/* A block's shared memory for tiles of up to GT query heads (a kernel
+ * holding two tile sizes keeps the larger one's and lays the smaller one's
+ * over it). */
+template <int HD, int GT> struct dec_smem {
+    float acc[DEC_WARPS][GT][HD];
+    float m[DEC_WARPS][GT], l[DEC_WARPS][GT];
+    float w[GT][DEC_MAX_SPLITS];
+    float L[GT];
+    bool last;
+};
+
+/* One block's work: split `split` of the rows lo..rows-1 of token t for
+ * query heads g0 .. g0 + GT - 1 of kv head kvh. Lane li of row group grp
+ * owns 16-byte vectors j * LPR + li of its rows (LPR lanes per row, RPW
  * rows per warp step, U steps in flight). part holds, per (t, h, split), HD
- * accumulators then max and sum. */
+ * accumulators then max and sum (max_splits of them a head); ticket
+ * counts this tile's finished splits. */
 template <typename T, int HD, int GT>
-__global__ void __launch_bounds__(ATT_THREADS)
-    attn_decode_kernel(const float *__restrict__ q, const T *__restrict__ kc, const T *__restrict__ vc,
-                       const int32_t *__restrict__ pos, const int32_t *__restrict__ slots, float *__restrict__ out,
-                       float *__restrict__ part, unsigned *__restrict__ tickets, int H, int Hkv, int n_ctx, int n_pos,
-                       int max_splits, float scale, int window, float cap)
+static __device__ __forceinline__ void dec_tile(dec_smem<HD, GT> &S, const float *__restrict__ q,
+                                                const T *__restrict__ kc, const T *__restrict__ vc,
+                                                const int32_t *__restrict__ slots, float *__restrict__ out,
+                                                float *__restrict__ part, unsigned *ticket, int H, int Hkv,
+                                                int n_ctx, int max_splits, int splits, float scale, float cap,
+                                                int t, int split, int kvh, int g0, int lo, int rows)
 {
     constexpr int LPR = dec_geom<T, HD>::LPR, VPL = dec_geom<T, HD>::VPL, EPV = dec_geom<T, HD>::EPV;
     constexpr int EPL = dec_geom<T, HD>::EPL, RPW = dec_geom<T, HD>::RPW;
     constexpr int U = GT >= 8 ? DEC_STEPS_GT8 : DEC_STEPS;
-    __shared__ float s_acc[DEC_WARPS][GT][HD];
-    __shared__ float s_m[DEC_WARPS][GT], s_l[DEC_WARPS][GT];
-    __shared__ float s_w[GT][DEC_MAX_SPLITS];
-    __shared__ float s_L[GT];
-    __shared__ bool s_last;
-
-    cu_pdl_enter(); /* q and the rows just stored come from earlier kernels */
+    constexpr int STEP_ROWS = DEC_WARPS * RPW * U;
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const int grp = lane / LPR, li = lane % LPR;
-    const int t = blockIdx.z, split = blockIdx.x;
-    const int G = H / Hkv, n_gt = (G + GT - 1) / GT;
-    const int kvh = blockIdx.y / n_gt, g0 = (blockIdx.y % n_gt) * GT;
-    /* this token's positions lo..p (lo = 0 without a window), cut into at
-     * most max_splits chunks; position j is cache row cu_cache_row(j) */
-    const int rows = clamp_pos(pos[t], n_pos) + 1, lo = window > 0 ? max(rows - window, 0) : 0;
-    const int chunk = max((rows - lo + max_splits - 1) / max_splits, DEC_MIN_ROWS);
-    const int used = (rows - lo + chunk - 1) / chunk;
+    const int G = H / Hkv;
+    /* this token's positions lo..rows-1: one split up to DEC_ONE_SPLIT_STEPS
+     * steps, else at most `splits` chunks of at least a step; position j
+     * is cache row cu_cache_row(j) */
+    const int n_rows = rows - lo;
+    const int chunk = n_rows <= DEC_ONE_SPLIT_STEPS * STEP_ROWS
+                          ? n_rows
+                          : max((n_rows + splits - 1) / splits, STEP_ROWS);
+    const int used = (n_rows + chunk - 1) / chunk;
     if (split >= used)
         return;
     const int r_begin = lo + split * chunk, r_end = min(rows, r_begin + chunk);
@@ -313,10 +348,10 @@ __global__ void __launch_bounds__(ATT_THREADS)
             for (int j = 0; j < VPL; j++)
 #pragma unroll
                 for (int e = 0; e < EPV; e++)
-                    s_acc[warp][g][(j * LPR + li) * EPV + e] = acc[g][j * EPV + e];
+                    S.acc[warp][g][(j * LPR + li) * EPV + e] = acc[g][j * EPV + e];
             if (li == 0) {
-                s_m[warp][g] = m[g];
-                s_l[warp][g] = l[g];
+                S.m[warp][g] = m[g];
+                S.l[warp][g] = l[g];
             }
         }
     }
@@ -327,14 +362,14 @@ __global__ void __launch_bounds__(ATT_THREADS)
         const int g = i / HD, e = i % HD;
         if (g0 + g >= G)
             continue;
-        float M = s_m[0][g];
+        float M = S.m[0][g];
         for (int w = 1; w < DEC_WARPS; w++)
-            M = fmaxf(M, s_m[w][g]);
+            M = fmaxf(M, S.m[w][g]);
         float L = 0.0f, A = 0.0f;
         for (int w = 0; w < DEC_WARPS; w++) {
-            const float c = s_m[w][g] == -INFINITY ? 0.0f : expf(s_m[w][g] - M);
-            L += s_l[w][g] * c;
-            A += s_acc[w][g][e] * c;
+            const float c = S.m[w][g] == -INFINITY ? 0.0f : expf(S.m[w][g] - M);
+            L += S.l[w][g] * c;
+            A += S.acc[w][g][e] * c;
         }
         const int h = kvh * G + g0 + g;
         if (used == 1) {
@@ -354,19 +389,60 @@ __global__ void __launch_bounds__(ATT_THREADS)
     /* the last block of this (token, head tile) to finish merges the splits */
     __threadfence();
     __syncthreads();
-    unsigned *ticket = tickets + (size_t)t * gridDim.y + blockIdx.y;
     if (tid == 0)
-        s_last = atomicAdd(ticket, 1u) == (unsigned)used - 1;
+        S.last = atomicAdd(ticket, 1u) == (unsigned)used - 1;
     __syncthreads();
-    if (!s_last)
+    if (!S.last)
         return;
     __threadfence();
     const float *ph = part + ((size_t)t * H + kvh * G + g0) * max_splits * DEC_PART(HD);
-#if DEC_MERGE_LOADS > 0
+    if (used <= DEC_MERGE_ONE) {
+        /* few splits: a thread loads, in one round, its head's maximum and
+         * sum and its four outputs' accumulators of every split, and weighs
+         * them itself (every thread of a head the same loads in the same
+         * order: the same weights) */
+        for (int i = tid; i < GT * HD / 4; i += ATT_THREADS) {
+            const int g = 4 * i / HD, e = (4 * i) % HD;
+            if (g0 + g >= G)
+                break; /* i grows with g */
+            const float *pg = ph + (size_t)g * max_splits * DEC_PART(HD);
+            float2 ml[DEC_MERGE_ONE];
+            float4 a[DEC_MERGE_ONE];
+#pragma unroll
+            for (int sp = 0; sp < DEC_MERGE_ONE; sp++)
+                if (sp < used) {
+                    ml[sp] = __ldcg(reinterpret_cast<const float2 *>(pg + (size_t)sp * DEC_PART(HD) + HD));
+                    a[sp] = __ldcg(reinterpret_cast<const float4 *>(pg + (size_t)sp * DEC_PART(HD) + e));
+                }
+            float M = ml[0].x;
+#pragma unroll
+            for (int sp = 1; sp < DEC_MERGE_ONE; sp++)
+                if (sp < used)
+                    M = fmaxf(M, ml[sp].x);
+            float L = 0.0f;
+            float4 A = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+#pragma unroll
+            for (int sp = 0; sp < DEC_MERGE_ONE; sp++)
+                if (sp < used) {
+                    const float w = expf(ml[sp].x - M);
+                    L += ml[sp].y * w;
+                    A.x += a[sp].x * w;
+                    A.y += a[sp].y * w;
+                    A.z += a[sp].z * w;
+                    A.w += a[sp].w * w;
+                }
+            *reinterpret_cast<float4 *>(out + (size_t)t * H * HD + (size_t)(kvh * G + g0 + g) * HD + e) =
+                make_float4(A.x / L, A.y / L, A.z / L, A.w / L);
+        }
+        if (tid == 0)
+            *ticket = 0; /* ready for the next launch */
+        return;
+    }
     /* every split's max and sum for the tile's heads, the loads in one
-     * round (two past 128 splits), into shared memory: the maxima into s_w, the sums over
-     * s_acc (free now: its reads were before the barriers above) */
-    float *s_ls = &s_acc[0][0][0]; /* [GT][DEC_MAX_SPLITS]: 4 x GT x HD >= GT x 256 floats */
+     * round (two past 128 splits), into shared memory: the maxima into S.w,
+     * the sums over S.acc (free now: its reads were before the barriers
+     * above) */
+    float *s_ls = &S.acc[0][0][0]; /* [GT][DEC_MAX_SPLITS]: 4 x GT x HD >= GT x 256 floats */
     const int items = GT * used; /* (head g, split sp), g major */
     for (int i0 = tid; i0 < items; i0 += GT * ATT_THREADS) { /* one round up to 128 splits */
         float2 ml[GT];
@@ -381,7 +457,7 @@ __global__ void __launch_bounds__(ATT_THREADS)
         for (int u = 0; u < GT; u++) {
             const int i = i0 + u * ATT_THREADS, g = i / used, sp = i - g * used;
             if (i < items) {
-                s_w[g][sp] = ml[u].x;
+                S.w[g][sp] = ml[u].x;
                 s_ls[g * DEC_MAX_SPLITS + sp] = ml[u].y;
             }
         }
@@ -392,86 +468,62 @@ __global__ void __launch_bounds__(ATT_THREADS)
             continue;
         float M = -INFINITY;
         for (int sp = lane; sp < used; sp += 32)
-            M = fmaxf(M, s_w[g][sp]);
+            M = fmaxf(M, S.w[g][sp]);
         M = cu_warp_max(M);
         float L = 0.0f;
         for (int sp = lane; sp < used; sp += 32) {
-            const float w = expf(s_w[g][sp] - M);
-            s_w[g][sp] = w;
+            const float w = expf(S.w[g][sp] - M);
+            S.w[g][sp] = w;
             L += s_ls[g * DEC_MAX_SPLITS + sp] * w;
         }
         L = cu_warp_sum(L);
         if (lane == 0)
-            s_L[g] = L;
+            S.L[g] = L;
     }
     __syncthreads();
-#else
-    for (int g = warp; g < GT; g += DEC_WARPS) {
-        if (g0 + g >= G)
-            continue;
-        const float *pp = ph + (size_t)g * max_splits * DEC_PART(HD);
-        float M = -INFINITY;
-        for (int sp = lane; sp < used; sp += 32)
-            M = fmaxf(M, __ldcg(pp + (size_t)sp * DEC_PART(HD) + HD));
-        M = cu_warp_max(M);
-        float L = 0.0f;
-        for (int sp = lane; sp < used; sp += 32) {
-            const float w = expf(__ldcg(pp + (size_t)sp * DEC_PART(HD) + HD) - M);
-            s_w[g][sp] = w;
-            L += __ldcg(pp + (size_t)sp * DEC_PART(HD) + HD + 1) * w;
-        }
-        L = cu_warp_sum(L);
-        if (lane == 0)
-            s_L[g] = L;
-    }
-    __syncthreads();
-#endif
     /* the outputs, four at a time (float4 of one head): each thread MO of
      * them, ML splits' loads in flight for each (one load round per ML
-     * splits, not one per split); with DEC_MERGE_LOADS, where the tile has
-     * fewer outputs than a block's threads and there are at least 2 x TPO
-     * splits, tpo = TPO threads (neighbouring lanes) one, each every tpo-th
-     * split (fewer splits: one thread, as the shuffles would cost more than
-     * they save). A thread sums its splits in order, the tpo threads by
+     * splits, not one per split); where the tile has fewer outputs than the
+     * block has threads, TPO neighbouring lanes share one, each every
+     * TPO-th split. A thread sums its splits in order, the TPO lanes by
      * shuffle tree: a fixed order for a given number of splits. */
     constexpr int NV4 = GT * HD / 4;
     constexpr int TPO = NV4 >= ATT_THREADS ? 1 : ATT_THREADS / NV4;
     constexpr int MO = NV4 / ATT_THREADS < 1 ? 1 : NV4 / ATT_THREADS;
-    constexpr int LOADS = DEC_MERGE_LOADS > 0 ? DEC_MERGE_LOADS : 8;
-    constexpr int ML = LOADS / MO < 2 ? 2 : LOADS / MO;
-    const int tpo = DEC_MERGE_LOADS > 0 && used >= 2 * TPO ? TPO : 1, sub = tid % tpo;
+    constexpr int ML = DEC_MERGE_LOADS / MO < 2 ? 2 : DEC_MERGE_LOADS / MO;
+    const int sub = tid % TPO;
     float4 A[MO];
     const float *pk[MO];
     int gk[MO];
 #pragma unroll
     for (int k = 0; k < MO; k++) {
         A[k] = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-        const int i = min(tid / tpo + k * (ATT_THREADS / tpo), NV4 - 1);
+        const int i = min(tid / TPO + k * (ATT_THREADS / TPO), NV4 - 1);
         gk[k] = min(4 * i / HD, G - 1 - g0); /* past the group: a valid head, unused */
         pk[k] = ph + (size_t)gk[k] * max_splits * DEC_PART(HD) + (4 * i) % HD;
     }
-    for (int sp0 = sub; sp0 < used; sp0 += ML * tpo) {
+    for (int sp0 = sub; sp0 < used; sp0 += ML * TPO) {
         float4 a[MO][ML];
 #pragma unroll
         for (int k = 0; k < MO; k++)
 #pragma unroll
             for (int u = 0; u < ML; u++)
-                a[k][u] = sp0 + u * tpo < used ? __ldcg(reinterpret_cast<const float4 *>(
-                                                     pk[k] + (size_t)(sp0 + u * tpo) * DEC_PART(HD)))
+                a[k][u] = sp0 + u * TPO < used ? __ldcg(reinterpret_cast<const float4 *>(
+                                                     pk[k] + (size_t)(sp0 + u * TPO) * DEC_PART(HD)))
                                                : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
 #pragma unroll
         for (int k = 0; k < MO; k++)
 #pragma unroll
             for (int u = 0; u < ML; u++)
-                if (sp0 + u * tpo < used) {
-                    const float w = s_w[gk[k]][sp0 + u * tpo];
+                if (sp0 + u * TPO < used) {
+                    const float w = S.w[gk[k]][sp0 + u * TPO];
                     A[k].x += a[k][u].x * w;
                     A[k].y += a[k][u].y * w;
                     A[k].z += a[k][u].z * w;
                     A[k].w += a[k][u].w * w;
                 }
     }
-    for (int o = tpo / 2; o >= 1; o >>= 1) {
+    for (int o = TPO / 2; o >= 1; o >>= 1) {
         A[0].x += __shfl_xor_sync(0xffffffffu, A[0].x, o);
         A[0].y += __shfl_xor_sync(0xffffffffu, A[0].y, o);
         A[0].z += __shfl_xor_sync(0xffffffffu, A[0].z, o);
@@ -479,15 +531,43 @@ __global__ void __launch_bounds__(ATT_THREADS)
     }
 #pragma unroll
     for (int k = 0; k < MO; k++) {
-        const int i = tid / tpo + k * (ATT_THREADS / tpo), g = 4 * i / HD, e = (4 * i) % HD;
+        const int i = tid / TPO + k * (ATT_THREADS / TPO), g = 4 * i / HD, e = (4 * i) % HD;
         if (sub == 0 && i < NV4 && g0 + g < G) {
-            const float L = s_L[g];
+            const float L = S.L[g];
             float4 r = make_float4(A[k].x / L, A[k].y / L, A[k].z / L, A[k].w / L);
             *reinterpret_cast<float4 *>(out + (size_t)t * H * HD + (size_t)(kvh * G + g0 + g) * HD + e) = r;
         }
     }
     if (tid == 0)
         *ticket = 0; /* ready for the next launch */
+}
+
+/* grid (max_splits, Hkv * tiles of GTS query heads, n). Rows beyond
+ * DEC_SHORT_ROWS(_64) take tiles of GT heads (each K/V row read by fewer
+ * blocks), fewer take tiles of GTS (GTS < GT: less work a block, more
+ * blocks); with two sizes, the blocks past the large tiles return. */
+template <typename T, int HD, int GT, int GTS>
+__global__ void __launch_bounds__(ATT_THREADS)
+    attn_decode_kernel(const float *__restrict__ q, const T *__restrict__ kc, const T *__restrict__ vc,
+                       const int32_t *__restrict__ pos, const int32_t *__restrict__ slots, float *__restrict__ out,
+                       float *__restrict__ part, unsigned *__restrict__ tickets, int H, int Hkv, int n_ctx, int n_pos,
+                       int max_splits, float scale, int window, float cap)
+{
+    __shared__ __align__(16) unsigned char raw[sizeof(dec_smem<HD, GT>)];
+    cu_pdl_enter(); /* q and the rows just stored come from earlier kernels */
+    const int t = blockIdx.z, G = H / Hkv, n_gs = (G + GTS - 1) / GTS;
+    const int kvh = blockIdx.y / n_gs, j = blockIdx.y % n_gs;
+    const int rows = clamp_pos(pos[t], n_pos) + 1, lo = window > 0 ? max(rows - window, 0) : 0;
+    unsigned *ticket = tickets + (size_t)t * gridDim.y + blockIdx.y;
+    if (GTS < GT && rows - lo <= (HD <= 64 ? DEC_SHORT_ROWS_64 : DEC_SHORT_ROWS)) {
+        /* max_splits is one wave of the large tiles: as many blocks in all */
+        const int splits = max(1, max_splits * ((G + GT - 1) / GT) / n_gs);
+        dec_tile<T, HD, GTS>(*reinterpret_cast<dec_smem<HD, GTS> *>(raw), q, kc, vc, slots, out, part, ticket, H,
+                             Hkv, n_ctx, max_splits, splits, scale, cap, t, blockIdx.x, kvh, j * GTS, lo, rows);
+    } else if (j * GT < G) {
+        dec_tile<T, HD, GT>(*reinterpret_cast<dec_smem<HD, GT> *>(raw), q, kc, vc, slots, out, part, ticket, H, Hkv,
+                            n_ctx, max_splits, max_splits, scale, cap, t, blockIdx.x, kvh, j * GT, lo, rows);
+    }
 }
 
 /* -------------------------------------------------------- tiled prefill */
@@ -671,6 +751,7 @@ typedef struct attn_shape {
     bool mixed;            /* (1.5) tokens of several slots */
     bool decode;           /* attn_decode_kernel takes it */
     int gt;                /* query heads per block there */
+    int gts;               /* and below DEC_SHORT_ROWS rows */
     int max_splits;
 } attn_shape;
 
@@ -682,10 +763,14 @@ static int pow2_at_least(int g)
     return p;
 }
 
+/* the short tile of an instance with tiles of GT heads */
+static constexpr int dec_gts(int gt) { return gt < DEC_GT_SHORT ? gt : DEC_GT_SHORT; }
+
 template <typename T, int HD, int GT> static int dec_occupancy(void)
 {
     int n = 0;
-    if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, attn_decode_kernel<T, HD, GT>, ATT_THREADS, 0) !=
+    if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, attn_decode_kernel<T, HD, GT, dec_gts(GT)>, ATT_THREADS,
+                                                      0) !=
         cudaSuccess) {
         (void)cudaGetLastError();
         return 1;
@@ -736,7 +821,9 @@ static attn_shape plan(const cu_ctx *c, const gk_node *nd)
     a.n_ctx = cu_slot_rows(nd);
     a.mixed = nd->f[3] < 0.0f;
     a.gt = pow2_at_least(a.H / a.Hkv);
-    int tiles_y = a.Hkv * (int)cu_div_up(a.H / a.Hkv, a.gt);
+    a.gts = dec_gts(a.gt);
+    const int tiles_long = a.Hkv * (int)cu_div_up(a.H / a.Hkv, a.gt);
+    const int tiles_y = a.Hkv * (int)cu_div_up(a.H / a.Hkv, a.gts);
     /* tokens of several slots (one each, gk_seq_decode) take the decode
      * kernel at any count; it finds each token's slot */
     a.decode = (a.n <= DEC_MAX_TOKENS || a.mixed) && (a.hd == 64 || a.hd == 128 || a.hd == 256) &&
@@ -746,7 +833,7 @@ static attn_shape plan(const cu_ctx *c, const gk_node *nd)
      * once the cache has that many rows; each block finds its rows from the
      * position */
     const int per_sm = a.decode ? dec_blocks_per_sm(nd->src[4]->dtype, a.hd, a.gt) : 1;
-    int want = (int)cu_div_up((int64_t)per_sm * c->n_sm, (int64_t)tiles_y * a.n);
+    int want = (int)cu_div_up((int64_t)per_sm * c->n_sm, (int64_t)tiles_long * a.n);
     a.max_splits = want < 1 ? 1 : want > DEC_MAX_SPLITS ? DEC_MAX_SPLITS : want > a.n_ctx ? a.n_ctx : want;
     return a;
 }
@@ -762,8 +849,8 @@ size_t cu_attn_scratch(const cu_ctx *c, const gk_node *nd)
 template <typename T, int HD, int GT>
 static cudaError_t decode_launch(cu_ctx *c, const attn_shape &a, const gk_node *nd)
 {
-    dim3 grid(a.max_splits, a.Hkv * cu_div_up(a.H / a.Hkv, GT), a.n);
-    return cu_launch(c, attn_decode_kernel<T, HD, GT>, grid, dim3(ATT_THREADS), 0, (const float *)nd->src[0]->data,
+    dim3 grid(a.max_splits, a.Hkv * cu_div_up(a.H / a.Hkv, dec_gts(GT)), a.n);
+    return cu_launch(c, attn_decode_kernel<T, HD, GT, dec_gts(GT)>, grid, dim3(ATT_THREADS), 0, (const float *)nd->src[0]->data,
                      (const T *)nd->src[4]->data, (const T *)nd->src[5]->data, (const int32_t *)nd->src[3]->data,
                      cu_slots(nd), (float *)nd->dst->data, a.max_splits > 1 ? (float *)c->scratch : nullptr, c->tickets, a.H,
                      a.Hkv, a.n_ctx, cu_cache_positions(nd), a.max_splits, nd->f[0], nd->i[3], nd->f[1]);

@@ -7,9 +7,10 @@
  *   nvcc -O3 -std=c++17 -gencode=arch=compute_90,code=sm_90 -Iinclude -Ibackends/cuda \
  *        tests/gpu/attn_decode_harness.cu backends/cuda/attention.cu backends/cuda/attn_flash.cu \
  *        -o /tmp/dec && /tmp/dec
- * Variants of the kernel's tuning build with -DDEC_BLOCKS_PER_SM=N,
- * -DDEC_MIN_ROWS=N, -DDEC_STEPS=N, -DDEC_STEPS_GT4_LONG=N, -DDEC_STEPS_GT8=N and
- * -DDEC_MERGE_LOADS=N (attention.cu's defaults otherwise); build several
+ * Variants of the kernel's tuning build with -D of attention.cu's DEC_
+ * tuning macros (DEC_BLOCKS_PER_SM, DEC_ONE_SPLIT_STEPS, DEC_STEPS,
+ * DEC_STEPS_GT8, DEC_STEPS_GT4_LONG, DEC_GT_SHORT, DEC_SHORT_ROWS_64,
+ * DEC_SHORT_ROWS, DEC_MERGE_ONE, DEC_MERGE_LOADS, DEC_MAX_GT); build several
  * and run them in one device call.
  *
  * For each shape (GPT-2, TinyLlama, Qwen3-0.6B, Llama-3.2-1B, Qwen3-8B heads)
@@ -17,7 +18,10 @@
  * given as arguments): as many layers
  * as it takes for their caches to be several times the L2 (each layer its own
  * cache, as in a model), one launch per layer captured in a CUDA graph, the
- * median of 15 replays; printed: µs per layer and the cache bytes the token
+ * median of 15 replays (with -hbm as the first argument: as many layers as
+ * keep the rows read at the first position, up to 32 GB of caches, out of
+ * the L2, as a model's weights do between two layers); printed: µs per
+ * layer and the cache bytes the token
  * reads (rows 0..pos of K and V) over that time. The check compares one
  * layer's output with a float64 attention over the same stored values
  * (|err| < 1e-4, values in [-1, 1)). Exit status 1 when a check fails.
@@ -58,36 +62,61 @@ static uint16_t half_bits(gk_dtype dt, float v, float *back)
 #define STR2(x) #x
 #define STR(x) STR2(x)
 #ifdef DEC_BLOCKS_PER_SM
-#define T1 " DEC_BLOCKS_PER_SM=" STR(DEC_BLOCKS_PER_SM)
+#define T0 " DEC_BLOCKS_PER_SM=" STR(DEC_BLOCKS_PER_SM)
+#else
+#define T0 ""
+#endif
+#ifdef DEC_ONE_SPLIT_STEPS
+#define T1 " DEC_ONE_SPLIT_STEPS=" STR(DEC_ONE_SPLIT_STEPS)
 #else
 #define T1 ""
 #endif
-#ifdef DEC_MIN_ROWS
-#define T2 " DEC_MIN_ROWS=" STR(DEC_MIN_ROWS)
+#ifdef DEC_STEPS
+#define T2 " DEC_STEPS=" STR(DEC_STEPS)
 #else
 #define T2 ""
 #endif
-#ifdef DEC_STEPS
-#define T3 " DEC_STEPS=" STR(DEC_STEPS)
+#ifdef DEC_STEPS_GT8
+#define T3 " DEC_STEPS_GT8=" STR(DEC_STEPS_GT8)
 #else
 #define T3 ""
 #endif
-#ifdef DEC_STEPS_GT8
-#define T4 " DEC_STEPS_GT8=" STR(DEC_STEPS_GT8)
+#ifdef DEC_STEPS_GT4_LONG
+#define T4 " DEC_STEPS_GT4_LONG=" STR(DEC_STEPS_GT4_LONG)
 #else
 #define T4 ""
 #endif
-#ifdef DEC_STEPS_GT4_LONG
-#define T6 " DEC_STEPS_GT4_LONG=" STR(DEC_STEPS_GT4_LONG)
-#else
-#define T6 ""
-#endif
-#ifdef DEC_MERGE_LOADS
-#define T5 " DEC_MERGE_LOADS=" STR(DEC_MERGE_LOADS)
+#ifdef DEC_GT_SHORT
+#define T5 " DEC_GT_SHORT=" STR(DEC_GT_SHORT)
 #else
 #define T5 ""
 #endif
-#define TUNING "defaults" T1 T2 T3 T4 T5 T6
+#ifdef DEC_SHORT_ROWS_64
+#define T6 " DEC_SHORT_ROWS_64=" STR(DEC_SHORT_ROWS_64)
+#else
+#define T6 ""
+#endif
+#ifdef DEC_SHORT_ROWS
+#define T7 " DEC_SHORT_ROWS=" STR(DEC_SHORT_ROWS)
+#else
+#define T7 ""
+#endif
+#ifdef DEC_MERGE_ONE
+#define T8 " DEC_MERGE_ONE=" STR(DEC_MERGE_ONE)
+#else
+#define T8 ""
+#endif
+#ifdef DEC_MERGE_LOADS
+#define T9 " DEC_MERGE_LOADS=" STR(DEC_MERGE_LOADS)
+#else
+#define T9 ""
+#endif
+#ifdef DEC_MAX_GT
+#define T10 " DEC_MAX_GT=" STR(DEC_MAX_GT)
+#else
+#define T10 ""
+#endif
+#define TUNING "defaults" T0 T1 T2 T3 T4 T5 T6 T7 T8 T9 T10
 
 /* ---------------------------------------------------------------- cases */
 
@@ -162,9 +191,13 @@ int main(int argc, char **argv)
     /* positions: the arguments (each below n_ctx), or 31, 511 and 3999 */
     const int n_ctx = 4096;
     std::vector<int> positions = {31, 511, 3999};
-    if (argc > 1) {
+    /* -hbm first: as many layers as keep the rows read at the first
+     * position out of the L2 (in a model, the weights between two layers'
+     * attention evict the cache rows) */
+    const bool from_hbm = argc > 1 && strcmp(argv[1], "-hbm") == 0;
+    if (argc > 1 + from_hbm) {
         positions.clear();
-        for (int i = 1; i < argc; i++) {
+        for (int i = 1 + from_hbm; i < argc; i++) {
             const int p = atoi(argv[i]);
             if (p < 0 || p >= n_ctx) {
                 fprintf(stderr, "position %s: not in [0, %d)\n", argv[i], n_ctx);
@@ -181,6 +214,11 @@ int main(int argc, char **argv)
             const size_t cache_bytes = (size_t)n_ctx * kvw * 2;
             /* enough layers that the rows read at pos 3999 are 4x the L2 */
             int L = (int)std::max<size_t>(2, (size_t)4 * prop.l2CacheSize / (2 * (size_t)4000 * kvw * 2) + 1);
+            if (from_hbm) { /* the rows at the first position 4x the L2, at most 32 GB of caches */
+                const size_t want = (size_t)4 * prop.l2CacheSize / (2 * (size_t)(positions[0] + 1) * kvw * 2) + 1;
+                const size_t most = ((size_t)32 << 30) / (2 * cache_bytes);
+                L = (int)std::max<size_t>(L, std::min(want, most));
+            }
             std::vector<layer> ls(L);
             std::vector<uint16_t> kb((size_t)n_ctx * kvw), vb(kb.size());
             std::vector<float> kf(kb.size()), vf(kb.size()), qf((size_t)sh.H * sh.hd);
@@ -197,9 +235,15 @@ int main(int argc, char **argv)
                 CK(cudaMalloc(&l.vc, cache_bytes));
                 CK(cudaMalloc((void **)&l.q, qf.size() * 4));
                 CK(cudaMalloc((void **)&l.out, qf.size() * 4));
-                CK(cudaMemcpy(l.kc, kb.data(), cache_bytes, cudaMemcpyHostToDevice));
-                CK(cudaMemcpy(l.vc, vb.data(), cache_bytes, cudaMemcpyHostToDevice));
-                CK(cudaMemcpy(l.q, qf.data(), qf.size() * 4, cudaMemcpyHostToDevice));
+                if (&l == &ls[0]) {
+                    CK(cudaMemcpy(l.kc, kb.data(), cache_bytes, cudaMemcpyHostToDevice));
+                    CK(cudaMemcpy(l.vc, vb.data(), cache_bytes, cudaMemcpyHostToDevice));
+                    CK(cudaMemcpy(l.q, qf.data(), qf.size() * 4, cudaMemcpyHostToDevice));
+                } else {
+                    CK(cudaMemcpy(l.kc, ls[0].kc, cache_bytes, cudaMemcpyDeviceToDevice));
+                    CK(cudaMemcpy(l.vc, ls[0].vc, cache_bytes, cudaMemcpyDeviceToDevice));
+                    CK(cudaMemcpy(l.q, ls[0].q, qf.size() * 4, cudaMemcpyDeviceToDevice));
+                }
                 auto t = [](gk_dtype d, int64_t r, int64_t cols, void *p) {
                     gk_tensor x = {};
                     x.dtype = d;

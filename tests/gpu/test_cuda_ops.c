@@ -989,6 +989,29 @@ Test(cuda_ops, attn_decode_over_a_long_filled_cache_matches_cpu_ref)
     }
 }
 
+Test(cuda_ops, attn_decode_at_its_split_and_tile_thresholds_matches_cpu_ref)
+{
+    start();
+    /* one token at the lengths where the decode kernel changes its plan
+     * (backends/cuda/attention.cu): one split up to three block steps (32
+     * rows a step at head dim 128, 64 at 64 for tiles of up to 4 heads, 32
+     * for 8), up to 16 splits merged in one round, small tiles of query heads
+     * up to 1024 rows (head dim 128) or 2048 (64), the largest tiles past
+     * them; each length and its neighbours */
+    const int32_t at[] = {95, 96, 97, 191, 192, 193, 511, 512, 1023, 1024, 1025, 2047, 2048, 2049};
+    const int heads[4][3] = {{32, 8, 128}, {32, 4, 64}, {12, 4, 128} /* 3 a kv head: padded tiles */, {8, 2, 256}};
+    for (int w = 0; w < 3; w++)
+        for (int f = 0; f < 4; f++) {
+            attn_fix a = attn_fix_new(heads[f][0], heads[f][1], heads[f][2], 2560, true, wtypes[w]);
+            for (size_t i = 0; i < sizeof at / sizeof at[0]; i++) {
+                char what[48];
+                snprintf(what, sizeof what, "H %d Hkv %d hd %d pos %d", heads[f][0], heads[f][1], heads[f][2],
+                         at[i]);
+                attn_step(&a, 1, &at[i], what);
+            }
+        }
+}
+
 Test(cuda_ops, attn_at_a_position_beyond_the_cache_is_reported)
 {
     start();
