@@ -45,7 +45,10 @@ typedef struct cu_ctx {
     struct cu_mk *mk;         /* the persistent decode kernel's state (mk.cu) */
     char path[224];           /* how the last graph ran (path_note) */
 } cu_ctx;
-#define CU_TICKETS 4096
+/* Decode attention takes n tokens x (kv heads x tiles of 2 query heads)
+ * of them (attention.cu); 16384 keeps 1,024 tokens of several sequences
+ * (gk_seq_decode) on the decode kernel for 8 kv heads of 4 query heads. */
+#define CU_TICKETS 16384
 
 /* ------------------------------------------- programmatic dependent launch */
 

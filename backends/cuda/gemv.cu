@@ -55,6 +55,14 @@ static __host__ __device__ constexpr int gemv_rows(int nt) { return nt <= 2 ? 2 
 #define GEMV_LOADS_FEW 8
 #endif
 static __host__ __device__ constexpr int gemv_loads(int nt) { return nt <= 2 ? GEMV_LOADS_FEW : 4; }
+/* Steps of its stream past those loads that a block asks the L2 to fetch
+ * before its PDL wait (prefetch.global.L2, one a 128-byte line), so more of
+ * its weights are on their way while the kernel before drains. A harness
+ * variant (tests/gpu/gemv_harness.cu "time chains"), off by default: not
+ * yet measured. */
+#ifndef GEMV_L2_PREFETCH
+#define GEMV_L2_PREFETCH 0
+#endif
 
 /* What the kernel needs of a cu_gemv_desc plus the work split. */
 struct gemv_args {
@@ -274,6 +282,30 @@ __global__ void __launch_bounds__(GEMV_THREADS, GEMV_BLOCKS_PER_SM) gemv_kernel(
     for (int u = 0; u < U; u++)
         if (u < total)
             GEMV_LOAD(buf[u]);
+#if GEMV_L2_PREFETCH > 0
+    {
+        /* a copy of the load cursor walks the next GEMV_L2_PREFETCH steps */
+        int pt = lt, ps = ls;
+        const uint4 *pp[R];
+#pragma unroll
+        for (int r = 0; r < R; r++)
+            pp[r] = lp[r];
+#pragma unroll 1
+        for (int p = 0; p < GEMV_L2_PREFETCH && U + p < total; p++) {
+            const int v_ = min(lane + 32 * (j + S * ps), nv - 1);
+            if ((lane & 7) == 0) /* 8 lanes of 16 bytes: one line */
+#pragma unroll
+                for (int r = 0; r < R; r++)
+                    asm volatile("prefetch.global.L2 [%0];" ::"l"(pp[r] + v_));
+            if (++ps == ns) {
+                ps = 0;
+                pt += gridDim.x;
+                if (pt < a.tiles)
+                    gemv_row_ptrs<T, R>(a, pt, rw, pp);
+            }
+        }
+    }
+#endif
 
     /* everything above touched only weights; from here on x, res and the
      * outputs, which kernels before this one write or read */
