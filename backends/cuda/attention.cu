@@ -40,6 +40,8 @@
  */
 #include "cuda_common.cuh"
 
+#include <cooperative_groups.h>
+
 #include <limits.h>
 #include <math.h>
 
@@ -102,6 +104,13 @@
 #endif
 #ifndef DEC_MERGE_LOADS
 #define DEC_MERGE_LOADS 4
+#endif
+/* DEC_CLUSTER N > 1 (a harness variant, off: not yet measured): the splits
+ * are launched as clusters of N blocks, and up to N splits (head dims up to
+ * 128) merge through the cluster's shared memory instead of the ticket and
+ * global memory. */
+#ifndef DEC_CLUSTER
+#define DEC_CLUSTER 0
 #endif
 
 /* -------------------------------------------------------------- kv store */
@@ -289,8 +298,15 @@ static __device__ __forceinline__ void dec_tile(dec_smem<HD, GT> &S, const float
                           ? n_rows
                           : max((n_rows + splits - 1) / splits, STEP_ROWS);
     const int used = (n_rows + chunk - 1) / chunk;
-    if (split >= used)
+    if (split >= used) {
+#if DEC_CLUSTER > 1
+        if (HD <= 128 && used > 1 && used <= DEC_CLUSTER && split < DEC_CLUSTER) { /* the merge's two barriers */
+            cooperative_groups::this_cluster().sync();
+            cooperative_groups::this_cluster().sync();
+        }
+#endif
         return;
+    }
     const int r_begin = lo + split * chunk, r_end = min(rows, r_begin + chunk);
     const size_t kvw = (size_t)Hkv * HD;
 
@@ -358,6 +374,11 @@ static __device__ __forceinline__ void dec_tile(dec_smem<HD, GT> &S, const float
     __syncthreads();
 
     /* the warps merge, in warp order; warp 0 always has rows */
+#if DEC_CLUSTER > 1
+    const bool in_cluster = HD <= 128 && used <= DEC_CLUSTER;
+#else
+    constexpr bool in_cluster = false;
+#endif
     for (int i = tid; i < GT * HD; i += ATT_THREADS) {
         const int g = i / HD, e = i % HD;
         if (g0 + g >= G)
@@ -374,6 +395,12 @@ static __device__ __forceinline__ void dec_tile(dec_smem<HD, GT> &S, const float
         const int h = kvh * G + g0 + g;
         if (used == 1) {
             out[(size_t)t * H * HD + (size_t)h * HD + e] = A / L;
+        } else if (in_cluster) { /* S.w is free until the merge: HD + 2 <= DEC_MAX_SPLITS */
+            S.w[g][e] = A;
+            if (e == 0) {
+                S.w[g][HD] = M;
+                S.w[g][HD + 1] = L;
+            }
         } else {
             float *pp = part + (((size_t)t * H + h) * max_splits + split) * DEC_PART(HD);
             pp[e] = A;
@@ -385,6 +412,36 @@ static __device__ __forceinline__ void dec_tile(dec_smem<HD, GT> &S, const float
     }
     if (used == 1)
         return;
+#if DEC_CLUSTER > 1
+    if (in_cluster) {
+        /* the splits are the blocks of one cluster (ranks 0..used-1): each
+         * left its (acc, max, sum) in its own S.w, rank 0 reads them through
+         * the cluster's shared memory and merges in split order; the second
+         * barrier keeps every block's shared memory until then */
+        cooperative_groups::cluster_group cg_cl = cooperative_groups::this_cluster();
+        cg_cl.sync();
+        if (split == 0) {
+            for (int i = tid; i < GT * HD; i += ATT_THREADS) {
+                const int g = i / HD, e = i % HD;
+                if (g0 + g >= G)
+                    break; /* i grows with g */
+                float M = -INFINITY;
+                for (int r = 0; r < used; r++)
+                    M = fmaxf(M, cg_cl.map_shared_rank(&S, r)->w[g][HD]);
+                float L = 0.0f, A = 0.0f;
+                for (int r = 0; r < used; r++) {
+                    const dec_smem<HD, GT> *R = cg_cl.map_shared_rank(&S, r);
+                    const float w = expf(R->w[g][HD] - M);
+                    L += R->w[g][HD + 1] * w;
+                    A += R->w[g][e] * w;
+                }
+                out[(size_t)t * H * HD + (size_t)(kvh * G + g0 + g) * HD + e] = A / L;
+            }
+        }
+        cg_cl.sync();
+        return;
+    }
+#endif
 
     /* the last block of this (token, head tile) to finish merges the splits */
     __threadfence();
@@ -835,6 +892,10 @@ static attn_shape plan(const cu_ctx *c, const gk_node *nd)
     const int per_sm = a.decode ? dec_blocks_per_sm(nd->src[4]->dtype, a.hd, a.gt) : 1;
     int want = (int)cu_div_up((int64_t)per_sm * c->n_sm, (int64_t)tiles_long * a.n);
     a.max_splits = want < 1 ? 1 : want > DEC_MAX_SPLITS ? DEC_MAX_SPLITS : want > a.n_ctx ? a.n_ctx : want;
+#if DEC_CLUSTER > 1
+    if (a.decode) /* whole clusters */
+        a.max_splits = (int)cu_div_up(a.max_splits, DEC_CLUSTER) * DEC_CLUSTER;
+#endif
     return a;
 }
 
@@ -850,10 +911,31 @@ template <typename T, int HD, int GT>
 static cudaError_t decode_launch(cu_ctx *c, const attn_shape &a, const gk_node *nd)
 {
     dim3 grid(a.max_splits, a.Hkv * cu_div_up(a.H / a.Hkv, dec_gts(GT)), a.n);
+#if DEC_CLUSTER > 1
+    cudaLaunchConfig_t cfg = {};
+    cfg.gridDim = grid;
+    cfg.blockDim = dim3(ATT_THREADS);
+    cfg.stream = c->stream;
+    cudaLaunchAttribute at[2];
+    at[0].id = cudaLaunchAttributeClusterDimension;
+    at[0].val.clusterDim.x = DEC_CLUSTER;
+    at[0].val.clusterDim.y = 1;
+    at[0].val.clusterDim.z = 1;
+    at[1].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    at[1].val.programmaticStreamSerializationAllowed = 1;
+    cfg.attrs = at;
+    cfg.numAttrs = c->pdl ? 2 : 1;
+    return cudaLaunchKernelEx(&cfg, attn_decode_kernel<T, HD, GT, dec_gts(GT)>, (const float *)nd->src[0]->data,
+                              (const T *)nd->src[4]->data, (const T *)nd->src[5]->data,
+                              (const int32_t *)nd->src[3]->data, cu_slots(nd), (float *)nd->dst->data,
+                              a.max_splits > 1 ? (float *)c->scratch : nullptr, c->tickets, a.H, a.Hkv, a.n_ctx,
+                              cu_cache_positions(nd), a.max_splits, nd->f[0], (int)nd->i[3], nd->f[1]);
+#else
     return cu_launch(c, attn_decode_kernel<T, HD, GT, dec_gts(GT)>, grid, dim3(ATT_THREADS), 0, (const float *)nd->src[0]->data,
                      (const T *)nd->src[4]->data, (const T *)nd->src[5]->data, (const int32_t *)nd->src[3]->data,
                      cu_slots(nd), (float *)nd->dst->data, a.max_splits > 1 ? (float *)c->scratch : nullptr, c->tickets, a.H,
                      a.Hkv, a.n_ctx, cu_cache_positions(nd), a.max_splits, nd->f[0], nd->i[3], nd->f[1]);
+#endif
 }
 
 template <typename T, int HD>
