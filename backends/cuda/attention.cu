@@ -40,8 +40,6 @@
  */
 #include "cuda_common.cuh"
 
-#include <cooperative_groups.h>
-
 #include <limits.h>
 #include <math.h>
 
@@ -50,7 +48,7 @@
 #define DEC_MAX_TOKENS 8
 #define DEC_MAX_SPLITS 256
 #ifndef DEC_MAX_GT
-#define DEC_MAX_GT 8
+#define DEC_MAX_GT 4
 #endif
 /* Floats of one split's partial result: HD accumulators, max, sum, padding
  * to 16 bytes (the merge reads the accumulators as float4). */
@@ -68,9 +66,9 @@
  * - DEC_GT_SHORT: the largest tile of query heads up to DEC_SHORT_ROWS_64
  *   rows (head dim 64) or DEC_SHORT_ROWS (larger head dims): less work a
  *   block and more blocks where latency, not bytes, sets the time; beyond,
- *   tiles of up to DEC_MAX_GT heads read each K/V row once per tile (4
- *   measured faster than 8 for 8 heads a kv head, not yet the default:
- *   the GPU suite has not run on it);
+ *   tiles of up to DEC_MAX_GT heads (4 or 8) read each K/V row once per
+ *   tile (4 measured faster than 8 for 8 heads a kv head at every length:
+ *   session 10; the tiles of 8 are built only with -DDEC_MAX_GT=8);
  * - DEC_MERGE_ONE: up to this many splits merge in one round of loads (each
  *   thread weighs its head's splits itself); DEC_MERGE_LOADS: beyond, the
  *   maxima and sums are staged in shared memory first and each output has
@@ -104,13 +102,6 @@
 #endif
 #ifndef DEC_MERGE_LOADS
 #define DEC_MERGE_LOADS 4
-#endif
-/* DEC_CLUSTER N > 1 (a harness variant, off: not yet measured): the splits
- * are launched as clusters of N blocks, and up to N splits (head dims up to
- * 128) merge through the cluster's shared memory instead of the ticket and
- * global memory. */
-#ifndef DEC_CLUSTER
-#define DEC_CLUSTER 0
 #endif
 
 /* -------------------------------------------------------------- kv store */
@@ -299,12 +290,6 @@ static __device__ __forceinline__ void dec_tile(dec_smem<HD, GT> &S, const float
                           : max((n_rows + splits - 1) / splits, STEP_ROWS);
     const int used = (n_rows + chunk - 1) / chunk;
     if (split >= used) {
-#if DEC_CLUSTER > 1
-        if (HD <= 128 && used > 1 && used <= DEC_CLUSTER && split < DEC_CLUSTER) { /* the merge's two barriers */
-            cooperative_groups::this_cluster().sync();
-            cooperative_groups::this_cluster().sync();
-        }
-#endif
         return;
     }
     const int r_begin = lo + split * chunk, r_end = min(rows, r_begin + chunk);
@@ -374,11 +359,6 @@ static __device__ __forceinline__ void dec_tile(dec_smem<HD, GT> &S, const float
     __syncthreads();
 
     /* the warps merge, in warp order; warp 0 always has rows */
-#if DEC_CLUSTER > 1
-    const bool in_cluster = HD <= 128 && used <= DEC_CLUSTER;
-#else
-    constexpr bool in_cluster = false;
-#endif
     for (int i = tid; i < GT * HD; i += ATT_THREADS) {
         const int g = i / HD, e = i % HD;
         if (g0 + g >= G)
@@ -395,12 +375,6 @@ static __device__ __forceinline__ void dec_tile(dec_smem<HD, GT> &S, const float
         const int h = kvh * G + g0 + g;
         if (used == 1) {
             out[(size_t)t * H * HD + (size_t)h * HD + e] = A / L;
-        } else if (in_cluster) { /* S.w is free until the merge: HD + 2 <= DEC_MAX_SPLITS */
-            S.w[g][e] = A;
-            if (e == 0) {
-                S.w[g][HD] = M;
-                S.w[g][HD + 1] = L;
-            }
         } else {
             float *pp = part + (((size_t)t * H + h) * max_splits + split) * DEC_PART(HD);
             pp[e] = A;
@@ -412,36 +386,6 @@ static __device__ __forceinline__ void dec_tile(dec_smem<HD, GT> &S, const float
     }
     if (used == 1)
         return;
-#if DEC_CLUSTER > 1
-    if (in_cluster) {
-        /* the splits are the blocks of one cluster (ranks 0..used-1): each
-         * left its (acc, max, sum) in its own S.w, rank 0 reads them through
-         * the cluster's shared memory and merges in split order; the second
-         * barrier keeps every block's shared memory until then */
-        cooperative_groups::cluster_group cg_cl = cooperative_groups::this_cluster();
-        cg_cl.sync();
-        if (split == 0) {
-            for (int i = tid; i < GT * HD; i += ATT_THREADS) {
-                const int g = i / HD, e = i % HD;
-                if (g0 + g >= G)
-                    break; /* i grows with g */
-                float M = -INFINITY;
-                for (int r = 0; r < used; r++)
-                    M = fmaxf(M, cg_cl.map_shared_rank(&S, r)->w[g][HD]);
-                float L = 0.0f, A = 0.0f;
-                for (int r = 0; r < used; r++) {
-                    const dec_smem<HD, GT> *R = cg_cl.map_shared_rank(&S, r);
-                    const float w = expf(R->w[g][HD] - M);
-                    L += R->w[g][HD + 1] * w;
-                    A += R->w[g][e] * w;
-                }
-                out[(size_t)t * H * HD + (size_t)(kvh * G + g0 + g) * HD + e] = A / L;
-            }
-        }
-        cg_cl.sync();
-        return;
-    }
-#endif
 
     /* the last block of this (token, head tile) to finish merges the splits */
     __threadfence();
@@ -838,7 +782,10 @@ template <typename T, int HD, int GT> static int dec_occupancy(void)
 template <typename T, int HD> static int dec_occupancy_gt(int gt)
 {
     return gt == 1 ? dec_occupancy<T, HD, 1>() : gt == 2 ? dec_occupancy<T, HD, 2>()
-           : gt == 4 ? dec_occupancy<T, HD, 4>() : dec_occupancy<T, HD, 8>();
+#if DEC_MAX_GT >= 8
+           : gt == 8 ? dec_occupancy<T, HD, 8>()
+#endif
+                     : dec_occupancy<T, HD, 4>();
 }
 
 /* Blocks of attn_decode_kernel<cache dtype, hd, gt> one SM holds at once
@@ -892,10 +839,6 @@ static attn_shape plan(const cu_ctx *c, const gk_node *nd)
     const int per_sm = a.decode ? dec_blocks_per_sm(nd->src[4]->dtype, a.hd, a.gt) : 1;
     int want = (int)cu_div_up((int64_t)per_sm * c->n_sm, (int64_t)tiles_long * a.n);
     a.max_splits = want < 1 ? 1 : want > DEC_MAX_SPLITS ? DEC_MAX_SPLITS : want > a.n_ctx ? a.n_ctx : want;
-#if DEC_CLUSTER > 1
-    if (a.decode) /* whole clusters */
-        a.max_splits = (int)cu_div_up(a.max_splits, DEC_CLUSTER) * DEC_CLUSTER;
-#endif
     return a;
 }
 
@@ -911,31 +854,10 @@ template <typename T, int HD, int GT>
 static cudaError_t decode_launch(cu_ctx *c, const attn_shape &a, const gk_node *nd)
 {
     dim3 grid(a.max_splits, a.Hkv * cu_div_up(a.H / a.Hkv, dec_gts(GT)), a.n);
-#if DEC_CLUSTER > 1
-    cudaLaunchConfig_t cfg = {};
-    cfg.gridDim = grid;
-    cfg.blockDim = dim3(ATT_THREADS);
-    cfg.stream = c->stream;
-    cudaLaunchAttribute at[2];
-    at[0].id = cudaLaunchAttributeClusterDimension;
-    at[0].val.clusterDim.x = DEC_CLUSTER;
-    at[0].val.clusterDim.y = 1;
-    at[0].val.clusterDim.z = 1;
-    at[1].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-    at[1].val.programmaticStreamSerializationAllowed = 1;
-    cfg.attrs = at;
-    cfg.numAttrs = c->pdl ? 2 : 1;
-    return cudaLaunchKernelEx(&cfg, attn_decode_kernel<T, HD, GT, dec_gts(GT)>, (const float *)nd->src[0]->data,
-                              (const T *)nd->src[4]->data, (const T *)nd->src[5]->data,
-                              (const int32_t *)nd->src[3]->data, cu_slots(nd), (float *)nd->dst->data,
-                              a.max_splits > 1 ? (float *)c->scratch : nullptr, c->tickets, a.H, a.Hkv, a.n_ctx,
-                              cu_cache_positions(nd), a.max_splits, nd->f[0], (int)nd->i[3], nd->f[1]);
-#else
     return cu_launch(c, attn_decode_kernel<T, HD, GT, dec_gts(GT)>, grid, dim3(ATT_THREADS), 0, (const float *)nd->src[0]->data,
                      (const T *)nd->src[4]->data, (const T *)nd->src[5]->data, (const int32_t *)nd->src[3]->data,
                      cu_slots(nd), (float *)nd->dst->data, a.max_splits > 1 ? (float *)c->scratch : nullptr, c->tickets, a.H,
                      a.Hkv, a.n_ctx, cu_cache_positions(nd), a.max_splits, nd->f[0], nd->i[3], nd->f[1]);
-#endif
 }
 
 template <typename T, int HD>
@@ -944,8 +866,10 @@ static cudaError_t decode_gt(cu_ctx *c, const attn_shape &a, const gk_node *nd)
     switch (a.gt) {
     case 1: return decode_launch<T, HD, 1>(c, a, nd);
     case 2: return decode_launch<T, HD, 2>(c, a, nd);
-    case 4: return decode_launch<T, HD, 4>(c, a, nd);
-    default: return decode_launch<T, HD, 8>(c, a, nd);
+#if DEC_MAX_GT >= 8
+    case 8: return decode_launch<T, HD, 8>(c, a, nd);
+#endif
+    default: return decode_launch<T, HD, 4>(c, a, nd);
     }
 }
 

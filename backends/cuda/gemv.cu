@@ -40,6 +40,12 @@
 #ifndef GEMV_BLOCKS_PER_SM
 #define GEMV_BLOCKS_PER_SM 2
 #endif
+/* Blocks per SM the grid has (harness variant: fewer than the registers
+ * allow leaves room on each SM for the next kernel's blocks, which then
+ * issue their first weight loads while this kernel drains). */
+#ifndef GEMV_GRID_PER_SM
+#define GEMV_GRID_PER_SM GEMV_BLOCKS_PER_SM
+#endif
 #define GEMV_MAX_IN 16384
 /* Floats of h (n * in) one block keeps in shared memory: 96 KB, two blocks
  * per SM on H100/H200, one on A100 and smaller parts. */
@@ -55,14 +61,6 @@ static __host__ __device__ constexpr int gemv_rows(int nt) { return nt <= 2 ? 2 
 #define GEMV_LOADS_FEW 8
 #endif
 static __host__ __device__ constexpr int gemv_loads(int nt) { return nt <= 2 ? GEMV_LOADS_FEW : 4; }
-/* Steps of its stream past those loads that a block asks the L2 to fetch
- * before its PDL wait (prefetch.global.L2, one a 128-byte line), so more of
- * its weights are on their way while the kernel before drains. A harness
- * variant (tests/gpu/gemv_harness.cu "time chains"), off by default: not
- * yet measured. */
-#ifndef GEMV_L2_PREFETCH
-#define GEMV_L2_PREFETCH 0
-#endif
 
 /* What the kernel needs of a cu_gemv_desc plus the work split. */
 struct gemv_args {
@@ -282,30 +280,6 @@ __global__ void __launch_bounds__(GEMV_THREADS, GEMV_BLOCKS_PER_SM) gemv_kernel(
     for (int u = 0; u < U; u++)
         if (u < total)
             GEMV_LOAD(buf[u]);
-#if GEMV_L2_PREFETCH > 0
-    {
-        /* a copy of the load cursor walks the next GEMV_L2_PREFETCH steps */
-        int pt = lt, ps = ls;
-        const uint4 *pp[R];
-#pragma unroll
-        for (int r = 0; r < R; r++)
-            pp[r] = lp[r];
-#pragma unroll 1
-        for (int p = 0; p < GEMV_L2_PREFETCH && U + p < total; p++) {
-            const int v_ = min(lane + 32 * (j + S * ps), nv - 1);
-            if ((lane & 7) == 0) /* 8 lanes of 16 bytes: one line */
-#pragma unroll
-                for (int r = 0; r < R; r++)
-                    asm volatile("prefetch.global.L2 [%0];" ::"l"(pp[r] + v_));
-            if (++ps == ns) {
-                ps = 0;
-                pt += gridDim.x;
-                if (pt < a.tiles)
-                    gemv_row_ptrs<T, R>(a, pt, rw, pp);
-            }
-        }
-    }
-#endif
 
     /* everything above touched only weights; from here on x, res and the
      * outputs, which kernels before this one write or read */
@@ -490,7 +464,7 @@ gk_status cu_gemv(cu_ctx *c, const cu_gemv_desc *d, const gk_node *nd, gk_err *e
     a.nv = d->in / vec;
     /* split K across more warps of a block while that is what it takes to
      * give every block of the grid a tile, and every slice a full step */
-    const int want = GEMV_BLOCKS_PER_SM * (c->n_sm > 0 ? c->n_sm : 1);
+    const int want = GEMV_GRID_PER_SM * (c->n_sm > 0 ? c->n_sm : 1);
     a.S = 1;
     while (a.S < GEMV_WARPS && gemv_tiles(d, R, a.S, a.first) < want && a.nv >= 64 * a.S)
         a.S *= 2;

@@ -10,7 +10,7 @@
  * Variants of the kernel's tuning build with -D of attention.cu's DEC_
  * tuning macros (DEC_BLOCKS_PER_SM, DEC_ONE_SPLIT_STEPS, DEC_STEPS,
  * DEC_STEPS_GT8, DEC_STEPS_GT4_LONG, DEC_GT_SHORT, DEC_SHORT_ROWS_64,
- * DEC_SHORT_ROWS, DEC_MERGE_ONE, DEC_MERGE_LOADS, DEC_MAX_GT, DEC_CLUSTER); build several
+ * DEC_SHORT_ROWS, DEC_MERGE_ONE, DEC_MERGE_LOADS, DEC_MAX_GT); build several
  * and run them in one device call.
  *
  * For each shape (GPT-2, TinyLlama, Qwen3-0.6B, Llama-3.2-1B, Qwen3-8B heads)
@@ -116,12 +116,7 @@ static uint16_t half_bits(gk_dtype dt, float v, float *back)
 #else
 #define T10 ""
 #endif
-#ifdef DEC_CLUSTER
-#define T11 " DEC_CLUSTER=" STR(DEC_CLUSTER)
-#else
-#define T11 ""
-#endif
-#define TUNING "defaults" T0 T1 T2 T3 T4 T5 T6 T7 T8 T9 T10 T11
+#define TUNING "defaults" T0 T1 T2 T3 T4 T5 T6 T7 T8 T9 T10
 
 /* ---------------------------------------------------------------- cases */
 
