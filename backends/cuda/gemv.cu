@@ -40,12 +40,6 @@
 #ifndef GEMV_BLOCKS_PER_SM
 #define GEMV_BLOCKS_PER_SM 2
 #endif
-/* Blocks per SM the grid has (harness variant: fewer than the registers
- * allow leaves room on each SM for the next kernel's blocks, which then
- * issue their first weight loads while this kernel drains). */
-#ifndef GEMV_GRID_PER_SM
-#define GEMV_GRID_PER_SM GEMV_BLOCKS_PER_SM
-#endif
 #define GEMV_MAX_IN 16384
 /* Floats of h (n * in) one block keeps in shared memory: 96 KB, two blocks
  * per SM on H100/H200, one on A100 and smaller parts. */
@@ -464,7 +458,7 @@ gk_status cu_gemv(cu_ctx *c, const cu_gemv_desc *d, const gk_node *nd, gk_err *e
     a.nv = d->in / vec;
     /* split K across more warps of a block while that is what it takes to
      * give every block of the grid a tile, and every slice a full step */
-    const int want = GEMV_GRID_PER_SM * (c->n_sm > 0 ? c->n_sm : 1);
+    const int want = GEMV_BLOCKS_PER_SM * (c->n_sm > 0 ? c->n_sm : 1);
     a.S = 1;
     while (a.S < GEMV_WARPS && gemv_tiles(d, R, a.S, a.first) < want && a.nv >= 64 * a.S)
         a.S *= 2;

@@ -12,7 +12,7 @@
  * environment launches without programmatic dependent launch; "time chains"
  * times only the GEMVs of whole decoder layers at four models' shapes.
  * Tuning variants build with -D of gemv.cu's macros (GEMV_BLOCKS_PER_SM,
- * GEMV_LOADS_FEW, GEMV_GRID_PER_SM).
+ * GEMV_LOADS_FEW).
  *
  * Checks, per weight dtype, shape, token count n in {1, 2, 5, 8} and fusion
  * (prologue none / RMS / layer norm; epilogue none / residual / SwiGLU /
