@@ -69,6 +69,8 @@
  *   tiles of up to DEC_MAX_GT heads (4 or 8) read each K/V row once per
  *   tile (4 measured faster than 8 for 8 heads a kv head at every length:
  *   session 10; the tiles of 8 are built only with -DDEC_MAX_GT=8);
+ * - DEC_PREFETCH, DEC_PREFETCH_ROWS (below): the L2 asked for a block's
+ *   rows before its wait, up to that many rows;
  * - DEC_MERGE_ONE: up to this many splits merge in one round of loads (each
  *   thread weighs its head's splits itself); DEC_MERGE_LOADS: beyond, the
  *   maxima and sums are staged in shared memory first and each output has
@@ -102,6 +104,16 @@
 #endif
 #ifndef DEC_MERGE_LOADS
 #define DEC_MERGE_LOADS 4
+#endif
+/* DEC_PREFETCH: before its PDL wait each block asks the L2 for its cache
+ * rows (dec_prefetch_block) where a token has at most DEC_PREFETCH_ROWS of
+ * them; 0 leaves them to the loads after the wait. Measured in the models
+ * (session 10): faster at 32-160 rows, slower at 4000 (so not there). */
+#ifndef DEC_PREFETCH
+#define DEC_PREFETCH 1
+#endif
+#ifndef DEC_PREFETCH_ROWS
+#define DEC_PREFETCH_ROWS 256
 #endif
 
 /* -------------------------------------------------------------- kv store */
@@ -260,6 +272,76 @@ template <int HD, int GT> struct dec_smem {
     bool last;
 };
 
+/* Rows a split of n_rows takes for tiles of GT heads: all of them up to
+ * DEC_ONE_SPLIT_STEPS block steps, else a share of `splits` of at least a
+ * step. */
+template <typename T, int HD, int GT> static __device__ __forceinline__ int dec_chunk(int n_rows, int splits)
+{
+    constexpr int U = GT >= 8 ? DEC_STEPS_GT8 : DEC_STEPS;
+    constexpr int STEP_ROWS = DEC_WARPS * dec_geom<T, HD>::RPW * U;
+    return n_rows <= DEC_ONE_SPLIT_STEPS * STEP_ROWS ? n_rows : max((n_rows + splits - 1) / splits, STEP_ROWS);
+}
+
+/* Whether a token's n_rows take the small tiles of GTS heads, and how many
+ * splits they have then (max_splits is one wave of the large tiles: as
+ * many blocks in all). */
+template <int HD, int GT, int GTS> static __device__ __forceinline__ bool dec_small(int n_rows)
+{
+    return GTS < GT && n_rows <= (HD <= 64 ? DEC_SHORT_ROWS_64 : DEC_SHORT_ROWS);
+}
+static __device__ __forceinline__ int dec_small_splits(int max_splits, int G, int GT, int n_gs)
+{
+    return max(1, max_splits * ((G + GT - 1) / GT) / n_gs);
+}
+
+/* The L2 asked for the cache rows r_begin..r_end - 1 of kv head kvh (K and
+ * V, one prefetch a 128-byte line; rows of fewer bytes are not asked). */
+template <typename T, int HD>
+static __device__ __forceinline__ void dec_prefetch(const T *kb, const T *vb, size_t kvw, int n_ctx, int r_begin,
+                                                    int r_end)
+{
+    constexpr int LINES = HD * (int)sizeof(T) / 128;
+    if (LINES < 1)
+        return;
+    const int n = (r_end - r_begin) * LINES;
+    for (int i = threadIdx.x; i < 2 * n; i += ATT_THREADS) {
+        const int ii = i < n ? i : i - n, r = r_begin + ii / LINES;
+        const T *p = (i < n ? kb : vb) + (size_t)cu_cache_row(r, n_ctx) * kvw;
+        asm volatile("prefetch.global.L2 [%0];" ::"l"(reinterpret_cast<const char *>(p) + 128 * (ii % LINES)));
+    }
+}
+
+/* Before the PDL wait, this block's cache rows into the L2, so that its
+ * loads after the wait find them there instead of in HBM. The rows are the
+ * earlier steps' (written before this step's graph began, as the position
+ * was), but for this step's own, which the kernel before may be writing;
+ * asking the L2 for those early is harmless (the reads after the wait see
+ * what is there then). Only a hint: the position read here just picks
+ * addresses inside the cache, the one read after the wait decides. One
+ * sequence only (no slots), up to DEC_PREFETCH_ROWS rows. */
+template <typename T, int HD, int GT, int GTS>
+static __device__ __forceinline__ void dec_prefetch_block(const T *kc, const T *vc, int p, int Hkv, int n_ctx,
+                                                          int n_pos, int max_splits, int window, int G, int n_gs,
+                                                          int kvh, int j)
+{
+    const int rows = clamp_pos(p, n_pos) + 1, lo = window > 0 ? max(rows - window, 0) : 0;
+    const int n_rows = rows - lo;
+    if (n_rows > DEC_PREFETCH_ROWS)
+        return;
+    int chunk;
+    if (dec_small<HD, GT, GTS>(n_rows))
+        chunk = dec_chunk<T, HD, GTS>(n_rows, dec_small_splits(max_splits, G, GT, n_gs));
+    else if (j * GT < G)
+        chunk = dec_chunk<T, HD, GT>(n_rows, max_splits);
+    else
+        return;
+    const int r_begin = lo + (int)blockIdx.x * chunk;
+    if (r_begin >= rows)
+        return;
+    const size_t kvw = (size_t)Hkv * HD;
+    dec_prefetch<T, HD>(kc + (size_t)kvh * HD, vc + (size_t)kvh * HD, kvw, n_ctx, r_begin, min(rows, r_begin + chunk));
+}
+
 /* One block's work: split `split` of the rows lo..rows-1 of token t for
  * query heads g0 .. g0 + GT - 1 of kv head kvh. Lane li of row group grp
  * owns 16-byte vectors j * LPR + li of its rows (LPR lanes per row, RPW
@@ -277,7 +359,6 @@ static __device__ __forceinline__ void dec_tile(dec_smem<HD, GT> &S, const float
     constexpr int LPR = dec_geom<T, HD>::LPR, VPL = dec_geom<T, HD>::VPL, EPV = dec_geom<T, HD>::EPV;
     constexpr int EPL = dec_geom<T, HD>::EPL, RPW = dec_geom<T, HD>::RPW;
     constexpr int U = GT >= 8 ? DEC_STEPS_GT8 : DEC_STEPS;
-    constexpr int STEP_ROWS = DEC_WARPS * RPW * U;
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const int grp = lane / LPR, li = lane % LPR;
     const int G = H / Hkv;
@@ -285,9 +366,7 @@ static __device__ __forceinline__ void dec_tile(dec_smem<HD, GT> &S, const float
      * steps, else at most `splits` chunks of at least a step; position j
      * is cache row cu_cache_row(j) */
     const int n_rows = rows - lo;
-    const int chunk = n_rows <= DEC_ONE_SPLIT_STEPS * STEP_ROWS
-                          ? n_rows
-                          : max((n_rows + splits - 1) / splits, STEP_ROWS);
+    const int chunk = dec_chunk<T, HD, GT>(n_rows, splits);
     const int used = (n_rows + chunk - 1) / chunk;
     if (split >= used) {
         return;
@@ -555,14 +634,17 @@ __global__ void __launch_bounds__(ATT_THREADS)
                        int max_splits, float scale, int window, float cap)
 {
     __shared__ __align__(16) unsigned char raw[sizeof(dec_smem<HD, GT>)];
-    cu_pdl_enter(); /* q and the rows just stored come from earlier kernels */
     const int t = blockIdx.z, G = H / Hkv, n_gs = (G + GTS - 1) / GTS;
     const int kvh = blockIdx.y / n_gs, j = blockIdx.y % n_gs;
+#if DEC_PREFETCH
+    if (!slots)
+        dec_prefetch_block<T, HD, GT, GTS>(kc, vc, pos[t], Hkv, n_ctx, n_pos, max_splits, window, G, n_gs, kvh, j);
+#endif
+    cu_pdl_enter(); /* q and the rows just stored come from earlier kernels */
     const int rows = clamp_pos(pos[t], n_pos) + 1, lo = window > 0 ? max(rows - window, 0) : 0;
     unsigned *ticket = tickets + (size_t)t * gridDim.y + blockIdx.y;
-    if (GTS < GT && rows - lo <= (HD <= 64 ? DEC_SHORT_ROWS_64 : DEC_SHORT_ROWS)) {
-        /* max_splits is one wave of the large tiles: as many blocks in all */
-        const int splits = max(1, max_splits * ((G + GT - 1) / GT) / n_gs);
+    if (dec_small<HD, GT, GTS>(rows - lo)) {
+        const int splits = dec_small_splits(max_splits, G, GT, n_gs);
         dec_tile<T, HD, GTS>(*reinterpret_cast<dec_smem<HD, GTS> *>(raw), q, kc, vc, slots, out, part, ticket, H,
                              Hkv, n_ctx, max_splits, splits, scale, cap, t, blockIdx.x, kvh, j * GTS, lo, rows);
     } else if (j * GT < G) {

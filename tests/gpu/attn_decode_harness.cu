@@ -10,8 +10,8 @@
  * Variants of the kernel's tuning build with -D of attention.cu's DEC_
  * tuning macros (DEC_BLOCKS_PER_SM, DEC_ONE_SPLIT_STEPS, DEC_STEPS,
  * DEC_STEPS_GT8, DEC_STEPS_GT4_LONG, DEC_GT_SHORT, DEC_SHORT_ROWS_64,
- * DEC_SHORT_ROWS, DEC_MERGE_ONE, DEC_MERGE_LOADS, DEC_MAX_GT); build several
- * and run them in one device call.
+ * DEC_SHORT_ROWS, DEC_MERGE_ONE, DEC_MERGE_LOADS, DEC_MAX_GT, DEC_PREFETCH,
+ * DEC_PREFETCH_ROWS); build several and run them in one device call.
  *
  * For each shape (GPT-2, TinyLlama, Qwen3-0.6B, Llama-3.2-1B, Qwen3-8B heads)
  * and cache dtype (F16, BF16) and position (31, 511, 3999, or the positions
@@ -116,7 +116,17 @@ static uint16_t half_bits(gk_dtype dt, float v, float *back)
 #else
 #define T10 ""
 #endif
-#define TUNING "defaults" T0 T1 T2 T3 T4 T5 T6 T7 T8 T9 T10
+#ifdef DEC_PREFETCH
+#define T11 " DEC_PREFETCH=" STR(DEC_PREFETCH)
+#else
+#define T11 ""
+#endif
+#ifdef DEC_PREFETCH_ROWS
+#define T12 " DEC_PREFETCH_ROWS=" STR(DEC_PREFETCH_ROWS)
+#else
+#define T12 ""
+#endif
+#define TUNING "defaults" T0 T1 T2 T3 T4 T5 T6 T7 T8 T9 T10 T11 T12
 
 /* ---------------------------------------------------------------- cases */
 
