@@ -115,6 +115,16 @@
 #ifndef DEC_PREFETCH_ROWS
 #define DEC_PREFETCH_ROWS 256
 #endif
+/* Harness variants of the prefetch, off (not yet measured):
+ * DEC_PREFETCH_ONE_TILE 1: only the first tile of a kv head's query heads
+ * asks (the others read the same rows); DEC_PREFETCH_TRIGGER 1: the PDL
+ * trigger before the prefetch instead of after it. */
+#ifndef DEC_PREFETCH_ONE_TILE
+#define DEC_PREFETCH_ONE_TILE 0
+#endif
+#ifndef DEC_PREFETCH_TRIGGER
+#define DEC_PREFETCH_TRIGGER 0
+#endif
 
 /* -------------------------------------------------------------- kv store */
 
@@ -637,7 +647,10 @@ __global__ void __launch_bounds__(ATT_THREADS)
     const int t = blockIdx.z, G = H / Hkv, n_gs = (G + GTS - 1) / GTS;
     const int kvh = blockIdx.y / n_gs, j = blockIdx.y % n_gs;
 #if DEC_PREFETCH
-    if (!slots)
+#if DEC_PREFETCH_TRIGGER
+    cu_pdl_trigger(); /* again in cu_pdl_enter: no further effect */
+#endif
+    if (!slots && (!DEC_PREFETCH_ONE_TILE || j == 0))
         dec_prefetch_block<T, HD, GT, GTS>(kc, vc, pos[t], Hkv, n_ctx, n_pos, max_splits, window, G, n_gs, kvh, j);
 #endif
     cu_pdl_enter(); /* q and the rows just stored come from earlier kernels */

@@ -11,7 +11,8 @@
  * tuning macros (DEC_BLOCKS_PER_SM, DEC_ONE_SPLIT_STEPS, DEC_STEPS,
  * DEC_STEPS_GT8, DEC_STEPS_GT4_LONG, DEC_GT_SHORT, DEC_SHORT_ROWS_64,
  * DEC_SHORT_ROWS, DEC_MERGE_ONE, DEC_MERGE_LOADS, DEC_MAX_GT, DEC_PREFETCH,
- * DEC_PREFETCH_ROWS); build several and run them in one device call.
+ * DEC_PREFETCH_ROWS, DEC_PREFETCH_ONE_TILE, DEC_PREFETCH_TRIGGER); build
+ * several and run them in one device call.
  *
  * For each shape (GPT-2, TinyLlama, Qwen3-0.6B, Llama-3.2-1B, Qwen3-8B heads)
  * and cache dtype (F16, BF16) and position (31, 511, 3999, or the positions
@@ -126,7 +127,17 @@ static uint16_t half_bits(gk_dtype dt, float v, float *back)
 #else
 #define T12 ""
 #endif
-#define TUNING "defaults" T0 T1 T2 T3 T4 T5 T6 T7 T8 T9 T10 T11 T12
+#ifdef DEC_PREFETCH_ONE_TILE
+#define T13 " DEC_PREFETCH_ONE_TILE=" STR(DEC_PREFETCH_ONE_TILE)
+#else
+#define T13 ""
+#endif
+#ifdef DEC_PREFETCH_TRIGGER
+#define T14 " DEC_PREFETCH_TRIGGER=" STR(DEC_PREFETCH_TRIGGER)
+#else
+#define T14 ""
+#endif
+#define TUNING "defaults" T0 T1 T2 T3 T4 T5 T6 T7 T8 T9 T10 T11 T12 T13 T14
 
 /* ---------------------------------------------------------------- cases */
 
