@@ -20,6 +20,9 @@
  *    read once per tile). With several splits, each block leaves its (max,
  *    sum, acc) in scratch and the last block to finish (a ticket counter)
  *    merges them in split order, so results do not depend on scheduling.
+ *    Before its PDL wait a block asks the L2 for its split's cache rows
+ *    (up to DEC_PREFETCH_ROWS rows, one sequence), which earlier steps
+ *    wrote, so its loads after the wait do not go to HBM.
  *  - cu_attn_flash (attn_flash.cu; prefill with F16/BF16 caches, head dim 64
  *    or 128): tensor cores.
  *  - attn_tiled_kernel (the rest): flash-attention style on CUDA cores,
