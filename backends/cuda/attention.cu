@@ -121,7 +121,7 @@
 /* Harness variants of the prefetch, off (not yet measured):
  * DEC_PREFETCH_ONE_TILE 1: only the first tile of a kv head's query heads
  * asks (the others read the same rows); DEC_PREFETCH_TRIGGER 1: the PDL
- * trigger before the prefetch instead of after it. */
+ * trigger before the prefetch instead of after it (with CU_PDL_EARLY). */
 #ifndef DEC_PREFETCH_ONE_TILE
 #define DEC_PREFETCH_ONE_TILE 0
 #endif
@@ -308,14 +308,13 @@ static __device__ __forceinline__ int dec_small_splits(int max_splits, int G, in
 }
 
 /* The L2 asked for the cache rows r_begin..r_end - 1 of kv head kvh (K and
- * V, one prefetch a 128-byte line; rows of fewer bytes are not asked). */
+ * V, one prefetch a 128-byte line; the decode head dims make whole lines). */
 template <typename T, int HD>
 static __device__ __forceinline__ void dec_prefetch(const T *kb, const T *vb, size_t kvw, int n_ctx, int r_begin,
                                                     int r_end)
 {
     constexpr int LINES = HD * (int)sizeof(T) / 128;
-    if (LINES < 1)
-        return;
+    static_assert(LINES >= 1 && HD * sizeof(T) % 128 == 0, "a cache row of whole 128-byte lines");
     const int n = (r_end - r_begin) * LINES;
     for (int i = threadIdx.x; i < 2 * n; i += ATT_THREADS) {
         const int ii = i < n ? i : i - n, r = r_begin + ii / LINES;
@@ -650,8 +649,8 @@ __global__ void __launch_bounds__(ATT_THREADS)
     const int t = blockIdx.z, G = H / Hkv, n_gs = (G + GTS - 1) / GTS;
     const int kvh = blockIdx.y / n_gs, j = blockIdx.y % n_gs;
 #if DEC_PREFETCH
-#if DEC_PREFETCH_TRIGGER
-    cu_pdl_trigger(); /* again in cu_pdl_enter: no further effect */
+#if DEC_PREFETCH_TRIGGER && CU_PDL_EARLY
+    cu_pdl_trigger(); /* as cu_pdl_enter would first (again there: no further effect) */
 #endif
     if (!slots && (!DEC_PREFETCH_ONE_TILE || j == 0))
         dec_prefetch_block<T, HD, GT, GTS>(kc, vc, pos[t], Hkv, n_ctx, n_pos, max_splits, window, G, n_gs, kvh, j);
